@@ -1,0 +1,2 @@
+# The harness lives in the nodegate package (registered as a pytest plugin by its entry point);
+# this file only marks the project root for pytest.

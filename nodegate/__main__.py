@@ -1,0 +1,5 @@
+import sys
+
+from nodegate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""The shape of one lab: its nodes, addresses and settings, saved as DIR/lab.json.
+
+Every lab component (supervisor, API server, Ceph, etcd, faults, CLI) reads this one file,
+so a lab can be inspected and driven from any process.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MAX_NODES = 16
+KUBE_VERSION = "v1.25.6"
+KUBESPRAY_VERSION = "v2.21.0"
+DEFAULT_ROOK = "v1.15.9"
+# Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags).
+ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3"}
+
+
+@dataclass(frozen=True)
+class LabNode:
+    name: str
+    index: int
+    address: str
+    roles: tuple[str, ...]  # subset of ("control-plane", "etcd", "worker")
+
+    @property
+    def control_plane(self) -> bool:
+        return "control-plane" in self.roles
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    dir: Path
+    nodes: tuple[LabNode, ...]
+    repo_address: str = "127.0.2.1"
+    repo_port: int = 80
+    api_address: str = "127.0.3.1"
+    api_port: int = 6443
+    boot_delay_s: float = 3.0     # node down → node starts again after a reboot
+    ready_delay_s: float = 2.0    # node up → Kubernetes reports it Ready
+    rook_version: str = DEFAULT_ROOK
+    kube_version: str = KUBE_VERSION
+    kubespray_version: str = KUBESPRAY_VERSION
+    token: str = field(default="", repr=False)  # the API server's bearer token: a secret
+
+    @property
+    def cephcsi_version(self) -> str:
+        return ROOK_CEPHCSI[self.rook_version]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_address}:{self.api_port}"
+
+    @property
+    def repo_url(self) -> str:
+        port = "" if self.repo_port == 80 else f":{self.repo_port}"
+        return f"http://{self.repo_address}{port}"
+
+    def node(self, name: str) -> LabNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no lab node {name!r}; the lab has {known}")
+
+    @property
+    def etcd_nodes(self) -> tuple[LabNode, ...]:
+        return tuple(n for n in self.nodes if "etcd" in n.roles)
+
+    # -- files -------------------------------------------------------------
+    @classmethod
+    def new(cls, dir: Path, n_nodes: int = 4, **settings) -> "LabConfig":
+        if not 1 <= n_nodes <= MAX_NODES:
+            raise ValueError(f"a lab has 1 to {MAX_NODES} nodes, not {n_nodes}")
+        if settings.get("rook_version", DEFAULT_ROOK) not in ROOK_CEPHCSI:
+            raise ValueError(f"unknown Rook version; the lab knows {', '.join(ROOK_CEPHCSI)}")
+        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes),
+                   token=settings.pop("token", None) or secrets.token_hex(24), **settings)
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        path = self.dir / "lab.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.chmod(0o600)  # holds the API token
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, dir: Path) -> "LabConfig":
+        data = json.loads((Path(dir) / "lab.json").read_text())
+        data["dir"] = Path(data["dir"])
+        data["nodes"] = tuple(LabNode(n["name"], n["index"], n["address"], tuple(n["roles"]))
+                              for n in data["nodes"])
+        return cls(**data)
+
+
+def make_nodes(n_nodes: int) -> tuple[LabNode, ...]:
+    """node1, node2 control plane (node1 alone below 3 nodes), the rest workers;
+    etcd on node1-node3 (node1 alone below 3 nodes), as Kubespray lays out a small cluster."""
+    nodes = []
+    for i in range(1, n_nodes + 1):
+        roles: list[str] = []
+        if i == 1 or (i == 2 and n_nodes >= 3):
+            roles.append("control-plane")
+        else:
+            roles.append("worker")
+        if i == 1 or (n_nodes >= 3 and i <= 3):
+            roles.append("etcd")
+        nodes.append(LabNode(name=f"node{i}", index=i, address=f"127.0.1.{i}", roles=tuple(roles)))
+    return tuple(nodes)
