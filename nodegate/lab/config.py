@@ -34,9 +34,10 @@ class LabNode:
 class LabConfig:
     dir: Path
     nodes: tuple[LabNode, ...]
-    repo_address: str = "127.0.2.1"
+    # Second octet of every lab address: 0 gives the documented 127.0.x.y addresses; another
+    # value lets a second lab (a test's N=1 or N=8 lab, a developer's) run beside the first.
+    net: int = 0
     repo_port: int = 80
-    api_address: str = "127.0.3.1"
     api_port: int = 6443
     boot_delay_s: float = 3.0     # node down → node starts again after a reboot
     ready_delay_s: float = 2.0    # node up → Kubernetes reports it Ready
@@ -48,6 +49,18 @@ class LabConfig:
     @property
     def cephcsi_version(self) -> str:
         return ROOK_CEPHCSI[self.rook_version]
+
+    @property
+    def repo_address(self) -> str:
+        return f"127.{self.net}.2.1"
+
+    @property
+    def api_address(self) -> str:
+        return f"127.{self.net}.3.1"
+
+    @property
+    def ceph_address(self) -> str:
+        return f"127.{self.net}.0.1"
 
     @property
     def api_url(self) -> str:
@@ -76,7 +89,8 @@ class LabConfig:
             raise ValueError(f"a lab has 1 to {MAX_NODES} nodes, not {n_nodes}")
         if settings.get("rook_version", DEFAULT_ROOK) not in ROOK_CEPHCSI:
             raise ValueError(f"unknown Rook version; the lab knows {', '.join(ROOK_CEPHCSI)}")
-        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes),
+        net = settings.pop("net", 0)
+        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)
 
     def save(self) -> None:
@@ -97,7 +111,7 @@ class LabConfig:
         return cls(**data)
 
 
-def make_nodes(n_nodes: int) -> tuple[LabNode, ...]:
+def make_nodes(n_nodes: int, net: int = 0) -> tuple[LabNode, ...]:
     """node1, node2 control plane (node1 alone below 3 nodes), the rest workers;
     etcd on node1-node3 (node1 alone below 3 nodes), as Kubespray lays out a small cluster."""
     nodes = []
@@ -109,5 +123,5 @@ def make_nodes(n_nodes: int) -> tuple[LabNode, ...]:
             roles.append("worker")
         if i == 1 or (n_nodes >= 3 and i <= 3):
             roles.append("etcd")
-        nodes.append(LabNode(name=f"node{i}", index=i, address=f"127.0.1.{i}", roles=tuple(roles)))
+        nodes.append(LabNode(name=f"node{i}", index=i, address=f"127.{net}.1.{i}", roles=tuple(roles)))
     return tuple(nodes)
