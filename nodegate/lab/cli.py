@@ -1,0 +1,360 @@
+"""`nodegate lab …`: bring the rehearsal lab up and down, show it, reset a node, inject faults."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.lab import faults as lab_faults
+from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
+from nodegate.lab.node import NodeRuntime, NodeState
+from nodegate.lab.profile_files import write_profile_files
+from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_mounts, request,
+                                     stop_lab, supervisor_pid, write_services)
+
+DEFAULT_DIR = ".lab"
+UP_TIMEOUT_S = 300.0
+
+
+def add_parser(subparsers) -> None:
+    lab = subparsers.add_parser("lab", help="the rehearsal lab: nodes, apt repo, API server, Ceph, etcd")
+    sub = lab.add_subparsers(dest="lab_command", required=True)
+
+    def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--dir", default=DEFAULT_DIR, type=Path, help="lab directory (default .lab)")
+        return p
+
+    up = with_dir(sub.add_parser("up", help="bring the lab up (nothing changes if it runs already)"))
+    up.add_argument("--nodes", type=int, default=4, help=f"number of nodes, 1 to {MAX_NODES} (default 4)")
+    up.add_argument("--rook", default=DEFAULT_ROOK, choices=sorted(ROOK_CEPHCSI), help="Rook version the lab claims")
+    up.add_argument("--boot-delay", type=float, default=3.0, metavar="S", help="seconds a rebooting node stays down")
+    up.add_argument("--ready-delay", type=float, default=2.0, metavar="S",
+                    help="seconds from node up to Kubernetes Ready")
+    up.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_LAB_NET", "0")),
+                    help="second address octet (127.NET.x.y), so labs can run side by side")
+    up.add_argument("--bare", action="store_true",
+                    help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
+    up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
+    up.set_defaults(func=cmd_up)
+
+    down = with_dir(sub.add_parser("down", help="stop everything the lab started and unmount"))
+    down.set_defaults(func=cmd_down)
+
+    status = with_dir(sub.add_parser("status", help="show nodes and services"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    reset = with_dir(sub.add_parser("reset", help="put one node back to its starting state"))
+    reset.add_argument("node")
+    reset.set_defaults(func=cmd_reset)
+
+    for name, what in (("power-on", "boot a node that is down (like a BMC)"),
+                       ("power-off", "stop a node; it stays down until power-on")):
+        p = with_dir(sub.add_parser(name, help=what))
+        p.add_argument("node")
+        p.set_defaults(func=cmd_power, power=name)
+
+    fault = with_dir(sub.add_parser("fault", help="inject or clear a fault"))
+    fault.add_argument("name", nargs="?", help="fault name (see --list)")
+    fault.add_argument("--node", help="the node the fault applies to")
+    fault.add_argument("--clear", action="store_true", help="clear the fault (everywhere without --node)")
+    fault.add_argument("--list", action="store_true", help="list known faults and which are on")
+    fault.add_argument("--ratio", type=float, help="api-flaky: share of requests that fail (default 0.5)")
+    fault.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="api-flaky: for how long")
+    fault.set_defaults(func=cmd_fault)
+
+
+# -- up ------------------------------------------------------------------------------------------
+def cmd_up(args) -> int:
+    lab_dir = Path(args.dir).resolve()
+    running = supervisor_pid(lab_dir)
+    if running is not None:
+        config = LabConfig.load(lab_dir)
+        print(f"the lab in {lab_dir} is already running (supervisor pid {running}, "
+              f"{len(config.nodes)} nodes, net {config.net}); nothing changed")
+        return 0
+    if not 1 <= args.nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
+    if not 0 <= args.net <= 255:
+        raise UsageError(f"--net must be 0 to 255, not {args.net}")
+    started = time.monotonic()
+    if lab_mounts(lab_dir) or any((lab_dir / "pids").glob("*.pid")):
+        print(f"cleaning up what a previous run left in {lab_dir}")
+        stop_lab(lab_dir)
+    _refuse_busy_addresses(args.net, args.nodes)
+    services = ("apt",) if args.bare else SERVICES
+    config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
+                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+    print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
+    proc = start_supervisor(config)
+    try:
+        wait_ready(config, timeout_s=args.timeout, started=started, proc=proc)
+    except (PermanentError, TransientError):
+        print(f"the lab is left running for inspection; stop it with: nodegate lab down --dir {args.dir}",
+              file=sys.stderr)
+        raise
+    print(f"lab ready in {time.monotonic() - started:.1f} s; profile: {lab_dir / 'cluster.toml'}")
+    return 0
+
+
+def create_lab(lab_dir: Path, *, nodes: int, net: int, services: tuple[str, ...] = SERVICES,
+               **settings) -> LabConfig:
+    """Fresh lab state in lab_dir (nodes start from their seed), keeping its SSH keys and token."""
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    token = None
+    if (lab_dir / "lab.json").exists():
+        try:
+            token = LabConfig.load(lab_dir).token
+        except (KeyError, TypeError, ValueError):
+            token = None
+    config = LabConfig.new(lab_dir, nodes, net=net, token=token, **settings)
+    for sub in ("nodes", "pids"):
+        if (lab_dir / sub).exists():
+            shutil.rmtree(lab_dir / sub)
+    for name in ("faults.json", "supervisor-status.json"):
+        (lab_dir / name).unlink(missing_ok=True)
+    (lab_dir / "logs").mkdir(exist_ok=True)
+    (lab_dir / "pids").mkdir(exist_ok=True)
+    config.save()
+    write_services(lab_dir, services)
+    write_profile_files(config)
+    _destroy_old_state(config)
+    return config
+
+
+def _destroy_old_state(config: LabConfig) -> None:
+    """Ceph and etcd start fresh with the nodes (the supervisor creates them again)."""
+    import importlib.util
+
+    if importlib.util.find_spec("nodegate.lab.ceph") is not None:
+        from nodegate.lab.ceph import LabCeph
+
+        LabCeph(config).destroy()
+    if importlib.util.find_spec("nodegate.lab.etcd") is not None:
+        from nodegate.lab.etcd import LabEtcd
+
+        LabEtcd(config).destroy()
+
+
+def start_supervisor(config: LabConfig) -> subprocess.Popen:
+    log_path = config.dir / "logs" / "supervisor.log"
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.supervisor", "--dir", str(config.dir)],
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+                                cwd=config.dir)
+    return proc
+
+
+def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: subprocess.Popen | None = None,
+               out=print) -> None:
+    """Wait, bounded, until every node answers SSH and every present service is ready."""
+    deadline = time.monotonic() + timeout_s
+    waiting = {n.name for n in config.nodes}
+    has_api = api_server_command(config) is not None
+    has_ceph = lab_ceph(config) is not None
+    api_ok = not has_api
+    ceph_ok = not has_ceph
+    said: set[str] = set()
+    while True:
+        elapsed = time.monotonic() - started
+        if proc is not None and proc.poll() is not None:
+            raise PermanentError("the lab supervisor stopped while starting:\n" + _tail(config.dir / "logs/supervisor.log"))
+        for name in sorted(waiting):
+            runtime = NodeRuntime(config, config.node(name))
+            state = runtime.read_state()
+            if state is not None and state.state == "up" and runtime.ssh_listening():
+                waiting.discard(name)
+                out(f"  {name} up at {config.node(name).address} ({elapsed:.1f} s)")
+        status = StatusBook.read(config.dir)
+        for service, entry in status.items():
+            if entry.get("state") == "failed" and service not in said:
+                said.add(service)
+                raise PermanentError(f"lab service {service} failed: {entry.get('detail')}",
+                                     fix=f"see {config.dir / 'logs'}")
+        if not api_ok and _api_answers(config):
+            api_ok = True
+            out(f"  API server answering at {config.api_url} ({elapsed:.1f} s)")
+        if not ceph_ok and status.get("ceph", {}).get("state") == "created":
+            ceph_ok = True
+            out(f"  Ceph healthy ({elapsed:.1f} s)")
+        if not waiting and api_ok and ceph_ok:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(waiting) + ([] if api_ok else ["API server"]) + ([] if ceph_ok else ["Ceph"])
+            raise TransientError(f"the lab was not ready within {timeout_s:.0f} s; still waiting for "
+                                 f"{', '.join(missing)}", fix=f"see {config.dir / 'logs'}")
+        time.sleep(0.05)
+
+
+def _api_answers(config: LabConfig) -> bool:
+    req = urllib.request.Request(config.api_url + "/version", headers={"Authorization": f"Bearer {config.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=1.0) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _refuse_busy_addresses(net: int, nodes: int) -> None:
+    for i in range(1, nodes + 1):
+        address = f"127.{net}.1.{i}"
+        with socket.socket() as sock:
+            sock.settimeout(0.3)
+            if sock.connect_ex((address, 22)) == 0:
+                raise UsageError(f"{address}:22 is already in use (another lab on net {net}?)",
+                                 fix="stop that lab or choose another --net")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no {path})"
+
+
+# -- down, status, reset, power ------------------------------------------------------------
+def cmd_down(args) -> int:
+    lab_dir = Path(args.dir).resolve()
+    if not (lab_dir / "lab.json").exists():
+        print(f"no lab in {lab_dir}; nothing to do")
+        return 0
+    started = time.monotonic()
+    forced = stop_lab(lab_dir, say=lambda text: print(f"  {text}"))
+    left = lab_mounts(lab_dir)
+    if left:
+        raise PermanentError(f"still mounted: {', '.join(left)}")
+    note = f" (cleaned up by PID: {', '.join(forced)})" if forced else ""
+    print(f"lab in {lab_dir} is down ({time.monotonic() - started:.1f} s){note}")
+    return 0
+
+
+def _load(args) -> LabConfig:
+    lab_dir = Path(args.dir).resolve()
+    if not (lab_dir / "lab.json").exists():
+        raise UsageError(f"no lab in {lab_dir}", fix="start one with `nodegate lab up`, or pass --dir")
+    return LabConfig.load(lab_dir)
+
+
+def lab_status(config: LabConfig) -> dict:
+    sup = supervisor_pid(config.dir)
+    book = lab_faults.FaultBook(config.dir)
+    nodes = []
+    for node in config.nodes:
+        runtime = NodeRuntime(config, node)
+        state = runtime.read_state() or NodeState(node.name, "down", None, "", 0, 0.0)
+        up = sup is not None and state.state == "up"
+        release = runtime.os_release() if runtime.is_mounted() else {}
+        nodes.append({
+            "name": node.name, "state": "up" if up else "down", "address": node.address,
+            "roles": list(node.roles), "boot_count": state.boot_count, "boot_id": state.boot_id,
+            "release": release.get("PRETTY_NAME", "?"),
+            "faults": [name for name in book.data if book.node_has(name, node.name)],
+        })
+    services = StatusBook.read(config.dir) if sup is not None else {}
+    api = "absent"
+    if api_server_command(config) is not None:
+        api = "answering" if sup is not None and _api_answers(config) else "not answering"
+    ceph = "absent"
+    ceph_obj = lab_ceph(config)
+    if ceph_obj is not None and sup is not None:
+        try:
+            ceph = ceph_obj.state().describe()
+        except Exception as exc:  # the status line must show Ceph being down, not crash
+            ceph = f"not answering ({str(exc).splitlines()[0][:120]})"
+    return {"dir": str(config.dir), "running": sup is not None, "supervisor_pid": sup, "net": config.net,
+            "nodes": nodes, "api": {"url": config.api_url, "state": api},
+            "apt": {"url": config.repo_url, "state": services.get("apt", {}).get("state", "down")},
+            "ceph": ceph, "faults": book.data}
+
+
+def cmd_status(args) -> int:
+    config = _load(args)
+    status = lab_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    head = f"supervisor pid {status['supervisor_pid']}" if status["running"] else "not running"
+    print(f"lab {status['dir']} (net {status['net']}): {head}")
+    print(f"{'NODE':<8} {'STATE':<5} {'ADDRESS':<15} {'BOOTS':>5}  {'ROLES':<27} RELEASE")
+    for n in status["nodes"]:
+        faults = f"  faults: {', '.join(n['faults'])}" if n["faults"] else ""
+        print(f"{n['name']:<8} {n['state']:<5} {n['address']:<15} {n['boot_count']:>5}  "
+              f"{','.join(n['roles']):<27} {n['release']}{faults}")
+    print(f"API server: {status['api']['state']} ({status['api']['url']})")
+    print(f"apt repository: {status['apt']['state']} ({status['apt']['url']})")
+    print(f"Ceph: {status['ceph']}")
+    for name, entry in status["faults"].items():
+        nodes = ", ".join(entry.get("nodes", [])) or "cluster-wide"
+        print(f"fault {name}: {nodes}")
+    return 0
+
+
+def _running(config: LabConfig) -> None:
+    if supervisor_pid(config.dir) is None:
+        raise UsageError(f"the lab in {config.dir} is not running", fix="start it with `nodegate lab up`")
+
+
+def cmd_reset(args) -> int:
+    config = _load(args)
+    node = config.node(args.node) if args.node in {n.name for n in config.nodes} else None
+    if node is None:
+        raise UsageError(f"no lab node {args.node!r}", fix=f"use one of: {', '.join(n.name for n in config.nodes)}")
+    _running(config)
+    cleared = lab_faults.clear_node_faults(config, node.name)
+    answer = request(config.dir, {"op": "reset", "node": node.name})
+    if not answer.get("ok"):
+        raise PermanentError(f"reset {node.name}: {answer.get('error')}")
+    extra = f"; faults cleared: {', '.join(cleared)}" if cleared else ""
+    print(f"{node.name} reset and up again in {answer['seconds']:.1f} s{extra}")
+    return 0
+
+
+def cmd_power(args) -> int:
+    config = _load(args)
+    if args.node not in {n.name for n in config.nodes}:
+        raise UsageError(f"no lab node {args.node!r}", fix=f"use one of: {', '.join(n.name for n in config.nodes)}")
+    _running(config)
+    answer = request(config.dir, {"op": args.power, "node": args.node})
+    if not answer.get("ok"):
+        raise PermanentError(f"{args.power} {args.node}: {answer.get('error')}")
+    print(f"{args.node}: {args.power} done ({answer['seconds']:.1f} s)")
+    return 0
+
+
+# -- faults ----------------------------------------------------------------------------------
+def cmd_fault(args) -> int:
+    config = _load(args)
+    if args.list or not args.name:
+        book = lab_faults.FaultBook(config.dir)
+        for spec in lab_faults.FAULTS.values():
+            on = ""
+            if book.active(spec.name):
+                on = "  [on: " + (", ".join(book.nodes(spec.name)) or "cluster-wide") + "]"
+            scope = "--node NODE" if spec.per_node else "cluster-wide"
+            print(f"{spec.name:<20} {scope:<12} {spec.summary} (acted on by {spec.acted_on_by}){on}")
+        return 0
+    lab_faults.check_names(config, args.name, args.node, clearing=args.clear)
+    if args.clear:
+        changes = lab_faults.clear_fault(config, args.name, node=args.node)
+    else:
+        _running(config)
+        params = {k: v for k, v in (("ratio", args.ratio), ("for_s", args.for_s)) if v is not None}
+        changes = [lab_faults.set_fault(config, args.name, node=args.node, params=params)]
+    if supervisor_pid(config.dir) is not None:
+        try:
+            request(config.dir, {"op": "faults-changed"}, timeout_s=5)
+        except OSError:
+            pass  # the supervisor re-reads faults.json every half second anyway
+    for change in changes:
+        where = f" on {change.node}" if change.node else ""
+        detail = f": {change.detail}" if change.detail else ""
+        print(f"{change.fault}{where} {change.action}{detail}")
+    return 0
