@@ -1,4 +1,4 @@
-"""The `nodegate` console script: `nodegate lab …` drives the rehearsal lab."""
+"""The `nodegate` console script: `nodegate lab …` drives the rehearsal lab, `nodegate report` builds the ticket report."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodegate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress in detail")
     sub = parser.add_subparsers(dest="command", required=True)
+    from nodegate import report
     from nodegate.lab import cli as lab_cli
 
     lab_cli.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
