@@ -7,11 +7,17 @@ LAB   ?= .lab
 # openssh-client is how the harness reaches nodes; kubectl comes from kubernetes-client when absent.
 APT_PACKAGES := debootstrap dpkg-dev apt-utils gnupg zstd openssh-client openssh-server \
 	ceph-mon ceph-mgr ceph-osd ceph-common etcd-server etcd-client psmisc iproute2 \
-	python3-venv nodejs npm chromium
+	python3-venv chromium
 
-.PHONY: setup apt venv image test demo bench lab-up lab-down clean
+.PHONY: setup apt venv image allure test demo bench lab-up lab-down clean
 
-setup: apt venv image
+setup: apt venv image allure
+
+# The Allure CLI (npm, pinned by reports/package-lock.json) builds the single-file HTML report.
+allure: reports/node_modules/.installed
+reports/node_modules/.installed: reports/package.json reports/package-lock.json | apt
+	cd reports && npm ci --no-audit --no-fund --silent
+	@touch $@
 
 apt: .make/apt
 .make/apt: Makefile
@@ -22,6 +28,7 @@ apt: .make/apt
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v kubectl >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+	@command -v npm >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 	@touch $@
 
 venv: .venv/.installed
