@@ -257,6 +257,7 @@ class NodeSlot:
 
     async def reset(self) -> None:
         self.held_reason = None
+        self.up_event.clear()
         if self.pid1 and pid_alive(self.pid1):
             self.pending = "reset"
             self.end_node()
