@@ -1,0 +1,69 @@
+"""Fixtures for the access-layer tests (nodes, kube, ceph, waits) against real lab parts.
+
+Each lab part these tests need runs on its own address octet, derived from NODEGATE_TEST_NET
+(default 0) so a developer's labs and CI never collide:
+  bare node lab (2 nodes, sshd + apt only)  net = TEST_NET + 60
+  standalone API server                     net = TEST_NET + 61
+  standalone Ceph                           net = TEST_NET + 62
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodegate.lab.config import LabConfig
+from nodegate.profile import NodeSpec, SSHSettings
+
+TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
+NODES_NET = (TEST_NET + 60) % 250
+API_NET = (TEST_NET + 61) % 250
+CEPH_NET = (TEST_NET + 62) % 250
+
+
+def run_nodegate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"nodegate {' '.join(args)}: rc {result.returncode}\n{result.stdout}{result.stderr}"
+    return result
+
+
+def node_specs(config: LabConfig) -> list[NodeSpec]:
+    return [NodeSpec(name=n.name, address=n.address, user="root",
+                     roles=frozenset(r for r in n.roles if r in ("control-plane", "worker", "etcd")))
+            for n in config.nodes]
+
+
+def ssh_settings(lab: LabConfig, *, with_config: bool = True, **overrides) -> SSHSettings:
+    d = lab.dir / "ssh"
+    values = dict(config=d / "config" if with_config else None, user="root", identity_file=d / "id_ed25519",
+                  known_hosts=d / "known_hosts")
+    values.update(overrides)
+    return SSHSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def bare_lab():
+    """Two real nodes (sshd as PID 1, dpkg/apt) with no other services; taken down at the end."""
+    lab_dir = Path(f"/tmp/nodegate-access-nodes-net{NODES_NET}")
+    run_nodegate("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--net", str(NODES_NET), "--bare",
+                 "--boot-delay", "1")
+    config = LabConfig.load(lab_dir)
+    yield config
+    subprocess.run([sys.executable, "-m", "nodegate", "lab", "down", "--dir", str(lab_dir)],
+                   capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def specs_for():
+    """node_specs(config) → NodeSpec list for a lab (the profile loader's view, built directly)."""
+    return node_specs
+
+
+@pytest.fixture(scope="session")
+def settings_for():
+    """ssh_settings(config, with_config=True, **overrides) → SSHSettings for a lab."""
+    return ssh_settings
