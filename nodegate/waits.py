@@ -81,7 +81,7 @@ class _Pending(Exception):
         self.reason = reason
 
 
-class _Reporter:
+class ProgressReporter:
     """Rate-limits progress lines to one per ``every`` seconds (plus the first one)."""
 
     def __init__(self, *, what: str, limit: float, every: float,
@@ -119,7 +119,7 @@ def wait_for(probe: Probe, *, what: str, timeout: float, interval: float = 1.0,
     __tracebackhide__ = True
     if timeout <= 0 or interval <= 0:
         raise ValueError("timeout and interval must be positive")
-    reporter = _Reporter(what=what, limit=timeout, every=progress_every, on_progress=on_progress)
+    reporter = ProgressReporter(what=what, limit=timeout, every=progress_every, on_progress=on_progress)
     deadline = time.monotonic() + timeout
 
     def attempt() -> Any:
