@@ -17,7 +17,7 @@ from nodegate.lab import faults as lab_faults
 from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
-from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_mounts, request,
+from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
                                      stop_lab, supervisor_pid, write_services)
 
 DEFAULT_DIR = ".lab"
@@ -160,8 +160,10 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
     waiting = {n.name for n in config.nodes}
     has_api = api_server_command(config) is not None
     has_ceph = lab_ceph(config) is not None
+    has_etcd = lab_etcd(config) is not None
     api_ok = not has_api
     ceph_ok = not has_ceph
+    etcd_ok = not has_etcd
     said: set[str] = set()
     while True:
         elapsed = time.monotonic() - started
@@ -185,10 +187,14 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         if not ceph_ok and status.get("ceph", {}).get("state") == "created":
             ceph_ok = True
             out(f"  Ceph healthy ({elapsed:.1f} s)")
-        if not waiting and api_ok and ceph_ok:
+        if not etcd_ok and status.get("etcd", {}).get("state") == "created":
+            etcd_ok = True
+            out(f"  etcd members healthy ({elapsed:.1f} s)")
+        if not waiting and api_ok and ceph_ok and etcd_ok:
             return
         if time.monotonic() > deadline:
-            missing = sorted(waiting) + ([] if api_ok else ["API server"]) + ([] if ceph_ok else ["Ceph"])
+            missing = (sorted(waiting) + ([] if api_ok else ["API server"]) + ([] if ceph_ok else ["Ceph"])
+                       + ([] if etcd_ok else ["etcd"]))
             raise TransientError(f"the lab was not ready within {timeout_s:.0f} s; still waiting for "
                                  f"{', '.join(missing)}", fix=f"see {config.dir / 'logs'}")
         time.sleep(0.05)

@@ -85,7 +85,7 @@ def lab_ceph(config: LabConfig):
 
 
 def api_server_command(config: LabConfig) -> list[str] | None:
-    if "api" not in read_services(config.dir) or not _has_module("nodegate.lab.apiserver"):
+    if "api" not in read_services(config.dir) or not _has_module("nodegate.lab.apiserver.__main__"):
         return None
     return [sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(config.dir)]
 
@@ -324,12 +324,12 @@ class Supervisor:
         tasks = []
         try:
             await self.start_repo()
-            self.prepare_etcd()
             for slot in self.slots.values():
                 slot.task = asyncio.create_task(slot.life(), name=f"node-{slot.name}")
             tasks.append(asyncio.create_task(self.watch_faults()))
             tasks.append(asyncio.create_task(self.run_api_server()))
             tasks.append(asyncio.create_task(self.create_ceph()))
+            tasks.append(asyncio.create_task(self.create_etcd()))
             self.status.set("supervisor", "up", f"pid {os.getpid()}")
             await self.stop_event.wait()
         finally:
@@ -353,7 +353,7 @@ class Supervisor:
             await asyncio.to_thread(stop_pid, self.api_proc.pid, timeout_s=5.0)
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / "pids/apiserver.pid").unlink()
-        for name, component in (("etcd", self.etcd), ("ceph", self.ceph)):
+        for name, component in (("etcd", self.etcd or lab_etcd(self.config)), ("ceph", self.ceph or lab_ceph(self.config))):
             if component is not None:
                 try:
                     await asyncio.to_thread(component.stop_all)
@@ -378,14 +378,26 @@ class Supervisor:
             return
         self.status.set("apt", "up" if self.repo_server else "absent", self.config.repo_url)
 
-    def prepare_etcd(self) -> None:
+    async def create_etcd(self) -> None:
+        """Create the etcd cluster (all members start), then stop the members of nodes that are down;
+        from then on a member starts and stops with its node."""
         try:
-            self.etcd = lab_etcd(self.config)
+            etcd = lab_etcd(self.config)
+            if etcd is None:
+                self.status.set("etcd", "absent")
+                return
+            self.status.set("etcd", "creating")
+            await asyncio.to_thread(etcd.create)
+            self.etcd = etcd
+            for node in self.config.etcd_nodes:
+                if not self.slots[node.name].up_event.is_set():
+                    await self.etcd_member(node, start=False)
+            self.status.set("etcd", "created", ", ".join(etcd.endpoints()))
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            log.error("etcd: %s", exc)
+            log.error("etcd: %s\n%s", exc, traceback.format_exc())
             self.status.set("etcd", "failed", str(exc))
-            return
-        self.status.set("etcd", "up" if self.etcd else "absent")
 
     async def etcd_member(self, node: LabNode, *, start: bool) -> None:
         if self.etcd is None:
