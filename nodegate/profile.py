@@ -195,6 +195,7 @@ def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
         return path
     if not path.is_absolute():
         path = cwd / path
+    path = path.resolve()
     if not path.is_file():
         raise UsageError(f"cluster profile {path} (from {source}) does not exist or is not a file",
                          fix=f"check the path given by {source}")
@@ -239,7 +240,7 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
     import tomllib
 
     environ = os.environ if environ is None else environ
-    path = Path(path).expanduser().absolute()
+    path = Path(path).expanduser().resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
