@@ -69,6 +69,8 @@ def add_parser(subparsers) -> None:
     fault.add_argument("--list", action="store_true", help="list known faults and which are on")
     fault.add_argument("--ratio", type=float, help="api-flaky: share of requests that fail (default 0.5)")
     fault.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="api-flaky: for how long")
+    fault.add_argument("--mode", choices=("503", "drop", "mixed"),
+                       help="api-flaky: answer 503, drop the connection, or both (default mixed)")
     fault.set_defaults(func=cmd_fault)
 
 
@@ -352,7 +354,8 @@ def cmd_fault(args) -> int:
         changes = lab_faults.clear_fault(config, args.name, node=args.node)
     else:
         _running(config)
-        params = {k: v for k, v in (("ratio", args.ratio), ("for_s", args.for_s)) if v is not None}
+        params = {k: v for k, v in (("ratio", args.ratio), ("for_s", args.for_s),
+                                                    ("mode", args.mode)) if v is not None}
         changes = [lab_faults.set_fault(config, args.name, node=args.node, params=params)]
     if supervisor_pid(config.dir) is not None:
         try:
