@@ -97,6 +97,14 @@ def start_daemon(cmd: list[str], *, pidfile: Path, log: Path, marker: str,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
     pidfile.write_text(f"{proc.pid}\n")
+    # Until exec, /proc shows the forking Python's command line: wait for the daemon's so
+    # that a check right after start sees it running.
+    deadline = time.monotonic() + 5.0
+    while not pid_alive(proc.pid, marker) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        raise PermanentError(f"`{' '.join(cmd)}` exited at once (rc {proc.returncode})",
+                             fix=f"see {log}")
     return proc.pid
 
 
