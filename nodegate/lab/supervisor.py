@@ -155,6 +155,11 @@ class NodeSlot:
 
     async def life(self) -> None:
         while not self.sup.stopping:
+            if self.pending == "reset":
+                # Only this loop touches the disk, so a reset can never race a boot.
+                self.pending = None
+                self.held_reason = None
+                await asyncio.to_thread(self.reset_disk)
             if self.held_reason:
                 log.info("%s stays down (%s)", self.name, self.held_reason)
                 self.wake.clear()
@@ -165,15 +170,12 @@ class NodeSlot:
             except Exception as exc:  # a node that cannot boot must not take the lab down
                 log.error("%s failed to boot: %s", self.name, exc)
                 self.held_reason = f"boot failed: {exc}"
+                self.end_node()
                 self.write_down()
                 continue
             word = await self.watch()
             await self.after_end(word)
-            if self.sup.stopping:
-                break
-            if self.pending == "reset":
-                self.pending = None
-                await asyncio.to_thread(self.reset_disk)
+            if self.sup.stopping or self.pending == "reset":
                 continue
             if self.pending == "poweroff" or word == "poweroff":
                 self.pending = None
@@ -256,13 +258,11 @@ class NodeSlot:
                 os.kill(self.pid1, sig)
 
     async def reset(self) -> None:
-        self.held_reason = None
+        """Stop the node, empty its upper dir and boot it at once (done by life())."""
+        self.pending = "reset"
         self.up_event.clear()
         if self.pid1 and pid_alive(self.pid1):
-            self.pending = "reset"
             self.end_node()
-        else:
-            await asyncio.to_thread(self.reset_disk)
         self.wake.set()
         await asyncio.wait_for(self.up_event.wait(), timeout=SSH_UP_TIMEOUT_S + 10)
 
