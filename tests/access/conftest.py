@@ -67,3 +67,27 @@ def specs_for():
 def settings_for():
     """ssh_settings(config, with_config=True, **overrides) → SSHSettings for a lab."""
     return ssh_settings
+
+
+@pytest.fixture(scope="session")
+def lab_ceph():
+    """A real Ceph cluster (mon, mgr, one OSD per CRUSH host node1..node3), created for the
+    session and destroyed at the end; yields (LabConfig, LabCeph)."""
+    import shutil
+
+    from nodegate.lab.ceph import LabCeph
+
+    lab_dir = Path(f"/tmp/nodegate-access-ceph-net{CEPH_NET}")
+    if lab_dir.exists():
+        if (lab_dir / "lab.json").exists():
+            LabCeph(LabConfig.load(lab_dir)).destroy()
+        shutil.rmtree(lab_dir)
+    lab_dir.mkdir(parents=True)
+    config = LabConfig.new(lab_dir, 3, net=CEPH_NET)
+    config.save()
+    ceph = LabCeph(config)
+    try:
+        ceph.create(timeout=120)
+        yield config, ceph
+    finally:
+        ceph.destroy()
