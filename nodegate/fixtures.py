@@ -1,1 +1,432 @@
-"""Fixtures that give checks and procedures their node, host, kube and ceph (filled in by the checks work)."""
+"""Fixtures that reach the cluster, for checks and procedures: `nodes`/`host` (SSH through
+nodegate.nodes, one reused connection per node, a fresh one after `nodes.reconnect`), `kube`
+(nodegate.kube), `ceph` (nodegate.ceph), and `reads`: the reads the checks share, each taken
+once per session (`reads.forget()` drops them after a step changed something).
+
+Registered by the pytest11 entry point `nodegate_fixtures`. Nothing here connects anywhere at
+import or collection time unless a nodegate run selected tests that need the cluster: then the
+API server and every selected node are reached once, right after collection, so an unreachable
+cluster, a refused or failing SSH login or an unknown host key is one clear message before any
+test runs (a pytest.UsageError, no traceback). Those first connections are kept and reused.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from nodegate.plugin import RUN_KEY, NodegateRun, _is_ours
+
+if TYPE_CHECKING:
+    from nodegate.ceph import Ceph
+    from nodegate.knowledge import UbuntuRelease
+    from nodegate.kube import Kube, NodeStatus, PodSummary
+    from nodegate.nodes import NodeHost, Nodes, NodeSnapshot
+    from nodegate.profile import NodeSpec, Profile
+
+PHASES = ("preflight", "postflight")
+
+
+class NodegateNotice(UserWarning):
+    """Something an operator should see that does not block: a condition the procedure itself
+    fixes (naming the step), or a fact worth knowing (an end-of-life Kubernetes minor)."""
+
+
+# --------------------------------------------------------------------------- connections
+
+class Access:
+    """The connections of one run, each built on first use from the profile."""
+
+    def __init__(self, profile: "Profile") -> None:
+        self.profile = profile
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def nodes(self) -> "Nodes":
+        from nodegate.nodes import Nodes
+
+        return Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
+
+    @functools.cached_property
+    def kube(self) -> "Kube":
+        from nodegate.kube import Kube
+
+        return Kube.connect(settings=self.profile.kube, check=True)
+
+    @functools.cached_property
+    def ceph(self) -> "Ceph":
+        from nodegate.ceph import Ceph
+
+        kube = self.kube if self.profile.ceph.mode == "toolbox" else None
+        return Ceph(settings=self.profile.ceph, kube=kube)
+
+    def close(self) -> None:
+        if "kube" in self.__dict__:
+            self.kube.close()
+        if "nodes" in self.__dict__ and self.profile.ssh.config is None:
+            # paramiko transports end with the process anyway; an ssh_config's ControlPersist is
+            # the operator's choice (it makes the next run's first command fast), so it is kept.
+            self.nodes.close()
+
+
+ACCESS_KEY = pytest.StashKey[Access]()
+READS_KEY = pytest.StashKey["Reads"]()
+
+
+def access_for(config: pytest.Config) -> Access:
+    access = config.stash.get(ACCESS_KEY, None)
+    if access is None:
+        run = config.stash[RUN_KEY]
+        if run.profile is None:
+            pytest.fail("no cluster profile was loaded; give --cluster PATH", pytrace=False)
+        access = config.stash[ACCESS_KEY] = Access(run.profile)
+    return access
+
+
+def reads_for(config: pytest.Config) -> "Reads":
+    reads = config.stash.get(READS_KEY, None)
+    if reads is None:
+        reads = config.stash[READS_KEY] = Reads(access_for(config))
+    return reads
+
+
+# --------------------------------------------------------------------------- shared reads
+
+class Reads:
+    """Reads of the cluster shared by the checks of a session: each taken once, on first use.
+
+    A check reads; it never changes anything, so within one pass of checks a value read once
+    stays true. A procedure step that changes the node calls ``forget(node)`` (or ``forget()``)
+    before the next checks read again. Node reads are also keyed by the SSH host object, so a
+    reconnect after a reboot never hands back the previous boot's answers."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self._cache: dict[tuple, Any] = {}
+        self._first_restarts: dict[str, int] = {}
+
+    def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = read()
+        return self._cache[key]
+
+    def forget(self, node: str | None = None) -> None:
+        """Drop cached reads: those of one node (and every cluster-wide read), or all."""
+        if node is None:
+            self._cache.clear()
+            return
+        for key in list(self._cache):
+            if key[0].startswith("cluster:") or (len(key) > 1 and key[1] == node):
+                del self._cache[key]
+
+    # -- nodes (SSH) -----------------------------------------------------------------
+    def host(self, name: str) -> "NodeHost":
+        return self.access.nodes.host(name)
+
+    def snapshot(self, name: str) -> "NodeSnapshot":
+        """Release, packages, audit, pending reboot, kernels, disks, modules, sources: one round trip."""
+        from nodegate.nodes import Snapshot
+
+        host = self.host(name)
+        return self._get(("snapshot", name, id(host)), lambda: Snapshot(host).take())
+
+    def upgradable(self, name: str):
+        host = self.host(name)
+        return self._get(("upgradable", name, id(host)), host.packages.upgradable)
+
+    def apt_update(self, name: str):
+        host = self.host(name)
+        return self._get(("apt-update", name, id(host)), host.apt.update)
+
+    # -- Kubernetes ------------------------------------------------------------------
+    def node_statuses(self) -> dict[str, "NodeStatus"]:
+        """Every node of the cluster by name: one list call serves all the node checks."""
+        return self._get(("cluster:nodes",), lambda: {n.name: n for n in self.access.kube.list_nodes()})
+
+    def node_status(self, name: str) -> "NodeStatus | None":
+        return self.node_statuses().get(name)
+
+    def pods_on(self, name: str) -> list["PodSummary"]:
+        return self._get(("pods-on", name), lambda: self.access.kube.list_pods(node=name))
+
+    def pods(self, namespace: str, selector: str) -> list["PodSummary"]:
+        return self._get(("cluster:pods", namespace, selector),
+                         lambda: self.access.kube.list_pods(namespace=namespace, selector=selector))
+
+    def eviction_blockers(self, name: str):
+        return self._get(("blockers", name), lambda: self.access.kube.pods_blocking_eviction(name))
+
+    def csi_rbdplugin(self, name: str):
+        namespace = self.access.profile.ceph.namespace
+        return self._get(("csi", name), lambda: self.access.kube.csi_rbdplugin(name, namespace=namespace))
+
+    def pod_log(self, namespace: str, name: str, container: str, tail: int = 50) -> str:
+        return self._get(("cluster:log", namespace, name, container, tail),
+                         lambda: self.access.kube.pod_log(namespace=namespace, name=name, container=container,
+                                                          tail=tail))
+
+    def lock(self):
+        return self._get(("cluster:lock",), self.access.kube.read_lock)
+
+    def server_version(self) -> str:
+        return self._get(("cluster:version",), self.access.kube.server_version)
+
+    def note_restarts(self, pod_ref: str, restarts: int) -> int:
+        """The restart count first seen for a pod in this session (to tell whether it rises)."""
+        return self._first_restarts.setdefault(pod_ref, restarts)
+
+    # -- Ceph --------------------------------------------------------------------------
+    def ceph_status(self):
+        return self._get(("cluster:ceph-status",), self.access.ceph.status)
+
+    def osd_dump(self):
+        return self._get(("cluster:osd-dump",), self.access.ceph.osd_flags)
+
+    def ok_to_stop(self, ids: tuple[int, ...]):
+        return self._get(("cluster:ok-to-stop", ids), lambda: self.access.ceph.ok_to_stop(ids))
+
+    def osd_ids(self, host: str) -> tuple[int, ...]:
+        return self._get(("cluster:osd-ids", host), lambda: self.access.ceph.osd_ids_for_host(host))
+
+
+# --------------------------------------------------------------------------- phase and releases
+
+def _phase_matches(config: pytest.Config) -> tuple[bool, bool]:
+    """Whether the -m expression selects tests marked only preflight / only postflight."""
+    expression = config.getoption("markexpr", "") or ""
+    if not expression:
+        return True, True
+    from _pytest.mark.expression import Expression
+
+    try:
+        compiled = Expression.compile(expression)
+    except Exception:  # noqa: BLE001 - pytest reports a bad -m itself
+        return True, True
+    return (compiled.evaluate(lambda name, **_: name == "preflight"),
+            compiled.evaluate(lambda name, **_: name == "postflight"))
+
+
+def item_phase(item: pytest.Item) -> str | None:
+    """The phase a check runs in: its only phase marker, or, for a check marked both, the one
+    the -m expression chose (preflight when it chose both or neither)."""
+    marked = [p for p in PHASES if item.get_closest_marker(p) is not None]
+    if len(marked) == 1:
+        return marked[0]
+    if not marked:
+        return None
+    pre, post = _phase_matches(item.config)
+    return "postflight" if post and not pre else "preflight"
+
+
+@pytest.fixture
+def phase(request: pytest.FixtureRequest) -> str:
+    """'preflight' (before the change) or 'postflight' (after it) for the running check."""
+    return item_phase(request.node) or "preflight"
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """The releases a check compares the node with."""
+    phase: str
+    current: "UbuntuRelease | None"    # what the node's /etc/os-release says now
+    source: "UbuntuRelease | None"     # the release before the change
+    target: "UbuntuRelease | None"     # the release after the change
+
+    @property
+    def expected(self) -> "UbuntuRelease | None":
+        """The release the node should run in this phase."""
+        return self.source if self.phase == "preflight" else self.target
+
+
+def previous_release(release: "UbuntuRelease") -> "UbuntuRelease | None":
+    from nodegate.knowledge import UBUNTU_RELEASES
+
+    index = UBUNTU_RELEASES.index(release)
+    return UBUNTU_RELEASES[index - 1] if index > 0 else None
+
+
+@pytest.fixture
+def releases(node: "NodeSpec", phase: str, target_release: "UbuntuRelease | None", reads: Reads) -> ReleasePlan:
+    from nodegate.knowledge import next_release, ubuntu_release
+
+    osr = reads.snapshot(node.name).os_release
+    current = ubuntu_release(osr.version_id or "") if (osr.id or "").lower() == "ubuntu" else None
+    if phase == "preflight":
+        target = target_release or (next_release(current.version) if current else None)
+        return ReleasePlan(phase=phase, current=current, source=current, target=target)
+    return ReleasePlan(phase=phase, current=current, source=previous_release(target_release) if target_release else None,
+                       target=target_release)
+
+
+# --------------------------------------------------------------------------- failing a check
+
+def fail_check(problem: str, *, fix: str, details: Iterable[str] = ()) -> None:
+    """Fail the running check with what is wrong (numbers included), details, and the usual fix;
+    no Python traceback: the message is the report."""
+    __tracebackhide__ = True
+    lines = [problem, *(f"  - {d}" for d in details), f"  fix: {fix}"]
+    pytest.fail("\n".join(lines), pytrace=False)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def access(request: pytest.FixtureRequest) -> Access:
+    return access_for(request.config)
+
+
+@pytest.fixture(scope="session")
+def nodes(access: Access) -> "Nodes":
+    """Every node of the profile, each reached through one reused SSH connection
+    (`nodes.host(name)`; `nodes.reconnect(name)` after a reboot)."""
+    return access.nodes
+
+
+@pytest.fixture(scope="session")
+def kube(access: Access) -> "Kube":
+    """The Kubernetes API of the profile's kubeconfig (nodegate.kube.Kube)."""
+    return access.kube
+
+
+@pytest.fixture(scope="session")
+def ceph(access: Access) -> "Ceph":
+    """The cluster's Ceph, through the toolbox pod or the profile's command (nodegate.ceph.Ceph)."""
+    return access.ceph
+
+
+@pytest.fixture(scope="session")
+def reads(request: pytest.FixtureRequest) -> Reads:
+    """Cached reads shared by the checks (see Reads)."""
+    return reads_for(request.config)
+
+
+class _HostFixture:
+    """`host` lives on a plugin object registered at configure time: pytest-testinfra (loaded
+    after this module) defines its own `host`, and of two plugin fixtures the later one wins."""
+
+    @pytest.fixture
+    def host(self, nodes: "Nodes", node: "NodeSpec") -> "NodeHost":
+        """The node's SSH host (nodegate.nodes.NodeHost; `.testinfra` is the testinfra Host).
+        Function-scoped on purpose: after `nodes.reconnect(name)` the next test gets the new one."""
+        return nodes.host(node.name)
+
+
+@pytest.fixture
+def notice(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """notice(text): show a non-blocking finding as a warning in the terminal summary and as
+    evidence in the report; the check still passes."""
+    def emit(text: str) -> None:
+        from nodegate.reporting import Evidence
+
+        Evidence().text("notice", text)
+        warnings.warn(NodegateNotice(text), stacklevel=2)
+    return emit
+
+
+# --------------------------------------------------------------------------- hooks
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_HostFixture(), "nodegate-host-fixture")
+    config.addinivalue_line("filterwarnings", "always::nodegate.fixtures.NodegateNotice")
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.options.active and config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        # `pytest --node node4 -m preflight` at the project root means the catalogue (and the
+        # procedures), not the project's own tests that testpaths names.
+        roots = [str(config.rootpath / d) for d in ("checks", "procedures") if (config.rootpath / d).is_dir()]
+        if roots:
+            config.args[:] = roots
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    access = config.stash.get(ACCESS_KEY, None)
+    if access is not None:
+        try:
+            access.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+_SSH_FIXTURES = ("host", "nodes", "reads", "releases")
+_KUBE_FIXTURES = ("kube", "ceph", "reads")
+
+
+def _uses(item: pytest.Item, names: Iterable[str]) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(name in info.names_closure and _is_ours(info.name2fixturedefs.get(name)) for name in names)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]):
+    result = yield   # the plugin has deselected, loaded the profile and checked --node by now
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.profile is None or not items or config.option.collectonly:
+        return result
+    from nodegate.errors import NodegateError
+
+    phases = {item_phase(i) for i in items} - {None}
+    if "postflight" in phases and run.options.target_release is None:
+        raise pytest.UsageError(
+            "postflight checks compare the node with the release it was upgraded to, but no --target-release "
+            "was given\n  fix: add --target-release 22.04 or 24.04 (the release the node was upgraded to)")
+    try:
+        validate_access(config, run, items, phases)
+    except NodegateError as exc:
+        raise pytest.UsageError(f"before running any check: {exc}") from None
+    return result
+
+
+def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.Item], phases: set[str]) -> None:
+    """Reach the API server and every selected node once, before any test runs."""
+    from nodegate.errors import UsageError
+
+    needs_kube = any(_uses(i, _KUBE_FIXTURES) for i in items)
+    needs_ssh = run.nodes and any(_uses(i, _SSH_FIXTURES) for i in items)
+    access = access_for(config)
+    if needs_kube:
+        from nodegate.errors import TransientError
+
+        try:
+            access.kube
+        except TransientError as exc:
+            raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
+                             f"{exc.message}",
+                             fix=exc.fix or "check the API server address in the kubeconfig") from None
+    if needs_ssh:
+        reads = reads_for(config)
+        for spec in run.nodes:
+            snapshot = reads.snapshot(spec.name)
+            if phases == {"preflight"} and run.target is not None:
+                _check_target(spec, snapshot, run)
+
+
+def _check_target(spec: "NodeSpec", snapshot: "NodeSnapshot", run: NodegateRun) -> None:
+    """--target-release must be the next LTS after the node's release (do-release-upgrade goes one step)."""
+    from nodegate.errors import UsageError
+    from nodegate.knowledge import next_release, ubuntu_release
+
+    osr = snapshot.os_release
+    target = run.target
+    current = ubuntu_release(osr.version_id or "") if (osr.id or "").lower() == "ubuntu" else None
+    if current is None:
+        raise UsageError(f"--target-release {target.version}: {spec.name} runs {osr.label}, which is not an "
+                         "Ubuntu release nodegate upgrades (20.04, 22.04)",
+                         fix=f"check that {spec.name} is the node you mean; nodegate upgrades Ubuntu LTS nodes only")
+    if current == target:
+        raise UsageError(f"--target-release {target.version}: {spec.name} runs {current.version} "
+                         f"({current.codename}) already",
+                         fix="to check the node after its upgrade, run -m postflight with the same --target-release")
+    following = next_release(current.version)
+    if following != target:
+        nxt = f"the next is {following.version} ({following.codename})" if following else "it is the newest LTS known"
+        raise UsageError(f"--target-release {target.version} is not the next release for {spec.name}, which runs "
+                         f"Ubuntu {current.version} ({current.codename}): {nxt}; do-release-upgrade moves one LTS "
+                         "at a time",
+                         fix=(f"use --target-release {following.version} first" if following
+                              else "there is nothing to upgrade to"))

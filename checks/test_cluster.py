@@ -1,0 +1,89 @@
+"""The rest of the cluster: one node at a time, nobody else holding the upgrade lock, the control
+plane able to lose this node, and the node's pods evictable now."""
+from __future__ import annotations
+
+import pytest
+
+from nodegate.fixtures import fail_check
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_other_nodes_ready(node, reads, evidence):
+    statuses = reads.node_statuses()
+    others = {name: s for name, s in statuses.items() if name != node.name}
+    evidence.table("nodes", ["node", "Ready", "cordoned", "osImage", "kubelet"],
+                   [[s.name, s.ready, s.unschedulable, s.os_image, s.kubelet_version] for s in statuses.values()])
+    down = [s for s in others.values() if not s.is_ready]
+    if down:
+        fail_check(f"{len(down)} of {len(others)} other node(s) are not Ready: {', '.join(s.name for s in down)}",
+                   details=[s.describe() for s in down],
+                   fix=f"bring them back before taking {node.name} out: the cluster would lose more capacity "
+                       "(and Ceph more OSDs) than it can spare")
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_one_node_at_a_time(node, reads):
+    cordoned = [s for name, s in reads.node_statuses().items() if name != node.name and s.unschedulable]
+    if cordoned:
+        details = [f"{s.name} is cordoned" + (f" by nodegate run {s.cordoned_by}" if s.cordoned_by else "")
+                   for s in cordoned]
+        fail_check(f"{len(cordoned)} other node(s) are cordoned: {', '.join(s.name for s in cordoned)}; nodes are "
+                   "upgraded one at a time", details=details,
+                   fix="finish (or undo) that node's change first; if nothing is in progress there, "
+                       f"`kubectl uncordon {cordoned[0].name}`")
+
+
+@pytest.mark.preflight
+def test_upgrade_lock_free(node, reads, profile):
+    lock = reads.lock()
+    if lock is None or not lock.held:
+        return
+    stale = lock.stale(after_s=profile.upgrade.lock_stale_after_s)
+    fix = ("its holder is gone (not renewed for longer than the profile's lock_stale_after_s): take it over with "
+           "--take-over-stale-lock" if stale else
+           "wait for that run to finish (or stop it); one node is upgraded at a time")
+    fail_check(f"another nodegate run holds the upgrade lock: {lock.describe()}", fix=fix)
+
+
+@pytest.mark.preflight
+def test_control_plane_can_lose_node(node, reads, profile):
+    """A control-plane or etcd node may go only if the rest of the control plane is healthy and
+    etcd keeps quorum without this node's member."""
+    if not (node.is_control_plane or node.is_etcd):
+        return   # a worker: the control plane does not depend on it
+    statuses = reads.node_statuses()
+    problems = []
+    for other in profile.nodes:
+        if other.name == node.name or not (other.is_control_plane or other.is_etcd):
+            continue
+        status = statuses.get(other.name)
+        if status is None or not status.is_ready:
+            problems.append(f"{other.name} ({', '.join(sorted(other.roles))}) is "
+                            f"{'missing from the cluster' if status is None else 'not Ready'}")
+    members = [n for n in profile.nodes if n.is_etcd]
+    if node.is_etcd:
+        healthy_others = sum(1 for n in members if n.name != node.name
+                             and statuses.get(n.name) is not None and statuses[n.name].is_ready)
+        quorum = len(members) // 2 + 1
+        if healthy_others < quorum:
+            problems.append(f"etcd has {len(members)} member(s), quorum {quorum}; without {node.name} only "
+                            f"{healthy_others} member node(s) are Ready")
+    if problems:
+        fail_check(f"the control plane cannot spare {node.name} now", details=problems,
+                   fix="bring the other control-plane/etcd nodes back first; upgrade control-plane nodes last, one "
+                       "at a time")
+
+
+@pytest.mark.preflight
+def test_pods_evictable(node, reads, evidence):
+    blockers = reads.eviction_blockers(node.name)
+    pods = reads.pods_on(node.name)
+    evidence.table(f"{node.name}: pods", ["pod", "owner", "ready", "restarts"],
+                   [[p.ref, p.owner_kind or "none", p.ready, p.restarts] for p in pods])
+    if blockers:
+        fail_check(f"{len(blockers)} pod(s) on {node.name} cannot be evicted now: their PodDisruptionBudget "
+                   "allows no disruption, so a drain would hang", details=[str(b) for b in blockers],
+                   fix="make the PDB's pods healthy elsewhere (scale up, fix the unhealthy replicas) or relax the "
+                       "PodDisruptionBudget before draining")

@@ -1,0 +1,128 @@
+"""Compatibility: release path, Kubespray and cephcsi support, Kubernetes end of life, known issues,
+out-of-band access. The version facts live in nodegate.knowledge."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from nodegate.fixtures import fail_check
+
+
+@pytest.mark.preflight
+def test_target_is_next_release(node, releases, reads):
+    from nodegate.knowledge import next_release
+
+    osr = reads.snapshot(node.name).os_release
+    if releases.current is None:
+        fail_check(f"{node.name} runs {osr.label}, which is not an Ubuntu release nodegate upgrades",
+                   fix="nodegate upgrades Ubuntu 20.04 -> 22.04 -> 24.04; check --node")
+    following = next_release(releases.current.version)
+    if following is None:
+        fail_check(f"{node.name} runs Ubuntu {releases.current.version}, the newest LTS nodegate knows: there is "
+                   "nothing to upgrade to", fix="leave the node as it is, or teach nodegate.knowledge the next release")
+    if releases.target != following:
+        fail_check(f"--target-release {releases.target.version} is not the next release for {node.name} "
+                   f"(Ubuntu {releases.current.version}; next: {following.version})",
+                   fix=f"use --target-release {following.version}: do-release-upgrade moves one LTS at a time")
+
+
+@pytest.mark.preflight
+def test_kubespray_supports_releases(node, releases, profile):
+    from nodegate.knowledge import kubespray_support_note, kubespray_supports
+
+    version = profile.kubespray.version
+    if not version:
+        fail_check(f"the version of the Kubespray checkout {profile.kubespray.path} is unknown (no galaxy.yml version, "
+                   "no tag on HEAD)", fix='set [kubespray] version = "v2.x.y" in the profile')
+    wanted = [r for r in (releases.current, releases.target) if r is not None]
+    unsupported = [r for r in wanted if kubespray_supports(version, r.version) is False]
+    if unsupported:
+        fail_check(f"Kubespray {version} does not support Ubuntu {', '.join(r.version for r in unsupported)} "
+                   f"(needed for {node.name}: {' -> '.join(r.version for r in wanted)})",
+                   details=[kubespray_support_note(r.version) for r in unsupported],
+                   fix="move the Kubespray checkout to a version that lists both releases (v2.25.1 to v2.28.x list "
+                       "20.04, 22.04 and 24.04) before upgrading the node")
+
+
+def _tag(image: str) -> str | None:
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1].split("@", 1)[0] if ":" in last else None
+
+
+@pytest.mark.preflight
+def test_cephcsi_for_target(node, releases, reads, profile, evidence):
+    """Before any node reaches 24.04: cephcsi >= v3.12 (rbd.ko.zst crash-loop, rook #14431/#14507,
+    ceph-csi #4679)."""
+    from nodegate.knowledge import cephcsi_ready_for
+
+    namespace = profile.ceph.namespace
+    plugins = reads.pods(namespace, "app=csi-rbdplugin")
+    images = sorted({c.image for p in plugins for c in p.containers if c.name == "csi-rbdplugin" and c.image})
+    operator = reads.pods(namespace, "app=rook-ceph-operator")
+    rook = sorted({_tag(c.image) or "?" for p in operator for c in p.containers if c.image})
+    evidence.json("cephcsi", {"csi-rbdplugin images": images, "rook operator": rook})
+    if releases.target is None or releases.target.version != "24.04":
+        return
+    if not plugins:
+        return   # no Ceph CSI in the cluster: nothing crash-loops
+    versions = sorted({_tag(i) for i in images if _tag(i)}) or [None]
+    from nodegate.knowledge import semver_key
+
+    oldest = min(versions, key=lambda v: semver_key(v) if v else (-1,))
+    verdict = cephcsi_ready_for("24.04", oldest)
+    if not verdict.ok:
+        fail_check(f"{verdict.reason} (cluster runs cephcsi {', '.join(v or '?' for v in versions)}, Rook "
+                   f"{', '.join(rook) or '?'})", fix=verdict.fix)
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_kubernetes_not_eol(reads, profile, notice):
+    from nodegate.knowledge import kube_minor_eol, kube_minor_eol_date, minor_of
+
+    version = profile.kube_version or reads.server_version()
+    if kube_minor_eol(version):
+        date = kube_minor_eol_date(version)
+        notice(f"Kubernetes {minor_of(version)} (cluster {version}) is past its end of life"
+               + (f" ({date.isoformat()})" if date else "") + ": plan a Kubernetes upgrade after the OS upgrades")
+
+
+@pytest.mark.preflight
+def test_known_kubespray_issues(profile, notice, evidence):
+    from nodegate.knowledge import known_issues_for
+
+    issues = known_issues_for(profile.kubespray.version)
+    evidence.text("known Kubespray issues", "\n\n".join(f"{i.title}\n  references: {', '.join(i.references)}\n"
+                                                         f"  workaround: {i.fix}" for i in issues) or "none")
+    for issue in issues:
+        notice(f"Kubespray {profile.kubespray.version} has a known issue: {issue.title} "
+               f"({', '.join(issue.references)}); workaround: {issue.fix}")
+
+
+def _answers(address: str, ports=(623, 443, 22), timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether anything answers at the BMC address: a connection accepted or actively refused
+    both prove the controller is up; silence on every port does not."""
+    last = ""
+    for port in ports:
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                return True, f"port {port} accepted a connection"
+        except ConnectionRefusedError:
+            return True, f"port {port} refused (the host answered)"
+        except OSError as exc:
+            last = f"port {port}: {exc}"
+    return False, last
+
+
+@pytest.mark.preflight
+def test_out_of_band_access(node, notice):
+    """A node that hangs on reboot needs its BMC/IPMI/iRMC console."""
+    if not node.bmc:
+        notice(f"the profile names no out-of-band address for {node.name}: if it hangs on reboot, someone must "
+               f"reach its console by other means; add [nodes.{node.name}] bmc = \"<address>\" to the profile")
+        return
+    ok, how = _answers(node.bmc)
+    if not ok:
+        fail_check(f"the out-of-band address {node.bmc} of {node.name} does not answer ({how})",
+                   fix="check the BMC's network and address before rebooting the node")

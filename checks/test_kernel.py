@@ -1,0 +1,98 @@
+"""Boot and kernel: pending reboot, running kernel, free space for a release upgrade, the rbd module."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from nodegate.fixtures import fail_check
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_no_reboot_pending(node, reads, phase, notice):
+    reboot = reads.snapshot(node.name).reboot
+    if not reboot.required:
+        return
+    pkgs = ", ".join(reboot.packages) or "not named"
+    text = f"{node.name} has /var/run/reboot-required (packages: {pkgs})"
+    if phase == "preflight":
+        notice(f"{text}: do-release-upgrade would refuse ('Please reboot before upgrading'); the procedure "
+               "reboots the node in step 7, before the release upgrade")
+        return
+    fail_check(f"{text} after the upgrade: the node is not running what was installed",
+               fix=f"reboot {node.name} (drained), then run the postflight again")
+
+
+def _newest(versions):
+    from nodegate.knowledge import compare_debian_versions
+
+    return max(versions, key=functools.cmp_to_key(compare_debian_versions)) if versions else None
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_running_newest_kernel(node, reads, phase, notice, evidence):
+    snapshot = reads.snapshot(node.name)
+    installed = snapshot.installed_kernels
+    evidence.json(f"{node.name}: kernels", {"running": snapshot.kernel, "installed linux-image packages": installed})
+    if not installed:
+        return   # no linux-image package: the kernel is not managed by this node's dpkg (nothing to compare)
+    newest = _newest(installed)
+    if snapshot.kernel == newest:
+        return
+    text = f"{node.name} runs kernel {snapshot.kernel}, but the newest installed is {newest}"
+    if phase == "preflight":
+        notice(f"{text}; the procedure reboots into it in step 7")
+        return
+    fail_check(text, fix=f"reboot {node.name} into {newest} (check the boot loader's default entry if it does not "
+                         "come up with it)")
+
+
+@pytest.mark.preflight
+def test_disk_space(node, reads, profile, evidence):
+    """A release upgrade downloads and unpacks ~1-2 GB on / and writes new kernels and initrds to /boot."""
+    snapshot = reads.snapshot(node.name)
+    expect = profile.expect
+    rows, problems = [], []
+    for path, minimum in (("/", expect.min_free_root_mb), ("/boot", expect.min_free_boot_mb)):
+        disk = snapshot.disks.get(path)
+        if disk is None:
+            problems.append(f"free space on {path} could not be read")
+            continue
+        rows.append([path, disk.mount, disk.avail_mb, minimum])
+        if disk.avail_mb < minimum:
+            problems.append(f"{path} (mounted at {disk.mount}) has {disk.avail_mb} MB free, needs {minimum} MB")
+    evidence.table(f"{node.name}: free space", ["path", "mount", "free MB", "needed MB"], rows)
+    if problems:
+        fail_check(f"not enough free space on {node.name} for a release upgrade", details=problems,
+                   fix="free space (`apt-get clean`, `apt-get autoremove --purge` for old kernels, old logs) or "
+                       "change the thresholds in [expect] min_free_root_mb / min_free_boot_mb of the profile")
+
+
+@pytest.mark.preflight
+@pytest.mark.postflight
+def test_rbd_module(node, reads, phase, notice, evidence):
+    """cephcsi on Ubuntu 24.04 cannot load rbd.ko.zst itself (rook #14431): the host must have
+    rbd loaded, and loaded again at every boot (/etc/modules-load.d)."""
+    csi = reads.csi_rbdplugin(node.name)
+    if csi.pod is None:
+        evidence.text(f"{node.name}: rbd", "no csi-rbdplugin pod on this node: it mounts no rbd volumes")
+        return
+    snapshot = reads.snapshot(node.name)
+    if snapshot.modules is None:
+        fail_check(f"the loaded kernel modules of {node.name} could not be read (`lsmod` failed)",
+                   fix="check that kmod is installed on the node")
+    loaded = "rbd" in snapshot.modules
+    persisted = "rbd" in snapshot.modules_persisted
+    evidence.json(f"{node.name}: rbd", {"loaded": loaded, "in /etc/modules-load.d": persisted})
+    if loaded and persisted:
+        return
+    what = " and ".join(w for w, ok in (("not loaded", loaded), ("not loaded at boot (/etc/modules-load.d)", persisted))
+                        if not ok)
+    if phase == "preflight":
+        notice(f"{node.name} runs csi-rbdplugin and the rbd module is {what}; the procedure loads and persists it "
+               "in step 10")
+        return
+    fail_check(f"{node.name} runs csi-rbdplugin but the rbd module is {what}",
+               fix="`modprobe rbd && echo rbd > /etc/modules-load.d/rbd.conf` on the node")
