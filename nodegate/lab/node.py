@@ -93,6 +93,17 @@ def seed_layer(config: LabConfig) -> Path | None:
     return Path(path) if path else None
 
 
+def seed_prepare(config: LabConfig, root: Path) -> None:
+    """Let the seed fit the layer to this lab (its repository address) on a fresh node root."""
+    try:
+        from nodegate.lab import seed
+    except ImportError:
+        return
+    hook = getattr(seed, "prepare_root", None)
+    if hook is not None:
+        hook(config, root)
+
+
 def mounted_paths() -> list[str]:
     """Every mount point in this mount namespace, as /proc/self/mountinfo lists them."""
     points = []
@@ -221,6 +232,7 @@ class NodeRuntime:
             "MaxSessions 64",
             "",
         ]))
+        seed_prepare(self.config, root)
 
     # -- boot ----------------------------------------------------------------------
     def boot_command(self, boot_id: str) -> list[str]:
