@@ -150,7 +150,7 @@ def upgrade_access(profile, nodegate_run: NodegateRun):
 
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
     try:
-        kube = Kube.connect(profile.kube)
+        kube = Kube.connect(settings=profile.kube)
     except Exception as exc:  # noqa: BLE001 - reported as the reason, once, without a traceback
         pytest.fail(str(exc), pytrace=False)
     ceph = Ceph(settings=profile.ceph, kube=kube)
@@ -179,7 +179,7 @@ def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access
                    with_lock: bool) -> "Upgrade":
     from nodegate.journal import Journal
     from nodegate.knowledge import next_release
-    from nodegate.lock import ClusterLock, LockOwner, this_holder
+    from nodegate.lock import ClusterLock
     from nodegate.reporting import reports_root
     from nodegate.upgrade import Upgrade, UpgradeOptions
 
@@ -197,9 +197,8 @@ def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access
                       target=target.version, run_id=run_id)
     lock = None
     if with_lock and access.kube is not None:
-        lock = ClusterLock(kube=access.kube, stale_after_s=profile.upgrade.lock_stale_after_s,
-                           owner=LockOwner(holder=this_holder(), node=node.name, run_id=run_id,
-                                           ticket=run.options.ticket or ""))
+        lock = ClusterLock(kube=access.kube, node=node.name, run_id=run_id,
+                           stale_after_s=profile.upgrade.lock_stale_after_s)
     options = UpgradeOptions(run_id=run_id, ticket=run.options.ticket or "",
                              take_over_stale_lock=run.options.take_over_stale_lock, previous_node=previous)
     return Upgrade(profile=profile, node=node, target=target, journal=journal, nodes=access.nodes, kube=access.kube,
@@ -228,7 +227,7 @@ def perform(upgrade: "Upgrade", evidence):
                 outcome = upgrade.perform(name)
             except NodegateError as exc:
                 result = getattr(exc, "result", None)
-                if result is not None:
+                if result is not None and hasattr(result, "stdout"):
                     evidence.command(upgrade.name, result)
                 failure = f"{exc}\n\nwhere {upgrade.name} stands: {upgrade.standing()}"
             finally:
@@ -355,7 +354,7 @@ def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
     kube = ceph = None
     try:
-        kube = Kube.connect(profile.kube)
+        kube = Kube.connect(settings=profile.kube)
         ceph = Ceph(settings=profile.ceph, kube=kube)
     except Exception as exc:  # noqa: BLE001 - the plan can still be shown without the API
         log.warning("plan without the Kubernetes API: %s", str(exc).splitlines()[0])

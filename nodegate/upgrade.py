@@ -23,11 +23,11 @@ import json
 import logging
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodegate.errors import NodegateError, PermanentError, TransientError, UsageError
+from nodegate.errors import NodegateError, PermanentError, UsageError
 from nodegate.journal import ANNOTATION, Journal, StepRecord
 from nodegate.knowledge import UbuntuRelease, next_release, ubuntu_release
 from nodegate.waits import Done, NotYet, WaitTimeout, wait_for
@@ -63,10 +63,6 @@ class StepFailed(PermanentError):
 
 class GateBlocked(StepFailed):
     """The checks before (or after) the change did not pass."""
-
-
-class DrainBlocked(StepFailed):
-    """Pods could not be evicted from the node within the drain timeout."""
 
 
 class NodeDidNotComeBack(StepFailed):
@@ -249,7 +245,7 @@ class Upgrade:
             return
         summary = self.journal.summary()
         try:
-            self.kube.annotate_node(self.name, ANNOTATION, json.dumps(summary, sort_keys=True))
+            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
         except NodegateError as exc:   # the journal file is the record; the annotation mirrors it
             log.warning("could not mirror the journal on node %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -257,7 +253,7 @@ class Upgrade:
         if self.kube is None:
             return
         try:
-            self.kube.annotate_node(self.name, ANNOTATION, None)
+            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=None)
         except NodegateError as exc:
             log.warning("could not remove the upgrade annotation from %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -341,7 +337,7 @@ class Upgrade:
             parts.append("steps finished: " + ", ".join(dict.fromkeys(done)))
         holds = []
         if self.finished("drain") and not self.finished("uncordon"):
-            holds.append("the node is still cordoned" + ("" if self.value("cordoned_by_us") else
+            holds.append("the node is still cordoned" + ("" if self.value("cordoned_by") else
                                                          " (it was cordoned before this upgrade)"))
         if self.finished("noout") and not self.finished("unset_noout") and self.value("noout_by_us"):
             holds.append(f"ceph noout is set for CRUSH host {self.name}")
@@ -467,10 +463,10 @@ class Lock(Step):
     always_run = True
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate.lock import NAME, NAMESPACE
+        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
 
-        return (Planned("Kubernetes API", f"create/replace Lease {NAMESPACE}/{NAME} holder=<user@machine:pid> "
-                                          f"node={up.name} run={up.options.run_id}"),)
+        return (Planned("Kubernetes API", f"take Lease {LOCK_NAMESPACE}/{LOCK_NAME} (holder <user@machine>, "
+                                          f"node {up.name}, run {up.options.run_id}) and renew it while running"),)
 
     def already(self, up: Upgrade) -> str | None:
         if up.lock is not None and up.lock.held:
@@ -480,20 +476,21 @@ class Lock(Step):
     def run(self, up: Upgrade) -> str:
         if up.lock is None:
             raise UsageError("no lock was given to the procedure")
-        how = up.lock.acquire(take_over_stale=up.options.take_over_stale_lock)
-        return f"lock {how}"
+        return "lock " + up.lock.acquire(take_over_stale=up.options.take_over_stale_lock)
 
     def verify(self, up: Upgrade) -> str:
         assert up.lock is not None
-        state = up.lock.state()
-        if not state.held or state.owner is None or state.owner.holder != up.lock.owner.holder:
-            raise StepFailed(f"the upgrade lock is not held by this run: {state.describe()}")
-        return state.describe()
+        info = up.lock.state()
+        if info is None or info.holder != up.lock.holder or info.node != up.name:
+            raise StepFailed("the upgrade lock is not held for this run: "
+                             + (info.describe() if info is not None else "there is no lock"))
+        return info.describe()
 
 
 def _evictable(pod: "PodSummary") -> bool:
-    # kubectl drain --ignore-daemonsets: DaemonSet pods stay; mirror (static) pods cannot be evicted.
-    return not (pod.daemonset or pod.mirror)
+    # kubectl drain --ignore-daemonsets: DaemonSet pods stay; mirror (static) pods cannot be
+    # evicted; finished pods are not running anything.
+    return not (pod.daemonset or pod.mirror or pod.finished)
 
 
 class Drain(Step):
@@ -501,104 +498,58 @@ class Drain(Step):
     title = "cordon and drain the node (Eviction API)"
     superseded_by = "uncordon"
 
+    def options(self, up: Upgrade) -> Any:
+        from nodegate.kube import DrainOptions
+
+        # The procedure's drain is kubectl's `--ignore-daemonsets --delete-emptydir-data --force`
+        # with a finite timeout: the node is about to reboot, so emptyDir data and unmanaged pods
+        # would be lost anyway.
+        return DrainOptions(ignore_daemonsets=True, delete_emptydir_data=True, force=True,
+                            timeout_s=up.profile.upgrade.drain_timeout_s)
+
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        t = up.profile.upgrade.drain_timeout_s
-        return (Planned("Kubernetes API", f"cordon {up.name}"),
-                Planned("Kubernetes API", f"evict every pod on {up.name} except DaemonSet and mirror pods, as "
-                        f"`kubectl drain {up.name} --ignore-daemonsets --delete-emptydir-data --force "
-                        f"--timeout={t:g}s` (PDB refusals retried every {PDB_RETRY_S:g}s)"))
+        return (Planned("Kubernetes API", f"cordon {up.name} (annotated nodegate.io/cordoned-by={up.options.run_id})"),
+                Planned("Kubernetes API", f"kubectl drain {up.name} {self.options(up).flags()} through the Eviction "
+                                          f"API (PDB refusals asked again every {PDB_RETRY_S:g}s)"))
 
     def already(self, up: Upgrade) -> str | None:
         kube = up.need_kube()
-        status = kube.node_status(up.name)
+        status = kube.node(up.name)
         left = [p for p in kube.list_pods(node=up.name) if _evictable(p)]
         if status.unschedulable and not left:
             return "the node is cordoned and has no evictable pod left"
         return None
 
     def run(self, up: Upgrade) -> str:
+        from nodegate.kube import DrainError
+
         kube = up.need_kube()
-        changed = kube.cordon(up.name)
-        if not changed and not up.value("cordoned_by_us"):
-            log.info("%s was cordoned already before this upgrade: it will not be uncordoned at the end", up.name)
-        up.note(self.name, cordoned_by_us=bool(changed or up.value("cordoned_by_us")))
-        evicted = drain(kube, up.name, timeout_s=up.profile.upgrade.drain_timeout_s)
-        up.keep_json("evicted pods", evicted)
-        return f"cordoned ({'by this run' if changed else 'already'}); evicted {len(evicted)} pod(s)"
+        ours = up.value("cordoned_by")
+        if not ours and kube.node(up.name).unschedulable:
+            log.info("%s was cordoned before this upgrade: it will be left cordoned at the end", up.name)
+        elif not ours:
+            # Noted before the write: an interruption between the two must not forget that the
+            # cordon is ours (the worst case is an uncordon the node was going to get anyway).
+            up.note(self.name, cordoned_by=up.options.run_id)
+        try:
+            result = kube.drain(up.name, options=self.options(up), cordon_by=ours or up.options.run_id)
+        except DrainError as exc:
+            up.keep_text("drain", exc.result.evidence())
+            raise
+        up.keep_text("drain", result.evidence())
+        how = "cordoned by this upgrade" if result.cordon and result.cordon.changed else (
+            result.cordon.detail if result.cordon else "cordoned")
+        return f"{how}; evicted {len(result.evicted)} pod(s) in {result.duration_s:.1f}s"
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node_status(up.name)
+        status = kube.node(up.name)
         left = [p.ref for p in kube.list_pods(node=up.name) if _evictable(p)]
         if not status.unschedulable:
             raise StepFailed(f"{up.name} is not cordoned")
         if left:
             raise StepFailed(f"{up.name} still runs evictable pods: {', '.join(left)}")
         return f"{up.name} is cordoned and runs no evictable pod"
-
-
-def drain(kube: "Kube", node: str, *, timeout_s: float, grace_period_s: int | None = None,
-          retry_every_s: float = PDB_RETRY_S, progress_every: float = 5.0) -> list[str]:
-    """Evict every evictable pod from ``node`` (kubectl drain semantics with --ignore-daemonsets,
-    --delete-emptydir-data and --force), retrying PodDisruptionBudget refusals every
-    ``retry_every_s`` until ``timeout_s``; returns the pods evicted. Raises DrainBlocked naming
-    each pod still there and the PDB that protects it."""
-    from nodegate.waits import ProgressReporter
-
-    reporter = ProgressReporter(what=f"drain of {node}", limit=timeout_s, every=progress_every, on_progress=None)
-    deadline = time.monotonic() + timeout_s
-    evicted: list[str] = []
-    refused: dict[str, Any] = {}          # pod ref -> the last EvictionResult refusing it
-    last_try: dict[str, float] = {}
-    while True:
-        pods = [p for p in kube.list_pods(node=node) if _evictable(p)]
-        if not pods:
-            return evicted
-        now = time.monotonic()
-        for pod in pods:
-            if pod.deleting:
-                continue        # evicted, terminating: wait for it to go
-            if pod.ref in last_try and now - last_try[pod.ref] < retry_every_s:
-                continue
-            last_try[pod.ref] = now
-            result = kube.evict(pod, grace_period_s=grace_period_s)
-            if result.ok:
-                refused.pop(pod.ref, None)
-                if result.outcome == "evicted":
-                    evicted.append(pod.ref)
-                    log.info("evicted %s from %s", pod.ref, node)
-            else:
-                if pod.ref not in refused:
-                    log.info("eviction of %s refused: %s", pod.ref, result.causes[0] if result.causes else result.message)
-                refused[pod.ref] = result
-        left = [p.ref for p in pods]
-        blocked = [f"{ref} (PDB {refused[ref].pdb or '?'})" for ref in left if ref in refused]
-        reporter.seen(f"{len(left)} pod(s) left on {node}" + (f"; blocked by a disruption budget: {', '.join(blocked)}"
-                                                                if blocked else ""))
-        if time.monotonic() >= deadline:
-            raise DrainBlocked(_drain_failure(kube, node, left, refused, timeout_s),
-                               fix="let the PodDisruptionBudget allow a disruption (scale the workload up, or fix its "
-                                   "unhealthy pods), or raise --drain-timeout; the node stays cordoned meanwhile")
-        time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
-
-
-def _drain_failure(kube: "Kube", node: str, left: Sequence[str], refused: Mapping[str, Any], timeout_s: float) -> str:
-    lines = [f"drain of {node} gave up after {timeout_s:g}s with {len(left)} pod(s) left:"]
-    blockers = {}
-    try:
-        blockers = {b.pod.ref: b for b in kube.pods_blocking_eviction(node)}
-    except NodegateError:
-        pass
-    for ref in left:
-        if ref in blockers:
-            lines.append(f"  - {blockers[ref]}")
-        elif ref in refused:
-            r = refused[ref]
-            lines.append(f"  - pod {ref} refused by PodDisruptionBudget {r.pdb or '?'}: "
-                         f"{r.causes[0] if r.causes else r.message}")
-        else:
-            lines.append(f"  - pod {ref} was evicted but has not terminated yet")
-    return "\n".join(lines)
 
 
 class Noout(Step):
@@ -755,7 +706,7 @@ class Reboot(Step):
         if before and boot_id == before:
             raise StepFailed(f"{up.name} has not rebooted (boot id still {boot_id})")
         if up.kube is not None:
-            status = up.kube.node_status(up.name)
+            status = up.kube.node(up.name)
             if not status.is_ready:
                 raise StepFailed(f"{up.name} is not Ready after the reboot: {status.describe()}")
         return f"{up.name} answers over SSH with boot id {boot_id} and is Ready"
@@ -763,7 +714,7 @@ class Reboot(Step):
 
 def wait_rebooted(up: Upgrade, before: str) -> str:
     """Wait (bounded by the node's role) for SSH with a boot id other than ``before``, then Ready."""
-    from nodegate.waits import wait_for_ssh, wait_node_ready
+    from nodegate.waits import wait_for_ssh
 
     timeout = up.profile.upgrade.reboot_timeout_s(up.node)
     started = time.monotonic()
@@ -775,7 +726,7 @@ def wait_rebooted(up: Upgrade, before: str) -> str:
         boot_id = host.boot.boot_id()
         if up.kube is not None:
             left = max(1.0, timeout - (time.monotonic() - started))
-            wait_node_ready(up.kube, up.name, timeout=left, new_boot_id_than=before)
+            up.kube.wait_node_ready(up.name, timeout=left, new_boot_id_than=before)
     except WaitTimeout as exc:
         raise NodeDidNotComeBack(
             f"{up.name} did not come back within {timeout:g}s after the reboot (role "
@@ -1028,7 +979,7 @@ class Kubespray(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node_status(up.name)
+        status = kube.node(up.name)
         want = up.profile.kube_version
         if not status.is_ready:
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
@@ -1102,22 +1053,25 @@ class Uncordon(Step):
     title = "uncordon the node (only if this upgrade cordoned it)"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("Kubernetes API", f"uncordon {up.name} (only if this upgrade cordoned it)"),)
+        return (Planned("Kubernetes API", f"uncordon {up.name} only if nodegate.io/cordoned-by names this upgrade"),)
 
     def already(self, up: Upgrade) -> str | None:
-        if not up.value("cordoned_by_us"):
+        if not up.value("cordoned_by"):
             return "left as found: the node was cordoned before this upgrade, so it stays cordoned"
-        if not up.need_kube().node_status(up.name).unschedulable:
+        if not up.need_kube().node(up.name).unschedulable:
             return "the node is schedulable"
         return None
 
     def run(self, up: Upgrade) -> str:
-        up.need_kube().uncordon(up.name)
+        result = up.need_kube().uncordon(up.name, only_if_cordoned_by=up.value("cordoned_by"))
+        if not result.changed and result.unschedulable:
+            raise StepFailed(f"{up.name} was not uncordoned: {result.detail}",
+                             fix="someone else cordoned it meanwhile; find out who before uncordoning it by hand")
         return f"{up.name} uncordoned"
 
     def verify(self, up: Upgrade) -> str:
-        status = up.need_kube().node_status(up.name)
-        if up.value("cordoned_by_us") and status.unschedulable:
+        status = up.need_kube().node(up.name)
+        if up.value("cordoned_by") and status.unschedulable:
             raise StepFailed(f"{up.name} is still cordoned")
         return status.describe()
 
@@ -1165,12 +1119,9 @@ class StorageHealthy(Step):
             if not status.healthy_in_full:
                 return NotYet("ceph: " + "; ".join(status.reasons()))
             if any_csi:
-                pods = [p for p in kube.list_pods(namespace=ns, selector=CSI_SELECTOR) if p.node == up.name]
-                if not pods:
-                    return NotYet(f"no csi-rbdplugin pod on {up.name} yet")
-                bad = [f"{p.ref} ({p.phase}, ready={p.ready})" for p in pods if not p.ready]
-                if bad:
-                    return NotYet("csi-rbdplugin not Ready: " + ", ".join(bad))
+                csi = kube.csi_rbdplugin(up.name, namespace=ns, log_lines=0)
+                if not (csi.pod is not None and csi.ready and not csi.crash_looping):
+                    return NotYet(csi.describe())
             return Done(status)
 
         # A 0.5 s poll reacts within a second of the change; `ceph status` itself is the cost.
@@ -1238,5 +1189,4 @@ STEPS: tuple[Step, ...] = (
 STEP_NAMES = tuple(s.name for s in STEPS)
 
 __all__ = ["Upgrade", "UpgradeOptions", "Step", "STEPS", "STEP_NAMES", "StepOutcome", "StepPlan", "Planned",
-           "CheckRun", "EvidenceItem", "StepFailed", "GateBlocked", "DrainBlocked", "NodeDidNotComeBack", "drain",
-           "TransientError"]
+           "CheckRun", "EvidenceItem", "StepFailed", "GateBlocked", "NodeDidNotComeBack"]
