@@ -1,14 +1,18 @@
 """`nodegate report [RUN_DIR] --out FILE.html`: one self-contained HTML file for the change ticket,
-and beside it a short Markdown summary fit for the ticket's body.
+and beside it (FILE.md) a short Markdown summary fit for the ticket's body.
 
 The HTML comes from the Allure command-line tool (npm `allure`, pinned in reports/package.json and
-installed by `make`), `allure awesome --single-file`; a history file per cluster under
-`reports/history/` lets each new report show the trend of earlier runs.
+installed by `make`): `allure awesome --single-file`, configured through a generated allurerc.json
+(report name, the failure categories, a history file per cluster under `reports/history/` so each
+new report shows the trend of the earlier runs on the same cluster). The results are copied and
+redacted once more before Allure reads them, and the tracking script Allure's template carries is
+removed: the file must open from a ticket attachment with no network at all.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +24,16 @@ from nodegate.errors import PermanentError, UsageError
 from nodegate.secrets import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Allure's page template loads Google Analytics; a change report for an on-premises cluster must not
+_TRACKING = re.compile(r"<script[^>]*googletagmanager[^>]*>\s*</script>\s*<script>[^<]*?gtag\([^<]*</script>", re.S)
+
+
+@dataclass(frozen=True)
+class StepLine:
+    name: str
+    status: str
+    duration_s: float
+    depth: int
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,12 @@ class ResultLine:
     phase: str | None
     category: str | None
     message: str
+    steps: tuple[StepLine, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()      # (name, url)
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.stop - self.start)
 
 
 @dataclass(frozen=True)
@@ -43,35 +63,53 @@ class ReportFiles:
 def find_run_dir(run_dir: Path | None, reports: Path) -> Path:
     """The run to report on: the one given, else the newest under reports/runs/."""
     if run_dir is not None:
-        if not run_dir.exists():
-            raise UsageError(f"no run folder {run_dir}", fix="give a folder under reports/runs/, or none for the newest")
+        if not run_dir.is_dir():
+            raise UsageError(f"no run folder {run_dir}",
+                             fix=f"give a folder under {reports / 'runs'}, or none for the newest run")
         return run_dir
     runs = sorted(p for p in (reports / "runs").glob("*") if (p / "results").is_dir())
     if not runs:
         raise UsageError(f"no runs under {reports / 'runs'}",
-                         fix="run the checks or a procedure first (pytest --node …), then nodegate report")
+                         fix="run the checks or a procedure first (pytest checks/ --cluster … --node …), "
+                             "then nodegate report")
     return runs[-1]
 
 
 def results_of(run_dir: Path) -> Path:
     results = run_dir / "results" if (run_dir / "results").is_dir() else run_dir
     if not any(results.glob("*-result.json")):
-        raise UsageError(f"{results} holds no Allure results", fix="point at a run folder written by pytest --node …")
+        raise UsageError(f"{results} holds no Allure results",
+                         fix="point at a run folder written by pytest --node … (reports/runs/<run id>)")
     return results
+
+
+def _steps(raw: list, depth: int = 0) -> list[StepLine]:
+    out: list[StepLine] = []
+    for step in raw or []:
+        out.append(StepLine(name=step.get("name", "?"), status=step.get("status", "unknown"),
+                            duration_s=max(0, step.get("stop", 0) - step.get("start", 0)) / 1000, depth=depth))
+        out += _steps(step.get("steps", []), depth + 1)
+    return out
 
 
 def read_results(results: Path) -> list[ResultLine]:
     lines = []
     for path in sorted(results.glob("*-result.json")):
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        labels = {}
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}", fix="the results folder is damaged; run again") from None
+        labels: dict[str, str] = {}
         for label in raw.get("labels", []):
             labels.setdefault(label.get("name"), label.get("value"))
         lines.append(ResultLine(
             name=raw.get("name", "?"), status=raw.get("status", "unknown"),
             start=raw.get("start", 0) / 1000, stop=raw.get("stop", 0) / 1000,
             node=labels.get("node"), phase=labels.get("phase"), category=labels.get("category"),
-            message=(raw.get("statusDetails") or {}).get("message", "") or ""))
+            message=(raw.get("statusDetails") or {}).get("message", "") or "",
+            steps=tuple(_steps(raw.get("steps", []))),
+            links=tuple((link.get("name") or link.get("url", ""), link.get("url", ""))
+                        for link in raw.get("links", []) if link.get("type") == "issue")))
     return sorted(lines, key=lambda r: (r.start, r.name))
 
 
@@ -80,84 +118,161 @@ def read_environment(results: Path) -> dict[str, str]:
     path = results / "environment.properties"
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
-            if "=" in line:
+            if "=" in line and not line.lstrip().startswith("#"):
                 key, value = line.split("=", 1)
-                env[key.strip()] = value.strip()
+                env[key.strip()] = value.strip().replace("\\n", "\n").replace("\\\\", "\\")
     return env
 
 
-def summary_markdown(results: Path) -> str:
+def known_fix(message: str, category: str | None) -> str | None:
+    """The fix for a failure: the one its message names (`fix: …`), else a known issue whose
+    symptom it shows, else the general advice for its failure class."""
+    found = re.search(r"(?im)^\s*fix:\s*(.+)$", message)
+    if found:
+        return found.group(1).strip()
+    from nodegate.knowledge import KNOWN_ISSUES
+    from nodegate.reporting import CATEGORY_FIXES
+
+    for issue in KNOWN_ISSUES:
+        if issue.matches(message):
+            return f"{issue.title}: {issue.fix} ({'; '.join(issue.references)})"
+    return CATEGORY_FIXES.get(category or "")
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
+    from nodegate.reporting import classify
+
     lines = read_results(results)
     env = read_environment(results)
     failed = [r for r in lines if r.status in ("failed", "broken")]
     outcome = "FAILED" if failed else ("PASSED" if lines else "NOTHING RAN")
-    start = min((r.start for r in lines), default=0)
+    start = min((r.start for r in lines if r.start), default=0)
     stop = max((r.stop for r in lines), default=0)
     fmt = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"  # noqa: E731
+    counts = {s: sum(1 for r in lines if r.status == s) for s in ("passed", "failed", "broken", "skipped")}
+    tickets = sorted({link for r in lines for link in r.links})
     out = [
-        f"# nodegate run {env.get('run', results.parent.name)}: {outcome}",
+        f"# nodegate {env.get('cluster', '?')} / {env.get('nodes', '?')}: {outcome}",
         "",
-        f"- Cluster: {env.get('cluster', '?')}",
-        f"- Node(s): {env.get('nodes', '?')}",
-        f"- Release: {env.get('source.release', '?')} → {env.get('target.release', '?')}",
-        f"- Start: {fmt(start)}; end: {fmt(stop)}",
-        f"- Operator: {env.get('operator', '?')}; nodegate {env.get('nodegate.version', '?')} ({env.get('nodegate.commit', '?')})",
+        f"- Run: {env.get('run', results.parent.name)} ({env.get('mode', '?')})",
+    ]
+    if tickets:
+        out.append("- Ticket: " + ", ".join(f"[{name}]({url})" if url and url != name else name
+                                            for name, url in tickets))
+    out += [
+        f"- Cluster: {env.get('cluster', '?')}; node(s): {env.get('nodes', '?')}",
+        f"- Release: {env.get('release', '?')}",
+        f"- Kubespray {env.get('kubespray.version', '?')}, kube_version {env.get('kube_version', '?')}, "
+        f"Rook {env.get('rook.version', '?')}, cephcsi {env.get('cephcsi.version', '?')}",
+        f"- Start: {fmt(start)}; end: {fmt(stop)} ({max(0, stop - start):.0f} s)",
+        f"- Operator: {env.get('operator', '?')}; nodegate {env.get('nodegate.version', '?')} "
+        f"({env.get('nodegate.commit', '?')})",
+        f"- Outcome: {counts['passed']} passed, {counts['failed']} failed, {counts['broken']} broken, "
+        f"{counts['skipped']} skipped",
         "",
-        "| # | node | phase | check or step | outcome |",
-        "| --- | --- | --- | --- | --- |",
+        "| # | node | phase | check or step | outcome | time |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for i, r in enumerate(lines, 1):
-        out.append(f"| {i} | {r.node or ''} | {r.phase or ''} | {r.name} | {r.status} |")
+        out.append(f"| {i} | {_cell(r.node or '')} | {_cell(r.phase or '')} | {_cell(r.name)} | "
+                   f"**{r.status}** | {r.duration_s:.1f} s |")
+        for step in r.steps:
+            if step.depth == 0:   # the procedure's own steps; deeper ones are in the HTML
+                out.append(f"|  |  |  | ↳ {_cell(step.name)} | {step.status} | {step.duration_s:.1f} s |")
     if failed:
         out += ["", "## What failed", ""]
         for r in failed:
-            first = r.message.strip().splitlines()
-            out.append(f"- **{r.name}** ({r.node or 'cluster'}): " + (" ".join(first[:6]) if first else "no message"))
+            category = classify(r.status, r.message)
+            text = [ln for ln in r.message.strip().splitlines() if ln.strip() and not ln.strip().startswith("fix:")]
+            out.append(f"- **{r.name}** ({r.node or 'cluster'}, {r.phase or 'check'}) — {category or r.status}: "
+                       + (_cell(" ".join(text[:4]))[:600] if text else "no message"))
+            fix = known_fix(r.message, category)
+            if fix:
+                out.append(f"  - Known fix: {_cell(fix)}")
+    if html_name:
+        out += ["", f"Evidence (commands, outputs, states before and after): attached report `{html_name}`."]
     return redact("\n".join(out) + "\n")
 
 
 def allure_command(reports: Path) -> list[str]:
-    local = reports / "node_modules" / ".bin" / "allure"
-    if local.exists():
-        return [str(local)]
+    for base in (reports, PROJECT_ROOT / "reports"):
+        local = base / "node_modules" / ".bin" / "allure"
+        if local.exists():
+            return [str(local)]
     found = shutil.which("allure")
     if found:
         return [found]
     raise UsageError("the Allure command-line tool is not installed",
-                     fix=f"run `make setup` (or `npm ci --prefix {reports}`)")
+                     fix=f"run `make allure` (or `npm ci --prefix {PROJECT_ROOT / 'reports'}`)")
+
+
+def _categories(results: Path) -> list:
+    from nodegate.reporting import CATEGORIES
+
+    path = results / "categories.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else CATEGORIES
+    except ValueError:
+        return CATEGORIES
 
 
 def build_report(*, run_dir: Path | None, out: Path | None, reports: Path | None = None,
                  cluster: str | None = None) -> ReportFiles:
+    from nodegate.reporting import redact_results
+
     reports = reports or Path(os.environ.get("NODEGATE_REPORTS", PROJECT_ROOT / "reports"))
     run = find_run_dir(run_dir, reports)
     results = results_of(run)
     env = read_environment(results)
-    out = out or run / "report.html"
-    history = reports / "history" / f"{(cluster or env.get('cluster') or 'default').replace('/', '_')}.jsonl"
+    out = (out or run / "report.html").resolve()
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out {out} is not an .html file", fix="give a file name ending in .html")
+    cluster_name = re.sub(r"[^A-Za-z0-9._-]", "_", cluster or env.get("cluster") or "default")
+    history = reports / "history" / f"{cluster_name}.jsonl"
     history.parent.mkdir(parents=True, exist_ok=True)
+    name = f"nodegate {env.get('cluster', '')} {env.get('nodes', '')} {env.get('run', run.name)}"
     with tempfile.TemporaryDirectory(prefix="nodegate-report-") as tmp:
-        cmd = allure_command(reports) + [
-            "awesome", str(results), "--single-file", "-o", tmp, "--history-path", str(history),
-            "--name", f"nodegate {env.get('nodes', '')} {env.get('run', run.name)}".strip(),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        index = Path(tmp) / "index.html"
+        copy = Path(tmp) / "results"
+        shutil.copytree(results, copy)
+        redact_results(copy)
+        config = Path(tmp) / "allurerc.json"
+        config.write_text(json.dumps({
+            "name": " ".join(name.split()), "output": str(Path(tmp) / "html"), "historyPath": str(history),
+            "categories": _categories(results),
+        }, indent=2), encoding="utf-8")
+        cmd = allure_command(reports) + ["awesome", str(copy), "--config", str(config), "--single-file",
+                                         "-o", str(Path(tmp) / "html")]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp,
+                                  env={**os.environ, "ALLURE_NO_ANALYTICS": "true", "NO_COLOR": "1"})
+        except subprocess.TimeoutExpired:
+            raise PermanentError("allure awesome did not finish within 300 s",
+                                 fix="check the results folder's size; reinstall the Allure CLI with `make allure`") from None
+        index = Path(tmp) / "html" / "index.html"
         if proc.returncode != 0 or not index.exists():
-            raise PermanentError(f"allure awesome failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}",
-                                 fix="check the results folder, or reinstall the Allure CLI with `make setup`")
+            said = redact((proc.stderr or proc.stdout).strip()[-800:])
+            raise PermanentError(f"allure awesome failed (exit {proc.returncode}): {said}",
+                                 fix="check the results folder, or reinstall the Allure CLI with `make allure`")
+        html = _TRACKING.sub("", index.read_text(encoding="utf-8"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(index, out)
+        out.write_text(html, encoding="utf-8")
     summary = out.with_suffix(".md")
-    summary.write_text(summary_markdown(results), encoding="utf-8")
+    summary.write_text(summary_markdown(results, html_name=out.name), encoding="utf-8")
     return ReportFiles(html=out, summary=summary)
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("report", help="turn a run's results into one HTML file and a ticket summary")
+    parser = sub.add_parser("report", help="turn a run's results into one HTML file and a ticket summary",
+                            description="Build one self-contained HTML report (and FILE.md, a summary for "
+                                        "the ticket's body) from a run under reports/runs/.")
     parser.add_argument("run_dir", nargs="?", type=Path, help="a folder under reports/runs/ (default: the newest)")
     parser.add_argument("--out", type=Path, help="the HTML file to write (default: RUN_DIR/report.html)")
-    parser.add_argument("--reports", type=Path, help="the reports folder (default: the project's reports/)")
+    parser.add_argument("--reports", type=Path, help="the reports folder (default: $NODEGATE_REPORTS or the "
+                                                     "project's reports/)")
     parser.set_defaults(func=_main)
 
 

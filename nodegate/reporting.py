@@ -2,10 +2,13 @@
 
 Registered as its own pytest11 entry point beside nodegate.plugin. Domain code (nodes, kube,
 ceph, the upgrade steps) only logs; checks and procedures hand evidence to the `evidence`
-fixture, and everything that reaches a result file passes through nodegate.secrets.redact.
+fixture, and everything that reaches a result file passes through nodegate.secrets.redact —
+once when it is attached, and once more over the whole results folder when the run ends
+(captured stdout/stderr, tracebacks and parameters are written by allure-pytest itself).
 
 A nodegate run (one given `--node`) writes its results to `reports/runs/<run id>/results`
-unless `--alluredir` is given; the run id sorts by time and is shared with the journal.
+unless `--alluredir` is given; the run id sorts by time. Under pytest-xdist the workers get the
+controller's run id and results folder, and only the controller writes the run-level files.
 """
 from __future__ import annotations
 
@@ -13,44 +16,77 @@ import getpass
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nodegate.secrets import install_log_redaction, redact
+from nodegate.secrets import install_log_redaction, redact, register_secret
 
 RUN_ID = pytest.StashKey[str]()
 RUN_DIR = pytest.StashKey[Path]()
 ENVIRONMENT = pytest.StashKey[dict]()
 PHASES = ("preflight", "postflight", "procedure")
+WORKER_ENV_GLOB = "nodegate-env-*.json"   # environment lines set in xdist workers, merged by the controller
+_READER = pytest.StashKey[Any]()          # the thread reading the cluster facts at session start
 
-# Failure classes a reviewer sorts by. Messages written by checks and steps carry the class
-# words these patterns look for (see nodegate.knowledge and the checks' messages).
-CATEGORIES = [
+# Failure classes a reviewer sorts by, first match wins (Allure 3 and the ticket summary both take
+# the first). The regexes are written in the common subset of Java, JavaScript and Python syntax
+# ([\s\S] instead of (?s), no inline flags) because Allure 2 reads them with java.util.regex and
+# Allure 3 with JavaScript's RegExp; messages written by checks and steps carry these words.
+CATEGORIES: list[dict[str, Any]] = [
     {"name": "Blocked by a PodDisruptionBudget", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(disruption budget|PodDisruptionBudget|blocked by PDB).*"},
-    {"name": "Held-package drift", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(held package|held-package|not held|hold drift|held at).*"},
-    {"name": "Legacy apt keyring", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(legacy trusted\.gpg|legacy keyring).*"},
+     "messageRegex": r"[\s\S]*(disruption budget|PodDisruptionBudget|blocked by PDB|\bPDB\b)[\s\S]*"},
     {"name": "Kubespray known issue", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(Kubespray known issue|kubespray #\d+|multus|Packages were downgraded).*"},
-    {"name": "Node did not come back", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(did not come back|out-of-band|not Ready within|hang).*"},
+     "messageRegex": r"[\s\S]*(Kubespray known issue|[Kk]ubespray #\d+|loop_control\.label|"
+                     r"Packages were downgraded|Held packages were changed)[\s\S]*"},
+    {"name": "Held-package drift", "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"[\s\S]*([Hh]eld[ -]package|not held|no longer held|hold drift|apt-mark hold|held at)[\s\S]*"},
+    {"name": "Legacy apt keyring", "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"[\s\S]*(legacy trusted\.gpg|[Ll]egacy (apt )?keyring|/etc/apt/trusted\.gpg)[\s\S]*"},
     {"name": "CSI crash-loop", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(csi-rbdplugin|csi\.sock|CrashLoopBackOff|cephcsi).*"},
+     "messageRegex": r"[\s\S]*(csi-rbdplugin|csi\.sock|CrashLoopBackOff|cephcsi)[\s\S]*"},
+    {"name": "Node did not come back", "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"[\s\S]*(did not come back|not Ready within|out-of-band|did not boot|hangs? on reboot|"
+                     r"never came back|still down)[\s\S]*"},
     {"name": "Storage unhealthy", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(HEALTH_WARN|HEALTH_ERR|ceph|OSD|placement group|PG).*"},
+     "messageRegex": r"[\s\S]*(HEALTH_WARN|HEALTH_ERR|[Cc]eph|\bOSDs?\b|placement group|\bPGs?\b|noout)[\s\S]*"},
     {"name": "Another upgrade holds the lock", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(lock|Lease).*held.*"},
+     "messageRegex": r"[\s\S]*([Ll]ock|Lease)[\s\S]*(held|holds|taken)[\s\S]*"},
     {"name": "Release upgrade refused", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"(?s).*(do-release-upgrade|Please install all available updates|reboot before upgrading).*"},
-    {"name": "Node not ready for the change", "matchedStatuses": ["failed"],
-     "messageRegex": r"(?s).*"},
-    {"name": "Harness or lab error", "matchedStatuses": ["broken"], "messageRegex": r"(?s).*"},
+     "messageRegex": r"[\s\S]*(do-release-upgrade|Please install all available updates|reboot before upgrading)[\s\S]*"},
+    {"name": "Unsupported versions", "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"[\s\S]*(not supported|unsupported|end of life|\bEOL\b)[\s\S]*"},
+    {"name": "Node not ready for the change", "matchedStatuses": ["failed"], "messageRegex": r"[\s\S]*"},
+    {"name": "Harness or lab error", "matchedStatuses": ["broken"], "messageRegex": r"[\s\S]*"},
 ]
+
+# What to do about each class, for the ticket summary when the failure message names no fix itself.
+CATEGORY_FIXES = {
+    "Blocked by a PodDisruptionBudget": "scale the workload or relax its PodDisruptionBudget, then run again "
+                                        "(the node stays cordoned until the drain finishes)",
+    "Kubespray known issue": "see the known issue named in the message (nodegate.knowledge) and its fix",
+    "Held-package drift": "hold the container packages again (`apt-mark hold containerd.io docker-ce docker-ce-cli`) "
+                          "at the versions Kubespray expects",
+    "Legacy apt keyring": "move the repository key to /etc/apt/keyrings/ and add signed-by= to the source",
+    "CSI crash-loop": "upgrade Rook/cephcsi to a version that supports the target release before continuing",
+    "Node did not come back": "reach the node out-of-band (BMC console), boot it, then resume the procedure",
+    "Storage unhealthy": "wait for `ceph status` to be HEALTH_OK with all OSDs up and in before the next node",
+    "Another upgrade holds the lock": "wait for the other upgrade to finish, or take over a stale lock with "
+                                      "--take-over-stale-lock",
+    "Release upgrade refused": "install the pending updates and reboot as the message says, then run again",
+    "Unsupported versions": "upgrade the component named in the message before the node's release",
+}
+
+
+def classify(status: str, message: str) -> str | None:
+    """The failure class of a result, by the same rules as categories.json (first match wins)."""
+    for category in CATEGORIES:
+        if status in category["matchedStatuses"] and re.search(category["messageRegex"], message or ""):
+            return category["name"]
+    return None
 
 
 def reports_root(config: pytest.Config) -> Path:
@@ -66,28 +102,263 @@ def run_id(config: pytest.Config) -> str:
 
 
 def set_environment(config: pytest.Config, key: str, value: Any) -> None:
-    """Add a line to environment.properties (cluster, releases, versions …)."""
+    """Add a line to environment.properties (source release, Rook and cephcsi versions …).
+    Safe to call from xdist workers: their lines are merged by the controller."""
     config.stash.setdefault(ENVIRONMENT, {})[key] = str(value)
 
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+# --------------------------------------------------------------------------- configure
 
 @pytest.hookimpl(tryfirst=True)  # before allure-pytest's own pytest_configure reads the option
 def pytest_configure(config: pytest.Config) -> None:
     install_log_redaction()
     from nodegate.journal import new_run_id
 
-    config.stash[RUN_ID] = new_run_id()
+    workerinput = getattr(config, "workerinput", None)
+    config.stash[RUN_ID] = (workerinput or {}).get("nodegate_run_id") or new_run_id()
     if is_nodegate_run(config) and not config.option.allure_report_dir and not config.option.collectonly:
         run_dir = reports_root(config) / "runs" / config.stash[RUN_ID]
         config.stash[RUN_DIR] = run_dir
         config.option.allure_report_dir = str(run_dir / "results")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist: every worker writes into the controller's run (same id, same results folder)."""
+    node.workerinput["nodegate_run_id"] = node.config.stash[RUN_ID]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """After every pytest_configure (nodegate.plugin has read the profile by now): remember the
+    cluster's credentials, set the ticket link pattern, note what the run starts from."""
+    config = session.config
+    profile = getattr(_run(config), "profile", None)
+    if profile is not None:
+        register_profile_secrets(profile)
     ticket = _opt(config, "ticket")
     if ticket and not any(kind == "issue" for kind, _ in config.option.allure_link_pattern):
-        pattern = os.environ.get("NODEGATE_TICKET_LINK_PATTERN", "")
+        pattern = _ticket_pattern(config)
         if pattern:
+            # allure-pytest formats each link of type "issue" through this pattern when it writes a result
             config.option.allure_link_pattern.append(["issue", pattern])
+    if (profile is not None and config.option.allure_report_dir and not config.option.collectonly
+            and not _is_worker(config)):
+        # In the background: importing the Kubernetes client and asking costs about a second, and
+        # the run must not wait for facts only the report needs. Node releases change only after a
+        # reboot, minutes into a procedure, long after this read.
+        import threading
 
+        reader = threading.Thread(target=_read_starting_point, args=(config, profile),
+                                  name="nodegate-environment", daemon=True)
+        reader.start()
+        config.stash[_READER] = reader
+
+
+def _run(config: pytest.Config):
+    from nodegate.plugin import RUN_KEY
+
+    return config.stash.get(RUN_KEY, None)
+
+
+def _ticket_pattern(config: pytest.Config) -> str | None:
+    """The change-ticket link pattern: the profile's [cluster] ticket_link_pattern, else
+    $NODEGATE_TICKET_LINK_PATTERN. `{}` or `{ticket}` stands for the ticket id."""
+    profile = getattr(_run(config), "profile", None)
+    from_profile = getattr(profile, "ticket_link_pattern", None)
+    raw = from_profile or os.environ.get("NODEGATE_TICKET_LINK_PATTERN") or None
+    if raw is None:
+        return None
+    pattern = raw.replace("{ticket}", "{}")
+    if pattern.count("{}") != 1 or re.search(r"\{(?!\})|(?<!\{)\}", pattern):
+        where = (f"[cluster] ticket_link_pattern in {profile.path}" if from_profile
+                 else "$NODEGATE_TICKET_LINK_PATTERN")
+        raise pytest.UsageError(
+            f"{where} is {raw!r}: it must contain the ticket placeholder {{ticket}} (or {{}}) exactly once "
+            "and no other braces\n  fix: write it like https://tickets.example.com/browse/{ticket}")
+    return pattern
+
+
+def _read_starting_point(config: pytest.Config, profile: Any) -> None:
+    """What the run starts from, for environment.properties: the selected nodes' release (the
+    API's nodeInfo.osImage, before anything changes) and the Rook and cephcsi versions (the
+    operator's and the CSI plugin's image tags). One try per request: the report must neither slow
+    down nor break a run. Checks that read these themselves may overwrite them with set_environment."""
+    import logging
+
+    names = {n.name for n in getattr(_run(config), "nodes", ())}
+    if not names:
+        return
+    env = config.stash.setdefault(ENVIRONMENT, {})   # setdefault below: values the checks set win
+    try:
+        from nodegate.kube import Kube
+
+        kube = Kube.connect(settings=profile.kube, check=False, attempts=1, retry_limit_s=5.0)
+        try:
+            images = {n.name: n.os_image for n in kube.list_nodes() if n.name in names}
+            namespace = profile.ceph.namespace
+            versions = {
+                "rook.version": _image_tag(kube.list_pods(namespace=namespace, selector="app=rook-ceph-operator"),
+                                           "rook-ceph-operator"),
+                "cephcsi.version": _image_tag(kube.list_pods(namespace=namespace, selector="app=csi-rbdplugin"),
+                                              "csi-rbdplugin"),
+            }
+        finally:
+            kube.close()
+    except Exception as exc:  # noqa: BLE001 - facts for the report only; any failure must not stop the run
+        logging.getLogger(__name__).info("environment: cluster facts not read (%s)",
+                                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
+    releases = sorted({m.group(1) for image in images.values() if (m := re.search(r"(\d+\.\d+)", image or ""))})
+    if releases:
+        env.setdefault("source.release", ", ".join(releases))
+    if images:
+        env.setdefault("source.os_image", ", ".join(f"{k}: {v}" for k, v in sorted(images.items())))
+    for key, value in versions.items():
+        if value:
+            env.setdefault(key, value)
+
+
+def _image_tag(pods: list, container: str) -> str | None:
+    tags = sorted({c.image.rsplit(":", 1)[1] for pod in pods for c in getattr(pod, "containers", ())
+                   if c.name == container and ":" in getattr(c, "image", "")})
+    return ", ".join(tags) or None
+
+
+# --------------------------------------------------------------------------- secrets
+
+def _kube_secrets(path: Path) -> list[str]:
+    import base64
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    found = []
+    for user in (data.get("users") or []) if isinstance(data, dict) else []:
+        entry = (user or {}).get("user") or {}
+        for key in ("token", "password", "client-key-data"):
+            value = entry.get(key)
+            if isinstance(value, str):
+                found.append(value)
+                if key == "client-key-data":
+                    try:
+                        found.append(base64.b64decode(value).decode("utf-8", "replace").strip())
+                    except ValueError:
+                        pass
+        token_file = entry.get("tokenFile")
+        if isinstance(token_file, str):
+            try:
+                found.append(Path(token_file).read_text(encoding="utf-8").strip())
+            except OSError:
+                pass
+    return found
+
+
+_SECRET_KEY = re.compile(r"(?i)(pass|secret|token|vault)")
+_INI_SECRET = re.compile(r"(?i)\b\w*(?:pass|secret|token)\w*\s*=\s*(\"[^\"]*\"|'[^']*'|\S+)")
+
+
+def _inventory_secrets(inventory_dir: Path) -> list[str]:
+    """Values of password/secret/token variables anywhere in the Kubespray inventory (hosts file,
+    group_vars, host_vars). The profile drops them on purpose; here they are only remembered so
+    that they are masked if a command's output or a message ever repeats them."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    # Ansible's !vault and !unsafe tags: keep the text, never interpret it
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node)
+                                  if isinstance(node, yaml.ScalarNode) else None)
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool = False) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(_SECRET_KEY.search(str(key))))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, secret)
+        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            found.append(str(value).strip())
+
+    if not inventory_dir.is_dir():
+        return found
+    for path in sorted(inventory_dir.rglob("*")):
+        try:
+            if not path.is_file() or path.stat().st_size > 2_000_000:
+                continue
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if path.suffix in (".yml", ".yaml", ".json"):
+            try:
+                for doc in yaml.load_all(text, Loader=_Loader):  # noqa: S506 - a SafeLoader subclass
+                    walk(doc)
+            except yaml.YAMLError:
+                pass
+        else:   # INI inventory: host lines and [group:vars] lines
+            found += [m.group(1).strip("\"'") for m in _INI_SECRET.finditer(text)]
+    return found
+
+
+def register_profile_secrets(profile: Any) -> None:
+    """Remember the cluster's credentials (kubeconfig tokens, passwords and keys; inventory
+    passwords) so that redact() masks them wherever they would be written."""
+    for value in _kube_secrets(Path(profile.kube.kubeconfig)) + _inventory_secrets(profile.kubespray.inventory_dir):
+        register_secret(value)
+
+
+def redact_results(results: Path) -> int:
+    """Mask secrets in every file allure-pytest wrote (results, containers, attachments such as
+    captured stdout/stderr and logs). Returns how many files changed."""
+    changed = 0
+    for path in results.iterdir():
+        if not path.is_file() or path.name.endswith((".png", ".jpg", ".gif", ".webm", ".mp4", ".zip")):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if path.suffix == ".json":
+            try:
+                tree = json.loads(text)
+            except ValueError:
+                tree = None
+            if tree is not None:
+                cleaned_tree = _redact_tree(tree)
+                if cleaned_tree != tree:   # compared parsed: a secret may be JSON-escaped in the text
+                    path.write_text(json.dumps(cleaned_tree, ensure_ascii=False), encoding="utf-8")
+                    changed += 1
+                continue
+        cleaned = redact(text)
+        if cleaned != text:
+            path.write_text(cleaned, encoding="utf-8")
+            changed += 1
+    return changed
+
+
+def _redact_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_tree(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- labels and links
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.option.allure_report_dir:
+        return   # no results are written: labels would only cost time
     import allure
 
     ticket = _opt(config, "ticket")
@@ -95,8 +366,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         node = _node_of(item)
         if node:
             item.add_marker(allure.label("node", node))
+            # allure-pytest also writes host=<this machine>; a "host" label naming the node is what
+            # a reviewer filters on, and Allure keeps the first one it meets
             item.add_marker(allure.label("host", node))
         phase = next((p for p in PHASES if item.get_closest_marker(p)), None)
+        if phase is None and _category_of(item) and Path(str(item.path)).parent.name == "procedures":
+            phase = "procedure"
         if phase:
             item.add_marker(allure.label("phase", phase))
             item.add_marker(allure.label("parentSuite", phase))
@@ -104,9 +379,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if category:
             item.add_marker(allure.label("category", category))
             item.add_marker(allure.label("suite", category))
+        if node:
+            item.add_marker(allure.label("subSuite", node))
         if ticket:
             item.add_marker(allure.link(ticket, link_type="issue", name=ticket))
 
+
+@pytest.hookimpl(wrapper=True, trylast=True)   # innermost: the terminal and allure-pytest see the masked report
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Mask secrets in a failure's text and the captured output before anyone prints or stores them."""
+    report = yield
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        cleaned = redact(text)
+        if cleaned != text:
+            report.longrepr = cleaned
+    if report.sections:
+        report.sections = [(title, redact(content)) for title, content in report.sections]
+    return report
+
+
+# --------------------------------------------------------------------------- run-level files
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
@@ -115,26 +408,67 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
-    env = {
-        "nodegate.version": _version(),
-        "nodegate.commit": _git_commit(),
-        "operator": _operator(),
-        "run": config.stash[RUN_ID],
-        "python": platform.python_version(),
-    }
-    if _opt(config, "node"):
-        env["nodes"] = _opt(config, "node")
-    if _opt(config, "target_release"):
-        env["target.release"] = _opt(config, "target_release")
-    env.update(config.stash.get(ENVIRONMENT, {}))
+    if _is_worker(config):
+        extra = config.stash.get(ENVIRONMENT, {})
+        if extra:
+            worker = config.workerinput.get("workerid", "gw")
+            (out / WORKER_ENV_GLOB.replace("*", worker)).write_text(json.dumps(extra), encoding="utf-8")
+        return
+    reader = config.stash.get(_READER, None)
+    if reader is not None:
+        reader.join(timeout=15)   # bounded: one request per fact, each with a 5 s retry limit
+    for part in sorted(out.glob(WORKER_ENV_GLOB)):
+        try:
+            for key, value in json.loads(part.read_text(encoding="utf-8")).items():
+                config.stash.setdefault(ENVIRONMENT, {})[key] = str(value)
+        except (OSError, ValueError):
+            pass
+        part.unlink(missing_ok=True)
+    env = environment(config)
     (out / "environment.properties").write_text(
-        "".join(f"{k}={_prop(redact(v))}\n" for k, v in sorted(env.items())), encoding="utf-8")
+        "".join(f"{k}={_prop(redact(v))}\n" for k, v in env.items()), encoding="utf-8")
     (out / "categories.json").write_text(json.dumps(CATEGORIES, indent=2), encoding="utf-8")
     (out / "executor.json").write_text(json.dumps({
         "name": "nodegate", "type": "pytest", "buildName": f"nodegate run {config.stash[RUN_ID]}",
-        "buildOrder": config.stash[RUN_ID], "reportName": f"nodegate {env.get('nodes', '')}".strip(),
+        "buildOrder": int(re.sub(r"\D", "", config.stash[RUN_ID][:16]) or 0),
+        "reportName": f"nodegate {env.get('cluster', '')} {env.get('nodes', '')}".strip(),
     }, indent=2), encoding="utf-8")
+    redact_results(out)
 
+
+def environment(config: pytest.Config) -> dict[str, str]:
+    """The run's environment.properties lines: what a reviewer needs to know the change by."""
+    run = _run(config)
+    profile = getattr(run, "profile", None)
+    nodes = ", ".join(n.name for n in getattr(run, "nodes", ())) or _opt(config, "node") or ""
+    extra = dict(config.stash.get(ENVIRONMENT, {}))
+    target = _opt(config, "target_release") or ""
+    source = extra.pop("source.release", "")
+    env = {
+        "cluster": getattr(profile, "name", "") or "",
+        "nodes": nodes,
+        "release": f"{source or '?'} → {target or '?'}" if (source or target) else "",
+        "source.release": source,
+        "target.release": target,
+        "kubespray.version": getattr(getattr(profile, "kubespray", None), "version", "") or "",
+        "kube_version": getattr(profile, "kube_version", "") or "",
+        "rook.version": extra.pop("rook.version", ""),
+        "cephcsi.version": extra.pop("cephcsi.version", ""),
+        "nodegate.version": _version(),
+        "nodegate.commit": _git_commit(),
+        "operator": _operator(),
+        "mode": ("execute" if _opt(config, "execute") else "read-only") if _opt(config, "node") else "",
+        "ticket": _opt(config, "ticket") or "",
+        "run": config.stash[RUN_ID],
+        "python": platform.python_version(),
+    }
+    env.update(extra)
+    # an unknown value is stated, not left out: a reviewer must see that it was not read
+    must = ("cluster", "nodes", "release", "kubespray.version", "kube_version", "rook.version", "cephcsi.version")
+    return {k: (v or ("unknown" if k in must else "")) for k, v in env.items() if v or k in must}
+
+
+# --------------------------------------------------------------------------- evidence
 
 class Evidence:
     """What checks and steps hand to the report: every text is redacted before it is written."""
@@ -147,8 +481,8 @@ class Evidence:
     def json(self, name: str, data: Any) -> None:
         import allure
 
-        allure.attach(redact(json.dumps(data, indent=2, sort_keys=True, default=str)), name=name,
-                      attachment_type=allure.attachment_type.JSON)
+        text = data if isinstance(data, str) else json.dumps(data, indent=2, sort_keys=True, default=str)
+        allure.attach(redact(text), name=name, attachment_type=allure.attachment_type.JSON)
 
     def table(self, name: str, header: list[str], rows: list[list[Any]]) -> None:
         import csv
@@ -162,24 +496,34 @@ class Evidence:
         writer.writerows(rows)
         allure.attach(redact(buf.getvalue()), name=name, attachment_type=allure.attachment_type.CSV)
 
-    def command(self, host: str, result: Any) -> None:
-        """A command run on a node: its argv, exit code and output, as one attachment."""
-        args = getattr(result, "args", None) or getattr(result, "command", "")
-        text = (f"host: {host}\n$ {args if isinstance(args, str) else ' '.join(map(str, args))}\n"
-                f"exit code: {getattr(result, 'rc', getattr(result, 'exit_status', '?'))}\n"
-                f"--- stdout ---\n{getattr(result, 'stdout', '')}\n--- stderr ---\n{getattr(result, 'stderr', '')}\n")
-        self.text(f"{host}: {args if isinstance(args, str) else ' '.join(map(str, args))}"[:120], text)
+    def command(self, result: Any, *, name: str | None = None) -> None:
+        """A command run on a node or against Ceph (nodes.CommandResult, ceph.CephCommandResult):
+        where, the command line, its exit code, duration and output, as one attachment."""
+        where = getattr(result, "node", None) or getattr(result, "via", None) or "?"
+        command = getattr(result, "command", None)
+        if not isinstance(command, str):
+            args = getattr(result, "args", ())
+            command = args if isinstance(args, str) else " ".join(map(str, args))
+        duration = getattr(result, "duration", None)
+        text = (f"on: {where}\n$ {command}\nexit code: {getattr(result, 'rc', '?')}"
+                + (f"   ({duration:.2f} s)" if isinstance(duration, (int, float)) else "")
+                + f"\n--- stdout ---\n{getattr(result, 'stdout', '')}\n--- stderr ---\n{getattr(result, 'stderr', '')}\n")
+        self.text(name or f"{where}: {command}"[:120], text)
 
     def step(self, title: str):
+        """An Allure step (start, duration, outcome) around a block: `with evidence.step("drain"):`."""
         import allure
 
-        return allure.step(title)
+        return allure.step(redact(title))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def evidence() -> Evidence:
+    """Attach evidence (commands, JSON, tables, text) to the running check or step, redacted."""
     return Evidence()
 
+
+# --------------------------------------------------------------------------- helpers
 
 def _opt(config: pytest.Config, name: str):
     try:
@@ -205,7 +549,8 @@ def _category_of(item: pytest.Item) -> str | None:
 
 
 def _prop(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
+    # java.util.Properties escapes: Allure 2 reads the file with it
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _version() -> str:
@@ -221,13 +566,18 @@ def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip()
+        if not commit:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def _operator() -> str:
     try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
+        return os.environ.get("NODEGATE_OPERATOR") or os.environ.get("SUDO_USER") or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
