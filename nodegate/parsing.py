@@ -475,6 +475,11 @@ def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _as_list(value: Any) -> list:
+    # `x or []` is not enough: ceph JSON from another version (or junk) may hold true or 3 there
+    return value if isinstance(value, list) else []
+
+
 def _as_int(value: Any, default: int = 0) -> int:
     if isinstance(value, bool):
         return int(value)
@@ -526,7 +531,7 @@ def _health_from(data: Any) -> CephHealth:
     for name, raw in _as_dict(data.get("checks")).items():
         raw = _as_dict(raw)
         summary = _as_dict(raw.get("summary"))
-        details = tuple(str(_as_dict(d).get("message", "")) for d in raw.get("detail") or [] if isinstance(d, dict))
+        details = tuple(str(_as_dict(d).get("message", "")) for d in _as_list(raw.get("detail")) if isinstance(d, dict))
         checks[str(name)] = HealthCheck(severity=str(raw.get("severity", "")), summary=str(summary.get("message", "")),
                                         count=_as_int(summary.get("count")), details=details,
                                         muted=bool(raw.get("muted", False)))
@@ -595,7 +600,7 @@ def parse_ceph_status(json_text: str) -> CephStatus:
         osdmap = osdmap["osdmap"]
     pgmap = _as_dict(data.get("pgmap"))
     by_state: dict[str, int] = {}
-    for item in pgmap.get("pgs_by_state") or []:
+    for item in _as_list(pgmap.get("pgs_by_state")):
         item = _as_dict(item)
         if isinstance(item.get("state_name"), str):
             by_state[item["state_name"]] = by_state.get(item["state_name"], 0) + _as_int(item.get("count"))
@@ -638,8 +643,8 @@ def parse_ok_to_stop(json_text: str, rc: int, stderr: str = "") -> OkToStop:
     message = next((line.strip() for line in stderr.splitlines() if line.startswith("Error")), "")
     if not data:
         return OkToStop(ok=False, message=message or f"no JSON answer from ok-to-stop (rc {rc})")
-    osds = tuple(o for o in data.get("osds") or [] if isinstance(o, int) and not isinstance(o, bool))
-    pgs = lambda key: tuple(str(p) for p in data.get(key) or [] if isinstance(p, (str, int)))  # noqa: E731
+    osds = tuple(o for o in _as_list(data.get("osds")) if isinstance(o, int) and not isinstance(o, bool))
+    pgs = lambda key: tuple(str(p) for p in _as_list(data.get(key)) if isinstance(p, (str, int)))  # noqa: E731
     return OkToStop(ok=rc == 0 and data.get("ok_to_stop") is True, osds=osds,
                     num_ok_pgs=_as_int(data.get("num_ok_pgs")), num_not_ok_pgs=_as_int(data.get("num_not_ok_pgs")),
                     bad_become_inactive=pgs("bad_become_inactive"), ok_become_degraded=pgs("ok_become_degraded"),
@@ -668,7 +673,7 @@ def parse_osd_dump_flags(json_text: str) -> OsdFlags:
     nodes = {str(k): frozenset(str(f) for f in v) for k, v in _as_dict(data.get("crush_node_flags")).items()
              if isinstance(v, list)}
     osds: dict[int, frozenset[str]] = {}
-    for osd in data.get("osds") or []:
+    for osd in _as_list(data.get("osds")):
         osd = _as_dict(osd)
         if isinstance(osd.get("osd"), int) and isinstance(osd.get("state"), list):
             own = frozenset(str(s) for s in osd["state"]) - _OSD_STATE_NOT_FLAGS

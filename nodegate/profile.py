@@ -253,6 +253,10 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
         # tomllib names the line and column but never echoes the content (which may hold secrets)
         raise UsageError(f"cluster profile {path} is not valid TOML: {exc}",
                          fix="correct the TOML syntax at that line (https://toml.io)") from None
+    except RecursionError:
+        # tomllib recurses per nesting level: thousands of '[' would end in a traceback
+        raise UsageError(f"cluster profile {path} nests arrays or tables too deeply to be a cluster profile",
+                         fix="correct the TOML (https://toml.io)") from None
     reader = _TomlReader(path, data)
     reader.check_keys()
 
@@ -607,6 +611,8 @@ class _InventoryBuilder:
                             fix="correct the YAML at that line") from None
         except yaml.YAMLError as exc:
             raise self.fail(f"not valid YAML ({type(exc).__name__})", fix="correct the YAML syntax") from None
+        except RecursionError:   # PyYAML recurses per nesting level
+            raise self.fail("nests too deeply to be an inventory", fix="correct the YAML syntax") from None
         if data is None:
             raise self.fail("the file is empty", fix="list your nodes under all: hosts: and the Kubespray groups")
         if not isinstance(data, dict):
@@ -618,10 +624,15 @@ class _InventoryBuilder:
                 self.group_children["all"][str(name)] = None
             self._yaml_group(str(name), body, trail=str(name))
 
-    def _yaml_group(self, name: str, body: object, trail: str) -> None:
+    def _yaml_group(self, name: str, body: object, trail: str, _parents: tuple[str, ...] = ()) -> None:
         self.group(name)
         if body is None:
             return
+        if name in _parents:
+            # YAML anchors can make a group its own descendant (`a: &x {children: {b: {children: {a: *x}}}}`);
+            # Ansible refuses such a loop, and walking it would never end
+            raise self.fail(f"group {name} is its own descendant ({' -> '.join(_parents + (name,))})",
+                            fix="remove the loop from the children: entries (check YAML anchors and aliases)")
         if not isinstance(body, dict):
             raise self.fail(f"group {trail} must be a mapping with hosts/children/vars",
                             fix=f"write {name}: followed by hosts:, children: or vars:")
@@ -654,7 +665,7 @@ class _InventoryBuilder:
                 if name != "all" and child == name:
                     raise self.fail(f"group {name} lists itself as a child", fix="remove the loop")
                 self.group_children[name][child] = None
-                self._yaml_group(child, child_body, trail=f"{trail}.children.{child}")
+                self._yaml_group(child, child_body, trail=f"{trail}.children.{child}", _parents=_parents + (name,))
 
     # -- INI ----------------------------------------------------------------
     def from_ini(self, text: str) -> None:
@@ -816,7 +827,7 @@ def _read_yaml_vars(path: Path) -> dict[str, str]:
         where = f" at line {mark.line + 1}" if mark else ""
         raise UsageError(f"{path} is not valid YAML{where}: {exc.problem or exc.context}",
                          fix="correct the YAML at that line") from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise UsageError(f"{path} is not valid YAML", fix="correct the YAML") from None
     return _safe_vars(data) if isinstance(data, dict) else {}
 
