@@ -14,7 +14,7 @@ KEYRING_FIX = ("move the repository key out of /etc/apt/trusted.gpg into /etc/ap
 def test_apt_update_clean(node, reads, phase, notice, evidence):
     update = reads.apt_update(node.name)
     report = update.report
-    evidence.command(node.name, update.result)
+    evidence.command(update.result)
     if report.errors or report.no_pubkey:
         details = list(report.errors[:10]) + [f"NO_PUBKEY {key}" for key in report.no_pubkey]
         fail_check(f"`apt-get update` on {node.name} reports {len(report.errors)} error(s) and "
