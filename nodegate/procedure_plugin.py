@@ -218,7 +218,7 @@ def perform(upgrade: "Upgrade", evidence):
         allure.dynamic.title(f"{upgrade.name}: {step.title}")
         allure.dynamic.label("step", step.name)
         failure: str | None = None
-        with allure.step(f"{upgrade.name}: {step.title}"):
+        with evidence.step(f"{upgrade.name}: {step.title}"):
             try:
                 evidence.text("plan", "\n".join(str(c) for c in step.plan(upgrade)) or "(no command)")
             except NodegateError as exc:
@@ -228,7 +228,7 @@ def perform(upgrade: "Upgrade", evidence):
             except NodegateError as exc:
                 result = getattr(exc, "result", None)
                 if result is not None and hasattr(result, "stdout"):
-                    evidence.command(upgrade.name, result)
+                    evidence.command(result)
                 failure = f"{exc}\n\nwhere {upgrade.name} stands: {upgrade.standing()}"
             finally:
                 _attach(evidence, upgrade)
@@ -244,7 +244,7 @@ def perform(upgrade: "Upgrade", evidence):
 def _attach(evidence, upgrade: "Upgrade") -> None:
     for item in upgrade.take_evidence():
         if item.kind == "command":
-            evidence.command(upgrade.name, item.payload)
+            evidence.command(item.payload)
         elif item.kind == "json":
             evidence.json(item.name, item.payload)
         else:

@@ -150,6 +150,7 @@ class Upgrade:
         self.steps: tuple[Step, ...] = STEPS
         self._evidence: list[EvidenceItem] = []
         self._attempt_from = 0
+        self._drifted = False
 
     # -- connections ----------------------------------------------------------------------------
     @property
@@ -266,7 +267,9 @@ class Upgrade:
 
     def perform(self, name: str) -> StepOutcome:
         step = self.step(name)
-        earlier = self.finished(step.name) if not step.always_run else None
+        # Once a finished step is found undone, the journal no longer describes the node (someone
+        # changed it since): every later step decides from the live state alone.
+        earlier = self.finished(step.name) if not (step.always_run or self._drifted) else None
         if earlier is not None:
             if step.superseded_by and self.finished(step.superseded_by):
                 outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id} "
@@ -276,8 +279,9 @@ class Upgrade:
             try:
                 proof = step.verify(self)
             except StepFailed as exc:
-                log.warning("step %s was done in run %s but no longer holds (%s): doing it again", step.name,
-                            earlier.run_id, str(exc).splitlines()[0])
+                log.warning("step %s was done in run %s but no longer holds (%s): doing it again, and deciding "
+                            "every later step from the live state", step.name, earlier.run_id, str(exc).splitlines()[0])
+                self._drifted = True
             else:
                 outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id}; still holds", proof)
                 self.journal.record(step.name, "skipped", detail=outcome.detail)
@@ -965,8 +969,17 @@ class Kubespray(Step):
     title = "Kubespray upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate import kubespray
+        try:
+            from nodegate import kubespray
+        except ImportError:
+            from nodegate.knowledge import needs_skip_multus
 
+            checkout = up.profile.kubespray
+            argv = ["ansible-playbook", "upgrade-cluster.yml", "-b", "-i", str(checkout.inventory),
+                    "-e", f"kube_version={up.profile.kube_version or '?'}", f"--limit={up.name}"]
+            if needs_skip_multus(checkout.version):
+                argv.append("--skip-tags=multus")
+            return (Planned(f"local, in {checkout.path}", shlex.join(argv)),)
         return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
 
     def run(self, up: Upgrade) -> str:
@@ -1163,9 +1176,9 @@ class Unlock(Step):
     always_run = True
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate.lock import NAME, NAMESPACE
+        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
 
-        return (Planned("Kubernetes API", f"delete Lease {NAMESPACE}/{NAME} (if this run holds it)"),)
+        return (Planned("Kubernetes API", f"delete Lease {LOCK_NAMESPACE}/{LOCK_NAME} (if this run holds it)"),)
 
     def run(self, up: Upgrade) -> str:
         how = up.lock.release() if up.lock is not None else "no lock"
@@ -1173,9 +1186,9 @@ class Unlock(Step):
 
     def verify(self, up: Upgrade) -> str:
         if up.lock is not None:
-            state = up.lock.state()
-            if state.held and state.owner is not None and state.owner.holder == up.lock.owner.holder:
-                raise StepFailed("the upgrade lock is still held by this run")
+            info = up.lock.state()
+            if info is not None and info.held and info.holder == up.lock.holder and info.node == up.name:
+                raise StepFailed(f"the upgrade lock is still held for this node: {info.describe()}")
         return "lock released"
 
 
