@@ -147,12 +147,12 @@ class Ceph:
         pod = self._toolbox_pod or self._find_toolbox()
         command = ["ceph", f"--connect-timeout={self.connect_timeout}", *args]
         try:
-            out = self.kube.exec(ns, pod, command, timeout=self.timeout + self.connect_timeout)
+            out = self.kube.exec(namespace=ns, pod=pod, command=command, timeout=self.timeout + self.connect_timeout)
         except NotFoundError:
             # The toolbox pod was replaced since it was found: find it again, once.
             self._toolbox_pod = None
             pod = self._find_toolbox()
-            out = self.kube.exec(ns, pod, command, timeout=self.timeout + self.connect_timeout)
+            out = self.kube.exec(namespace=ns, pod=pod, command=command, timeout=self.timeout + self.connect_timeout)
         return CephCommandResult(args=args, rc=out.rc, stdout=out.stdout, stderr=out.stderr,
                                  duration=out.duration, via=f"toolbox {ns}/{pod}")
 

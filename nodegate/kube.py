@@ -1,0 +1,1570 @@
+"""The only module that talks to the Kubernetes API (through the official ``kubernetes`` client).
+
+Everything the harness reads or changes in the cluster goes through ``Kube``: nodes (status,
+conditions, nodeInfo, cordon, annotations, a watch for Ready), pods (by node, eviction, drain
+with kubectl's semantics, logs, exec into the Ceph toolbox), PodDisruptionBudgets, the
+csi-rbdplugin health and the cluster-wide upgrade lock (a coordination.k8s.io/v1 Lease).
+Results are frozen dataclasses, never client models, so callers do not depend on the
+client's generated classes.
+
+Startup cost matters (``pytest --collect-only`` must stay fast), so neither the client nor the
+kubeconfig is loaded on import or construction: ``Kube(settings=…)`` is free, the first request
+(or ``check()``, which the plugin calls once to validate the profile) loads both.
+
+Errors (nodegate.errors):
+- ``UsageError``: the kubeconfig is missing, unreadable or not YAML, the context is not in it,
+  or the cluster cannot be reached when ``check()`` validates it; the message names the fix.
+- ``TransientError``: connection refused/reset, timeouts, 5xx, a 429 that is throttling (no
+  PodDisruptionBudget cause). Retried here with bounded exponential backoff, logging before each
+  sleep; re-raised when the bound is reached. ``ConflictError`` (409) is transient but *not*
+  retried here: the caller must re-read and decide again.
+- ``PermanentError``: 401/403, 404 where an object must exist (``NotFoundError``), 422 and
+  every other refusal; a drain refused or timed out (``DrainError``), a lock held by someone
+  else (``LockHeld``).
+The bearer token is registered with nodegate.secrets, so no log line or report shows it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import tenacity
+
+from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.secrets import register_secret
+from nodegate.waits import Done, NotYet, ProgressReporter, WaitProgress, WaitTimeout, wait_for
+
+if TYPE_CHECKING:
+    from nodegate.profile import KubeSettings
+
+log = logging.getLogger("nodegate.kube")
+
+# (connect, read) seconds for one ordinary request: the API answers in milliseconds, so a
+# request still open after this is a stuck server, not a slow one.
+REQUEST_TIMEOUT = (5.0, 30.0)
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+# Written in the same patch as spec.unschedulable, so "did we cordon it?" survives a crash and is
+# visible from any machine (Kubespray's needs_cordoning idea, but recorded on the Node).
+CORDONED_BY_ANNOTATION = "nodegate.io/cordoned-by"
+LOCK_NAMESPACE = "kube-system"
+LOCK_NAME = "nodegate-upgrade-lock"
+LOCK_NODE_ANNOTATION = "nodegate.io/node"
+LOCK_RUN_ANNOTATION = "nodegate.io/run-id"
+LOCK_DURATION_S = 300
+CSI_RBD_SELECTOR = "app=csi-rbdplugin"
+CSI_RBD_CONTAINER = "csi-rbdplugin"
+CSI_STUCK_LINE = "Still connecting to unix:///csi/csi.sock"
+PDB_RETRY_S = 5.0                 # kubectl drain asks again every 5 s after a PDB refusal
+DRAIN_TIMEOUT_S = 360.0           # Kubespray's drain_timeout: finite, unlike kubectl's default
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+class NotFoundError(PermanentError):
+    """The object does not exist (HTTP 404)."""
+
+
+class ConflictError(TransientError):
+    """The object changed since it was read, or already exists (HTTP 409): re-read and decide again."""
+
+
+class ExecTimeout(TransientError):
+    """A command run by exec did not finish in time. Not retried: it may have had effects."""
+
+
+class LockHeld(PermanentError):
+    """The upgrade lock is held by another run (``lock`` says by whom, for which node, since when)."""
+
+    def __init__(self, message: str, *, lock: "LockInfo", fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.lock = lock
+
+
+class DrainError(PermanentError):
+    """The drain was refused before evicting anything, or did not finish in time. ``result`` holds
+    the per-pod outcomes so far (evidence); the node stays cordoned."""
+
+    def __init__(self, message: str, *, result: "DrainResult", fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.result = result
+
+
+# -- results --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeCondition:
+    type: str
+    status: str          # "True" / "False" / "Unknown"
+    reason: str = ""
+    message: str = ""
+    last_transition: str = ""
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    effect: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """status.nodeInfo, as the kubelet reports it (read once per kubelet start)."""
+    kubelet_version: str = ""
+    kube_proxy_version: str = ""
+    os_image: str = ""
+    kernel_version: str = ""
+    operating_system: str = ""
+    architecture: str = ""
+    container_runtime_version: str = ""
+    boot_id: str = ""
+    machine_id: str = ""
+    system_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    ready: str                                   # "True" / "False" / "Unknown" (also: no Ready condition)
+    conditions: tuple[NodeCondition, ...]
+    unschedulable: bool
+    taints: tuple[Taint, ...]
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    info: NodeInfo
+    addresses: tuple[tuple[str, str], ...]       # (type, address)
+    resource_version: str
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)  # evidence
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready == "True"
+
+    @property
+    def boot_id(self) -> str:
+        return self.info.boot_id
+
+    @property
+    def kubelet_version(self) -> str:
+        return self.info.kubelet_version
+
+    @property
+    def os_image(self) -> str:
+        return self.info.os_image
+
+    @property
+    def kernel_version(self) -> str:
+        return self.info.kernel_version
+
+    @property
+    def container_runtime_version(self) -> str:
+        return self.info.container_runtime_version
+
+    @property
+    def pressures(self) -> tuple[str, ...]:
+        """Pressure (and network) conditions that are True: each one is a problem."""
+        return tuple(c.type for c in self.conditions if c.type in PRESSURE_CONDITIONS and c.status == "True")
+
+    @property
+    def roles(self) -> frozenset[str]:
+        prefix = "node-role.kubernetes.io/"
+        return frozenset(k[len(prefix):] for k in self.labels if k.startswith(prefix))
+
+    @property
+    def cordoned_by(self) -> str | None:
+        """Who (which nodegate run) cordoned the node, if nodegate did."""
+        return self.annotations.get(CORDONED_BY_ANNOTATION)
+
+    def condition(self, type_: str) -> NodeCondition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def describe(self) -> str:
+        ready = self.condition("Ready")
+        why = f" ({ready.reason})" if ready is not None and ready.reason and not self.is_ready else ""
+        return (f"node {self.name}: Ready={self.ready}{why}, bootID={self.boot_id or '?'}, "
+                f"{'cordoned' if self.unschedulable else 'schedulable'}, {self.os_image or 'os ?'}")
+
+
+@dataclass(frozen=True)
+class CordonResult:
+    node: str
+    unschedulable: bool            # the state after the call
+    changed: bool                  # this call changed spec.unschedulable
+    cordoned_by: str | None        # the nodegate.io/cordoned-by annotation after the call
+    detail: str = ""               # why nothing changed, when it did not
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    name: str
+    ready: bool
+    restarts: int
+    state: str                    # running / waiting / terminated / unknown
+    reason: str = ""              # e.g. CrashLoopBackOff
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class PodSummary:
+    namespace: str
+    name: str
+    uid: str
+    node: str | None
+    phase: str
+    owner_kind: str | None        # kind of the controller owner (ReplicaSet, DaemonSet, StatefulSet, Node …)
+    owner_name: str | None
+    daemonset: bool
+    mirror: bool                  # static pod shown by the kubelet; cannot be evicted
+    uses_emptydir: bool
+    ready: bool
+    restarts: int
+    deleting: bool                # has a deletionTimestamp (terminating)
+    labels: Mapping[str, str]
+    containers: tuple[ContainerSummary, ...] = ()
+    grace_period_s: int | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def unmanaged(self) -> bool:
+        """No controller would recreate it (kubectl drain needs --force for these)."""
+        return self.owner_kind is None and not self.mirror
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    def container(self, name: str) -> ContainerSummary | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class EvictionResult:
+    pod: str                                     # namespace/name
+    outcome: Literal["evicted", "blocked", "gone"]
+    code: int                                    # 201 (or 200), 429, 404
+    message: str
+    pdb: str | None = None                       # the blocking PodDisruptionBudget (namespace/name), when named
+    pdb_needs: int | None = None                 # healthy pods the PDB needs
+    pdb_has: int | None = None                   # healthy pods it has now
+    causes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """The pod is leaving or already gone."""
+        return self.outcome in ("evicted", "gone")
+
+    def describe(self) -> str:
+        if self.outcome != "blocked":
+            return f"pod {self.pod}: {self.outcome}"
+        budget = (f"PodDisruptionBudget {self.pdb} needs {self.pdb_needs} healthy pod(s) and has {self.pdb_has}"
+                  if self.pdb else "a PodDisruptionBudget")
+        return f"pod {self.pod} blocked by {budget} ({self.message})"
+
+
+@dataclass(frozen=True)
+class PdbSummary:
+    namespace: str
+    name: str
+    selector: Mapping[str, Any] | None           # the LabelSelector as the API returns it (camelCase)
+    min_available: int | str | None
+    max_unavailable: int | str | None
+    disruptions_allowed: int
+    current_healthy: int
+    desired_healthy: int
+    expected_pods: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def matches(self, pod: PodSummary) -> bool:
+        return pod.namespace == self.namespace and selector_matches(self.selector, pod.labels)
+
+
+@dataclass(frozen=True)
+class EvictionBlocker:
+    pod: PodSummary
+    pdb: PdbSummary
+
+    def __str__(self) -> str:
+        p = self.pdb
+        return (f"pod {self.pod.ref} is protected by PodDisruptionBudget {p.ref}, which allows "
+                f"{p.disruptions_allowed} disruption(s) now (healthy {p.current_healthy}, "
+                f"needs {p.desired_healthy}, expected pods {p.expected_pods})")
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """kubectl drain's flags, with a finite timeout by default."""
+    ignore_daemonsets: bool = True               # --ignore-daemonsets
+    delete_emptydir_data: bool = False           # --delete-emptydir-data
+    force: bool = False                          # --force: also pods no controller recreates
+    grace_period_s: int | None = None            # --grace-period (None: each pod's own)
+    timeout_s: float = DRAIN_TIMEOUT_S           # --timeout (finite: a drain never hangs)
+    pdb_retry_s: float = PDB_RETRY_S             # ask again this long after a PDB refusal
+
+    def flags(self) -> str:
+        parts = [f"--ignore-daemonsets={str(self.ignore_daemonsets).lower()}",
+                 f"--delete-emptydir-data={str(self.delete_emptydir_data).lower()}",
+                 f"--force={str(self.force).lower()}", f"--timeout={self.timeout_s:g}s"]
+        if self.grace_period_s is not None:
+            parts.append(f"--grace-period={self.grace_period_s}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class PodDrainOutcome:
+    """What the drain did with one pod (evidence for the report)."""
+    pod: str                                     # namespace/name
+    action: Literal["evicted", "skipped", "refused", "blocked", "pending", "terminating"]
+    reason: str                                  # why: "DaemonSet-managed", "mirror pod", a PDB, …
+    attempts: int = 0                            # eviction requests sent
+    blocked_by: str | None = None                # last PDB that refused it
+    gone: bool = False                           # the pod (this uid) no longer exists
+    seconds: float = 0.0                         # from the drain's start until the pod was gone
+    refusal: str = ""                            # the last refusal, e.g. the PDB's numbers
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    node: str
+    options: DrainOptions
+    cordon: CordonResult | None
+    outcomes: tuple[PodDrainOutcome, ...]
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def evicted(self) -> tuple[PodDrainOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.action == "evicted")
+
+    @property
+    def skipped(self) -> tuple[PodDrainOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.action == "skipped")
+
+    def evidence(self) -> str:
+        lines = [f"drain {self.node} ({self.options.flags()}) in {self.duration_s:.1f}s"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        for o in self.outcomes:
+            extra = f", {o.attempts} eviction request(s)" if o.attempts else ""
+            extra += f", last refused: {o.refusal}" if o.refusal else ""
+            extra += f", gone after {o.seconds:.1f}s" if o.gone else ""
+            lines.append(f"{o.action:<11} {o.pod}: {o.reason}{extra}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CsiPluginHealth:
+    """The csi-rbdplugin pod on one node: what the storage checks decide on."""
+    node: str
+    pod: PodSummary | None                       # None: no csi-rbdplugin pod on the node
+    ready: bool
+    restarts: int                                # all containers
+    crash_looping: tuple[str, ...]               # containers waiting in CrashLoopBackOff
+    stuck_lines: tuple[str, ...] = ()            # recent log lines with "Still connecting to …csi.sock"
+
+    @property
+    def healthy(self) -> bool:
+        return self.pod is not None and self.ready and not self.crash_looping and not self.stuck_lines
+
+    def describe(self) -> str:
+        if self.pod is None:
+            return f"no csi-rbdplugin pod on node {self.node}"
+        parts = [f"pod {self.pod.ref} {'Ready' if self.ready else 'not Ready'}", f"restarts {self.restarts}"]
+        if self.crash_looping:
+            parts.append("CrashLoopBackOff in " + ", ".join(self.crash_looping))
+        if self.stuck_lines:
+            parts.append(f"{len(self.stuck_lines)} recent '{CSI_STUCK_LINE}' log line(s)")
+        return f"csi-rbdplugin on {self.node}: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    command: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A coordination.k8s.io/v1 Lease as read (times are timezone-aware UTC)."""
+    namespace: str
+    name: str
+    holder: str | None
+    duration_s: int | None
+    acquire_time: dt.datetime | None
+    renew_time: dt.datetime | None
+    transitions: int
+    resource_version: str
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """The upgrade lock as stored in its Lease."""
+    namespace: str
+    name: str
+    holder: str | None                           # spec.holderIdentity (None/"" : free)
+    node: str | None                             # the node being upgraded (annotation)
+    run_id: str | None                           # the run holding it (annotation)
+    duration_s: int | None
+    acquired_at: dt.datetime | None
+    renewed_at: dt.datetime | None
+    transitions: int
+    resource_version: str
+
+    @property
+    def held(self) -> bool:
+        return bool(self.holder)
+
+    @classmethod
+    def from_lease(cls, lease: LeaseInfo) -> "LockInfo":
+        return cls(namespace=lease.namespace, name=lease.name, holder=lease.holder or None,
+                   node=lease.annotations.get(LOCK_NODE_ANNOTATION), run_id=lease.annotations.get(LOCK_RUN_ANNOTATION),
+                   duration_s=lease.duration_s, acquired_at=lease.acquire_time, renewed_at=lease.renew_time,
+                   transitions=lease.transitions, resource_version=lease.resource_version)
+
+    def age_s(self, now: dt.datetime | None = None) -> float | None:
+        """Seconds since the holder last renewed it."""
+        stamp = self.renewed_at or self.acquired_at
+        if stamp is None:
+            return None
+        return ((now or _now()) - _aware(stamp)).total_seconds()
+
+    def stale(self, *, after_s: float | None = None, now: dt.datetime | None = None) -> bool:
+        """Not renewed for longer than ``after_s`` (default: its own lease duration): its holder is gone."""
+        age = self.age_s(now)
+        limit = after_s if after_s is not None else (self.duration_s or LOCK_DURATION_S)
+        return age is None or age > limit
+
+    def describe(self) -> str:
+        if not self.held:
+            return f"lock {self.namespace}/{self.name} is free"
+        age = self.age_s()
+        since = self.acquired_at.isoformat() if self.acquired_at else "?"
+        return (f"lock {self.namespace}/{self.name} held by {self.holder} for node {self.node or '?'} "
+                f"(run {self.run_id or '?'}, since {since}, last renewed {age:.0f}s ago)"
+                if age is not None else f"lock {self.namespace}/{self.name} held by {self.holder}")
+
+
+# -- label selectors (policy/v1 semantics) --------------------------------------------------
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A LabelSelector (camelCase dict) against labels: null matches nothing, {} everything."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+_PDB_CAUSE = re.compile(r"The disruption budget (?P<pdb>\S+) needs (?P<needs>\d+) healthy pods? "
+                        r"and has (?P<has>\d+) currently")
+
+
+# -- the client wrapper ------------------------------------------------------------------------
+
+class Kube:
+    """One cluster's API server, as named by the profile's kubeconfig and context.
+
+    Construction is free; the kubeconfig and the client are loaded at the first request.
+    ``attempts``/``retry_limit_s`` bound the retries of one request on transient errors."""
+
+    def __init__(self, *, settings: "KubeSettings", attempts: int = 6, retry_limit_s: float = 30.0,
+                 request_timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+        self.settings = settings
+        self.attempts = attempts
+        self.retry_limit_s = retry_limit_s
+        self.request_timeout = request_timeout
+        self.path = Path(settings.kubeconfig).expanduser()
+        self.origin = f"context {settings.context or '(current)'} in {self.path}"
+        self.server = "(not loaded yet)"
+        self._api: Any = None
+        self._load_lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def connect(cls, *, settings: "KubeSettings", check: bool = True, **kwargs: Any) -> "Kube":
+        """A Kube for ``settings``; with ``check``, the kubeconfig is loaded and the server asked
+        for its version now, so a bad profile or an unreachable cluster is a UsageError up front."""
+        __tracebackhide__ = True
+        kube = cls(settings=settings, **kwargs)
+        if check:
+            kube.check()
+        return kube
+
+    def check(self, *, attempts: int = 2) -> str:
+        """Load the kubeconfig and ask the server's version (two quick tries); return it.
+        Any failure is a UsageError naming the fix: this runs before anything changes."""
+        __tracebackhide__ = True
+        self._load()
+        try:
+            return self.server_version(attempts=attempts)
+        except TransientError as exc:
+            raise UsageError(f"the Kubernetes API at {self.server} ({self.origin}) cannot be reached: "
+                             f"{_first_line(exc)}",
+                             fix=f"start or reach the API server, or point [kubernetes] kubeconfig/context at the "
+                                 f"right cluster; `kubectl --kubeconfig {self.path} get nodes` must work") from None
+        except PermanentError as exc:
+            raise UsageError(f"the Kubernetes API at {self.server} ({self.origin}) refused a first request: "
+                             f"{_first_line(exc)}", fix=exc.fix or "check the kubeconfig's user and cluster") from None
+
+    def _load(self) -> Any:
+        """Read the kubeconfig and build the client, once (thread-safe)."""
+        __tracebackhide__ = True
+        if self._api is not None:
+            return self._api
+        with self._load_lock:
+            if self._api is None:
+                self._api = self._build_client()
+        return self._api
+
+    def _build_client(self) -> Any:
+        __tracebackhide__ = True
+        import yaml
+
+        path = self.path
+        where = "[kubernetes] kubeconfig in the cluster profile (or KUBECONFIG)"
+        if not path.is_file():
+            raise UsageError(f"kubeconfig {path} does not exist",
+                             fix=f"set {where} to the file kubectl uses for this cluster "
+                                 "(often ~/.kube/config or Kubespray's inventory/…/artifacts/admin.conf)")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read kubeconfig {path}: {exc.strerror or exc}",
+                             fix=f"make it readable by this user (e.g. chmod 600 and chown), or set {where} "
+                                 "to a readable copy") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"kubeconfig {path} is not valid YAML: {_first_line(exc)}",
+                             fix="repair the file (`kubectl config view --kubeconfig FILE` shows what is wrong) "
+                                 "or fetch it again from the control plane") from None
+        if not isinstance(data, dict) or not data.get("contexts"):
+            raise UsageError(f"kubeconfig {path} has no contexts",
+                             fix="fetch a complete kubeconfig (clusters, users, contexts) from the control plane")
+        _register_kubeconfig_secrets(data)
+        contexts = [str(c.get("name")) for c in data.get("contexts") or [] if isinstance(c, dict)]
+        wanted = self.settings.context or data.get("current-context")
+        if not wanted:
+            raise UsageError(f"kubeconfig {path} has no current-context and the profile names none",
+                             fix=f"set [kubernetes] context to one of: {', '.join(contexts)}")
+        if wanted not in contexts:
+            raise UsageError(f"context {wanted!r} is not in kubeconfig {path} (it has: {', '.join(contexts)})",
+                             fix="set [kubernetes] context in the cluster profile to one of those")
+
+        from kubernetes import client, config  # lazily: importing the client takes ~0.3 s
+        from kubernetes.config.config_exception import ConfigException
+
+        configuration = client.Configuration()
+        try:
+            config.load_kube_config_from_dict(data, context=wanted, client_configuration=configuration,
+                                              persist_config=False)
+        except (ConfigException, ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"cannot use context {wanted!r} of kubeconfig {path}: {_first_line(exc)}",
+                             fix="check that context's cluster (server) and user entries") from None
+        token = str(configuration.api_key.get("authorization") or "")
+        register_secret(token.split(" ", 1)[-1] if token else None)
+        # One retry layer only (ours, with logging): urllib3's silent retries would hide and
+        # multiply the waits.
+        configuration.retries = False
+        self.server = configuration.host
+        self.origin = f"context {wanted} in {path}"
+        api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(api)
+        self.policy = client.PolicyV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        self.version_api = client.VersionApi(api)
+        return api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+    # -- the one place requests are made -------------------------------------------------
+    def _call(self, what: str, fn: Callable[..., Any] | str, /, *args: Any, attempts: int | None = None,
+              **kwargs: Any) -> Any:
+        """Make one API request with bounded retries on transient errors.
+        ``fn`` is a client method or the name "api.method" of one (resolved after loading)."""
+        __tracebackhide__ = True
+        self._load()
+        if isinstance(fn, str):  # a client method: bound it in time (closures bound their own requests)
+            holder, _, method = fn.partition(".")
+            fn = getattr(getattr(self, holder), method)
+            kwargs.setdefault("_request_timeout", self.request_timeout)
+        tries = attempts or self.attempts
+
+        def once() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - translated or re-raised unchanged
+                translated = self._translate(exc, what)
+                if translated is None or translated is exc:
+                    raise
+                raise translated from exc
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            stop=tenacity.stop_after_attempt(tries) | tenacity.stop_after_delay(self.retry_limit_s),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=3.0, jitter=0.2),
+            before_sleep=_log_retry(what, tries),
+            reraise=True,
+        )
+        return retrying(once)
+
+    def _translate(self, exc: BaseException, what: str) -> Exception | None:
+        """Map a client/urllib3 exception to nodegate's hierarchy (None: not ours, re-raise)."""
+        import urllib3.exceptions as u3
+        from kubernetes.client.exceptions import ApiException
+
+        if isinstance(exc, (PermanentError, TransientError, UsageError)):
+            return exc
+        where = f"the Kubernetes API at {self.server} ({self.origin})"
+        check = "check that the API server runs and `kubectl get nodes` works with the same kubeconfig"
+        if isinstance(exc, (u3.NewConnectionError, ConnectionRefusedError)):
+            return TransientError(f"{where} refused the connection while trying to {what}", fix=check)
+        if isinstance(exc, u3.ConnectTimeoutError):
+            return TransientError(f"{where} did not accept a connection in time while trying to {what}", fix=check)
+        if isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
+            return TransientError(f"{where} did not answer in time while trying to {what}", fix=check)
+        if isinstance(exc, (u3.ProtocolError, u3.MaxRetryError, ConnectionError, u3.HTTPError)):
+            return TransientError(f"the connection to {where} broke while trying to {what}: {_first_line(exc)}",
+                                  fix=check)
+        if not isinstance(exc, ApiException):
+            return None
+        status = exc.status or 0
+        message, reason, _ = _status_body(exc.body)
+        said = f"{status} {reason or exc.reason or ''}".strip() + (f": {message}" if message else "")
+        if status == 0:  # the websocket layer reports connection and handshake failures this way
+            text = str(exc.reason or "")
+            found = re.search(r"Handshake status (\d{3})", text)
+            code = found.group(1) if found else ""
+            if code == "404":
+                return NotFoundError(f"cannot {what}: not found (404 from {self.server})")
+            if code in ("401", "403"):
+                return PermanentError(f"{where} refused to {what} ({code})",
+                                      fix="give the kubeconfig's user permission for pods/exec")
+            if (not code or code.startswith("5") or code == "429" or "refused" in text.lower()
+                    or "reset" in text.lower() or "timed out" in text.lower()):
+                return TransientError(f"{where} failed to {what}: {_first_line(text) or type(exc).__name__}",
+                                      fix=check)
+            return PermanentError(f"{where} failed to {what}: {_first_line(text)}")
+        if status == 404:
+            return NotFoundError(f"cannot {what}: {message or 'not found'} (404 from {self.server})")
+        if status == 409:
+            return ConflictError(f"cannot {what}: {said}",
+                                 fix="someone changed the object since it was read: read it again and decide again")
+        if status == 500 and "more than one PodDisruptionBudget" in message:
+            return PermanentError(f"{where} refused to {what}: {message}",
+                                  fix="the eviction API allows one PodDisruptionBudget per pod: delete or narrow the "
+                                      "overlapping PDBs (`kubectl get pdb -A`)")
+        if status == 429 or status >= 500:
+            return TransientError(f"{where} answered {said} while trying to {what}", fix=check)
+        if status == 401:
+            return PermanentError(f"{where} rejected the credentials while trying to {what} (401 Unauthorized)",
+                                  fix="renew the user's token or certificate in the kubeconfig")
+        if status == 403:
+            return PermanentError(f"{where} forbids this: {what} ({said})",
+                                  fix="give the kubeconfig's user the RBAC permission for this request")
+        if status == 422:
+            return PermanentError(f"{where} rejected the object as invalid while trying to {what}: {said}",
+                                  fix="this is a nodegate bug or an API version mismatch: report it with this message")
+        return PermanentError(f"{where} refused to {what}: {said}")
+
+    # -- server -------------------------------------------------------------------------
+    def server_version(self, *, attempts: int | None = None) -> str:
+        """The API server's gitVersion, e.g. 'v1.25.6'."""
+        info = self._call("read the server version", "version_api.get_code", attempts=attempts)
+        return info.git_version
+
+    # -- nodes -----------------------------------------------------------------------------
+    def get_node(self, name: str) -> NodeStatus | None:
+        """The node's status, or None if the cluster has no such node."""
+        try:
+            return self.node(name)
+        except NotFoundError:
+            return None
+
+    def node(self, name: str) -> NodeStatus:
+        """The node's status; NotFoundError (naming the nodes there are) if there is none."""
+        try:
+            node = self._call(f"read node {name}", "core.read_node", name)
+        except NotFoundError:
+            known = ", ".join(n.name for n in self.list_nodes()) or "(none)"
+            raise NotFoundError(f"the cluster has no node {name!r} (nodes: {known})",
+                                fix="use the node name `kubectl get nodes` shows (the inventory name)") from None
+        return self._node_status(node)
+
+    def list_nodes(self, *, selector: str | None = None) -> list[NodeStatus]:
+        kwargs = {"label_selector": selector} if selector else {}
+        nodes = self._call("list nodes", "core.list_node", **kwargs)
+        return [self._node_status(n) for n in nodes.items]
+
+    def cordon(self, name: str, *, by: str | None = None) -> CordonResult:
+        """Mark the node unschedulable (``kubectl cordon``). ``changed`` says whether this call did
+        it; with ``by`` (a run id) the node also records, in the same write, that nodegate did —
+        so only nodes nodegate cordoned are uncordoned by it later."""
+        for _ in range(3):
+            current = self.node(name)
+            if current.unschedulable:
+                return CordonResult(node=name, unschedulable=True, changed=False, cordoned_by=current.cordoned_by,
+                                    detail="already cordoned" + (f" by {current.cordoned_by}" if current.cordoned_by
+                                                                 else " (not by nodegate)"))
+            patch: dict[str, Any] = {"metadata": {"resourceVersion": current.resource_version},
+                                     "spec": {"unschedulable": True}}
+            if by is not None:
+                patch["metadata"]["annotations"] = {CORDONED_BY_ANNOTATION: by}
+            try:
+                done = self._call(f"cordon node {name}", "core.patch_node", name, patch)
+            except ConflictError:
+                continue  # the node changed since we read it (the kubelet posts status): read again
+            status = self._node_status(done)
+            log.info("cordoned node %s%s", name, f" (recorded as {by})" if by else "")
+            return CordonResult(node=name, unschedulable=True, changed=True, cordoned_by=status.cordoned_by)
+        raise ConflictError(f"node {name} kept changing while cordoning it (3 tries)")
+
+    def uncordon(self, name: str, *, only_if_cordoned_by: str | None = None) -> CordonResult:
+        """Mark the node schedulable (``kubectl uncordon``) and drop the cordoned-by record.
+        With ``only_if_cordoned_by``, leave the node alone unless that run cordoned it."""
+        for _ in range(3):
+            current = self.node(name)
+            if only_if_cordoned_by is not None and current.cordoned_by != only_if_cordoned_by:
+                return CordonResult(node=name, unschedulable=current.unschedulable, changed=False,
+                                    cordoned_by=current.cordoned_by,
+                                    detail=(f"left as it is: cordoned by {current.cordoned_by}"
+                                            if current.cordoned_by else "left as it is: not cordoned by nodegate"
+                                            if current.unschedulable else "not cordoned"))
+            if not current.unschedulable and current.cordoned_by is None:
+                return CordonResult(node=name, unschedulable=False, changed=False, cordoned_by=None,
+                                    detail="already schedulable")
+            # None removes the field, as kubectl uncordon does.
+            patch = {"metadata": {"resourceVersion": current.resource_version,
+                                  "annotations": {CORDONED_BY_ANNOTATION: None}},
+                     "spec": {"unschedulable": None}}
+            try:
+                self._call(f"uncordon node {name}", "core.patch_node", name, patch)
+            except ConflictError:
+                continue
+            log.info("uncordoned node %s", name)
+            return CordonResult(node=name, unschedulable=False, changed=current.unschedulable, cordoned_by=None)
+        raise ConflictError(f"node {name} kept changing while uncordoning it (3 tries)")
+
+    def node_annotation(self, name: str, *, key: str) -> str | None:
+        return self.node(name).annotations.get(key)
+
+    def set_node_annotation(self, name: str, *, key: str, value: str | None) -> None:
+        """Set (or with None remove) one annotation on the node (e.g. nodegate.io/upgrade)."""
+        verb = (f"set annotation {key} on node {name}" if value is not None
+                else f"remove annotation {key} from node {name}")
+        self._call(verb, "core.patch_node", name, {"metadata": {"annotations": {key: value}}})
+
+    def watch_node(self, name: str, *, until: Callable[[NodeStatus], bool], timeout: float,
+                   what: str | None = None, progress_every: float = 5.0,
+                   on_progress: Callable[[WaitProgress], None] | None = None) -> NodeStatus:
+        """Block until ``until(status)`` holds for node ``name``; return that status.
+
+        Reads the node, then watches it from that resourceVersion, so a change is seen as soon
+        as the API sends the event (no poll interval). The watch is re-opened every
+        ``progress_every`` seconds (or when the server ends it) after a fresh read, which also
+        covers missed events and an expired resourceVersion (410); connection failures are
+        retried until the deadline. WaitTimeout names what was last seen.
+        """
+        __tracebackhide__ = True
+        self._load()
+        from kubernetes import watch
+
+        what = what or f"node {name} to reach the awaited state"
+        reporter = ProgressReporter(what=what, limit=timeout, every=progress_every, on_progress=on_progress)
+        deadline = time.monotonic() + timeout
+        selector = f"metadata.name={name}"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(what=what, limit=timeout, elapsed=reporter.elapsed(),
+                                  last_seen=reporter.last_reason,
+                                  fix=f"look at the node (kubectl describe node {name}) and its kubelet; if it "
+                                      "does not come back, reach it out of band (BMC/IPMI console)")
+            stream = watch.Watch()
+            try:
+                listing = self._call(f"read node {name}", "core.list_node", field_selector=selector, attempts=1)
+                if listing.items:
+                    status = self._node_status(listing.items[0])
+                    if until(status):
+                        return status
+                    reporter.seen(status.describe())
+                else:
+                    reporter.seen(f"node {name} does not exist")
+                window = max(1, int(min(progress_every, remaining) + 0.999))
+                events = stream.stream(self.core.list_node, field_selector=selector,
+                                       resource_version=listing.metadata.resource_version,
+                                       timeout_seconds=window,
+                                       _request_timeout=(self.request_timeout[0], window + 5.0))
+                for event in events:
+                    if event["type"] == "DELETED":
+                        reporter.seen(f"node {name} was deleted")
+                        continue
+                    if event["type"] not in ("ADDED", "MODIFIED"):
+                        continue
+                    status = self._node_status(event["object"])
+                    if until(status):
+                        return status
+                    reporter.seen(status.describe())
+                    if time.monotonic() >= deadline:
+                        break
+            except TransientError as exc:
+                reporter.seen(_first_line(exc))
+                time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
+            except PermanentError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - errors raised from inside the watch stream
+                translated = self._translate(exc, f"watch node {name}")
+                if translated is None:
+                    raise
+                if not isinstance(translated, TransientError) and getattr(exc, "status", None) != 410:
+                    raise translated from exc
+                reporter.seen(_first_line(translated))  # 410: the resourceVersion expired; read again
+                time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
+            finally:
+                stream.stop()
+
+    def wait_node_ready(self, name: str, *, timeout: float, new_boot_id_than: str | None = None,
+                        progress_every: float = 5.0,
+                        on_progress: Callable[[WaitProgress], None] | None = None) -> NodeStatus:
+        """Watch until the node is Ready (and, given ``new_boot_id_than``, reports another bootID:
+        it has rebooted since). Returns within one watch event of the change."""
+        __tracebackhide__ = True
+
+        def ready(status: NodeStatus) -> bool:
+            if new_boot_id_than is not None and status.boot_id == new_boot_id_than:
+                return False
+            return status.is_ready
+
+        what = f"node {name} Ready" + (" with a new boot id" if new_boot_id_than else "")
+        return self.watch_node(name, until=ready, timeout=timeout, what=what, progress_every=progress_every,
+                               on_progress=on_progress)
+
+    def _node_status(self, node: Any) -> NodeStatus:
+        meta, spec, status = node.metadata, node.spec, node.status
+        conditions = tuple(NodeCondition(type=c.type, status=c.status, reason=c.reason or "",
+                                         message=c.message or "",
+                                         last_transition=_stamp(c.last_transition_time))
+                           for c in (status.conditions if status and status.conditions else []))
+        ready = next((c.status for c in conditions if c.type == "Ready"), "Unknown")
+        info = status.node_info if status else None
+        return NodeStatus(
+            name=meta.name,
+            ready=ready,
+            conditions=conditions,
+            unschedulable=bool(spec and spec.unschedulable),
+            taints=tuple(Taint(key=t.key, effect=t.effect, value=t.value or "")
+                         for t in (spec.taints if spec and spec.taints else [])),
+            labels=dict(meta.labels or {}),
+            annotations=dict(meta.annotations or {}),
+            info=NodeInfo(
+                kubelet_version=info.kubelet_version or "", kube_proxy_version=info.kube_proxy_version or "",
+                os_image=info.os_image or "", kernel_version=info.kernel_version or "",
+                operating_system=info.operating_system or "", architecture=info.architecture or "",
+                container_runtime_version=info.container_runtime_version or "", boot_id=info.boot_id or "",
+                machine_id=info.machine_id or "", system_uuid=info.system_uuid or "",
+            ) if info is not None else NodeInfo(),
+            addresses=tuple((a.type, a.address) for a in (status.addresses if status and status.addresses else [])),
+            resource_version=meta.resource_version or "",
+            raw=self._api.sanitize_for_serialization(node),
+        )
+
+    # -- pods ------------------------------------------------------------------------------
+    def list_pods(self, *, node: str | None = None, namespace: str | None = None,
+                  selector: str | None = None) -> list[PodSummary]:
+        """Pods, narrowed on the server: by node (field selector spec.nodeName), namespace, labels."""
+        kwargs: dict[str, Any] = {}
+        if node:
+            kwargs["field_selector"] = f"spec.nodeName={node}"
+        if selector:
+            kwargs["label_selector"] = selector
+        where = " ".join(filter(None, [f"on node {node}" if node else "",
+                                       f"in namespace {namespace}" if namespace else "",
+                                       f"matching {selector}" if selector else ""]))
+        what = f"list pods {where}".strip()
+        if namespace:
+            pods = self._call(what, "core.list_namespaced_pod", namespace, **kwargs)
+        else:
+            pods = self._call(what, "core.list_pod_for_all_namespaces", **kwargs)
+        return [pod_summary(p) for p in pods.items]
+
+    def evict(self, pod: PodSummary, *, grace_period_s: int | None = None,
+              attempts: int | None = None) -> EvictionResult:
+        """Ask the Eviction API to evict one pod: 201 evicted, 429 with a DisruptionBudget cause
+        blocked (the PDB named), 404 already gone. A 429 without that cause is throttling and is
+        retried like any transient error."""
+        self._load()
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction",
+                                "metadata": {"name": pod.name, "namespace": pod.namespace}}
+        if grace_period_s is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_period_s}
+        eviction = client.V1Eviction.from_dict(body)
+
+        def once() -> EvictionResult:
+            try:
+                self.core.create_namespaced_pod_eviction(pod.name, pod.namespace, eviction,
+                                                         _request_timeout=self.request_timeout)
+            except ApiException as exc:
+                refusal = _eviction_refusal(pod, exc.status or 0, exc.body)
+                if refusal is not None:
+                    return refusal
+                raise
+            return EvictionResult(pod=pod.ref, outcome="evicted", code=201, message="evicted")
+
+        return self._call(f"evict pod {pod.ref}", once, attempts=attempts)
+
+    def list_pdbs(self, *, namespace: str | None = None) -> list[PdbSummary]:
+        if namespace:
+            pdbs = self._call(f"list PodDisruptionBudgets in {namespace}",
+                              "policy.list_namespaced_pod_disruption_budget", namespace)
+        else:
+            pdbs = self._call("list PodDisruptionBudgets", "policy.list_pod_disruption_budget_for_all_namespaces")
+        result = []
+        for pdb in pdbs.items:
+            raw = self._api.sanitize_for_serialization(pdb)
+            spec, status = raw.get("spec") or {}, raw.get("status") or {}
+            result.append(PdbSummary(
+                namespace=pdb.metadata.namespace, name=pdb.metadata.name,
+                selector=spec.get("selector"),
+                min_available=spec.get("minAvailable"), max_unavailable=spec.get("maxUnavailable"),
+                disruptions_allowed=int(status.get("disruptionsAllowed") or 0),
+                current_healthy=int(status.get("currentHealthy") or 0),
+                desired_healthy=int(status.get("desiredHealthy") or 0),
+                expected_pods=int(status.get("expectedPods") or 0)))
+        return result
+
+    def pods_blocking_eviction(self, node: str) -> list[EvictionBlocker]:
+        """Pods on ``node`` that a drain would have to evict and that a PodDisruptionBudget
+        protects with no disruption allowed now (status.disruptionsAllowed < 1). Read-only:
+        the preflight check asks this instead of trying an eviction."""
+        pods = [p for p in self.list_pods(node=node)
+                if not (p.daemonset or p.mirror or p.finished or p.deleting)]
+        pdbs = self.list_pdbs() if pods else []
+        return [EvictionBlocker(pod=pod, pdb=pdb) for pod in pods for pdb in pdbs
+                if pdb.matches(pod) and pdb.disruptions_allowed < 1]
+
+    def drain(self, name: str, *, options: DrainOptions = DrainOptions(), cordon_by: str | None = None,
+              on_progress: Callable[[WaitProgress], None] | None = None) -> DrainResult:
+        """``kubectl drain`` through the Eviction API: cordon (recording ``cordon_by``), refuse up
+        front (naming pods and the flag) what the options do not allow, evict the rest — asking
+        again every ``pdb_retry_s`` while a PodDisruptionBudget refuses — and wait until every
+        evicted pod is gone. All within ``options.timeout_s``; on timeout a DrainError names each
+        pod still there and the PDB that blocks it. The node stays cordoned either way."""
+        __tracebackhide__ = True
+        started = time.monotonic()
+        deadline = started + options.timeout_s
+        what = f"drain of node {name}"
+        reporter = ProgressReporter(what=what, limit=options.timeout_s, every=5.0, on_progress=on_progress)
+        cordon = self.cordon(name, by=cordon_by)
+        pods = self.list_pods(node=name)
+        outcomes: dict[str, PodDrainOutcome] = {}
+        to_evict: dict[str, PodSummary] = {}
+        refused: dict[str, list[str]] = {}
+        warnings: list[str] = []
+        ignored_ds: list[str] = []
+        for pod in sorted(pods, key=lambda p: p.ref):
+            verdict, reason = _drain_verdict(pod, options)
+            if verdict == "skip":
+                outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="skipped", reason=reason)
+                if pod.daemonset:
+                    ignored_ds.append(pod.ref)
+            elif verdict == "refuse":
+                outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="refused", reason=reason)
+                refused.setdefault(reason, []).append(pod.ref)
+            else:
+                if reason:
+                    warnings.append(f"{reason}: {pod.ref}")
+                outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="pending", reason=reason or "evictable")
+                to_evict[pod.ref] = pod
+        if ignored_ds:
+            warnings.insert(0, "ignoring DaemonSet-managed Pods: " + ", ".join(ignored_ds))
+
+        def result() -> DrainResult:
+            return DrainResult(node=name, options=options, cordon=cordon, outcomes=tuple(outcomes.values()),
+                               duration_s=time.monotonic() - started, warnings=tuple(warnings))
+
+        if refused:
+            problems = "; ".join(f"{why}: {', '.join(refs)}" for why, refs in refused.items())
+            raise DrainError(f"cannot drain node {name}: {problems}", result=result(),
+                             fix="rerun with the option named above if losing those pods is acceptable "
+                                 "(the node stays cordoned; nothing was evicted)")
+        for warning in warnings:
+            log.warning("drain %s: %s", name, warning)
+
+        # Evict in rounds: every pod still refused is asked again after pdb_retry_s (kubectl asks
+        # every 5 s); evicted pods are then awaited until this uid is gone.
+        blocked: dict[str, EvictionResult] = {}
+        leaving: dict[str, PodSummary] = {}
+        attempts: dict[str, int] = {}
+        while to_evict:
+            for ref, pod in list(to_evict.items()):
+                if pod.deleting:  # already terminating: nothing to ask, just wait for it
+                    outcomes[ref] = replace(outcomes[ref], action="terminating")
+                    leaving[ref] = to_evict.pop(ref)
+                    continue
+                attempts[ref] = attempts.get(ref, 0) + 1
+                try:
+                    # Few quick retries here: the drain's own rounds ask again within its timeout.
+                    answer = self.evict(pod, grace_period_s=options.grace_period_s, attempts=2)
+                except TransientError as exc:
+                    reporter.seen(f"evicting {ref}: {_first_line(exc)}")
+                    continue
+                except PermanentError as exc:
+                    outcomes[ref] = replace(outcomes[ref], action="refused", attempts=attempts[ref],
+                                            reason=_first_line(exc))
+                    raise DrainError(f"drain of node {name} stopped: cannot evict pod {ref}: {exc.message}",
+                                     result=result(), fix=exc.fix) from exc
+                if answer.ok:
+                    outcomes[ref] = replace(outcomes[ref], action="evicted", attempts=attempts[ref],
+                                            gone=answer.outcome == "gone",
+                                            seconds=time.monotonic() - started if answer.outcome == "gone" else 0.0)
+                    blocked.pop(ref, None)
+                    pod = to_evict.pop(ref)
+                    if answer.outcome == "evicted":
+                        leaving[ref] = pod
+                    log.info("drain %s: evicted %s", name, ref)
+                else:
+                    blocked[ref] = answer
+                    outcomes[ref] = replace(outcomes[ref], action="blocked", attempts=attempts[ref],
+                                            blocked_by=answer.pdb, refusal=answer.describe())
+            if not to_evict:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                still = [blocked[r].describe() if r in blocked else f"pod {r}: no answer from the API"
+                         for r in to_evict]
+                pdbs = sorted({b.pdb for b in blocked.values() if b.pdb})
+                raise DrainError(
+                    f"drain of node {name} timed out after {time.monotonic() - started:.0f}s "
+                    f"(limit {options.timeout_s:g}s): " + "; ".join(still), result=result(),
+                    fix=(f"let PodDisruptionBudget {', '.join(pdbs)} allow a disruption (more healthy replicas "
+                         "elsewhere, or relax it), or raise the drain timeout; the node stays cordoned"
+                         if pdbs else "check the API server and rerun; the node stays cordoned"))
+            reporter.seen("; ".join(blocked[r].describe() if r in blocked else f"{r}: retrying"
+                                    for r in to_evict) + f" — asking again in {options.pdb_retry_s:g}s")
+            time.sleep(min(options.pdb_retry_s, left))
+
+        if leaving:
+            self._wait_gone(name, leaving, outcomes, started=started, deadline=deadline,
+                            reporter=reporter, result=result)
+        done = result()
+        log.info("drain %s: done in %.1fs (%d evicted, %d skipped)", name, done.duration_s,
+                 len(done.evicted), len(done.skipped))
+        return done
+
+    def _wait_gone(self, node: str, leaving: dict[str, PodSummary], outcomes: dict[str, PodDrainOutcome], *,
+                   started: float, deadline: float, reporter: ProgressReporter,
+                   result: Callable[[], DrainResult]) -> None:
+        """Wait until every pod in ``leaving`` (this uid) has disappeared from the node."""
+        __tracebackhide__ = True
+        while True:
+            present = {(p.namespace, p.name): p.uid for p in self.list_pods(node=node)}
+            for ref, pod in list(leaving.items()):
+                if present.get((pod.namespace, pod.name)) != pod.uid:
+                    outcomes[ref] = replace(outcomes[ref], gone=True, seconds=time.monotonic() - started)
+                    del leaving[ref]
+            if not leaving:
+                return
+            if time.monotonic() >= deadline:
+                raise DrainError(f"drain of node {node}: pods still terminating after "
+                                 f"{time.monotonic() - started:.0f}s: {', '.join(sorted(leaving))}", result=result(),
+                                 fix="look at those pods (finalizers, a kubelet that does not answer); "
+                                     "the node stays cordoned")
+            reporter.seen(f"waiting for {len(leaving)} evicted pod(s) to terminate: {', '.join(sorted(leaving))}")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def wait_pods_gone(self, node: str, *, timeout: float, include_daemonsets: bool = False,
+                       progress_every: float = 5.0) -> None:
+        """Wait until no evictable pod is left on the node (DaemonSet and mirror pods do not count
+        unless ``include_daemonsets``; finished pods never do)."""
+        __tracebackhide__ = True
+
+        def probe() -> Done | NotYet:
+            left = [p.ref for p in self.list_pods(node=node)
+                    if not p.finished and not p.mirror and (include_daemonsets or not p.daemonset)]
+            return Done(None) if not left else NotYet(f"{len(left)} pod(s) on {node}: {', '.join(left[:5])}")
+
+        wait_for(probe, what=f"pods to leave node {node}", timeout=timeout, interval=0.5,
+                 progress_every=progress_every, fix=f"drain node {node} again, or look at the pods still there")
+
+    def pod_log(self, *, namespace: str, name: str, container: str | None = None, tail: int = 200) -> str:
+        kwargs: dict[str, Any] = {"tail_lines": tail}
+        if container:
+            kwargs["container"] = container
+        return self._call(f"read the log of pod {namespace}/{name}", "core.read_namespaced_pod_log",
+                          name, namespace, **kwargs)
+
+    def csi_rbdplugin(self, node: str, *, namespace: str = "rook-ceph", selector: str = CSI_RBD_SELECTOR,
+                      log_lines: int = 100) -> CsiPluginHealth:
+        """The csi-rbdplugin pod on ``node``: Ready, restarts, CrashLoopBackOff, and whether its
+        recent log shows the driver stuck connecting to its socket (the rbd.ko.zst symptom)."""
+        pods = [p for p in self.list_pods(node=node, namespace=namespace, selector=selector) if not p.deleting]
+        if not pods:
+            return CsiPluginHealth(node=node, pod=None, ready=False, restarts=0, crash_looping=())
+        pod = pods[0]
+        looping = tuple(c.name for c in pod.containers if c.state == "waiting" and c.reason == "CrashLoopBackOff")
+        stuck: tuple[str, ...] = ()
+        if log_lines and pod.container(CSI_RBD_CONTAINER) is not None:
+            try:
+                text = self.pod_log(namespace=namespace, name=pod.name, container=CSI_RBD_CONTAINER, tail=log_lines)
+            except (NotFoundError, TransientError) as exc:  # no log yet (container never started)
+                log.info("no log for %s/%s: %s", namespace, pod.name, _first_line(exc))
+                text = ""
+            stuck = tuple(line for line in (text or "").splitlines() if CSI_STUCK_LINE in line)
+        return CsiPluginHealth(node=node, pod=pod, ready=pod.ready, restarts=pod.restarts, crash_looping=looping,
+                               stuck_lines=stuck)
+
+    # -- exec --------------------------------------------------------------------------------
+    def exec(self, *, namespace: str, pod: str, command: Sequence[str], container: str | None = None,
+             timeout: float = 60.0) -> ExecResult:
+        """Run ``command`` (an argument list, no shell) in a pod over the exec websocket, as
+        ``kubectl exec`` does; the exit code comes from the error channel. Opening the stream is
+        retried on transient errors (nothing ran yet); a command that does not finish within
+        ``timeout`` raises ExecTimeout and is not retried (it may have had effects)."""
+        __tracebackhide__ = True
+        self._load()
+        import websocket
+        from kubernetes.stream import stream
+        from kubernetes.stream.ws_client import ERROR_CHANNEL
+
+        command = tuple(command)
+        what = f"exec `{' '.join(command)}` in pod {namespace}/{pod}"
+        # The websocket library has no per-call connect timeout; without a default a stuck
+        # handshake would block forever.
+        if websocket.getdefaulttimeout() is None:
+            websocket.setdefaulttimeout(self.request_timeout[1])
+
+        def open_stream() -> Any:
+            kwargs: dict[str, Any] = {"command": list(command), "stderr": True, "stdin": False,
+                                      "stdout": True, "tty": False, "_preload_content": False}
+            if container:
+                kwargs["container"] = container
+            return stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+
+        started = time.monotonic()
+        ws = self._call(what, open_stream)
+        out: list[str] = []
+        err: list[str] = []
+        try:
+            while ws.is_open():
+                left = timeout - (time.monotonic() - started)
+                if left <= 0:
+                    raise ExecTimeout(f"{what} did not finish within {timeout:g}s (stopped waiting)",
+                                      fix="look at the pod; the command may still be running there")
+                ws.update(timeout=min(1.0, left))
+                if ws.peek_stdout():
+                    out.append(ws.read_stdout())
+                if ws.peek_stderr():
+                    err.append(ws.read_stderr())
+            out.append(ws.read_stdout())
+            err.append(ws.read_stderr())
+            status_text = ws.read_channel(ERROR_CHANNEL)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransientError(f"{what}: the stream broke: {_first_line(exc)}",
+                                 fix="check the API server and the pod; the command may have run") from exc
+        finally:
+            ws.close()
+        rc = _exec_rc(status_text, what)
+        return ExecResult(command=command, rc=rc, stdout="".join(out), stderr="".join(err),
+                          duration=time.monotonic() - started)
+
+    # -- Leases (the primitives; the upgrade lock's policy is built on them) ------------------
+    def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        """The Lease, or None if there is none."""
+        try:
+            lease = self._call(f"read lease {namespace}/{name}", "coordination.read_namespaced_lease", name, namespace)
+        except NotFoundError:
+            return None
+        return _lease_info(lease)
+
+    def create_lease(self, *, namespace: str, name: str, holder: str, duration_s: int,
+                     annotations: Mapping[str, str] | None = None) -> LeaseInfo:
+        """Create the Lease held by ``holder``; ConflictError if it exists already (409)."""
+        self._load()
+        from kubernetes import client
+
+        stamp = _micro(_now())
+        body = client.V1Lease.from_dict({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "annotations": dict(annotations or {})},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": int(duration_s), "acquireTime": stamp,
+                     "renewTime": stamp, "leaseTransitions": 0}})
+        return _lease_info(self._call(f"create lease {namespace}/{name}", "coordination.create_namespaced_lease",
+                                      namespace, body))
+
+    def replace_lease(self, lease: LeaseInfo, *, holder: str, duration_s: int | None = None,
+                      annotations: Mapping[str, str] | None = None) -> LeaseInfo:
+        """Write the Lease as read in ``lease`` (its resourceVersion guards the write): another
+        holder takes it over (acquireTime now, one more transition), the same holder renews it
+        (renewTime now). ConflictError if it changed since it was read."""
+        self._load()
+        from kubernetes import client
+
+        now = _micro(_now())
+        taken_over = holder != lease.holder
+        body = client.V1Lease.from_dict({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease.name, "namespace": lease.namespace, "resourceVersion": lease.resource_version,
+                         "annotations": dict(annotations if annotations is not None else lease.annotations)},
+            "spec": {"holderIdentity": holder,
+                     "leaseDurationSeconds": int(duration_s if duration_s is not None else lease.duration_s or
+                                                 LOCK_DURATION_S),
+                     "acquireTime": now if taken_over or lease.acquire_time is None else _micro(lease.acquire_time),
+                     "renewTime": now,
+                     "leaseTransitions": lease.transitions + (1 if taken_over and lease.holder else 0)}})
+        return _lease_info(self._call(f"replace lease {lease.namespace}/{lease.name}",
+                                      "coordination.replace_namespaced_lease", lease.name, lease.namespace, body))
+
+    def delete_lease(self, namespace: str, name: str, *, resource_version: str | None = None) -> bool:
+        """Delete the Lease (only if unchanged since ``resource_version``, when given).
+        False if it was already gone; ConflictError if it changed."""
+        self._load()
+        from kubernetes import client
+
+        options = (client.V1DeleteOptions.from_dict({"preconditions": {"resourceVersion": resource_version}})
+                   if resource_version else None)
+        try:
+            self._call(f"delete lease {namespace}/{name}", "coordination.delete_namespaced_lease", name, namespace,
+                       body=options)
+        except NotFoundError:
+            return False
+        return True
+
+    # -- the upgrade lock (policy on a Lease) -------------------------------------------------
+    def read_lock(self, *, namespace: str = LOCK_NAMESPACE, name: str = LOCK_NAME) -> LockInfo | None:
+        lease = self.get_lease(namespace, name)
+        return LockInfo.from_lease(lease) if lease is not None else None
+
+    def acquire_lock(self, *, holder: str, node: str, run_id: str, namespace: str = LOCK_NAMESPACE,
+                     name: str = LOCK_NAME, duration_s: int = LOCK_DURATION_S, take_over_stale: bool = False,
+                     stale_after_s: float | None = None) -> LockInfo:
+        """Take the cluster-wide upgrade lock for ``node``.
+
+        Free (absent or released): taken. Held by the same ``holder`` for the same ``node``: a
+        rerun resuming that upgrade, so it is renewed with the new ``run_id``. Held by anyone else:
+        LockHeld naming holder, node, run and age — unless ``take_over_stale`` is set *and* it has
+        not been renewed for ``stale_after_s`` (default: its lease duration), i.e. its holder is
+        gone. Every write carries the resourceVersion read, so two runs racing for it cannot both
+        win: the loser sees a conflict, reads again and decides again."""
+        __tracebackhide__ = True
+        marks = {LOCK_NODE_ANNOTATION: node, LOCK_RUN_ANNOTATION: run_id}
+        for _ in range(5):
+            lease = self.get_lease(namespace, name)
+            try:
+                if lease is None:
+                    lock = LockInfo.from_lease(self.create_lease(namespace=namespace, name=name, holder=holder,
+                                                                 duration_s=duration_s, annotations=marks))
+                else:
+                    current = LockInfo.from_lease(lease)
+                    if current.held and not (current.holder == holder and current.node == node):
+                        if not (take_over_stale and current.stale(after_s=stale_after_s)):
+                            raise _lock_held(current, node=node, take_over_stale=take_over_stale,
+                                             stale_after_s=stale_after_s)
+                        log.warning("taking over stale %s", current.describe())
+                    lock = LockInfo.from_lease(self.replace_lease(lease, holder=holder, duration_s=duration_s,
+                                                                  annotations={**lease.annotations, **marks}))
+            except ConflictError as exc:  # someone else wrote it between our read and write
+                log.info("lock %s/%s changed while taking it (%s); reading it again", namespace, name,
+                         _first_line(exc))
+                continue
+            log.info("took %s", lock.describe())
+            return lock
+        raise ConflictError(f"lock {namespace}/{name} kept changing while taking it (5 tries)",
+                            fix="another run is competing for it; wait and run again")
+
+    def renew_lock(self, lock: LockInfo) -> LockInfo:
+        """Renew our lock (renewTime = now). LockHeld if it is no longer ours."""
+        __tracebackhide__ = True
+        for _ in range(3):
+            lease = self.get_lease(lock.namespace, lock.name)
+            current = LockInfo.from_lease(lease) if lease is not None else None
+            if lease is None or current is None or current.holder != lock.holder or current.node != lock.node:
+                raise LockHeld(f"lost the upgrade lock: {current.describe() if current else 'it was deleted'}",
+                               lock=current or lock, fix="another run took it over; stop and check who holds it")
+            try:
+                return LockInfo.from_lease(self.replace_lease(lease, holder=lock.holder or ""))
+            except ConflictError:
+                continue
+        raise ConflictError(f"lock {lock.namespace}/{lock.name} kept changing while renewing it")
+
+    def release_lock(self, *, holder: str, namespace: str = LOCK_NAMESPACE, name: str = LOCK_NAME) -> bool:
+        """Release the lock if ``holder`` holds it (deleted, guarded by its resourceVersion).
+        Returns False when there was nothing of ours to release (free, or someone else's: left alone)."""
+        for _ in range(3):
+            lease = self.get_lease(namespace, name)
+            if lease is None or not lease.holder:
+                return False
+            if lease.holder != holder:
+                log.warning("not releasing %s: it is not ours (%s)", LockInfo.from_lease(lease).describe(), holder)
+                return False
+            try:
+                if not self.delete_lease(namespace, name, resource_version=lease.resource_version):
+                    return False
+            except ConflictError:
+                continue
+            log.info("released lock %s/%s (%s, node %s)", namespace, name, holder,
+                     lease.annotations.get(LOCK_NODE_ANNOTATION))
+            return True
+        raise ConflictError(f"lock {namespace}/{name} kept changing while releasing it")
+
+
+class LockKeeper:
+    """Renews a held lock from a daemon thread every third of its duration, so a long step (a
+    dist-upgrade, a reboot wait) never lets it look stale while its holder is alive. ``lost``
+    is set (with the error) if renewing failed for longer than the lease lasts."""
+
+    def __init__(self, *, kube: Kube, lock: LockInfo, every_s: float | None = None) -> None:
+        self.kube = kube
+        self.lock = lock
+        self.every_s = every_s or max(1.0, (lock.duration_s or LOCK_DURATION_S) / 3)
+        self.lost: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lock-keeper-{lock.name}", daemon=True)
+
+    def __enter__(self) -> "LockKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.every_s + 5)
+
+    def _run(self) -> None:
+        failing_since: float | None = None
+        while not self._stop.wait(self.every_s):
+            try:
+                self.lock = self.kube.renew_lock(self.lock)
+                failing_since = None
+            except LockHeld as exc:
+                self.lost = exc
+                log.error("%s", exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying until the lease would expire
+                failing_since = failing_since or time.monotonic()
+                log.warning("could not renew the upgrade lock: %s", _first_line(exc))
+                if time.monotonic() - failing_since > (self.lock.duration_s or LOCK_DURATION_S):
+                    self.lost = exc
+                    return
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def pod_summary(pod: Any) -> PodSummary:
+    """A client V1Pod reduced to what drain and health checks decide on."""
+    meta, spec, status = pod.metadata, pod.spec, pod.status
+    owner = next((o for o in (meta.owner_references or []) if o.controller), None)
+    statuses = (status.container_statuses if status and status.container_statuses else [])
+    containers = []
+    for cs in statuses:
+        state, reason = "unknown", ""
+        if cs.state is not None:
+            if cs.state.running is not None:
+                state = "running"
+            elif cs.state.waiting is not None:
+                state, reason = "waiting", cs.state.waiting.reason or ""
+            elif cs.state.terminated is not None:
+                state, reason = "terminated", cs.state.terminated.reason or ""
+        containers.append(ContainerSummary(name=cs.name, ready=bool(cs.ready), restarts=int(cs.restart_count or 0),
+                                           state=state, reason=reason, image=cs.image or ""))
+    ready_cond = next((c for c in (status.conditions if status and status.conditions else [])
+                       if c.type == "Ready"), None)
+    annotations = meta.annotations or {}
+    return PodSummary(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid or "",
+        node=spec.node_name if spec else None,
+        phase=(status.phase if status and status.phase else "Unknown"),
+        owner_kind=owner.kind if owner else None,
+        owner_name=owner.name if owner else None,
+        daemonset=bool(owner and owner.kind == "DaemonSet"),
+        mirror=MIRROR_ANNOTATION in annotations,
+        uses_emptydir=any(v.empty_dir is not None for v in (spec.volumes or [] if spec else [])),
+        ready=bool(ready_cond and ready_cond.status == "True"),
+        restarts=sum(c.restarts for c in containers),
+        deleting=meta.deletion_timestamp is not None,
+        labels=dict(meta.labels or {}),
+        containers=tuple(containers),
+        grace_period_s=spec.termination_grace_period_seconds if spec else None,
+    )
+
+
+def _drain_verdict(pod: PodSummary, options: DrainOptions) -> tuple[Literal["skip", "refuse", "evict"], str]:
+    """kubectl drain's pod filters, in its order: (verdict, reason/warning)."""
+    if pod.daemonset:
+        if options.ignore_daemonsets:
+            return "skip", "DaemonSet-managed"
+        return "refuse", "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets / ignore_daemonsets)"
+    if pod.mirror:
+        return "skip", "mirror pod (static pod: the kubelet owns it)"
+    if pod.finished:
+        return "evict", ""  # finished pods go whatever the flags say
+    warning = ""
+    if pod.uses_emptydir:
+        if not options.delete_emptydir_data:
+            return "refuse", "cannot delete Pods with local storage (use --delete-emptydir-data / delete_emptydir_data)"
+        warning = "deleting Pods with local storage"
+    if pod.unmanaged:
+        if not options.force:
+            return "refuse", "cannot delete Pods that declare no controller (use --force / force)"
+        warning = "deleting Pods that declare no controller"
+    return "evict", warning
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError) and not isinstance(exc, (ConflictError, ExecTimeout))
+
+
+def _log_retry(what: str, attempts: int) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("retrying %s in %.1fs (attempt %d/%d failed: %s)", what,
+                    state.next_action.sleep if state.next_action else 0, state.attempt_number,
+                    attempts, _first_line(exc) if exc else "?")
+    return before_sleep
+
+
+def _register_kubeconfig_secrets(data: Mapping[str, Any]) -> None:
+    for user in data.get("users") or []:
+        entry = (user or {}).get("user") or {} if isinstance(user, dict) else {}
+        for key in ("token", "password", "client-key-data"):
+            value = entry.get(key)
+            if isinstance(value, str):
+                register_secret(value)
+
+
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else (type(exc).__name__ if isinstance(exc, BaseException) else "")
+
+
+def _status_body(body: str | bytes | None) -> tuple[str, str, list[dict]]:
+    """(message, reason, causes) from a Kubernetes Status body, ('', '', []) if it is not one."""
+    if not body:
+        return "", "", []
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError):
+        return str(body)[:200], "", []
+    if not isinstance(data, dict):
+        return "", "", []
+    causes = [c for c in ((data.get("details") or {}).get("causes") or []) if isinstance(c, dict)]
+    return str(data.get("message") or ""), str(data.get("reason") or ""), causes
+
+
+def _eviction_refusal(pod: PodSummary, code: int, body: str | bytes | None) -> EvictionResult | None:
+    """An eviction answer that is not an error: 404 (gone) or a 429 naming a disruption budget.
+    None for anything else (a plain 429 is throttling, retried as transient)."""
+    message, _, raw_causes = _status_body(body)
+    causes = tuple(str(c.get("message") or "") for c in raw_causes)
+    if code == 404:
+        return EvictionResult(pod=pod.ref, outcome="gone", code=404, message=message or "not found", causes=causes)
+    if code != 429:
+        return None
+    budget = any(c.get("reason") == "DisruptionBudget" for c in raw_causes) or "disruption budget" in message
+    if not budget:
+        return None
+    pdb = needs = has = None
+    for cause in causes:
+        found = _PDB_CAUSE.search(cause)
+        if found:
+            pdb, needs, has = f"{pod.namespace}/{found.group('pdb')}", int(found.group("needs")), int(found.group("has"))
+            break
+    return EvictionResult(pod=pod.ref, outcome="blocked", code=429, message=message or "too many requests",
+                          pdb=pdb, pdb_needs=needs, pdb_has=has, causes=causes)
+
+
+def _exec_rc(status_text: str, what: str) -> int:
+    """The exit code from the exec error channel (a Status object; '' means success)."""
+    if not status_text:
+        return 0
+    try:
+        status = json.loads(status_text)
+    except ValueError:
+        raise PermanentError(f"{what}: unreadable exec status {status_text[:200]!r}") from None
+    if status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message"))
+    raise PermanentError(f"{what} failed: {status.get('message') or status_text[:200]}")
+
+
+def _lease_info(lease: Any) -> LeaseInfo:
+    spec = lease.spec
+    return LeaseInfo(
+        namespace=lease.metadata.namespace, name=lease.metadata.name,
+        holder=(spec.holder_identity or None) if spec else None,
+        duration_s=spec.lease_duration_seconds if spec else None,
+        acquire_time=_aware(spec.acquire_time) if spec and spec.acquire_time else None,
+        renew_time=_aware(spec.renew_time) if spec and spec.renew_time else None,
+        transitions=int(spec.lease_transitions or 0) if spec else 0,
+        resource_version=lease.metadata.resource_version or "",
+        annotations=dict(lease.metadata.annotations or {}))
+
+
+def _lock_held(current: LockInfo, *, node: str, take_over_stale: bool, stale_after_s: float | None) -> LockHeld:
+    limit = stale_after_s if stale_after_s is not None else (current.duration_s or LOCK_DURATION_S)
+    age = current.age_s()
+    if take_over_stale:
+        fix = (f"it was renewed {age:.0f}s ago, within {limit:g}s, so its holder looks alive: wait for that run "
+               "to finish (or stop it), then run again")
+    else:
+        fix = (f"wait for that run to finish; if its holder is gone (not renewed for over {limit:g}s), rerun with "
+               "the option to take over a stale lock")
+    return LockHeld(f"cannot take the upgrade lock for node {node}: {current.describe()}", lock=current, fix=fix)
+
+
+def _stamp(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _micro(value: dt.datetime) -> str:
+    """RFC 3339 with microseconds, as the API's MicroTime is written."""
+    return _aware(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

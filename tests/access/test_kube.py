@@ -1,0 +1,608 @@
+"""nodegate.kube against the lab's real API server over HTTP (the `api_lab` fixture: the server
+alone, its nodes driven by state.json writes as the supervisor would). No mocks: every call
+goes through the official client to the server, and test set-up that kube.py does not offer
+(creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.kube import (CORDONED_BY_ANNOTATION, DrainError, DrainOptions, Kube, LockHeld, LockKeeper,
+                           NotFoundError)
+from nodegate.waits import WaitTimeout
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def fault(api_lab, name: str, *, node: str | None = None, clear: bool = False, **params) -> None:
+    """Set or clear a lab fault the way `nodegate lab fault` does (its faults.json, which the API
+    server re-reads); the CLI itself insists on a supervisor, which the api_lab server runs without."""
+    from nodegate.lab import faults
+
+    if clear:
+        faults.clear_fault(api_lab.config, name, node=node)
+    else:
+        faults.set_fault(api_lab.config, name, node=node, params=params)
+
+
+def raw(api_lab, method: str, path: str, body: dict | None = None, *, content_type: str = "application/json"):
+    """One plain HTTP request to the lab API server (set-up the harness itself never does)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(api_lab.config.api_url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {api_lab.config.token}",
+                                              "Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+PDBS = "/apis/policy/v1/namespaces/demo/poddisruptionbudgets"
+
+
+def make_pdb(api_lab, name: str, selector: dict, *, min_available: int) -> None:
+    code, out = raw(api_lab, "POST", PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                            "metadata": {"name": name, "namespace": "demo"},
+                                            "spec": {"minAvailable": min_available,
+                                                     "selector": {"matchLabels": selector}}})
+    assert code == 201, out
+
+
+def delete_pdb(api_lab, name: str) -> None:
+    raw(api_lab, "DELETE", f"{PDBS}/{name}")
+
+
+def set_min_available(api_lab, name: str, value: int) -> None:
+    code, out = raw(api_lab, "PATCH", f"{PDBS}/{name}", {"spec": {"minAvailable": value}},
+                    content_type="application/merge-patch+json")
+    assert code == 200, out
+
+
+def pdb_allowed(api_lab, name: str) -> int | None:
+    code, out = raw(api_lab, "GET", f"{PDBS}/{name}")
+    return (out.get("status") or {}).get("disruptionsAllowed") if code == 200 else None
+
+
+def wait(probe, *, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def ready_pods(kube: Kube, selector: str) -> list:
+    return [p for p in kube.list_pods(namespace="demo", selector=selector) if p.ready and not p.deleting]
+
+
+@pytest.fixture(scope="module")
+def kube(api_lab):
+    k = Kube.connect(settings=api_lab.settings())
+    yield k
+    k.close()
+
+
+@pytest.fixture(scope="module")
+def settled(api_lab, kube):
+    """Every node Ready and the demo workload (3 web replicas) running before the tests read it."""
+    wait(lambda: all(n.is_ready for n in kube.list_nodes()) and len(kube.list_nodes()) == 4,
+         timeout=20, what="4 Ready nodes")
+    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
+    return kube
+
+
+def write_kubeconfig(tmp_path, api_lab, **changes) -> "object":
+    import yaml
+
+    data = yaml.safe_load(api_lab.kubeconfig.read_text())
+    if "server" in changes:
+        data["clusters"][0]["cluster"]["server"] = changes["server"]
+    if "token" in changes:
+        data["users"][0]["user"]["token"] = changes["token"]
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# -- kubeconfig and startup errors ----------------------------------------------------------------
+
+def test_construction_is_free_and_import_does_not_load_the_client(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, time; t=time.monotonic(); import nodegate.kube as k; "
+            "from nodegate.profile import KubeSettings; "
+            "k.Kube(settings=KubeSettings(kubeconfig='/nonexistent')); "
+            "print('kubernetes' in sys.modules, round(time.monotonic()-t, 3))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False", "importing nodegate.kube (or building a Kube) must not import the kubernetes client"
+    assert float(out[1]) < 0.5
+
+
+def test_missing_kubeconfig_is_a_usage_error_naming_the_fix(api_lab, tmp_path):
+    kube = Kube(settings=api_lab.settings(kubeconfig=tmp_path / "nope"))
+    with pytest.raises(UsageError) as err:
+        kube.list_nodes()
+    assert f"kubeconfig {tmp_path / 'nope'} does not exist" in str(err.value)
+    assert "[kubernetes] kubeconfig" in err.value.fix
+
+
+def test_kubeconfig_that_is_not_yaml(api_lab, tmp_path):
+    path = tmp_path / "kubeconfig"
+    path.write_text("apiVersion: v1\nclusters: [unclosed\n")
+    with pytest.raises(UsageError) as err:
+        Kube.connect(settings=api_lab.settings(kubeconfig=path))
+    assert "is not valid YAML" in err.value.message and err.value.fix
+
+
+def test_kubeconfig_that_is_a_directory(api_lab, tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        Kube.connect(settings=api_lab.settings(kubeconfig=tmp_path))
+
+
+def test_unknown_context_lists_the_known_ones(api_lab):
+    with pytest.raises(UsageError) as err:
+        Kube.connect(settings=api_lab.settings(context="prod"))
+    assert "context 'prod' is not in kubeconfig" in err.value.message
+    assert "nodegate-lab" in err.value.message and "[kubernetes] context" in err.value.fix
+
+
+def test_unreachable_cluster_at_startup_is_a_usage_error(api_lab, tmp_path):
+    # Nothing listens on this loopback port: connection refused, two quick tries, then a clear stop.
+    net = api_lab.config.net
+    path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{net}.3.1:1")
+    started = time.monotonic()
+    with pytest.raises(UsageError) as err:
+        Kube.connect(settings=api_lab.settings(kubeconfig=path))
+    assert time.monotonic() - started < 5
+    assert "cannot be reached" in err.value.message and "refused the connection" in err.value.message
+    assert f"http://127.{net}.3.1:1" in err.value.message
+    assert "kubectl --kubeconfig" in err.value.fix
+
+
+def test_wrong_token_is_a_usage_error_and_never_shows_the_token(api_lab, tmp_path, caplog):
+    secret = "wrongtoken-" + uuid.uuid4().hex
+    path = write_kubeconfig(tmp_path, api_lab, token=secret)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(UsageError) as err:
+        Kube.connect(settings=api_lab.settings(kubeconfig=path))
+    assert "401" in err.value.message and "token" in err.value.fix
+    assert secret not in str(err.value) and secret not in caplog.text
+
+
+# -- nodes --------------------------------------------------------------------------------------
+
+def test_nodes_conditions_and_node_info(api_lab, settled):
+    kube = settled
+    nodes = {n.name: n for n in kube.list_nodes()}
+    assert sorted(nodes) == [n.name for n in api_lab.config.nodes]
+    node1 = kube.node("node1")
+    assert node1.is_ready and node1.ready == "True" and not node1.pressures
+    assert {c.type for c in node1.conditions} >= {"Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
+    # nodeInfo is the kubelet's report: its bootID is the boot the lab node is in now.
+    assert node1.info.boot_id == api_lab.state("node1")["boot_id"] == node1.boot_id
+    assert node1.info.kubelet_version == api_lab.config.kube_version
+    assert node1.info.os_image and node1.info.operating_system == "linux" and node1.info.machine_id
+    assert ("InternalIP", api_lab.config.nodes[0].address) in node1.addresses
+    assert node1.roles, "the lab's nodes carry node-role labels"
+    assert kube.get_node("node99") is None
+
+
+def test_unknown_node_names_the_known_ones(settled):
+    with pytest.raises(NotFoundError) as err:
+        settled.node("node99")
+    assert "no node 'node99'" in err.value.message and "node1" in err.value.message
+
+
+def test_cordon_records_who_cordoned_and_uncordon_only_undoes_ours(settled):
+    kube = settled
+    first = kube.cordon("node2", by="run-a")
+    assert first.changed and first.unschedulable and first.cordoned_by == "run-a"
+    assert kube.node("node2").unschedulable and kube.node("node2").annotations[CORDONED_BY_ANNOTATION] == "run-a"
+    again = kube.cordon("node2", by="run-b")
+    assert not again.changed and again.cordoned_by == "run-a" and "already cordoned by run-a" in again.detail
+    other = kube.uncordon("node2", only_if_cordoned_by="run-b")
+    assert not other.changed and kube.node("node2").unschedulable and "cordoned by run-a" in other.detail
+    mine = kube.uncordon("node2", only_if_cordoned_by="run-a")
+    assert mine.changed and not kube.node("node2").unschedulable
+    assert CORDONED_BY_ANNOTATION not in kube.node("node2").annotations
+
+    # Cordoned by someone else (kubectl cordon: no record): nodegate leaves it cordoned.
+    plain = kube.cordon("node2")
+    assert plain.changed and plain.cordoned_by is None
+    kept = kube.uncordon("node2", only_if_cordoned_by="run-a")
+    assert not kept.changed and kube.node("node2").unschedulable and "not cordoned by nodegate" in kept.detail
+    assert kube.uncordon("node2").changed and not kube.node("node2").unschedulable
+    assert not kube.uncordon("node2").changed
+
+
+def test_node_annotation_set_get_remove(settled):
+    kube = settled
+    value = json.dumps({"run": "r1", "step": "drain", "status": "done"})
+    kube.set_node_annotation("node3", key="nodegate.io/upgrade", value=value)
+    assert json.loads(kube.node_annotation("node3", key="nodegate.io/upgrade"))["step"] == "drain"
+    kube.set_node_annotation("node3", key="nodegate.io/upgrade", value=None)
+    assert kube.node_annotation("node3", key="nodegate.io/upgrade") is None
+
+
+def test_watch_returns_within_a_second_of_ready_with_a_new_boot_id(api_lab, settled):
+    kube = settled
+    before = kube.node("node3")
+    api_lab.set_state("node3", up=False)
+    down = kube.watch_node("node3", until=lambda s: not s.is_ready, timeout=10)
+    assert down.ready == "Unknown" and down.boot_id == before.boot_id
+
+    # An independent observer polls the same server every 20 ms and notes when it first sees the
+    # new boot Ready; the watch must return within 1 s of that moment.
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def observe() -> None:
+        while not stop.is_set():
+            code, node = raw(api_lab, "GET", "/api/v1/nodes/node3")
+            info, conds = node["status"]["nodeInfo"], node["status"].get("conditions") or []
+            if info["bootID"] != before.boot_id and any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                seen.setdefault("ready", time.monotonic())
+                return
+            time.sleep(0.02)
+
+    observer = threading.Thread(target=observe, daemon=True)
+    observer.start()
+    written = time.monotonic()
+    new = api_lab.set_state("node3", up=True)
+    status = kube.wait_node_ready("node3", timeout=15, new_boot_id_than=before.boot_id)
+    returned = time.monotonic()
+    stop.set()
+    observer.join(timeout=5)
+    assert status.is_ready and status.boot_id == new["boot_id"] != before.boot_id
+    assert "ready" in seen, "the observer never saw the node Ready"
+    latency = returned - seen["ready"]
+    print(f"watch latency from Ready to return: {latency * 1000:.0f} ms (boot to return {returned - written:.2f}s)")
+    assert latency <= 1.0
+
+
+def test_wait_for_ready_times_out_naming_what_it_saw(api_lab, settled):
+    kube = settled
+    api_lab.set_state("node3", up=False)
+    try:
+        kube.watch_node("node3", until=lambda s: not s.is_ready, timeout=10)
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as err:
+            kube.wait_node_ready("node3", timeout=2.5, progress_every=1)
+        assert 2.4 <= time.monotonic() - started < 5
+        assert "node3" in err.value.last_seen and "Ready=" in err.value.last_seen
+        assert "out of band" in err.value.fix
+    finally:
+        api_lab.set_state("node3", up=True)
+        kube.wait_node_ready("node3", timeout=15)
+
+
+# -- pods, PDBs, drain ---------------------------------------------------------------------------
+
+def test_pods_on_a_node_by_field_selector(settled):
+    kube = settled
+    everywhere = kube.list_pods()
+    for node in ("node1", "node4"):
+        here = kube.list_pods(node=node)
+        assert here and all(p.node == node for p in here)
+        assert {p.ref for p in here} == {p.ref for p in everywhere if p.node == node}
+        assert any(p.daemonset for p in here), "kube-proxy/calico run on every node"
+
+
+def test_csi_rbdplugin_health(settled):
+    health = settled.csi_rbdplugin("node1")
+    assert health.pod is not None and health.pod.node == "node1"
+    assert health.healthy and health.ready and not health.crash_looping, health.describe()
+    assert settled.csi_rbdplugin("node1", selector="app=nothing-like-this").pod is None
+
+
+@pytest.mark.parametrize("selector, flag", [("run=debug-shell", "--force"),
+                                             ("app=cache", "--delete-emptydir-data")])
+def test_drain_refuses_up_front_what_the_flags_do_not_allow(settled, selector, flag):
+    kube = settled
+    pod = kube.list_pods(namespace="demo", selector=selector)[0]  # the unmanaged pod / the emptyDir pod
+    target = pod.node
+    before = {p.ref: p.uid for p in kube.list_pods(node=target)}
+    try:
+        with pytest.raises(DrainError) as err:
+            kube.drain(target, options=DrainOptions(timeout_s=20))
+        message = str(err.value)
+        assert f"cannot drain node {target}" in message and flag in message and pod.ref in message
+        refused = {o.pod for o in err.value.result.outcomes if o.action == "refused"}
+        assert pod.ref in refused
+        assert not err.value.result.evicted, "nothing is evicted when the drain is refused"
+        after = {p.ref: p.uid for p in kube.list_pods(node=target)}
+        assert {r: u for r, u in after.items() if r in before} == before, "no pod was touched"
+        assert kube.node(target).unschedulable, "the node is left cordoned"
+    finally:
+        kube.uncordon(target)
+
+
+def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_lab, settled):
+    kube = settled
+    web = ready_pods(kube, "app=web")
+    target = web[0].node
+    set_min_available(api_lab, "web", 3)  # the demo's own PDB now needs every replica
+    try:
+        wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
+        blockers = kube.pods_blocking_eviction(target)
+        assert any(b.pdb.ref == "demo/web" and b.pod.node == target for b in blockers)
+        options = DrainOptions(delete_emptydir_data=True, force=True, timeout_s=3.0, pdb_retry_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(DrainError) as err:
+            kube.drain(target, options=options, cordon_by="run-pdb")
+        took = time.monotonic() - started
+        message = str(err.value)
+        print(f"drain timed out after {took:.2f}s: {message}")
+        assert 3.0 <= took < 4.5, took
+        assert f"drain of node {target} timed out" in message and "limit 3s" in message
+        assert "demo/web-" in message and "PodDisruptionBudget demo/web needs 3 healthy pod(s) and has 3" in message
+        assert "demo/web" in err.value.fix and "stays cordoned" in err.value.fix
+        blocked = [o for o in err.value.result.outcomes if o.action == "blocked"]
+        assert blocked and all(o.blocked_by == "demo/web" for o in blocked)
+        assert max(o.attempts for o in blocked) >= 3, "a PDB refusal is asked again every pdb_retry_s"
+        assert kube.node(target).unschedulable and kube.node(target).cordoned_by == "run-pdb"
+    finally:
+        set_min_available(api_lab, "web", 1)
+        kube.uncordon(target)
+
+
+def test_drain_blocked_by_the_lab_pdb_block_fault(api_lab, settled):
+    kube = settled
+    target = ready_pods(kube, "app=web")[0].node
+    fault(api_lab, "pdb-block", node=target)
+    try:
+        wait(lambda: any(b.pdb.name == "nodegate-lab-pdb-block" for b in kube.pods_blocking_eviction(target)),
+             timeout=10, what="the fault's PDB")
+        with pytest.raises(DrainError) as err:
+            kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=2.0,
+                                                    pdb_retry_s=0.5))
+        assert "timed out" in err.value.message and "nodegate-lab-pdb-block" in err.value.message
+        blocked = {o.pod for o in err.value.result.outcomes if o.action == "blocked"}
+        assert blocked and all(ref.startswith(("demo/", "rook-ceph/", "kube-system/")) for ref in blocked)
+    finally:
+        fault(api_lab, "pdb-block", clear=True)
+        kube.uncordon(target)
+
+
+def test_two_pdbs_on_one_pod_stop_the_drain_at_once(api_lab, settled):
+    kube = settled
+    target = ready_pods(kube, "app=web")[0].node
+    make_pdb(api_lab, "web-extra", {"app": "web"}, min_available=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DrainError) as err:
+            kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=30))
+        assert time.monotonic() - started < 3, "a permanent refusal is not retried until the timeout"
+        assert "more than one PodDisruptionBudget" in err.value.message and "demo/web-" in err.value.message
+        assert "kubectl get pdb" in err.value.fix
+    finally:
+        delete_pdb(api_lab, "web-extra")
+        kube.uncordon(target)
+
+
+def test_drain_waits_out_a_pdb_refusal_and_succeeds_when_it_allows(api_lab, settled):
+    kube = settled
+    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
+    web = ready_pods(kube, "app=web")
+    target = web[0].node
+    set_min_available(api_lab, "web", 3)
+    wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
+    # The PDB relents after ~2.5 s (as it would once the workload has more replicas elsewhere).
+    release = threading.Timer(2.5, set_min_available, args=(api_lab, "web", 1))
+    release.start()
+    try:
+        result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=30,
+                                                         pdb_retry_s=1.0), cordon_by="run-ok")
+    finally:
+        release.cancel()
+        set_min_available(api_lab, "web", 1)
+    try:
+        assert result.cordon is not None and result.cordon.changed
+        assert result.outcomes and not [o for o in result.outcomes if o.action in ("blocked", "pending", "refused")]
+        web_outcome = next(o for o in result.outcomes if o.pod == web[0].ref)
+        assert web_outcome.action == "evicted" and web_outcome.attempts >= 2 and web_outcome.gone
+        assert {o.reason for o in result.skipped} >= {"DaemonSet-managed"}
+        assert any("ignoring DaemonSet-managed Pods" in w for w in result.warnings)
+        left = [p for p in kube.list_pods(node=target) if not p.daemonset and not p.mirror]
+        assert not left, f"evictable pods left on {target}: {[p.ref for p in left]}"
+        kube.wait_pods_gone(target, timeout=5)
+        print(result.evidence())
+    finally:
+        assert kube.uncordon(target, only_if_cordoned_by="run-ok").changed
+    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
+
+
+def test_drain_with_every_flag_empties_the_node(api_lab, settled):
+    kube = settled
+    cache = kube.list_pods(namespace="demo", selector="app=cache")[0]   # emptyDir, from a Deployment
+    target = cache.node
+    bare = f"scratch-{uuid.uuid4().hex[:6]}"                           # no controller: needs --force
+    code, out = raw(api_lab, "POST", "/api/v1/namespaces/demo/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": bare, "namespace": "demo"},
+        "spec": {"nodeName": target, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "sh", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}})
+    assert code == 201, out
+    wait(lambda: any(p.name == bare and p.ready for p in kube.list_pods(node=target)), timeout=10, what="bare pod")
+    pods = {p.ref: p for p in kube.list_pods(node=target)}
+    result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=60),
+                        cordon_by="run-all")
+    try:
+        actions = {o.pod: o.action for o in result.outcomes}
+        assert all(actions[ref] == "skipped" for ref, p in pods.items() if p.daemonset)
+        assert all(actions[ref] in ("evicted", "terminating") for ref, p in pods.items() if not p.daemonset)
+        assert actions[f"demo/{bare}"] == "evicted" and actions[cache.ref] == "evicted"
+        assert any("declare no controller" in w and bare in w for w in result.warnings)
+        assert any("local storage" in w and cache.name in w for w in result.warnings)
+        kube.wait_pods_gone(target, timeout=5)
+        assert not kube.list_pods(namespace="demo", selector=None) or \
+            all(p.name != bare for p in kube.list_pods(namespace="demo")), "an unmanaged pod is gone for good"
+        print(result.evidence())
+    finally:
+        kube.uncordon(target, only_if_cordoned_by="run-all")
+    # The Deployment brings its cache pod back on another node.
+    wait(lambda: any(p.ready and p.node != target for p in kube.list_pods(namespace="demo", selector="app=cache")),
+         timeout=20, what="cache pod running elsewhere")
+
+
+# -- the lock ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def lock_name():
+    name = f"nodegate-test-lock-{uuid.uuid4().hex[:8]}"
+    yield name
+
+
+def test_lock_contention_resume_release(settled, lock_name):
+    kube = settled
+    a = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=60)
+    assert a.held and a.holder == "alice@laptop" and a.node == "node4" and a.run_id == "r1"
+    with pytest.raises(LockHeld) as err:
+        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name)
+    assert "alice@laptop" in err.value.message and "node4" in err.value.message and "r1" in err.value.message
+    assert "take over a stale lock" in err.value.fix
+    # Asking to take over a lock that is alive changes nothing.
+    with pytest.raises(LockHeld) as err:
+        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+    assert "looks alive" in err.value.fix
+    # The same holder resuming the same node's upgrade gets it back, with its new run id.
+    again = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r3", name=lock_name, duration_s=60)
+    assert again.run_id == "r3" and again.acquired_at == a.acquired_at and again.transitions == a.transitions
+    # ... but not for another node while node4's upgrade holds it.
+    with pytest.raises(LockHeld):
+        kube.acquire_lock(holder="alice@laptop", node="node3", run_id="r4", name=lock_name)
+    assert not kube.release_lock(holder="bob@desk", name=lock_name), "never release someone else's lock"
+    assert kube.read_lock(name=lock_name).holder == "alice@laptop"
+    renewed = kube.renew_lock(again)
+    assert renewed.renewed_at > again.renewed_at
+    assert kube.release_lock(holder="alice@laptop", name=lock_name)
+    assert kube.read_lock(name=lock_name) is None
+    assert not kube.release_lock(holder="alice@laptop", name=lock_name)
+
+
+def test_stale_lock_taken_over_only_when_asked(settled, lock_name):
+    kube = settled
+    kube.acquire_lock(holder="crashed@laptop", node="node4", run_id="r1", name=lock_name, duration_s=1)
+    time.sleep(1.3)
+    with pytest.raises(LockHeld) as err:
+        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name)
+    assert "crashed@laptop" in err.value.message
+    taken = kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+    assert taken.holder == "bob@desk" and taken.node == "node3" and taken.transitions == 1
+    with pytest.raises(LockHeld) as err:
+        kube.renew_lock(replace_holder(taken, "crashed@laptop"))
+    assert "lost the upgrade lock" in err.value.message
+    assert kube.release_lock(holder="bob@desk", name=lock_name)
+
+
+def replace_holder(lock, holder):
+    from dataclasses import replace
+
+    return replace(lock, holder=holder)
+
+
+def test_lock_race_has_exactly_one_winner(api_lab, settled, lock_name):
+    barrier = threading.Barrier(4)
+    outcome: dict[str, object] = {}
+
+    def contend(i: int) -> None:
+        k = Kube(settings=api_lab.settings())
+        k.list_nodes()  # connect before the start line
+        barrier.wait()
+        try:
+            outcome[f"h{i}"] = k.acquire_lock(holder=f"h{i}", node=f"node{i + 1}", run_id=f"r{i}", name=lock_name)
+        except LockHeld as exc:
+            outcome[f"h{i}"] = exc
+        finally:
+            k.close()
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    winners = [h for h, v in outcome.items() if not isinstance(v, Exception)]
+    assert len(outcome) == 4 and len(winners) == 1, outcome
+    assert settled.read_lock(name=lock_name).holder == winners[0]
+    assert settled.release_lock(holder=winners[0], name=lock_name)
+
+
+def test_lock_keeper_renews_while_a_long_step_runs(settled, lock_name):
+    kube = settled
+    lock = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=2)
+    with LockKeeper(kube=kube, lock=lock, every_s=0.5) as keeper:
+        time.sleep(2.5)  # longer than the lease: without renewal it would look stale
+        assert not kube.read_lock(name=lock_name).stale()
+        with pytest.raises(LockHeld):
+            kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+    assert keeper.lost is None
+    assert kube.release_lock(holder="alice@laptop", name=lock_name)
+
+
+# -- transient failures ------------------------------------------------------------------------------
+
+def test_flaky_api_is_retried_with_a_log_line_before_each_sleep(api_lab, settled, caplog):
+    fault(api_lab, "api-flaky", ratio=0.4, mode="mixed", for_s=60)
+    time.sleep(0.5)  # the server re-reads faults.json within one poll
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    try:
+        kube = Kube(settings=api_lab.settings(), attempts=10)
+        for _ in range(15):
+            assert len(kube.list_nodes()) == 4
+            assert kube.node("node1").name == "node1"
+        kube.close()
+    finally:
+        fault(api_lab, "api-flaky", clear=True)
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert retries, "30 requests at a 40% failure rate must have needed retries"
+    assert any("503" in m for m in retries) and all("attempt" in m for m in retries)
+    assert api_lab.config.token not in caplog.text
+
+
+def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled):
+    fault(api_lab, "api-flaky", ratio=1.0, mode="503")
+    wait(lambda: raw(api_lab, "GET", "/api/v1/nodes")[0] == 503, timeout=5, what="the outage to begin")
+    try:
+        kube = Kube(settings=api_lab.settings(), attempts=4, retry_limit_s=5)
+        started = time.monotonic()
+        with pytest.raises(TransientError) as err:
+            kube.list_nodes()
+        took = time.monotonic() - started
+        assert took < 8, took
+        assert "answered 503" in err.value.message and "list nodes" in err.value.message
+        assert "kubectl get nodes" in err.value.fix
+    finally:
+        fault(api_lab, "api-flaky", clear=True)
+    wait(lambda: raw(api_lab, "GET", "/api/v1/nodes")[0] == 200, timeout=5, what="the outage to end")
+    assert settled.list_nodes()
+
+
+def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
+    path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.1:1")
+    kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=3, retry_limit_s=3)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="refused the connection while trying to list nodes"):
+        kube.list_nodes()
+    assert time.monotonic() - started < 5
+
+
+def test_permanent_errors_are_not_retried(settled):
+    kube = settled
+    started = time.monotonic()
+    with pytest.raises(NotFoundError):
+        kube.pod_log(namespace="demo", name="no-such-pod")
+    with pytest.raises(PermanentError) as err:   # 422: not a valid object name
+        kube.acquire_lock(holder="a", node="node1", run_id="r", name="Not_A_Valid_Name")
+    assert "invalid" in err.value.message and "422" in err.value.message
+    assert time.monotonic() - started < 2, "404 and 422 must not be retried"
