@@ -95,6 +95,7 @@ def cmd_up(args) -> int:
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
                         boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+    prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)
     try:
@@ -128,8 +129,26 @@ def create_lab(lab_dir: Path, *, nodes: int, net: int, services: tuple[str, ...]
     config.save()
     write_services(lab_dir, services)
     write_profile_files(config)
+    from nodegate.lab.kubespray import write_checkout
+
+    write_checkout(config)  # DIR/kubespray (the Kubespray stand-in) and DIR/kubespray-venv
     _destroy_old_state(config)
     return config
+
+
+def prepare_node_layers(*, say=lambda text: None) -> None:
+    """Build the apt repository and the seeded node layer now when they are not cached yet
+    (once per machine, seconds), so a missing tool or base image fails here, clearly, and not
+    as nodes that never boot."""
+    import importlib.util
+
+    if importlib.util.find_spec("nodegate.lab.seed") is None:
+        return
+    from nodegate.lab import seed
+
+    if not seed.is_cached():
+        say("building the seeded node layer (once per machine)")
+    seed.ensure_seed()
 
 
 def _destroy_old_state(config: LabConfig) -> None:

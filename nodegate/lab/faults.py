@@ -3,7 +3,7 @@
 faults.json: {"<fault-name>": {"nodes": ["node4"], "since": epoch, ...params}}, written by
 `nodegate lab fault` only (atomic rename). Who acts on each fault:
 - the supervisor: hang-on-reboot (a node that goes down stays down until the fault is cleared);
-- this module, inside the node over SSH: held-version-drift, pending-updates;
+- this module, inside the node over SSH: held-version-drift, pending-updates, reboot-required;
 - the API server (reads faults.json): pdb-block, api-flaky, csi-rbd-broken;
 - Ceph (LabCeph.inject_warning/clear_warning): ceph-warn.
 """
@@ -37,6 +37,8 @@ FAULTS: dict[str, FaultSpec] = {spec.name: spec for spec in (
               True, "node (apt over SSH)"),
     FaultSpec("pending-updates", "an ordinary package on the node gets a pending update", True,
               "node (apt over SSH)"),
+    FaultSpec("reboot-required", "the node needs a reboot (a new kernel installed): /var/run/reboot-required "
+              "names linux-image-*; gone after the next reboot", True, "node (over SSH)"),
     FaultSpec("pdb-block", "a PodDisruptionBudget blocks evicting the node's pods", True, "API server"),
     FaultSpec("api-flaky", "the API server fails a share of requests (--ratio, --for SECONDS)", False,
               "API server"),
@@ -131,6 +133,8 @@ def set_fault(config: LabConfig, name: str, *, node: str | None = None, params: 
         params, detail = _drift_on(config, node, book)
     elif name == "pending-updates":
         params, detail = _pending_on(config, node, book)
+    elif name == "reboot-required":
+        detail = _reboot_required_on(config, node)
     elif name == "ceph-warn":
         _lab_ceph(config).inject_warning()
         detail = "Ceph warning injected"
@@ -162,6 +166,8 @@ def clear_fault(config: LabConfig, name: str, *, node: str | None = None) -> lis
             detail = _drift_off(config, target, book.data[name].get("restore", {}).get(target))
         elif name == "pending-updates":
             detail = _pending_off(config, target, book.data[name].get("restore", {}).get(target))
+        elif name == "reboot-required":
+            detail = _reboot_required_off(config, target)
         elif name == "ceph-warn":
             _lab_ceph(config).clear_warning()
             detail = "Ceph warning cleared"
@@ -274,6 +280,24 @@ def _pending_off(config: LabConfig, node: str, restore: dict | None) -> str:
         return "nothing recorded to restore"
     _install_version(config, node, restore["package"], restore["version"], hold=False)
     return f"{restore['package']} back to {restore['version']}"
+
+
+# What the kernel packages' postinst leaves behind on Ubuntu after `apt dist-upgrade` brings a new kernel.
+REBOOT_REQUIRED_PKGS = ("linux-image-5.4.0-150-generic", "linux-base")
+
+
+def _reboot_required_on(config: LabConfig, node: str) -> str:
+    pkgs = "\\n".join(REBOOT_REQUIRED_PKGS)
+    run_on_node(config, node, "echo '*** System restart required ***' > /var/run/reboot-required && "
+                              f"printf '{pkgs}\\n' >> /var/run/reboot-required.pkgs")
+    return f"/var/run/reboot-required names {', '.join(REBOOT_REQUIRED_PKGS)} (cleared by a reboot)"
+
+
+def _reboot_required_off(config: LabConfig, node: str) -> str:
+    # /run is emptied by a reboot: a node that rebooted or is down has nothing left to clear.
+    result = run_on_node(config, node, "rm -f /var/run/reboot-required /var/run/reboot-required.pkgs",
+                         check=False, timeout_s=20)
+    return "removed /var/run/reboot-required" if result.returncode == 0 else "node not reachable; nothing to remove"
 
 
 def _version_lt(a: str, b: str) -> bool:

@@ -126,6 +126,14 @@ def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
     return layer
 
 
+def is_cached(cache_root: Path = CACHE_ROOT) -> bool:
+    """True when ensure_seed() has nothing to build."""
+    repo = aptrepo.repo_build(cache_root)
+    if not (repo.root.parent / "complete").exists():
+        return False
+    return (cache_root / f"seed-{seed_key(repo)}" / "complete").exists()
+
+
 def seed_layer(config: LabConfig) -> Path:
     """node.py's hook: the read-only layer every node of this lab starts from."""
     return ensure_seed()
