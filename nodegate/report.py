@@ -139,6 +139,20 @@ def known_fix(message: str, category: str | None) -> str | None:
     return CATEGORY_FIXES.get(category or "")
 
 
+def _said(message: str) -> list[str]:
+    """The message's own lines: without its fix line (shown apart) and without pytest's assertion
+    introspection (`assert …`, `+ where …`), which is for the HTML, not the ticket."""
+    lines = []
+    for line in message.strip().splitlines():
+        bare = line.strip()
+        if not bare or bare.startswith("fix:"):
+            continue
+        if re.match(r"(assert |\+ +where |where |\+ |- |At index |Full diff|Use -v)", bare):
+            break
+        lines.append(bare)
+    return lines
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -187,7 +201,7 @@ def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
         out += ["", "## What failed", ""]
         for r in failed:
             category = classify(r.status, r.message)
-            text = [ln for ln in r.message.strip().splitlines() if ln.strip() and not ln.strip().startswith("fix:")]
+            text = _said(r.message)
             out.append(f"- **{r.name}** ({r.node or 'cluster'}, {r.phase or 'check'}) — {category or r.status}: "
                        + (_cell(" ".join(text[:4]))[:600] if text else "no message"))
             fix = known_fix(r.message, category)

@@ -1,0 +1,193 @@
+"""`nodegate report`: the single-file HTML opened in headless Chromium (Debian's package, started
+here), the Markdown ticket summary beside it, history per cluster, and clear errors."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import TICKET, html_payloads, only_run, run_suite
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  # the report must need no network: any name lookup fails, so nothing can load from outside
+                  "--host-resolver-rules=MAP * ~NOTFOUND")
+
+
+def chromium(url: str, *, workdir: Path, screenshot: Path | None = None, budget_ms: int = 8000) -> str:
+    """Open url in a fresh headless Chromium; return the DOM after the page's scripts ran (or take a
+    screenshot). Each call gets its own profile directory."""
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by `make setup`"
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=workdir)
+    args = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}"]
+    args += [f"--screenshot={screenshot}", "--window-size=1400,1100"] if screenshot else ["--dump-dom"]
+    proc = subprocess.run([*args, url], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "HOME": str(workdir)})
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-1500:]}"
+    shutil.rmtree(profile, ignore_errors=True)
+    return proc.stdout
+
+
+def visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)).replace("&gt;", ">").replace("&lt;", "<")
+
+
+def tree_leaves(dom: str) -> dict[str, str]:
+    """Leaf title -> status, as the report's result tree shows them."""
+    dom = re.sub(r"<style\b.*?</style>", " ", dom, flags=re.S)
+    starts = [m.start() for m in re.finditer(r'data-testid="tree-leaf"', dom)] + [len(dom)]
+    leaves = {}
+    for a, b in zip(starts, starts[1:]):
+        chunk = dom[a:b]
+        status = re.search(r'data-testid="tree-leaf-status-(\w+)"', chunk)
+        title = re.search(r'data-testid="tree-leaf-title"[^>]*>(.*?)</', chunk, flags=re.S)
+        if status and title:
+            leaves[visible_text(title.group(1)).strip()] = status.group(1)
+    return leaves
+
+
+def result_steps(dom: str) -> list[tuple[str, str]]:
+    """(step title, status) in the order the result page shows them."""
+    dom = re.sub(r"<style\b.*?</style>", " ", dom, flags=re.S)
+    starts = [m.start() for m in re.finditer(r'data-testid="test-result-step"', dom)] + [len(dom)]
+    steps = []
+    for a, b in zip(starts, starts[1:]):
+        chunk = dom[a:b]
+        status = re.search(r'data-testid="tree-leaf-status-(\w+)"', chunk)
+        title = re.search(r'data-testid="test-result-step-title"[^>]*>(.*?)</', chunk, flags=re.S)
+        if status and title:
+            steps.append((visible_text(title.group(1)).strip(), status.group(1)))
+    return steps
+
+
+def report_results(html: str) -> dict[str, dict]:
+    """Result name -> the report's own data for it (id, status, history), decoded from the file."""
+    out = {}
+    for name, value in re.findall(r'd\("(data/test-results/[^"]+)","([A-Za-z0-9+/=]*)"\)', html):
+        data = json.loads(base64.b64decode(value))
+        out[data["name"]] = data
+    return out
+
+
+def nodegate_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
+
+
+def test_single_file_report_shows_checks_steps_statuses_and_the_failure_category(suite, tmp_path):
+    run_suite(suite, "--node", "node3,node4", "--target-release", "22.04", "--execute",
+              "--ticket", TICKET).assert_outcomes(passed=5, failed=1)
+    run = only_run(suite.path / "reports")
+    out = tmp_path / "ticket" / "CHG-1234.html"
+    cli = nodegate_cli("report", str(run), "--out", str(out), env={"NODEGATE_REPORTS": str(suite.path / "reports")})
+    assert cli.returncode == 0, cli.stderr
+    assert f"report:  {out}" in cli.stdout and f"summary: {out.with_suffix('.md')}" in cli.stdout
+    html = out.read_text(encoding="utf-8")
+
+    # one self-contained file: nothing is fetched from anywhere, and Allure's tracking script is gone
+    assert "googletagmanager" not in html and "gtag(" not in html
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="https?://', html)
+    data = report_results(html)
+    assert {name: r["status"] for name, r in data.items()} == {
+        "test_release_is_supported[node3]": "passed", "test_container_packages_held[node3]": "passed",
+        "test_upgrade_node[node3]": "passed", "test_release_is_supported[node4]": "passed",
+        "test_container_packages_held[node4]": "failed", "test_upgrade_node[node4]": "passed"}
+
+    work = tmp_path / "chromium"
+    work.mkdir()
+    main = chromium(out.as_uri(), workdir=work)
+    text = visible_text(main)
+    for shown in ("cluster test-cluster", "nodes node3, node4", "release ? → 22.04", "kubespray.version v2.21.0",
+                  "kube_version v1.25.6", "rook.version v1.14.8", "Total 6", "Failed 1", "Passed 5"):
+        assert shown in text, f"{shown!r} not on the report's first page"
+    # the tree opens where the failure is
+    assert tree_leaves(main)["test_container_packages_held[node4]"] == "failed"
+
+    failed_id = data["test_container_packages_held[node4]"]["id"]
+    failed = visible_text(chromium(f"{out.as_uri()}#/{failed_id}", workdir=work))
+    assert "Failed" in failed
+    assert "Category: Held-package drift" in failed
+    assert "docker-ce is not held on node4: held-package drift" in failed
+    assert "CHG-1234" in failed
+
+    upgrade_id = data["test_upgrade_node[node4]"]["id"]
+    upgrade_dom = chromium(f"{out.as_uri()}#/{upgrade_id}", workdir=work)
+    steps = result_steps(upgrade_dom)
+    body = [s for s in steps if s[0] in ("cordon", "drain", "apt-get dist-upgrade")]
+    assert body == [("cordon", "passed"), ("drain", "passed"), ("apt-get dist-upgrade", "passed")], steps
+    upgrade = visible_text(upgrade_dom)
+    assert "Passed" in upgrade and "phase procedure" in upgrade and "node node4" in upgrade
+
+    check_id = data["test_release_is_supported[node3]"]["id"]
+    check_steps = result_steps(chromium(f"{out.as_uri()}#/{check_id}", workdir=work))
+    assert ("read /etc/os-release on node3", "passed") in check_steps
+
+    shot = tmp_path / "failed-check.png"
+    chromium(f"{out.as_uri()}#/{failed_id}", workdir=work, screenshot=shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"screenshot of the failed check: {shot}")
+
+    summary = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert summary.startswith("# nodegate test-cluster / node3, node4: FAILED")
+    assert f"- Ticket: [{TICKET}](https://tickets.example.test/browse/{TICKET})" in summary
+    assert "- Release: ? → 22.04" in summary
+    assert "Kubespray v2.21.0, kube_version v1.25.6, Rook v1.14.8, cephcsi v3.11.0" in summary
+    assert "| 5 | node4 | preflight | test_container_packages_held[node4] | **failed** |" in summary
+    assert re.search(r"\|  \|  \|  \| ↳ apt-get dist-upgrade \| passed \|", summary)
+    assert ("- **test_container_packages_held[node4]** (node4, preflight) — Held-package drift: "
+            "AssertionError: docker-ce is not held on node4") in summary
+    assert "  - Known fix: apt-mark hold containerd.io docker-ce docker-ce-cli" in summary
+    assert "assert 'node4'" not in summary   # pytest's introspection is for the HTML, not the ticket
+
+
+def test_each_report_shows_the_trend_of_earlier_runs_on_the_same_cluster(suite, tmp_path):
+    reports = suite.path / "reports"
+    htmls = []
+    for attempt in range(2):
+        run_suite(suite, "--node", "node4", "checks").assert_outcomes(passed=1, failed=1)
+        run = sorted((reports / "runs").iterdir())[-1]
+        from nodegate.report import build_report
+
+        htmls.append(build_report(run_dir=run, out=tmp_path / f"r{attempt}.html", reports=reports).html)
+    history = (reports / "history" / "test-cluster.jsonl").read_text().splitlines()
+    assert len(history) == 2
+    first, second = (report_results(p.read_text()) for p in htmls)
+    assert first["test_container_packages_held[node4]"]["history"] == []
+    earlier = second["test_container_packages_held[node4]"]["history"]
+    assert [h["status"] for h in earlier] == ["failed"]
+    # the newest run is what `nodegate report` takes without a RUN_DIR
+    cli = nodegate_cli("report", "--out", str(tmp_path / "newest.html"), env={"NODEGATE_REPORTS": str(reports)})
+    assert cli.returncode == 0, cli.stderr
+    assert sorted((reports / "runs").iterdir())[-1].name in (tmp_path / "newest.md").read_text()
+
+
+def test_report_errors_name_the_problem_and_the_fix(tmp_path):
+    empty = tmp_path / "reports"
+    (empty / "runs").mkdir(parents=True)
+    cli = nodegate_cli("report", env={"NODEGATE_REPORTS": str(empty)})
+    assert cli.returncode == 2
+    assert f"no runs under {empty / 'runs'}" in cli.stderr and "fix: run the checks" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+    cli = nodegate_cli("report", str(tmp_path / "nope"), env={"NODEGATE_REPORTS": str(empty)})
+    assert cli.returncode == 2 and "no run folder" in cli.stderr
+
+    bare = empty / "runs" / "20260101T000000Z-abcd" / "results"
+    bare.mkdir(parents=True)
+    cli = nodegate_cli("report", str(bare.parent), env={"NODEGATE_REPORTS": str(empty)})
+    assert cli.returncode == 2 and "holds no Allure results" in cli.stderr
+
+    (bare / "x-result.json").write_text(json.dumps({"name": "t", "status": "passed", "start": 1, "stop": 2}))
+    cli = nodegate_cli("report", str(bare.parent), "--out", str(tmp_path / "r.txt"),
+                       env={"NODEGATE_REPORTS": str(empty)})
+    assert cli.returncode == 2 and "is not an .html file" in cli.stderr
