@@ -44,9 +44,25 @@ image: venv
 test: setup
 	$(PY) -m pytest tests -p no:randomly -x -q -rfE
 
+# The whole story on the lab: node4 goes from Ubuntu 20.04 to 22.04 with checks before and after,
+# and ends with the single-file HTML report and the ticket summary. A lab left from an earlier demo
+# is taken down first, so node4 starts at 20.04 again.
+DEMO_OUT ?= reports/demo/node4-upgrade.html
+DEMO_PYTEST := $(PY) -m pytest -p no:randomly --cluster $(LAB)/cluster.toml --node node4 --target-release 22.04
+
 demo: setup
+	-@test -f $(LAB)/lab.json && .venv/bin/nodegate lab down --dir $(LAB)
 	.venv/bin/nodegate lab up --dir $(LAB)
 	.venv/bin/nodegate lab status --dir $(LAB)
+	@echo "== preflight of node4 (read-only)"
+	$(DEMO_PYTEST) checks/ -m preflight || echo "== preflight found the problems above; the procedure fixes the ones it knows"
+	@echo "== upgrade of node4: 20.04 -> 22.04"
+	@status=0; $(DEMO_PYTEST) procedures/ --execute || status=$$?; \
+	.venv/bin/nodegate report --out $(DEMO_OUT) || status=$$?; \
+	echo; echo "HTML report (attach to the change ticket): $(abspath $(DEMO_OUT))"; \
+	echo "ticket summary (Markdown, for the ticket body): $(abspath $(basename $(DEMO_OUT)).md)"; \
+	echo "the lab keeps running: make lab-down stops it"; \
+	exit $$status
 
 bench: setup
 	$(PY) -m bench.run
