@@ -606,3 +606,29 @@ def test_permanent_errors_are_not_retried(settled):
         kube.acquire_lock(holder="a", node="node1", run_id="r", name="Not_A_Valid_Name")
     assert "invalid" in err.value.message and "422" in err.value.message
     assert time.monotonic() - started < 2, "404 and 422 must not be retried"
+
+
+# -- exec (the websocket stream API) ---------------------------------------------------------------
+
+def toolbox(kube: Kube) -> str:
+    pods = [p for p in kube.list_pods(namespace="rook-ceph", selector="app=rook-ceph-tools") if p.phase == "Running"]
+    assert pods, "the lab runs a rook-ceph-tools pod"
+    return pods[0].name
+
+
+def test_exec_in_the_toolbox_returns_output_and_exit_codes(settled):
+    kube = settled
+    pod = toolbox(kube)
+    version = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--version"], timeout=30)
+    assert version.rc == 0 and version.stdout.startswith("ceph version 16.2.15"), version
+    assert version.command == ("ceph", "--version") and version.duration < 10
+    # Arguments go to the command as a list: no shell ever sees them.
+    quoted = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--no-such-option; echo hacked"], timeout=30)
+    assert quoted.rc != 0 and "hacked" not in quoted.stdout
+    missing = kube.exec(namespace="rook-ceph", pod=pod, command=["no-such-binary"], timeout=30)
+    assert missing.rc == 126 and "executable file not found" in missing.stdout
+
+
+def test_exec_into_a_missing_pod_is_not_found(settled):
+    with pytest.raises(NotFoundError):
+        settled.exec(namespace="rook-ceph", pod="rook-ceph-tools-gone", command=["ceph", "--version"], timeout=10)
