@@ -1,0 +1,170 @@
+"""do-release-upgrade on a lab node behaves like Ubuntu's where the harness can see it: its
+refusals, focal -> jammy -> noble with real apt, the sources it rewrites, the files it leaves,
+no reboot of its own, and an upgrade that survives its SSH session or a kill in the middle."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from nodegate.lab.node import NodeRuntime
+
+pytestmark = pytest.mark.lab
+
+DRU = "do-release-upgrade -f DistUpgradeViewNonInteractive"
+CHECKING = "Checking for a new Ubuntu release\n"
+PENDING = CHECKING + "Please install all available updates for your release before upgrading.\n"
+REBOOT_FIRST = CHECKING + ("You have not rebooted after updating a package which requires a reboot. "
+                           "Please reboot before upgrading.\n")
+# The field procedure's step before a release upgrade: unhold, and bring everything up to date.
+UPDATE_ALL = ("apt-mark unhold containerd.io docker-ce docker-ce-cli >/dev/null && "
+              "DEBIAN_FRONTEND=noninteractive apt-get -q -y dist-upgrade >/dev/null")
+
+
+@pytest.fixture
+def node(lab, cli):
+    """One node for an upgrade; put back to its seeded state afterwards."""
+    name = lab.nodes[-2].name
+    yield name
+    cli("lab", "reset", name, "--dir", str(lab.dir))
+
+
+def boot_id(lab, node_ssh, name: str) -> str:
+    return node_ssh(lab, name, "cat /proc/sys/kernel/random/boot_id", check=False, timeout=10,
+                    multiplex=False).stdout.strip()
+
+
+def reboot(lab, lab_ssh, node_ssh, poll, name: str) -> None:
+    before = boot_id(lab, node_ssh, name)
+    lab_ssh(name, "shutdown -r now")
+    poll(lambda: boot_id(lab, node_ssh, name) not in ("", before), timeout=lab.boot_delay_s + 20,
+         interval=0.2, what=f"{name} back after reboot")
+
+
+def os_release(lab_ssh, name: str) -> dict[str, str]:
+    out = lab_ssh(name, "cat /etc/os-release /etc/lsb-release").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_refusals_then_focal_to_jammy_to_noble(lab, node, lab_ssh, node_ssh, poll, cli):
+    repo = lab.repo_address
+    # Seeded: lab-utils has an update, and the held docker packages have newer candidates.
+    first = lab_ssh(node, DRU, check=False)
+    assert (first.returncode, first.stdout) == (1, PENDING)
+    lab_ssh(node, "DEBIAN_FRONTEND=noninteractive apt-get -q -y dist-upgrade >/dev/null")
+    held_only = lab_ssh(node, DRU, check=False)
+    assert (held_only.returncode, held_only.stdout) == (1, PENDING), "held packages with updates must count"
+    lab_ssh(node, UPDATE_ALL)
+    # A new kernel waiting for a reboot blocks it too; rebooting clears it.
+    cli("lab", "fault", "reboot-required", "--node", node, "--dir", str(lab.dir))
+    blocked = lab_ssh(node, DRU, check=False)
+    assert (blocked.returncode, blocked.stdout) == (1, REBOOT_FIRST)
+    reboot(lab, lab_ssh, node_ssh, poll, node)
+    cli("lab", "fault", "reboot-required", "--node", node, "--clear", "--dir", str(lab.dir))
+    check = lab_ssh(node, "do-release-upgrade -c")
+    assert check.stdout == CHECKING + "New release '22.04.3 LTS' available.\nRun 'do-release-upgrade' to upgrade to it.\n"
+
+    docker_list = lab_ssh(node, "cat /etc/apt/sources.list.d/docker.list").stdout
+    sources_list = lab_ssh(node, "cat /etc/apt/sources.list").stdout
+    state = NodeRuntime(lab, lab.node(node)).read_state()
+    started = time.monotonic()
+    upgrade = lab_ssh(node, DRU, timeout=300)
+    took = time.monotonic() - started
+    text = upgrade.stdout
+    for line in ("Checking for a new Ubuntu release", "Reading cache", "Checking package manager",
+                 "This session appears to be running under ssh. It is not recommended ",
+                 "Updating repository information", "Third party sources disabled ",
+                 f"Get:1 http://{repo}/ubuntu jammy InRelease", "Calculating the changes",
+                 "3 packages are going to be upgraded. ", "Upgrading", "Searching for obsolete software",
+                 "System upgrade is complete.", "To finish the upgrade, a restart is required. "):
+        assert line in text, f"{line!r} missing from the transcript:\n{text}"
+    assert "Continue [yN]" not in text  # the non-interactive front end asks nothing
+    release = os_release(lab_ssh, node)
+    assert release["PRETTY_NAME"] == '"Ubuntu 22.04.3 LTS"' and release["VERSION_CODENAME"] == "jammy"
+    assert release["DISTRIB_DESCRIPTION"] == '"Ubuntu 22.04.3 LTS"' and release["DISTRIB_RELEASE"] == "22.04"
+    after = lab_ssh(node, "cat /etc/apt/sources.list.d/docker.list; echo ---; grep ^deb /etc/apt/sources.list; "
+                          "echo ---; cat /etc/apt/sources.list.d/docker.list.distUpgrade; echo ---; "
+                          "cat /etc/apt/sources.list.distUpgrade").stdout.split("---\n")
+    assert after[0] == (f"# deb [arch=amd64] http://{repo}/linux/ubuntu focal stable "
+                        "# disabled on upgrade to jammy\n")
+    assert after[1].splitlines() == [f"deb http://{repo}/ubuntu {suite} main restricted universe multiverse"
+                                     for suite in ("jammy", "jammy-updates", "jammy-security")]
+    assert after[2] == docker_list and after[3] == sources_list
+    versions = lab_ssh(node, "dpkg-query -W -f='${Package} ${Version}\\n' lab-utils docker-ce").stdout
+    assert versions.splitlines() == ["docker-ce 5:20.10.24~3-0~ubuntu-focal", "lab-utils 1.2"]
+    # It never reboots by itself: the caller does, once it has seen the reboot request.
+    assert boot_id(lab, node_ssh, node) == state.boot_id
+    assert NodeRuntime(lab, lab.node(node)).read_state().boot_count == state.boot_count
+    assert lab_ssh(node, "cat /var/run/reboot-required").stdout == "*** System restart required ***\n"
+    main_log = lab_ssh(node, "cat /var/log/dist-upgrade/main.log").stdout
+    assert "Upgrading from 'focal' to 'jammy'" in main_log and "upgrade to jammy (22.04.3 LTS) complete" in main_log
+    # The docker source is off now, so its legacy-key warning is gone from apt-get update.
+    assert lab_ssh(node, "apt-get update").stderr == ""
+    again = lab_ssh(node, DRU, check=False)
+    assert (again.returncode, again.stdout) == (1, REBOOT_FIRST)
+
+    reboot(lab, lab_ssh, node_ssh, poll, node)
+    noble = lab_ssh(node, DRU + " -d", timeout=300)
+    assert "System upgrade is complete." in noble.stdout
+    release = os_release(lab_ssh, node)
+    assert release["PRETTY_NAME"] == '"Ubuntu 24.04.1 LTS"' and release["DISTRIB_CODENAME"] == "noble"
+    # 24.04's upgrader moves the archive to deb822 ubuntu.sources.
+    assert lab_ssh(node, "cat /etc/apt/sources.list").stdout == \
+        "# Ubuntu sources have moved to /etc/apt/sources.list.d/ubuntu.sources\n"
+    ubuntu_sources = lab_ssh(node, "cat /etc/apt/sources.list.d/ubuntu.sources").stdout
+    assert f"URIs: http://{repo}/ubuntu\nSuites: noble noble-updates noble-security\n" in ubuntu_sources
+    assert lab_ssh(node, "dpkg-query -W -f='${Version}' lab-utils").stdout == "1.3"
+    last = lab_ssh(node, DRU, check=False)
+    assert (last.returncode, last.stdout) == (1, CHECKING + "No new release found.\n")
+    devel = lab_ssh(node, DRU + " -d", check=False)
+    assert devel.returncode == 1 and "There is no development version of an LTS available." in devel.stdout
+    print(f"focal -> jammy do-release-upgrade: {took:.1f} s")
+
+    cli("lab", "reset", node, "--dir", str(lab.dir))
+    assert os_release(lab_ssh, node)["VERSION_CODENAME"] == "focal"
+
+
+def upgrade_state(lab_ssh, name: str) -> dict:
+    out = lab_ssh(name, "cat /var/lib/nodegate-lab/release-upgrade.json 2>/dev/null", check=False).stdout
+    return json.loads(out) if out.strip() else {}
+
+
+def test_upgrade_survives_ssh_drop_and_is_repaired_after_a_kill(lab, node, lab_ssh, node_ssh, poll):
+    lab_ssh(node, UPDATE_ALL)
+    # Slow dpkg down (a real upgrade takes minutes), so there is a "middle" to interrupt.
+    lab_ssh(node, "echo 'post-invoke=sleep 2' > /etc/dpkg/dpkg.cfg.d/zz-slow")
+    ssh_argv = ["ssh", "-F", str(lab.dir / "ssh/config"), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                node, DRU]
+    client = subprocess.Popen(ssh_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: upgrade_state(lab_ssh, node).get("stage") == "upgrading", timeout=60, interval=0.2,
+             what="the upgrade running dpkg")
+    finally:
+        client.kill()  # the SSH session drops in the middle of the upgrade
+        client.communicate(timeout=10)
+    poll(lambda: upgrade_state(lab_ssh, node).get("stage") == "done", timeout=60, interval=0.3,
+         what="the upgrade finishing without its session")
+    assert os_release(lab_ssh, node)["VERSION_CODENAME"] == "jammy"
+    assert lab_ssh(node, "dpkg --audit").stdout == ""
+
+    # Now kill it (and apt and dpkg) outright in the middle of jammy -> noble.
+    reboot(lab, lab_ssh, node_ssh, poll, node)
+    lab_ssh(node, f"(echo $$ > /run/dru.pid; exec {DRU}) >/dev/null 2>&1 &")
+    poll(lambda: lab_ssh(node, "grep -q '\"upgrading\"' /var/lib/nodegate-lab/release-upgrade.json && "
+                               "pidof dpkg", check=False).returncode == 0,
+         timeout=60, interval=0.1, what="dpkg upgrading packages")
+    time.sleep(0.5)
+    lab_ssh(node, "kill -9 -- -$(cat /run/dru.pid)")
+    assert upgrade_state(lab_ssh, node)["stage"] == "upgrading"
+    audit = lab_ssh(node, "dpkg --audit").stdout
+    assert "not yet configured" in audit or "only half" in audit, audit
+    # The repair an operator does: finish dpkg's work, run the upgrader again.
+    lab_ssh(node, "rm /etc/dpkg/dpkg.cfg.d/zz-slow; dpkg --configure -a")
+    rerun = lab_ssh(node, DRU, timeout=300)
+    assert "Resuming the interrupted upgrade to noble" in rerun.stdout
+    assert "System upgrade is complete." in rerun.stdout
+    assert os_release(lab_ssh, node)["VERSION_CODENAME"] == "noble"
+    assert lab_ssh(node, "dpkg --audit").stdout == ""
+    assert lab_ssh(node, "dpkg-query -W -f='${Version}' lab-utils").stdout == "1.3"
