@@ -414,6 +414,15 @@ class Gate(Step):
         cmds.append(Planned("local", f"pytest checks/ -m preflight --node {up.name} --target-release {up.target.version}"))
         return cmds
 
+    def already(self, up: Upgrade) -> str | None:
+        # A resumed upgrade is past its gate: the node is cordoned, maybe on the new release, so
+        # the preflight (written for an untouched node) no longer applies; each finished step is
+        # re-verified instead, and the postflight judges the end result.
+        later = [r.step for r in up.records() if r.step not in ("begin", self.name)]
+        if later:
+            return f"the upgrade is past its gate (recorded: {', '.join(dict.fromkeys(later))}); resuming"
+        return None
+
     def run(self, up: Upgrade) -> str:
         release = up.host.release.os_release()
         current = release.version_id or "?"
@@ -969,26 +978,21 @@ class Kubespray(Step):
     title = "Kubespray upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        try:
-            from nodegate import kubespray
-        except ImportError:
-            from nodegate.knowledge import needs_skip_multus
+        from nodegate import kubespray
 
-            checkout = up.profile.kubespray
-            argv = ["ansible-playbook", "upgrade-cluster.yml", "-b", "-i", str(checkout.inventory),
-                    "-e", f"kube_version={up.profile.kube_version or '?'}", f"--limit={up.name}"]
-            if needs_skip_multus(checkout.version):
-                argv.append("--skip-tags=multus")
-            return (Planned(f"local, in {checkout.path}", shlex.join(argv)),)
         return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
 
     def run(self, up: Upgrade) -> str:
         from nodegate import kubespray
 
-        result = kubespray.upgrade_node(profile=up.profile, node=up.name)
-        up.keep_text("kubespray output", getattr(result, "output", str(result)))
-        up.note(self.name, kubespray_recap=getattr(result, "recap_line", ""))
-        return getattr(result, "summary", "Kubespray finished")
+        try:
+            result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
+        except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
+            up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
+            raise
+        up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
+        up.note(self.name, kubespray_recap=result.recap_line)
+        return result.summary
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
@@ -999,7 +1003,7 @@ class Kubespray(Step):
         if want and status.kubelet_version and status.kubelet_version != want:
             raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
         recap = up.value("kubespray_recap") or ""
-        return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; {recap}" if recap else "")
+        return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
 
 
 class Hold(Step):
