@@ -182,6 +182,9 @@ class Cluster:
         self.cordon_seen: dict[str, bool] = {}
         self.tainted_control_plane = any("worker" in n.roles for n in config.nodes)
         self.started = time.time()
+        # The first pass finds a cluster that was running before this server started: pods on
+        # Ready nodes are running already (a restarted API server must not bounce the OSDs).
+        self.warm = True
 
     # ------------------------------------------------------------------ setup
     def seed(self) -> None:
@@ -227,6 +230,7 @@ class Cluster:
                     self._due = 0.0
                     last_full = now
                     self.reconcile(now)
+                    self.warm = False
                     self.couple_osds(now)
             except Exception:  # a bug in one pass must not stop the cluster; log it loudly
                 log.exception("reconcile failed")
@@ -680,13 +684,16 @@ class Cluster:
         return created
 
     # -- DaemonSets -> one Pod per eligible node -----------------------------------------------
-    def ds_eligible(self, ds: dict, node: dict) -> bool:
+    def ds_eligible(self, ds: dict, node: dict, *, running: bool = False) -> bool:
+        """The DaemonSet controller's shouldRun; with `running`, its shouldContinueRunning
+        (an existing pod stays unless a NoExecute taint it does not tolerate arrives)."""
         spec = ds["spec"]["template"]["spec"]
         if not node_matches_affinity(spec, node):
             return False
         tolerations = (spec.get("tolerations") or []) + DS_TOLERATIONS
+        effects = ("NoExecute",) if running else ("NoSchedule", "NoExecute")
         return all(tolerates(tolerations, t) for t in node["spec"].get("taints") or []
-                   if t.get("effect") in ("NoSchedule", "NoExecute"))
+                   if t.get("effect") in effects)
 
     def reconcile_daemonsets(self) -> None:
         pods = self.store.list(PODS)
@@ -698,6 +705,7 @@ class Cluster:
             revision = safe_hash(template)
             owned = self._owned_pods(ds, pods)
             eligible = {n["metadata"]["name"] for n in nodes if self.ds_eligible(ds, n)}
+            keep = {n["metadata"]["name"] for n in nodes if self.ds_eligible(ds, n, running=True)}
             by_node: dict[str, list[dict]] = {}
             for pod in owned:
                 by_node.setdefault(pod["spec"].get("nodeName", ""), []).append(pod)
@@ -707,7 +715,7 @@ class Cluster:
                         "controller-revision-hash": revision,
                         "pod-template-generation": str(ds["metadata"].get("generation", 1))})
             for node_name, node_pods in by_node.items():
-                if node_name not in eligible:
+                if node_name not in keep:
                     for pod in node_pods:
                         if is_active(pod):
                             self.delete_pod(pod, grace=None)
@@ -871,6 +879,8 @@ class Cluster:
                 can_run_since = view.changed_at if pod["spec"].get("hostNetwork") else view.ready_since
                 if can_run_since is not None and view.phase in ("starting", READY):
                     start_at = max(rt.bound_at, can_run_since) + POD_START_S
+                    if self.warm and view.phase == READY:
+                        start_at = now
                     if now >= start_at:
                         rt.started_at = start_at
                         counter = self.ip_counter.get(view.node.name, 0) + 1
@@ -1112,7 +1122,7 @@ class Cluster:
             lines = [(start, klog(start, "I", "main.go:167", "Version: v2.11.1")),
                      (start, klog(start, "I", "main.go:168", "Running node-driver-registrar in mode="))]
             if crash is not None:
-                t = start + 10
+                t = start + 1.0
                 while t < now:
                     lines.append((t, klog(t, "W", "connection.go:234", "Still connecting to unix:///csi/csi.sock")))
                     t += 10
@@ -1163,7 +1173,7 @@ class Cluster:
         binary = shutil.which(command[0]) if command[0] in TOOLBOX_BINARIES else None
         is_toolbox = labels.get(TOOLBOX_LABEL[0]) == TOOLBOX_LABEL[1]
         conf = self.config.dir / "ceph.conf"
-        if not (is_toolbox and binary and conf.exists()):
+        if not (is_toolbox and binary):
             msg = (f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{command[0]}": '
                    "executable file not found in $PATH: unknown\r\n")
             await send(1, msg.encode())

@@ -142,7 +142,49 @@ def pdb_row(obj: dict) -> list:
 PDB_COLUMNS = [_col("Name", fmt="name"), _col("Min Available"), _col("Max Unavailable"),
                _col("Allowed Disruptions", "integer"), _col("Age")]
 
+def event_row(obj: dict) -> list:
+    inv = obj.get("involvedObject") or {}
+    last = _ts(obj.get("lastTimestamp")) or _ts(obj.get("eventTime")) or _ts(obj["metadata"].get("creationTimestamp"))
+    seen = "<unknown>" if last is None else human_duration(time.time() - last)
+    return [seen, obj.get("type", ""), obj.get("reason", ""), f"{inv.get('kind', '').lower()}/{inv.get('name', '')}",
+            (obj.get("source") or {}).get("component", ""), obj.get("message", ""),
+            obj.get("firstTimestamp") or "", obj.get("count", 1), obj["metadata"]["name"]]
+
+
+EVENT_COLUMNS = [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Subobject", priority=1),
+                 _col("Message"), _col("First Seen", priority=1), _col("Count", "integer", priority=1),
+                 _col("Name", priority=1)]
+
+
+def replicaset_row(obj: dict) -> list:
+    st = obj.get("status", {})
+    names, images = _images(obj)
+    return [obj["metadata"]["name"], obj["spec"].get("replicas", 1), st.get("replicas", 0),
+            st.get("readyReplicas", 0), age(obj), names, images]
+
+
+REPLICASET_COLUMNS = [_col("Name", fmt="name"), _col("Desired", "integer"), _col("Current", "integer"),
+                      _col("Ready", "integer"), _col("Age"), _col("Containers", priority=1), _col("Images", priority=1)]
+
+
+def namespace_row(obj: dict) -> list:
+    return [obj["metadata"]["name"], (obj.get("status") or {}).get("phase", ""), age(obj)]
+
+
+NAMESPACE_COLUMNS = [_col("Name", fmt="name"), _col("Status"), _col("Age")]
+
+
+def lease_row(obj: dict) -> list:
+    return [obj["metadata"]["name"], (obj.get("spec") or {}).get("holderIdentity") or "", age(obj)]
+
+
+LEASE_COLUMNS = [_col("Name", fmt="name"), _col("Holder"), _col("Age")]
+
 PRINTERS = {
+    "Event": (EVENT_COLUMNS, event_row),
+    "ReplicaSet": (REPLICASET_COLUMNS, replicaset_row),
+    "Namespace": (NAMESPACE_COLUMNS, namespace_row),
+    "Lease": (LEASE_COLUMNS, lease_row),
     "Pod": (POD_COLUMNS, pod_row),
     "Node": (NODE_COLUMNS, node_row),
     "Deployment": (DEPLOYMENT_COLUMNS, deployment_row),

@@ -1,0 +1,537 @@
+"""The lab's Kubernetes API server through kubectl and the official client.
+
+One real server (`python -m nodegate.lab.apiserver`) for the module, over a lab directory whose
+nodes exist as the supervisor's state.json files and a root with /etc/os-release: node boots,
+reboots and release upgrades are file writes, exactly what the server reads from a real lab.
+The coupling with real nodes and real Ceph is in test_apiserver_lab.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nodegate.lab.config import LabConfig
+from nodegate.lab.profile_files import kubeconfig
+
+pytestmark = pytest.mark.lab
+
+TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
+NET = (TEST_NET + 71) % 250      # beside the access tests' server (+61) and extra labs (+100..)
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+FOCAL = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\nID=ubuntu\n'
+NOBLE = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\n'
+
+
+def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
+
+
+class FakeLab:
+    def __init__(self, config: LabConfig, proc: subprocess.Popen) -> None:
+        self.config = config
+        self.proc = proc
+        self.kubeconfig = config.dir / "kubeconfig"
+
+    def node_dir(self, name: str) -> Path:
+        return self.config.dir / "nodes" / name
+
+    def set_state(self, name: str, *, up: bool, new_boot: bool = False) -> str:
+        path = self.node_dir(name) / "state.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        boot = str(uuid.uuid4()) if (new_boot or not old) else old["boot_id"]
+        data = {"name": name, "state": "up" if up else "down", "pid": None, "boot_id": boot,
+                "boot_count": int(old.get("boot_count", 0)) + (1 if new_boot or not old else 0),
+                "changed_at": time.time()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+        return boot
+
+    def set_release(self, name: str, text: str) -> None:
+        (self.node_dir(name) / "root/etc/os-release").write_text(text)
+
+    def set_faults(self, data: dict) -> None:
+        tmp = self.config.dir / "faults.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.config.dir / "faults.json")
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+@pytest.fixture(scope="module")
+def fake_lab():
+    lab_dir = Path(f"/tmp/nodegate-test-apiserver-net{NET}")
+    pidfile = lab_dir / "pids" / "apiserver.pid"
+    if pidfile.exists():  # a server left by an interrupted run, stopped by its recorded PID
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            time.sleep(0.5)
+        except (ProcessLookupError, ValueError):
+            pass
+    shutil.rmtree(lab_dir, ignore_errors=True)
+    for sub in ("pids", "logs", "nodes"):
+        (lab_dir / sub).mkdir(parents=True)
+    # Rook v1.14.12 ships cephcsi v3.11.0: the csi-rbdplugin crash on 24.04 applies.
+    config = LabConfig.new(lab_dir, 4, net=NET, ready_delay_s=0.3, rook_version="v1.14.12")
+    config.save()
+    (lab_dir / "kubeconfig").write_text(kubeconfig(config))
+    log = open(lab_dir / "logs" / "apiserver.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(lab_dir)],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    lab = FakeLab(config, proc)
+    for node in config.nodes:
+        (lab.node_dir(node.name) / "root/etc").mkdir(parents=True)
+        lab.set_release(node.name, FOCAL)
+        lab.set_state(node.name, up=True)
+
+    def answering() -> bool:
+        try:
+            urllib.request.urlopen(f"{config.api_url}/healthz", timeout=1)
+            return True
+        except OSError:
+            assert proc.poll() is None, f"API server ended; see {lab_dir}/logs/apiserver.log"
+            return False
+
+    wait_until(answering, timeout=30, what="API server answering")
+    try:
+        yield lab
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        pidfile.unlink(missing_ok=True)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def k8s(fake_lab):
+    """(core, apps, policy, coordination, api_client) of the official client on the kubeconfig."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(fake_lab.kubeconfig), client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    yield (client.CoreV1Api(api), client.AppsV1Api(api), client.PolicyV1Api(api),
+           client.CoordinationV1Api(api), api)
+    api.close()
+
+
+def settled(core) -> bool:
+    """Every pod that can run is Running and Ready (the controllers have caught up)."""
+    pods = core.list_pod_for_all_namespaces().items
+    return bool(pods) and all(p.status.phase == "Running" and any(c.type == "Ready" and c.status == "True"
+                                                                  for c in p.status.conditions or [])
+                              for p in pods if p.metadata.deletion_timestamp is None and p.spec.node_name)
+
+
+def api_error(call, *args, **kwargs):
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as info:
+        call(*args, **kwargs)
+    return info.value.status, json.loads(info.value.body)
+
+
+def raw(lab: FakeLab, method: str, path: str, body: object = None,
+        ctype: str = "application/json") -> tuple[int, dict]:
+    """One request as bytes on the wire (for what the client refuses to send)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(lab.config.api_url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {lab.config.token}", "Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+# -- discovery, version, nodes ------------------------------------------------------------------
+def test_discovery_and_version(fake_lab, k8s):
+    from kubernetes import client
+
+    core, _, _, _, api = k8s
+    info = client.VersionApi(api).get_code()
+    assert (info.git_version, info.major, info.minor) == ("v1.25.6", "1", "25")
+    resources = fake_lab.kubectl("api-resources", "--no-headers").stdout
+    for row in (["pods", "po", "v1", "true", "Pod"], ["poddisruptionbudgets", "pdb", "policy/v1", "true"],
+                ["leases", "coordination.k8s.io/v1", "true", "Lease"], ["daemonsets", "ds", "apps/v1"]):
+        assert any(line.split()[:len(row)] == row for line in resources.splitlines()), (row, resources)
+    v1 = json.loads(fake_lab.kubectl("get", "--raw", "/api/v1").stdout)
+    eviction = next(r for r in v1["resources"] if r["name"] == "pods/eviction")
+    assert (eviction["group"], eviction["version"], eviction["kind"]) == ("policy", "v1", "Eviction")
+
+
+def test_nodes_mirror_the_lab(fake_lab, k8s):
+    core = k8s[0]
+    wait_until(lambda: settled(core), timeout=20, what="seed workloads running")
+    out = fake_lab.kubectl("get", "nodes", "-o", "wide").stdout
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "STATUS", "ROLES"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert sorted(rows) == ["node1", "node2", "node3", "node4"]
+    assert all(" Ready " in row and "v1.25.6" in row and "Ubuntu 20.04.6 LTS" in row for row in rows.values()), out
+    assert "control-plane" in rows["node1"] and "<none>" in rows["node4"].split()[2]
+    node1 = core.read_node("node1")
+    info = node1.status.node_info
+    state = json.loads((fake_lab.node_dir("node1") / "state.json").read_text())
+    assert info.boot_id == state["boot_id"]
+    assert info.kubelet_version == "v1.25.6" and info.os_image == "Ubuntu 20.04.6 LTS"
+    assert all(getattr(info, f) for f in ("machine_id", "system_uuid", "kernel_version", "container_runtime_version",
+                                           "kube_proxy_version", "operating_system", "architecture"))
+    assert "node-role.kubernetes.io/control-plane" in node1.metadata.labels
+    assert [(t.key, t.effect) for t in node1.spec.taints] == [("node-role.kubernetes.io/control-plane", "NoSchedule")]
+
+
+def test_pods_wide_and_selectors(fake_lab, k8s):
+    core = k8s[0]
+    out = fake_lab.kubectl("get", "pods", "-A", "-o", "wide").stdout
+    header = out.splitlines()[0].split()
+    assert header[:8] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    for ds in ("kube-proxy", "calico-node", "nodelocaldns", "csi-rbdplugin"):
+        nodes = {line.split()[7] for line in out.splitlines() if line.split()[1].startswith(ds + "-")}
+        assert nodes == {"node1", "node2", "node3", "node4"}, (ds, out)
+    on4 = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items
+    assert on4 and all(p.spec.node_name == "node4" for p in on4)
+    assert any(p.metadata.name.startswith("rook-ceph-osd-3-") for p in on4)
+    web = core.list_namespaced_pod("demo", label_selector="app=web").items
+    assert len(web) == 3
+    mixed = core.list_namespaced_pod("demo", label_selector="app in (web,cache),app!=cache").items
+    assert sorted(p.metadata.name for p in mixed) == sorted(p.metadata.name for p in web)
+    status, body = api_error(core.list_pod_for_all_namespaces, field_selector="spec.color=red")
+    assert status == 400 and body["reason"] == "BadRequest" and "spec.color" in body["message"]
+
+
+# -- CRUD, errors, patch, watch, leases ----------------------------------------------------------
+def test_status_bodies_for_errors(fake_lab, k8s):
+    core, _, _, coord, _ = k8s
+    status, body = api_error(core.read_namespaced_pod, "p1", "demo")
+    assert (status, body) == (404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                    "message": 'pods "p1" not found', "reason": "NotFound",
+                                    "details": {"name": "p1", "kind": "pods"}, "code": 404})
+    status, body = api_error(core.create_namespaced_pod, "demo", {
+        "metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert status == 422 and body["reason"] == "Invalid"
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+    status, body = raw(fake_lab, "POST", "/api/v1/namespaces/demo/pods", {"metadata": {"name": "empty"}, "spec": {}})
+    assert status == 422 and body["message"] == 'Pod "empty" is invalid: spec.containers: Required value'
+    status, body = api_error(core.create_namespaced_pod, "nowhere", {
+        "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert status == 404 and body["message"] == 'namespaces "nowhere" not found'
+    status, body = api_error(coord.read_namespaced_lease, "none", "kube-system")
+    assert body["details"] == {"name": "none", "group": "coordination.k8s.io", "kind": "leases"}
+
+
+def test_lease_lock_create_conflict_replace_delete(k8s):
+    from kubernetes import client
+
+    coord = k8s[3]
+    lease = coord.create_namespaced_lease("kube-system", client.V1Lease(
+        metadata=client.V1ObjectMeta(name="nodegate-test-lock"),
+        spec=client.V1LeaseSpec(holder_identity="run-a", lease_duration_seconds=30)))
+    assert lease.metadata.uid and lease.metadata.creation_timestamp and lease.metadata.resource_version
+    status, body = api_error(coord.create_namespaced_lease, "kube-system", client.V1Lease(
+        metadata=client.V1ObjectMeta(name="nodegate-test-lock")))
+    assert (status, body["reason"]) == (409, "AlreadyExists")
+    lease.spec.holder_identity = "run-b"
+    taken = coord.replace_namespaced_lease("nodegate-test-lock", "kube-system", lease)
+    assert taken.spec.holder_identity == "run-b"
+    assert int(taken.metadata.resource_version) > int(lease.metadata.resource_version)
+    status, body = api_error(coord.replace_namespaced_lease, "nodegate-test-lock", "kube-system", lease)
+    assert (status, body["reason"]) == (409, "Conflict")
+    status, body = api_error(coord.delete_namespaced_lease, "nodegate-test-lock", "kube-system",
+                             body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                                 resource_version=lease.metadata.resource_version)))
+    assert status == 409
+    coord.delete_namespaced_lease("nodegate-test-lock", "kube-system", body=client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(resource_version=taken.metadata.resource_version)))
+    assert api_error(coord.read_namespaced_lease, "nodegate-test-lock", "kube-system")[0] == 404
+
+
+def test_patch_strategic_merge_and_json(fake_lab, k8s):
+    core = k8s[0]
+    core.patch_node("node3", {"metadata": {"labels": {"nodegate.io/test": "smp"}}})  # strategic merge
+    assert core.read_node("node3").metadata.labels["nodegate.io/test"] == "smp"
+    assert core.read_node("node3").metadata.labels["kubernetes.io/hostname"] == "node3"
+    status, _ = raw(fake_lab, "PATCH", "/api/v1/nodes/node3", {"metadata": {"labels": {"nodegate.io/test": None}}},
+                    "application/merge-patch+json")
+    assert status == 200
+    assert "nodegate.io/test" not in core.read_node("node3").metadata.labels
+    core.patch_node("node3", [{"op": "add", "path": "/metadata/annotations/nodegate.io~1step", "value": "drain"}])
+    assert core.read_node("node3").metadata.annotations["nodegate.io/step"] == "drain"
+    status, body = api_error(core.patch_node, "node3", [{"op": "test", "path": "/spec/podCIDR", "value": "x"}])
+    assert status == 422 and body["reason"] == "Invalid"
+    core.patch_node("node3", [{"op": "remove", "path": "/metadata/annotations/nodegate.io~1step"}])
+
+
+def test_watch_sees_changes_after_a_list(k8s):
+    from kubernetes import client, watch
+
+    core, coord = k8s[0], k8s[3]
+    listing = coord.list_namespaced_lease("default")
+    seen: list[tuple[str, str]] = []
+
+    def follow() -> None:
+        w = watch.Watch()
+        for event in w.stream(coord.list_namespaced_lease, "default", resource_version=listing.metadata.resource_version,
+                              field_selector="metadata.name=watched", timeout_seconds=10):
+            seen.append((event["type"], event["object"].spec.holder_identity or ""))
+            if event["type"] == "DELETED":
+                w.stop()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)
+    coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(name="ignored")))
+    coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(name="watched"),
+                                                            spec=client.V1LeaseSpec(holder_identity="a")))
+    coord.patch_namespaced_lease("watched", "default", {"spec": {"holderIdentity": "b"}})
+    coord.delete_namespaced_lease("watched", "default")
+    coord.delete_namespaced_lease("ignored", "default")
+    thread.join(timeout=15)
+    assert seen == [("ADDED", "a"), ("MODIFIED", "b"), ("DELETED", "b")]
+    assert core.list_namespaced_event("default").items is not None
+
+
+def test_logs_are_text_plain_and_name_containers(fake_lab, k8s):
+    core = k8s[0]
+    pod = core.list_namespaced_pod("demo", label_selector="run=debug-shell").items[0]
+    req = urllib.request.Request(f"{fake_lab.config.api_url}/api/v1/namespaces/demo/pods/{pod.metadata.name}/log",
+                                 headers={"Authorization": f"Bearer {fake_lab.config.token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        assert resp.read().decode().strip()
+    csi = core.list_namespaced_pod("rook-ceph", label_selector="app=csi-rbdplugin").items[0]
+    status, body = api_error(core.read_namespaced_pod_log, csi.metadata.name, "rook-ceph")
+    assert status == 400 and "choose one of: [driver-registrar csi-rbdplugin liveness-prometheus]" in body["message"]
+    bad = urllib.request.Request(f"{fake_lab.config.api_url}/api/v1/nodes",
+                                 headers={"Authorization": "Bearer wrong"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(bad, timeout=5)
+    assert info.value.code == 401
+
+
+def test_exec_runs_argv_and_returns_exit_codes(k8s):
+    from kubernetes.stream import stream
+
+    core = k8s[0]
+    tools = core.list_namespaced_pod("rook-ceph", label_selector="app=rook-ceph-tools").items[0].metadata.name
+    ws = stream(core.connect_get_namespaced_pod_exec, tools, "rook-ceph", command=["ceph", "--version"],
+                stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    ws.run_forever(timeout=30)
+    assert ws.returncode == 0 and ws.read_stdout().startswith("ceph version 16.2.")
+    # argv is never given to a shell: `;` is an argument, not a separator
+    ws = stream(core.connect_get_namespaced_pod_exec, tools, "rook-ceph", command=["ceph", "--version;", "id"],
+                stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    ws.run_forever(timeout=30)
+    assert ws.returncode != 0 and "uid=" not in ws.read_stdout()
+    ws = stream(core.connect_get_namespaced_pod_exec, tools, "rook-ceph", command=["sh", "-c", "id"],
+                stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    ws.run_forever(timeout=30)
+    assert ws.returncode == 126 and "executable file not found" in ws.read_stdout()
+
+
+# -- drain, eviction, controllers ---------------------------------------------------------------
+def test_drain_retries_a_pdb_refusal_then_moves_pods(fake_lab, k8s):
+    core = k8s[0]
+    wait_until(lambda: settled(core), timeout=20, what="workloads settled")
+    before = {p.metadata.name: p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items}
+    ds_before = {n for n, p in before.items() if p.metadata.owner_references[0].kind == "DaemonSet"}
+    movable = {n for n, p in before.items() if p.metadata.owner_references[0].kind == "ReplicaSet"
+               and not n.startswith("rook-ceph-osd-")}
+    assert movable and any(n.startswith("cache-") for n in movable)
+    # The seed's bare pod is on node3: node3 needs --force, node4 exactly the two flags.
+    refused = fake_lab.kubectl("drain", "node3", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5s",
+                               check=False)
+    assert refused.returncode != 0 and "declare no controller (use --force to override): demo/debug-shell" in refused.stderr
+    fake_lab.kubectl("uncordon", "node3")
+
+    fake_lab.set_faults({"pdb-block": {"nodes": ["node4"], "since": time.time()}})
+    wait_until(lambda: core.list_pod_for_all_namespaces(label_selector="lab.nodegate.io/pdb-block=node4").items,
+               timeout=5, what="pdb-block labels")
+    clear_at = time.monotonic() + 6
+    timer = threading.Timer(6, fake_lab.set_faults, args=({},))
+    timer.start()
+    started = time.monotonic()
+    try:
+        out = fake_lab.kubectl("drain", "node4", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s",
+                               timeout=90)
+    finally:
+        timer.cancel()
+        fake_lab.set_faults({})
+    text = out.stdout + out.stderr
+    assert "Cannot evict pod as it would violate the pod's disruption budget." in text
+    assert "(will retry after 5s)" in text
+    assert time.monotonic() >= clear_at - 0.5 and time.monotonic() - started < 60
+    assert "node/node4 drained" in out.stdout
+    after = {p.metadata.name: p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items}
+    assert set(after) == ds_before  # DaemonSet pods stay; everything else left
+    def replaced() -> bool:
+        pods = core.list_namespaced_pod("demo").items
+        cache = [p for p in pods if p.metadata.name.startswith("cache-")]
+        return len(cache) == 1 and cache[0].spec.node_name == "node3" and cache[0].status.phase == "Running"
+    wait_until(replaced, timeout=10, what="cache replaced on node3")
+    osd = [p for p in core.list_namespaced_pod("rook-ceph", label_selector="app=rook-ceph-osd,osd=3").items]
+    assert len(osd) == 1 and osd[0].spec.node_name is None and osd[0].status.phase == "Pending"
+    assert "node(s) were unschedulable" in osd[0].status.conditions[0].message
+    fake_lab.kubectl("uncordon", "node4")
+    wait_until(lambda: (core.list_namespaced_pod("rook-ceph", label_selector="osd=3").items[0].spec.node_name == "node4"),
+               timeout=10, what="OSD 3 back on node4 after uncordon")
+    assert "SchedulingDisabled" not in fake_lab.kubectl("get", "node", "node4").stdout
+
+
+def test_eviction_is_graceful_and_respects_the_budget(k8s):
+    from kubernetes import client
+
+    core, _, policy, _, _ = k8s
+    wait_until(lambda: settled(core), timeout=20, what="workloads settled")
+    web = core.list_namespaced_pod("demo", label_selector="app=web").items
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=web[0].metadata.name, namespace="demo"))
+    core.create_namespaced_pod_eviction(web[0].metadata.name, "demo", body)
+    evicted = core.read_namespaced_pod(web[0].metadata.name, "demo")
+    assert evicted.metadata.deletion_timestamp is not None and evicted.metadata.deletion_grace_period_seconds == 2
+    # minAvailable 2 of 3 and one terminating: the next one must wait for the replacement.
+    second = web[1].metadata.name
+    status, body2 = api_error(core.create_namespaced_pod_eviction, second, "demo", client.V1Eviction(
+        metadata=client.V1ObjectMeta(name=second, namespace="demo")))
+    assert status == 429
+    assert body2["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert body2["reason"] == "TooManyRequests"
+    assert body2["details"]["causes"] == [{"reason": "DisruptionBudget",
+                                           "message": "The disruption budget web needs 2 healthy pods and has 2 currently"}]
+    pdb = policy.read_namespaced_pod_disruption_budget("web", "demo")
+    assert (pdb.status.disruptions_allowed, pdb.status.current_healthy, pdb.status.desired_healthy) == (0, 2, 2)
+    t0 = time.monotonic()
+    wait_until(lambda: not [p for p in core.list_namespaced_pod("demo", label_selector="app=web").items
+                            if p.metadata.name == web[0].metadata.name], timeout=10, what="evicted pod gone")
+    assert time.monotonic() - t0 > 0.5  # gone after its grace period, not at once
+    wait_until(lambda: settled(core), timeout=10, what="replacement ready")
+    core.create_namespaced_pod_eviction(second, "demo", client.V1Eviction(
+        metadata=client.V1ObjectMeta(name=second, namespace="demo")))
+    assert api_error(core.create_namespaced_pod_eviction, "nope", "demo", client.V1Eviction(
+        metadata=client.V1ObjectMeta(name="nope", namespace="demo")))[0] == 404
+
+
+# -- the node lifecycle and csi-rbdplugin -------------------------------------------------------
+def node_ready(core, name: str) -> str:
+    node = core.read_node(name)
+    return next(c.status for c in node.status.conditions if c.type == "Ready")
+
+
+def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
+    core = k8s[0]
+    old_boot = core.read_node("node3").status.node_info.boot_id
+    proxy = [p for p in core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-proxy").items
+             if p.spec.node_name == "node3"][0]
+    fake_lab.set_state("node3", up=False)
+    t0 = time.monotonic()
+    wait_until(lambda: node_ready(core, "node3") == "Unknown", timeout=5, what="node3 Ready=Unknown")
+    assert time.monotonic() - t0 < 3
+    assert "NotReady" in fake_lab.kubectl("get", "node", "node3").stdout
+    taints = {(t.key, t.effect) for t in core.read_node("node3").spec.taints or []}
+    assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
+    new_boot = fake_lab.set_state("node3", up=True, new_boot=True)
+    wait_until(lambda: node_ready(core, "node3") == "True", timeout=5, what="node3 Ready again")
+    info = core.read_node("node3").status.node_info
+    assert info.boot_id == new_boot != old_boot
+    # The DaemonSet pod stayed on its node and was restarted by the new boot.
+    def proxy_back():
+        pod = core.read_namespaced_pod(proxy.metadata.name, "kube-system")
+        return pod.status.phase == "Running" and pod.status.container_statuses[0].restart_count == 1 and \
+            pod.status.container_statuses[0].ready
+    wait_until(proxy_back, timeout=10, what="kube-proxy restarted on node3")
+    reasons = {e.reason for e in core.list_namespaced_event("default", field_selector="involvedObject.name=node3").items}
+    assert {"Rebooted", "NodeNotReady", "NodeReady"} <= reasons
+
+
+def csi_on(core, node: str):
+    return [p for p in core.list_namespaced_pod("rook-ceph", label_selector="app=csi-rbdplugin").items
+            if p.spec.node_name == node][0]
+
+
+def plugin_status(pod):
+    return next(c for c in pod.status.container_statuses if c.name == "csi-rbdplugin")
+
+
+def test_csi_rbdplugin_crash_loops_on_noble_with_old_cephcsi(fake_lab, k8s):
+    core = k8s[0]
+    fake_lab.set_release("node2", NOBLE)
+    fake_lab.set_state("node2", up=False)
+    time.sleep(0.5)
+    fake_lab.set_state("node2", up=True, new_boot=True)
+    wait_until(lambda: core.read_node("node2").status.node_info.os_image == "Ubuntu 24.04.1 LTS", timeout=5,
+               what="osImage read at boot")
+
+    def crashing():
+        st = plugin_status(csi_on(core, "node2"))
+        return st.restart_count >= 1 and not st.ready and st.state.waiting is not None and \
+            st.state.waiting.reason == "CrashLoopBackOff"
+    wait_until(crashing, timeout=20, what="csi-rbdplugin CrashLoopBackOff on node2")
+    pod = csi_on(core, "node2")
+    assert "CrashLoopBackOff" in fake_lab.kubectl("get", "pod", "-n", "rook-ceph", pod.metadata.name).stdout
+    log = core.read_namespaced_pod_log(pod.metadata.name, "rook-ceph", container="driver-registrar")
+    assert "Still connecting to unix:///csi/csi.sock" in log
+    assert "could not insert 'rbd'" in core.read_namespaced_pod_log(pod.metadata.name, "rook-ceph",
+                                                                     container="csi-rbdplugin", previous=True)
+    # Elsewhere (20.04) the plugin runs; the csi-rbd-broken fault breaks it whatever the release.
+    assert plugin_status(csi_on(core, "node1")).ready
+    fake_lab.set_faults({"csi-rbd-broken": {"nodes": ["node1"], "since": time.time()}})
+    wait_until(lambda: not plugin_status(csi_on(core, "node1")).ready, timeout=5, what="fault breaks node1's plugin")
+    fake_lab.set_faults({})
+    wait_until(lambda: plugin_status(csi_on(core, "node1")).ready, timeout=5, what="node1's plugin back")
+    assert plugin_status(csi_on(core, "node1")).restart_count >= 1
+    fake_lab.set_release("node2", FOCAL)
+    fake_lab.set_state("node2", up=True, new_boot=True)
+    wait_until(lambda: plugin_status(csi_on(core, "node2")).ready, timeout=10, what="node2's plugin ready on 20.04")
+
+
+def test_api_flaky_fails_requests_then_recovers(fake_lab, k8s):
+    url = f"{fake_lab.config.api_url}/api/v1/namespaces"
+    headers = {"Authorization": f"Bearer {fake_lab.config.token}"}
+    fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "503"}})
+    time.sleep(0.5)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+    assert info.value.code == 503 and json.loads(info.value.read())["reason"] == "ServiceUnavailable"
+    fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "drop"}})
+    time.sleep(0.5)
+    with pytest.raises((ConnectionError, urllib.error.URLError, http_client_errors())):
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+    fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time() - 10, "ratio": 1.0, "for_s": 5}})
+    time.sleep(0.5)  # expired: answered again
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+        assert json.loads(resp.read())["kind"] == "NamespaceList"
+    fake_lab.set_faults({})
+
+
+def http_client_errors():
+    import http.client
+
+    return http.client.HTTPException
