@@ -10,17 +10,21 @@ from nodegate.fixtures import fail_check
 
 @pytest.mark.preflight
 @pytest.mark.postflight
-def test_no_reboot_pending(node, reads, phase, notice):
+def test_no_reboot_pending(node, reads, phase):
+    """do-release-upgrade refuses while /var/run/reboot-required.pkgs names libc6, linux-base or a
+    kernel ('Please reboot before upgrading'); and a node about to be upgraded should first prove
+    it comes back from the reboot it already owes."""
     reboot = reads.snapshot(node.name).reboot
     if not reboot.required:
         return
     pkgs = ", ".join(reboot.packages) or "not named"
-    text = f"{node.name} has /var/run/reboot-required (packages: {pkgs})"
     if phase == "preflight":
-        notice(f"{text}: do-release-upgrade would refuse ('Please reboot before upgrading'); the procedure "
-               "reboots the node in step 7, before the release upgrade")
-        return
-    fail_check(f"{text} after the upgrade: the node is not running what was installed",
+        fail_check(f"{node.name} has a reboot pending (/var/run/reboot-required; packages: {pkgs}): "
+                   "do-release-upgrade would refuse with 'Please reboot before upgrading'",
+                   fix=f"drain and reboot {node.name} first (and check that it comes back Ready), then run the "
+                       "preflight again")
+    fail_check(f"{node.name} has a reboot pending after the upgrade (/var/run/reboot-required; packages: {pkgs}): "
+               "it is not running what was installed",
                fix=f"reboot {node.name} (drained), then run the postflight again")
 
 

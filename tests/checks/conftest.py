@@ -48,6 +48,8 @@ def catalogue(pytester, lab, monkeypatch):
     """catalogue(*args, node="node4", cluster=None) runs `pytest checks/ --cluster … --node …` in a
     subprocess (as an operator would) and returns a CatalogueRun."""
     monkeypatch.setenv("NODEGATE_REPORTS", str(pytester.path / "reports"))
+    # an operator's Python caches compiled modules; without it every run recompiles the client libraries
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
 
     def run(*args: str, node: str | None = "node4", cluster: Path | None = None, timeout: float = 300) -> CatalogueRun:
         argv = [str(CHECKS), "--cluster", str(cluster or lab.dir / "cluster.toml"), "-v", "--color=no",

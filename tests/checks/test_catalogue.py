@@ -1,0 +1,172 @@
+"""The checks catalogue against the real lab: a healthy node passes preflight; each lab fault makes
+exactly the expected check fail, with the expected words; postflight fails on what preflight only
+warns about. Every run is `pytest checks/ --cluster DIR/cluster.toml --node node4 -m …` in a
+subprocess, as an operator types it."""
+from __future__ import annotations
+
+import pytest
+
+from nodegate.lab.config import LabConfig
+
+pytestmark = pytest.mark.lab
+
+PREFLIGHT_NODE4 = {
+    "test_node_ready[node4]", "test_node_no_pressure[node4]", "test_node_schedulable[node4]",
+    "test_kubelet_version[node4]", "test_os_release_matches_phase[node4]", "test_packages_held[node4]",
+    "test_dpkg_audit_clean[node4]", "test_nothing_upgradable[node4]", "test_apt_update_clean[node4]",
+    "test_no_reboot_pending[node4]", "test_running_newest_kernel[node4]", "test_disk_space[node4]",
+    "test_rbd_module[node4]", "test_target_is_next_release[node4]", "test_kubespray_supports_releases[node4]",
+    "test_cephcsi_for_target[node4]", "test_kubernetes_not_eol", "test_known_kubespray_issues",
+    "test_out_of_band_access[node4]", "test_other_nodes_ready[node4]", "test_one_node_at_a_time[node4]",
+    "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
+    "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",
+    "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]",
+}
+
+
+def fault(lab: LabConfig, cli, name: str, node: str | None = None, *, clear: bool = False) -> None:
+    args = ["lab", "fault", name, "--dir", str(lab.dir)]
+    if node:
+        args += ["--node", node]
+    if clear:
+        args.append("--clear")
+    cli(*args, timeout=300)
+
+
+@pytest.fixture
+def kube(lab):
+    from nodegate.kube import Kube
+    from nodegate.profile import KubeSettings
+
+    client = Kube.connect(settings=KubeSettings(kubeconfig=lab.dir / "kubeconfig", context="nodegate-lab"))
+    yield client
+    client.close()
+
+
+def assert_failed_exactly(run, expected: set[str]) -> None:
+    assert run.failed() == expected, (f"expected exactly {sorted(expected)} to fail, got {sorted(run.failed())}\n"
+                                      f"{run.stdout[-6000:]}\n{run.stderr[-2000:]}")
+
+
+# --------------------------------------------------------------------------- healthy
+
+def test_healthy_node_passes_preflight(catalogue):
+    run = catalogue("-m", "preflight")
+    assert run.ret == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert run.passed() == PREFLIGHT_NODE4, sorted(run.passed() ^ PREFLIGHT_NODE4)
+    # what the procedure itself fixes is shown, named with its step, and does not block
+    assert "legacy trusted.gpg keyring" in run.stdout and "step 10" in run.stdout
+    assert "pending update" in run.stdout and "step 6" in run.stdout
+    print(f"preflight of node4: {run.seconds:.2f} s wall (pytest subprocess)")
+
+
+def test_postflight_fails_on_what_preflight_only_warns(catalogue):
+    """The starting node (20.04, legacy key, one pending update) as if it had been upgraded to 22.04."""
+    run = catalogue("-m", "postflight", "--target-release", "22.04")
+    assert run.ret == 1
+    failed = run.failed()
+    assert {"test_apt_update_clean[node4]", "test_nothing_upgradable[node4]",
+            "test_os_release_matches_phase[node4]"} <= failed, sorted(failed)
+    assert "legacy trusted.gpg keyring" in run.section("test_apt_update_clean[node4]")
+    assert "expected Ubuntu 22.04 (jammy) after the upgrade" in run.section("test_os_release_matches_phase[node4]")
+    assert "still pending on node4 after the upgrade" in run.section("test_nothing_upgradable[node4]")
+    assert "Traceback" not in run.text
+
+
+# --------------------------------------------------------------------------- lab faults
+
+def test_held_version_drift_fails_held_packages(catalogue, lab, cli):
+    fault(lab, cli, "held-version-drift", "node4")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "held-version-drift", "node4", clear=True)
+    assert_failed_exactly(run, {"test_packages_held[node4]"})
+    section = run.section("test_packages_held[node4]")
+    assert "held-package drift on node4" in section
+    assert "containerd.io is held at" in section and "expected 1.6.4-1" in section
+    assert "fix: install the expected versions and hold them" in section
+
+
+def test_pending_updates_warn_in_preflight_and_fail_postflight(catalogue, lab, cli):
+    from nodegate.lab.faults import FaultBook
+
+    fault(lab, cli, "pending-updates", "node4")
+    try:
+        package = FaultBook(lab.dir).data["pending-updates"]["restore"]["node4"]["package"]
+        pre = catalogue("-m", "preflight")
+        post = catalogue("-m", "postflight", "--target-release", "22.04", "-k", "test_nothing_upgradable")
+    finally:
+        fault(lab, cli, "pending-updates", "node4", clear=True)
+    assert pre.ret == 0, pre.stdout[-5000:]
+    assert package in pre.stdout and "step 6 (apt-get dist-upgrade)" in pre.stdout
+    assert_failed_exactly(post, {"test_nothing_upgradable[node4]"})
+    assert package in post.section("test_nothing_upgradable[node4]")
+
+
+def test_reboot_required_fails_preflight(catalogue, lab, cli):
+    fault(lab, cli, "reboot-required", "node4")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "reboot-required", "node4", clear=True)
+    assert_failed_exactly(run, {"test_no_reboot_pending[node4]"})
+    assert "Please reboot before upgrading" in run.section("test_no_reboot_pending[node4]")
+
+
+def test_ceph_warn_fails_ceph_health(catalogue, lab, cli):
+    fault(lab, cli, "ceph-warn")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "ceph-warn", clear=True)
+    assert_failed_exactly(run, {"test_ceph_healthy"})
+    section = run.section("test_ceph_healthy")
+    assert "Ceph is not healthy: HEALTH_WARN" in section and "OSDMAP_FLAGS" in section
+
+
+def test_csi_rbd_broken_fails_csi_check(catalogue, lab, cli):
+    fault(lab, cli, "csi-rbd-broken", "node4")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "csi-rbd-broken", "node4", clear=True)
+    assert_failed_exactly(run, {"test_csi_rbdplugin_healthy[node4]"})
+    section = run.section("test_csi_rbdplugin_healthy[node4]")
+    assert "csi-rbdplugin on node4 is not healthy" in section
+    assert "not Ready" in section and "modprobe rbd" in section
+
+
+def test_pdb_block_names_the_pdb(catalogue, lab, cli):
+    fault(lab, cli, "pdb-block", "node4")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "pdb-block", "node4", clear=True)
+    assert_failed_exactly(run, {"test_pods_evictable[node4]"})
+    section = run.section("test_pods_evictable[node4]")
+    assert "PodDisruptionBudget" in section and "allows 0 disruption(s)" in section
+
+
+def test_other_node_cordoned_fails_one_at_a_time(catalogue, kube):
+    kube.cordon("node3")
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        kube.uncordon("node3")
+    assert_failed_exactly(run, {"test_one_node_at_a_time[node4]"})
+    assert "node3 is cordoned" in run.section("test_one_node_at_a_time[node4]")
+
+
+def test_lock_held_by_another_run(catalogue, kube):
+    from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+
+    kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder="someone@elsewhere:4242", duration_s=300,
+                      annotations={"nodegate.io/node": "node3", "nodegate.io/run-id": "20260101-000000-abcd"})
+    try:
+        run = catalogue("-m", "preflight", "-k", "lock")
+    finally:
+        kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+    assert_failed_exactly(run, {"test_upgrade_lock_free[node4]"})
+    section = run.section("test_upgrade_lock_free[node4]")
+    assert "someone@elsewhere:4242" in section and "node3" in section
