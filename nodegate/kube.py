@@ -62,7 +62,8 @@ LOCK_RUN_ANNOTATION = "nodegate.io/run-id"
 LOCK_DURATION_S = 300
 CSI_RBD_SELECTOR = "app=csi-rbdplugin"
 CSI_RBD_CONTAINER = "csi-rbdplugin"
-CSI_STUCK_LINE = "Still connecting to unix:///csi/csi.sock"
+CSI_STUCK_LINE = "Still connecting to unix:///csi/csi.sock"     # node-driver-registrar, while the plugin is down
+CSI_RBD_ERRORS = ("failed to load kernel module rbd", "modprobe failed")  # the plugin itself (rook #14507)
 PDB_RETRY_S = 5.0                 # kubectl drain asks again every 5 s after a PDB refusal
 DRAIN_TIMEOUT_S = 360.0           # Kubespray's drain_timeout: finite, unlike kubectl's default
 
@@ -374,6 +375,7 @@ class CsiPluginHealth:
     restarts: int                                # all containers
     crash_looping: tuple[str, ...]               # containers waiting in CrashLoopBackOff
     stuck_lines: tuple[str, ...] = ()            # recent log lines with "Still connecting to …csi.sock"
+    error_lines: tuple[str, ...] = ()            # recent plugin log lines about loading the rbd module
 
     @property
     def healthy(self) -> bool:
@@ -387,6 +389,8 @@ class CsiPluginHealth:
             parts.append("CrashLoopBackOff in " + ", ".join(self.crash_looping))
         if self.stuck_lines:
             parts.append(f"{len(self.stuck_lines)} recent '{CSI_STUCK_LINE}' log line(s)")
+        if self.error_lines:
+            parts.append(f"log: {self.error_lines[-1].strip()}")
         return f"csi-rbdplugin on {self.node}: " + ", ".join(parts)
 
 
@@ -1128,23 +1132,29 @@ class Kube:
 
     def csi_rbdplugin(self, node: str, *, namespace: str = "rook-ceph", selector: str = CSI_RBD_SELECTOR,
                       log_lines: int = 100) -> CsiPluginHealth:
-        """The csi-rbdplugin pod on ``node``: Ready, restarts, CrashLoopBackOff, and whether its
-        recent log shows the driver stuck connecting to its socket (the rbd.ko.zst symptom)."""
+        """The csi-rbdplugin pod on ``node``: Ready, restarts, CrashLoopBackOff, and what its recent
+        logs say: the registrar "Still connecting to unix:///csi/csi.sock" (the plugin never came
+        up) and the plugin's own failure to load the rbd module (the rbd.ko.zst symptom)."""
         pods = [p for p in self.list_pods(node=node, namespace=namespace, selector=selector) if not p.deleting]
         if not pods:
             return CsiPluginHealth(node=node, pod=None, ready=False, restarts=0, crash_looping=())
         pod = pods[0]
         looping = tuple(c.name for c in pod.containers if c.state == "waiting" and c.reason == "CrashLoopBackOff")
-        stuck: tuple[str, ...] = ()
-        if log_lines and pod.container(CSI_RBD_CONTAINER) is not None:
+        stuck: list[str] = []
+        errors: list[str] = []
+        for container in pod.containers if log_lines else ():
             try:
-                text = self.pod_log(namespace=namespace, name=pod.name, container=CSI_RBD_CONTAINER, tail=log_lines)
-            except (NotFoundError, TransientError) as exc:  # no log yet (container never started)
-                log.info("no log for %s/%s: %s", namespace, pod.name, _first_line(exc))
-                text = ""
-            stuck = tuple(line for line in (text or "").splitlines() if CSI_STUCK_LINE in line)
+                text = self.pod_log(namespace=namespace, name=pod.name, container=container.name, tail=log_lines)
+            except (NotFoundError, TransientError) as exc:  # no log (yet): the state above still counts
+                log.info("no log for %s/%s %s: %s", namespace, pod.name, container.name, _first_line(exc))
+                continue
+            for line in (text or "").splitlines():
+                if CSI_STUCK_LINE in line:
+                    stuck.append(line)
+                elif any(marker in line for marker in CSI_RBD_ERRORS):
+                    errors.append(line)
         return CsiPluginHealth(node=node, pod=pod, ready=pod.ready, restarts=pod.restarts, crash_looping=looping,
-                               stuck_lines=stuck)
+                               stuck_lines=tuple(stuck), error_lines=tuple(errors))
 
     # -- exec --------------------------------------------------------------------------------
     def exec(self, *, namespace: str, pod: str, command: Sequence[str], container: str | None = None,

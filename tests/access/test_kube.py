@@ -307,6 +307,24 @@ def test_csi_rbdplugin_health(settled):
     assert settled.csi_rbdplugin("node1", selector="app=nothing-like-this").pod is None
 
 
+def test_csi_rbdplugin_crash_loop_is_seen(api_lab, settled):
+    kube = settled
+    before = kube.csi_rbdplugin("node2")
+    assert before.healthy, before.describe()
+    fault(api_lab, "csi-rbd-broken", node="node2")
+    try:
+        broken = wait(lambda: (h := kube.csi_rbdplugin("node2")).crash_looping and h,
+                      timeout=15, what="csi-rbdplugin CrashLoopBackOff on node2")
+        assert not broken.healthy and not broken.ready and broken.crash_looping == ("csi-rbdplugin",)
+        assert any("failed to load kernel module rbd" in line for line in broken.error_lines)
+        assert "CrashLoopBackOff in csi-rbdplugin" in broken.describe()
+        assert kube.csi_rbdplugin("node1").healthy, "only the faulted node's plugin fails"
+    finally:
+        fault(api_lab, "csi-rbd-broken", node="node2", clear=True)
+    healed = wait(lambda: (h := kube.csi_rbdplugin("node2")).healthy and h, timeout=15, what="csi-rbdplugin healed")
+    assert healed.restarts > before.restarts, "the crash loop left its restarts behind"
+
+
 @pytest.mark.parametrize("selector, flag", [("run=debug-shell", "--force"),
                                              ("app=cache", "--delete-emptydir-data")])
 def test_drain_refuses_up_front_what_the_flags_do_not_allow(settled, selector, flag):
@@ -595,6 +613,40 @@ def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
     with pytest.raises(TransientError, match="refused the connection while trying to list nodes"):
         kube.list_nodes()
     assert time.monotonic() - started < 5
+
+
+def test_dropped_connections_are_retried(api_lab, settled, caplog):
+    fault(api_lab, "api-flaky", ratio=0.5, mode="drop", for_s=60)
+    time.sleep(0.5)
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    try:
+        kube = Kube(settings=api_lab.settings(), attempts=10)
+        for _ in range(10):
+            assert kube.node("node1").is_ready
+        kube.close()
+    finally:
+        fault(api_lab, "api-flaky", clear=True)
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert retries and all("connection to the Kubernetes API" in m and "broke" in m for m in retries), retries[:3]
+
+
+def test_a_server_that_never_answers_times_out_as_transient(api_lab, tmp_path):
+    import socket
+
+    # A real TCP listener that accepts and then says nothing (a hung API server).
+    listener = socket.socket()
+    listener.bind((f"127.{api_lab.config.net}.3.9", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.9:{port}")
+        kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=2, request_timeout=(1.0, 0.5))
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="did not answer in time while trying to list nodes"):
+            kube.list_nodes()
+        assert time.monotonic() - started < 3
+    finally:
+        listener.close()
 
 
 def test_permanent_errors_are_not_retried(settled):
