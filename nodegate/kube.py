@@ -588,8 +588,10 @@ class Kube:
 
         configuration = client.Configuration()
         try:
-            config.load_kube_config_from_dict(data, context=wanted, client_configuration=configuration,
-                                              persist_config=False)
+            # From the file (not the dict read above), so relative certificate paths resolve
+            # against the kubeconfig's own folder as kubectl resolves them.
+            config.load_kube_config(config_file=str(path), context=wanted, client_configuration=configuration,
+                                    persist_config=False)
         except (ConfigException, ValueError, TypeError, KeyError) as exc:
             raise UsageError(f"cannot use context {wanted!r} of kubeconfig {path}: {_first_line(exc)}",
                              fix="check that context's cluster (server) and user entries") from None

@@ -158,6 +158,18 @@ def test_unknown_context_lists_the_known_ones(api_lab):
     assert "nodegate-lab" in err.value.message and "[kubernetes] context" in err.value.fix
 
 
+def test_context_pointing_at_a_missing_cluster_entry(api_lab, tmp_path):
+    import yaml
+
+    data = yaml.safe_load(api_lab.kubeconfig.read_text())
+    data["contexts"][0]["context"]["cluster"] = "no-such-cluster"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError) as err:
+        Kube.connect(settings=api_lab.settings(kubeconfig=path))
+    assert "cannot use context 'nodegate-lab'" in err.value.message and "cluster" in err.value.fix
+
+
 def test_unreachable_cluster_at_startup_is_a_usage_error(api_lab, tmp_path):
     # Nothing listens on this loopback port: connection refused, two quick tries, then a clear stop.
     net = api_lab.config.net
