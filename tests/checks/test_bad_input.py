@@ -1,0 +1,130 @@
+"""Bad input stops the catalogue before any check runs: one message naming the problem and the fix,
+exit code 4 (pytest's usage error), no Python traceback. Profiles are copies of the lab's with
+one thing broken."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+def assert_usage_error(run, *phrases: str) -> None:
+    text = run.text
+    assert run.ret == 4, f"expected a usage error (rc 4), got rc {run.ret}\n{text[-4000:]}"
+    assert "Traceback" not in text, text[-4000:]
+    assert not run.outcomes, f"checks ran although the input was bad: {run.outcomes}"
+    for phrase in phrases:
+        assert phrase in text, f"{phrase!r} not in:\n{text[-3000:]}"
+    assert "fix:" in text
+
+
+@pytest.fixture
+def broken_profile(lab, tmp_path):
+    """broken_profile(toml=…, ssh=…, kubeconfig=…) → a copy of the lab's cluster.toml (and, when
+    asked, its ssh/config or kubeconfig) after the given text edits (functions str → str)."""
+    control = Path(tempfile.mkdtemp(prefix="ngc", dir="/tmp"))   # short: a socket path has 108 bytes
+
+    def make(*, toml=None, ssh=None, kubeconfig=None) -> Path:
+        text = (lab.dir / "cluster.toml").read_text()
+        if ssh is not None:
+            config = (lab.dir / "ssh/config").read_text()
+            # a ControlMaster of its own, so an open master of the lab's config cannot answer for it
+            config = re.sub(r"ControlPath \S+", f"ControlPath {control}/%C", config)
+            (tmp_path / "ssh_config").write_text(ssh(config))
+            text = text.replace(str(lab.dir / "ssh/config"), str(tmp_path / "ssh_config"))
+        if kubeconfig is not None:
+            (tmp_path / "kubeconfig").write_text(kubeconfig((lab.dir / "kubeconfig").read_text()))
+            (tmp_path / "kubeconfig").chmod(0o600)
+            text = text.replace(str(lab.dir / "kubeconfig"), str(tmp_path / "kubeconfig"))
+        if toml is not None:
+            text = toml(text)
+        path = tmp_path / "cluster.toml"
+        path.write_text(text)
+        return path
+
+    yield make
+    for socket in control.glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "x"], capture_output=True, timeout=10)
+    shutil.rmtree(control, ignore_errors=True)
+
+
+def test_unknown_node_lists_the_known_ones(catalogue):
+    run = catalogue("-m", "preflight", node="node9")
+    assert_usage_error(run, "unknown node 'node9'", "known nodes: node1, node2, node3, node4")
+
+
+def test_missing_profile(catalogue, tmp_path):
+    run = catalogue("-m", "preflight", cluster=tmp_path / "nowhere.toml")
+    assert_usage_error(run, "nowhere.toml", "does not exist")
+
+
+def test_no_profile_at_all(catalogue, pytester, monkeypatch):
+    monkeypatch.delenv("NODEGATE_CLUSTER", raising=False)
+    result = pytester.runpytest_subprocess(str(Path(__file__).resolve().parents[2] / "checks"), "--node", "node4",
+                                           "-m", "preflight", "-p", "no:cacheprovider", timeout=120)
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == 4 and "Traceback" not in text
+    assert "no cluster profile" in text and "--cluster PATH" in text
+
+
+def test_missing_kubeconfig(catalogue, broken_profile, lab):
+    path = broken_profile(toml=lambda t: t.replace(str(lab.dir / "kubeconfig"), "/nonexistent/kubeconfig"))
+    run = catalogue("-m", "preflight", cluster=path)
+    assert_usage_error(run, "kubeconfig", "/nonexistent/kubeconfig")
+
+
+def test_unreachable_cluster(catalogue, broken_profile, lab):
+    # a loopback address of this lab's net where nothing listens
+    dead = f"http://127.{lab.net}.3.9:6443"
+    path = broken_profile(kubeconfig=lambda k: k.replace(lab.api_url, dead))
+    run = catalogue("-m", "preflight", cluster=path)
+    assert_usage_error(run, "cannot be reached", dead.removeprefix("http://").split(":")[0])
+
+
+def test_target_release_not_the_next(catalogue):
+    run = catalogue("-m", "preflight", "--target-release", "24.04")
+    assert_usage_error(run, "--target-release 24.04 is not the next release for node4", "Ubuntu 20.04 (focal)",
+                       "use --target-release 22.04 first")
+
+
+def test_target_release_unknown(catalogue):
+    run = catalogue("-m", "preflight", "--target-release", "26.04")
+    assert_usage_error(run, "--target-release '26.04' is not a release nodegate upgrades to")
+
+
+def test_postflight_needs_a_target_release(catalogue):
+    run = catalogue("-m", "postflight")
+    assert_usage_error(run, "no --target-release was given")
+
+
+def test_ssh_refused(catalogue, broken_profile):
+    def port_2222_for_node4(config: str) -> str:
+        head, sep, rest = config.partition("Host node4\n")
+        return head + sep + rest.replace("Port 22\n", "Port 2222\n", 1)
+
+    run = catalogue("-m", "preflight", cluster=broken_profile(ssh=port_2222_for_node4))
+    assert_usage_error(run, "node4", "refused the SSH connection")
+
+
+def test_ssh_authentication_failing(catalogue, broken_profile, lab, tmp_path):
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    identity = str(lab.dir / "ssh/id_ed25519")
+    path = broken_profile(ssh=lambda c: c.replace(identity, str(key)), toml=lambda t: t.replace(identity, str(key)))
+    run = catalogue("-m", "preflight", cluster=path)
+    assert_usage_error(run, "node4", "did not accept the key", str(key))
+
+
+def test_ssh_unknown_host_key(catalogue, broken_profile, lab, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    known = str(lab.dir / "ssh/known_hosts")
+    path = broken_profile(ssh=lambda c: c.replace(known, str(empty)), toml=lambda t: t.replace(known, str(empty)))
+    run = catalogue("-m", "preflight", cluster=path)
+    assert_usage_error(run, "has no host key for node4", "ssh-keyscan")
