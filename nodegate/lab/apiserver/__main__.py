@@ -28,7 +28,8 @@ async def serve(config: LabConfig) -> None:
     faults = Faults(config.dir / "faults.json")
     faults.refresh()
     cluster = Cluster(config, store, faults)
-    cluster.seed()
+    if not cluster.restore():
+        cluster.seed()
     api = Api(cluster, faults, config.token)
     runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
@@ -46,6 +47,7 @@ async def serve(config: LabConfig) -> None:
         log.info("stopping")
         loop_task.cancel()
         await runner.cleanup()
+        cluster.save()
 
 
 def main(argv: list[str] | None = None) -> int:

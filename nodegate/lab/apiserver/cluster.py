@@ -44,6 +44,7 @@ PDBS = resources.find("policy", "v1", "poddisruptionbudgets")
 LEASES = resources.find("coordination.k8s.io", "v1", "leases")
 
 POLL_S = 0.2                 # state.json and faults.json are read this often (the contract's bound)
+SAVE_EVERY_S = 2.0            # objects are saved this often when they changed
 FULL_EVERY_S = 2.0           # a full reconcile at least this often, whatever changed
 POD_START_S = 1.0            # a bound pod's containers run this long after its node can run them
 TERMINATE_CAP_S = 3.0        # containers exit on SIGTERM: a pod is gone after its grace or this
@@ -185,6 +186,7 @@ class Cluster:
         # The first pass finds a cluster that was running before this server started: pods on
         # Ready nodes are running already (a restarted API server must not bounce the OSDs).
         self.warm = True
+        self._saved_rv = 0
 
     # ------------------------------------------------------------------ setup
     def seed(self) -> None:
@@ -201,6 +203,41 @@ class Cluster:
             node["status"] = self.mirror.node_status(view, {})
             self.store.create(NODES, node)
 
+    # -- persistence: the supervisor restarts a crashed server; the cluster must not reset
+    @property
+    def state_path(self):
+        return self.config.dir / "apiserver-state.json"
+
+    def _lab_id(self) -> str:
+        # Which lab the saved state belongs to (a new `lab up` in the same directory starts fresh).
+        return hashlib.sha256(f"{self.config.token}|{self.config.dir}".encode()).hexdigest()
+
+    def save(self) -> None:
+        data = {"lab": self._lab_id(), "saved_at": time.time(), "store": self.store.dump()}
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp.chmod(0o600)
+        tmp.replace(self.state_path)
+        self._saved_rv = self.store.rv
+
+    def restore(self) -> bool:
+        """Load the objects a previous server of this lab saved; False if there are none."""
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return False
+        if data.get("lab") != self._lab_id():
+            return False
+        self.store.load(data["store"], {r.key: r for r in resources.RESOURCES})
+        self._saved_rv = self.store.rv
+        for node in self.store.list(NODES):
+            name = node["metadata"]["name"]
+            self.cordon_seen[name] = bool(node["spec"].get("unschedulable"))
+            self.node_boot_seen[name] = (node.get("status") or {}).get("nodeInfo", {}).get("bootID", "")
+        log.info("restored %d objects saved %.0f s ago", sum(len(b) for b in self.store.objects.values()),
+                 time.time() - data.get("saved_at", time.time()))
+        return True
+
     def kick(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -213,6 +250,7 @@ class Cluster:
     async def run(self) -> None:
         self._wake = asyncio.Event()
         last_full = 0.0
+        self._last_save = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
@@ -232,6 +270,9 @@ class Cluster:
                     self.reconcile(now)
                     self.warm = False
                     self.couple_osds(now)
+                if self.store.rv != self._saved_rv and now - self._last_save >= SAVE_EVERY_S:
+                    self._last_save = now
+                    self.save()
             except Exception:  # a bug in one pass must not stop the cluster; log it loudly
                 log.exception("reconcile failed")
                 await asyncio.sleep(0.5)
@@ -850,7 +891,14 @@ class Cluster:
             view = self.mirror.views.get(node_name or "")
             if view is None:
                 continue  # unbound, or bound to a node no kubelet runs on
-            rt = self.runtimes.setdefault(uid, PodRuntime())
+            rt = self.runtimes.get(uid)
+            if rt is None:
+                rt = self.runtimes[uid] = PodRuntime()
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                    # A pod from before this server started keeps its counts.
+                    rt.restarts[cs["name"]] = int(cs.get("restartCount") or 0)
+                    if cs.get("lastState"):
+                        rt.last_state[cs["name"]] = cs["lastState"]
             if rt.bound_at is None:
                 rt.bound_at = now
             if view.up and view.kubelet_boot_id and rt.boot_id != view.kubelet_boot_id:

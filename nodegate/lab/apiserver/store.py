@@ -188,6 +188,22 @@ class Store:
         self._emit(res, "DELETED", current)
         return copy.deepcopy(current)
 
+    # -- persistence (a restarted server keeps the cluster's objects) ----------
+    def dump(self) -> dict:
+        return {"rv": self.rv, "objects": {key: list(bucket.values()) for key, bucket in self.objects.items()}}
+
+    def load(self, data: dict, resources_by_key: dict[str, Resource]) -> None:
+        self.rv = int(data["rv"])
+        self.objects = {}
+        for key, items in data["objects"].items():
+            res = resources_by_key.get(key)
+            if res is None:
+                continue
+            bucket = self._bucket(res)
+            for obj in items:
+                meta = obj["metadata"]
+                bucket[(meta.get("namespace", "") if res.namespaced else "", meta["name"])] = obj
+
     # -- watching ----------------------------------------------------------
     def watch(self, res: Resource, namespace: str | None, since_rv: int | None) -> tuple[Watcher, list[WatchEvent]]:
         """A watcher for future events plus the backlog to send first: every object as ADDED
