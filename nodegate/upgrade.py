@@ -390,7 +390,7 @@ class Step:
 
 
 def _ssh(up: Upgrade, *args: str) -> Planned:
-    return Planned(f"{up.name} (ssh)", shlex.join(args))
+    return Planned(f"{up.name} (ssh {up.node.user or up.profile.ssh.user}@{up.node.address})", shlex.join(args))
 
 
 def _run_checks(up: Upgrade, phase: str) -> CheckRun:
@@ -1010,9 +1010,14 @@ class Hold(Step):
     name = "hold"
     title = "hold the recorded packages again at the same versions (target release builds)"
 
-    def wanted(self, up: Upgrade) -> dict[str, str]:
+    def wanted(self, up: Upgrade, *, live: bool = False) -> dict[str, str]:
+        """Recorded held package -> the same version's build for the target release. With
+        ``live`` (plan mode, nothing recorded yet) the node's current holds stand in for the record."""
         held = up.value("held_before") or {}
         old = up.value("source_codename") or ""
+        if not held and live:
+            held = up.host.packages.held()
+            old = up.host.release.os_release().version_codename or ""
         new = up.target.codename
         out = {}
         for name, version in held.items():
@@ -1021,7 +1026,7 @@ class Hold(Step):
         return out
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        wanted = self.wanted(up)
+        wanted = self.wanted(up, live=True)
         names = sorted(wanted) or list(up.profile.expect.held_packages)
         pins = [f"{n}={v}" for n, v in sorted(wanted.items())] or [f"{n}=<recorded version, {up.target.codename} build>"
                                                                    for n in names]

@@ -1,0 +1,230 @@
+"""Run the real procedure (procedures/) through pytester against the session's lab, and put the
+nodes it changed back afterwards.
+
+`procedure(...)` runs `pytest procedures/ --cluster … --node … --target-release … [--execute]` in
+a subprocess exactly as an operator would, with this test's own reports directory (so its journal
+is its own), and reads each step's outcome from a JUnit XML file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nodegate.lab.config import LabConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCEDURES = ROOT / "procedures"
+_CASE = re.compile(r"test_upgrade\[(?P<node>[^\]]+?)-(?P<n>\d\d)-(?P<step>\w+)\]")
+
+
+@dataclass
+class ProcedureRun:
+    ret: int
+    stdout: str
+    stderr: str
+    seconds: float
+    outcomes: dict[tuple[str, str], str]            # (node, step) -> passed/failed/skipped
+    messages: dict[tuple[str, str], str] = field(default_factory=dict)
+    times: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.stdout + "\n" + self.stderr
+
+    def steps(self, node: str, outcome: str) -> list[str]:
+        return [step for (n, step), o in self.outcomes.items() if n == node and o == outcome]
+
+    def failed(self) -> list[tuple[str, str]]:
+        return [k for k, o in self.outcomes.items() if o == "failed"]
+
+
+def read_junit(path: Path) -> tuple[dict, dict, dict]:
+    outcomes, messages, times = {}, {}, {}
+    if not path.exists():
+        return outcomes, messages, times
+    for case in ET.parse(path).getroot().iter("testcase"):
+        found = _CASE.search(case.get("name", ""))
+        if not found:
+            continue
+        key = (found.group("node"), found.group("step"))
+        times[key] = float(case.get("time") or 0)
+        outcome = "passed"
+        for kind, word in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
+            el = case.find(kind)
+            if el is not None:
+                outcome = word
+                messages[key] = (el.get("message") or "") + "\n" + (el.text or "")
+                break
+        outcomes[key] = outcome
+    return outcomes, messages, times
+
+
+class Procedure:
+    """Runs the procedure for one test; every run of one test shares its journal."""
+
+    def __init__(self, pytester: pytest.Pytester, lab: LabConfig) -> None:
+        self.pytester = pytester
+        self.lab = lab
+        self.reports = pytester.path / "reports"
+        self.cluster = lab.dir / "cluster.toml"
+        self.runs = 0
+
+    def argv(self, *args: str, node: str, target: str, execute: bool, cluster: Path | None) -> list[str]:
+        self.runs += 1
+        junit = self.pytester.path / f"junit-{self.runs}.xml"
+        argv = [str(PROCEDURES), "--cluster", str(cluster or self.cluster), "--node", node,
+                "--target-release", target, "-v", "--color=no", "-p", "no:randomly", "-p", "no:cacheprovider",
+                f"--junitxml={junit}", *args]
+        if execute:
+            argv.append("--execute")
+        return argv
+
+    def __call__(self, *args: str, node: str = "node4", target: str = "22.04", execute: bool = True,
+                 cluster: Path | None = None, timeout: float = 900) -> ProcedureRun:
+        argv = self.argv(*args, node=node, target=target, execute=execute, cluster=cluster)
+        started = time.monotonic()
+        result = self.pytester.runpytest_subprocess(*argv, timeout=timeout)
+        seconds = time.monotonic() - started
+        outcomes, messages, times = read_junit(self.pytester.path / f"junit-{self.runs}.xml")
+        return ProcedureRun(ret=int(result.ret), stdout=result.stdout.str(), stderr=result.stderr.str(),
+                            seconds=seconds, outcomes=outcomes, messages=messages, times=times)
+
+    def start(self, *args: str, node: str = "node4", target: str = "22.04",
+              cluster: Path | None = None) -> subprocess.Popen:
+        """The same run, started in the background (to be interrupted)."""
+        argv = self.argv(*args, node=node, target=target, execute=True, cluster=cluster)
+        log = open(self.pytester.path / f"run-{self.runs}.log", "w")
+        return subprocess.Popen([sys.executable, "-m", "pytest", *argv], cwd=self.pytester.path, stdout=log,
+                                stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def journal(self, node: str = "node4", target: str = "22.04") -> list[dict]:
+        path = self.reports / "runs" / "journal" / "nodegate-lab" / f"{node}-{target}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def procedure(pytester, lab, monkeypatch) -> Procedure:
+    monkeypatch.setenv("NODEGATE_REPORTS", str(pytester.path / "reports"))
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    return Procedure(pytester, lab)
+
+
+@pytest.fixture
+def fixed_kubespray(lab, tmp_path) -> Path:
+    """A profile whose Kubespray checkout carries the operator's fix for kubespray #9114 (`force: true`
+    on the docker package task), on a copy of the lab's checkout; returns the profile path."""
+    checkout = tmp_path / "kubespray"
+    shutil.copytree(lab.dir / "kubespray", checkout, symlinks=True)
+    venv = lab.dir / "kubespray-venv"
+    if venv.exists():
+        (tmp_path / "kubespray-venv").symlink_to(venv)
+    task = checkout / "roles/container-engine/docker/tasks/main.yml"
+    text = task.read_text()
+    fixed = re.sub(r"(?m)^(\s+)force: .*$", r"\1force: true", text)
+    assert fixed != text, "the lab's docker task has no force: line to fix"
+    task.write_text(fixed)
+    profile = tmp_path / "cluster.toml"
+    profile.write_text((lab.dir / "cluster.toml").read_text().replace(str(lab.dir / "kubespray"), str(checkout)))
+    return profile
+
+
+class LabNodes:
+    """What the tests read from and do to the lab, through the harness's own modules."""
+
+    def __init__(self, lab: LabConfig) -> None:
+        from nodegate.ceph import Ceph
+        from nodegate.kube import Kube
+        from nodegate.nodes import Nodes
+        from nodegate.profile import load_profile
+
+        self.lab = lab
+        self.profile = load_profile(lab.dir / "cluster.toml")
+        self.kube = Kube.connect(settings=self.profile.kube)
+        self.ceph = Ceph(settings=self.profile.ceph, kube=self.kube)
+        self.nodes = Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
+
+    def host(self, name: str):
+        return self.nodes.reconnect(name)
+
+    def boot_count(self, name: str) -> int:
+        return int(json.loads((self.lab.dir / "nodes" / name / "state.json").read_text())["boot_count"])
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "nodegate", "lab", *args, "--dir", str(self.lab.dir)],
+                                capture_output=True, text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise AssertionError(f"nodegate lab {' '.join(args)}: {result.stdout}\n{result.stderr}")
+        return result
+
+    def wait_healthy(self, names: tuple[str, ...] = (), timeout: float = 180) -> None:
+        from nodegate.waits import Done, NotYet, wait_for
+
+        def probe():
+            not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
+            if not_ready:
+                return NotYet(f"not Ready: {not_ready}")
+            status = self.ceph.status()
+            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
+
+        wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
+
+    def restore(self, *names: str) -> None:
+        """Put nodes back to the lab's starting state: root reset (20.04, held packages, legacy key),
+        uncordoned, no noout, no upgrade annotation, no lock, no fault."""
+        from nodegate.journal import ANNOTATION
+        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+
+        self.cli("fault", "--clear", check=False)
+        for name in names:
+            self.cli("reset", name)
+            self.kube.uncordon(name)
+            self.kube.set_node_annotation(name, key=ANNOTATION, value=None)
+            self.ceph.unset_group_noout(name)
+        self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+        self.nodes.close()
+        self.wait_healthy()
+
+
+@pytest.fixture(scope="session")
+def lab_nodes(lab) -> LabNodes:
+    return LabNodes(lab)
+
+
+@pytest.fixture
+def restore_node4(lab_nodes):
+    """node4 is changed by the test: put it back before (in case an earlier test left it) and after."""
+    lab_nodes.restore("node4")
+    yield lab_nodes
+    lab_nodes.restore("node4")
+
+
+def wait_for_journal(procedure: Procedure, predicate, *, timeout: float, node: str = "node4",
+                     proc: subprocess.Popen | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in procedure.journal(node):
+            if predicate(record):
+                return record
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"the journal never showed the awaited record; it has: "
+                         f"{[(r['step'], r['status']) for r in procedure.journal(node)]}")
+
+
+def interrupt(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
