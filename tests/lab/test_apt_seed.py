@@ -166,3 +166,22 @@ def test_a_lab_on_another_net_gets_its_own_repository_address(make_lab, node_ssh
                      update.stdout, flags=re.MULTILINE), update.stdout
     assert f"deb [arch=amd64] http://{other.repo_address}/linux/ubuntu focal stable" in update.stdout
     assert "lab-utils/focal-updates 1.1 all [upgradable from: 1.0]" in update.stdout
+
+
+def test_apt_refuses_to_change_held_or_downgrade(lab, lab_ssh, cli):
+    """The two apt errors a Kubespray re-run meets on such a node, from the node's own apt."""
+    node = lab.nodes[-1].name
+    try:
+        held = lab_ssh(node, "apt-get install -y containerd.io=1.6.20-1", check=False)
+        assert held.returncode == 100
+        assert held.stderr.splitlines()[-1] == \
+            "E: Held packages were changed and -y was used without --allow-change-held-packages."
+        assert lab_ssh(node, "dpkg-query -W -f='${Version}' containerd.io").stdout == "1.6.4-1"
+        lab_ssh(node, "apt-mark unhold containerd.io >/dev/null && "
+                      "DEBIAN_FRONTEND=noninteractive apt-get install -y containerd.io=1.6.20-1 >/dev/null")
+        down = lab_ssh(node, "apt-get install -y containerd.io=1.6.4-1", check=False)
+        assert down.returncode == 100
+        assert down.stderr.splitlines()[-1] == "E: Packages were downgraded and -y was used without --allow-downgrades."
+        assert lab_ssh(node, "dpkg-query -W -f='${Version}' containerd.io").stdout == "1.6.20-1"
+    finally:
+        cli("lab", "reset", node, "--dir", str(lab.dir))
