@@ -120,6 +120,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     workerinput = getattr(config, "workerinput", None)
     config.stash[RUN_ID] = (workerinput or {}).get("nodegate_run_id") or new_run_id()
+    if is_nodegate_run(config) and getattr(config.option, "dist", "no") == "load" and not _dist_given(config):
+        # `-n N` alone would deal a node's checks out to every worker, and each worker would open
+        # its own SSH connection to, and take its own snapshot of, every node: keep one node's
+        # checks on one worker instead (the items carry xdist_group(<node>), see below)
+        config.option.dist = "loadgroup"
     if is_nodegate_run(config) and not config.option.allure_report_dir and not config.option.collectonly:
         run_dir = reports_root(config) / "runs" / config.stash[RUN_ID]
         config.stash[RUN_DIR] = run_dir
@@ -193,6 +198,16 @@ def _read_starting_point(config: pytest.Config, profile: Any) -> None:
     if not names:
         return
     env = config.stash.setdefault(ENVIRONMENT, {})   # setdefault below: values the checks set win
+    target = _opt(config, "target_release")
+    if target:
+        # a resumed upgrade: the node already runs something newer; its journal kept where it started
+        from nodegate.journal import Journal
+
+        started = sorted({str(v) for name in names
+                          if (v := Journal(root=reports_root(config) / "runs", cluster=profile.name, node=name,
+                                           target=target, run_id=config.stash[RUN_ID]).value("source_release"))})
+        if started:
+            env.setdefault("source.release", ", ".join(started))
     try:
         from nodegate.kube import Kube
 
@@ -356,12 +371,15 @@ def _redact_tree(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- labels and links
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's worker turns xdist_group marks into scheduling groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.option.allure_report_dir:
         return   # no results are written: labels would only cost time
     import allure
 
     ticket = _opt(config, "ticket")
+    # the controller says dist=loadgroup; an xdist worker says loadgroup=True (its dist is "no")
+    grouped = getattr(config.option, "dist", "no") == "loadgroup" or bool(getattr(config.option, "loadgroup", False))
     for item in items:
         node = _node_of(item)
         if node:
@@ -383,6 +401,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(allure.label("subSuite", node))
         if ticket:
             item.add_marker(allure.link(ticket, link_type="issue", name=ticket))
+        if grouped:
+            item.add_marker(pytest.mark.xdist_group(node or "cluster"))
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)   # innermost: the terminal and allure-pytest see the masked report
@@ -524,6 +544,11 @@ def evidence() -> Evidence:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _dist_given(config: pytest.Config) -> bool:
+    words = list(config.invocation_params.args) + os.environ.get("PYTEST_ADDOPTS", "").split()
+    return any(str(w).startswith(("--dist", "-d")) for w in words)
+
 
 def _opt(config: pytest.Config, name: str):
     try:

@@ -1,0 +1,131 @@
+"""Shared pieces of the benchmarks: the lab, timed pytest runs, peak memory of a process tree."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    rc: int
+    output: str
+    peak_rss_mb: float = 0.0
+
+
+def lab_profile(lab_dir: Path) -> Path:
+    profile = lab_dir / "cluster.toml"
+    if not profile.exists():
+        raise SystemExit(f"bench: no lab at {lab_dir} (no cluster.toml); start one with "
+                         f"`nodegate lab up --dir {lab_dir}` or let `python -m bench.run` start it")
+    return profile
+
+
+def lab_nodes(lab_dir: Path) -> list[str]:
+    data = json.loads((lab_dir / "lab.json").read_text())
+    nodes = data.get("nodes") or []
+    names = [n["name"] if isinstance(n, dict) else str(n) for n in nodes]
+    return names or [f"node{i}" for i in range(1, int(data.get("size", 4)) + 1)]
+
+
+def _tree_rss_kb(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants (summed), from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            ppid = int(fields[1])
+            with open(f"/proc/{entry}/statm", "rb") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        pid = int(entry)
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def timed(argv: list[str], *, env: dict | None = None, cwd: Path = ROOT, sample_memory: bool = False,
+          timeout: float = 1800) -> Timed:
+    """Run a command, return its wall time (and the peak summed RSS of its process tree)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True) if sample_memory else None
+    if sampler:
+        sampler.start()
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    seconds = time.monotonic() - started
+    done.set()
+    if sampler:
+        sampler.join()
+    return Timed(seconds=seconds, rc=proc.returncode, output=output, peak_rss_mb=peak[0] / 1024)
+
+
+def pytest_argv(*args: str) -> list[str]:
+    return [PY, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q", *args]
+
+
+def preflight_argv(profile: Path, node: str, *extra: str) -> list[str]:
+    return pytest_argv(str(ROOT / "checks"), "-m", "preflight", "--cluster", str(profile), "--node", node,
+                       "--target-release", "22.04", *extra)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def read_trace(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
+
+
+def table(rows: list[tuple[str, str, str, str]]) -> str:
+    head = ("figure", "value", "goal", "")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, rows)])
