@@ -76,9 +76,13 @@ def _tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def seed_key(repo: aptrepo.RepoBuild) -> str:
-    text = "\n".join([SEED_VERSION, image_key(), repo.key, repo.fingerprint(), _tree_digest(NODEFILES),
-                      Path(__file__).read_text(), *INSTALL])
+def seed_key(repo: aptrepo.RepoBuild, cache_root: Path = CACHE_ROOT) -> str:
+    # The base's dpkg database too: the layer carries its own copy of it, which must match the
+    # base it lies on (a base rebuilt later may hold other package versions).
+    status = base_rootfs(cache_root) / "var/lib/dpkg/status"
+    base_state = hashlib.sha256(status.read_bytes()).hexdigest() if status.exists() else "no-base"
+    text = "\n".join([SEED_VERSION, image_key(), base_state, repo.key, repo.fingerprint(),
+                      _tree_digest(NODEFILES), Path(__file__).read_text(), *INSTALL])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -89,7 +93,7 @@ def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
         raise PermanentError(f"the lab base image is missing ({base})",
                              fix="build it with `python -m nodegate.lab.image` (or `make setup`)")
     repo = aptrepo.ensure_repo(cache_root)
-    key = seed_key(repo)
+    key = seed_key(repo, cache_root)
     top = cache_root / f"seed-{key}"
     layer = top / "layer"
     if (top / "complete").exists():
@@ -131,7 +135,7 @@ def is_cached(cache_root: Path = CACHE_ROOT) -> bool:
     repo = aptrepo.repo_build(cache_root)
     if not (repo.root.parent / "complete").exists():
         return False
-    return (cache_root / f"seed-{seed_key(repo)}" / "complete").exists()
+    return (cache_root / f"seed-{seed_key(repo, cache_root)}" / "complete").exists()
 
 
 def seed_layer(config: LabConfig) -> Path:
