@@ -358,6 +358,23 @@ def test_exec_runs_argv_and_returns_exit_codes(k8s):
     assert ws.returncode == 126 and "executable file not found" in ws.read_stdout()
 
 
+def test_kubectl_exec_and_scale(fake_lab, k8s):
+    core = k8s[0]
+    tools = core.list_namespaced_pod("rook-ceph", label_selector="app=rook-ceph-tools").items[0].metadata.name
+    out = fake_lab.kubectl("exec", "-n", "rook-ceph", tools, "--", "ceph", "--version")
+    assert out.stdout.startswith("ceph version 16.2.")
+    failed = fake_lab.kubectl("exec", "-n", "rook-ceph", tools, "--", "ceph", "--no-such-flag", check=False)
+    assert failed.returncode != 0 and "command terminated with exit code" in failed.stderr
+    fake_lab.kubectl("scale", "-n", "demo", "deployment/web", "--replicas=4")
+    wait_until(lambda: len(core.list_namespaced_pod("demo", label_selector="app=web").items) == 4, timeout=10,
+               what="4 web pods")
+    scale = json.loads(fake_lab.kubectl("get", "--raw", "/apis/apps/v1/namespaces/demo/deployments/web/scale").stdout)
+    assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["selector"]) == ("Scale", 4, "app=web")
+    fake_lab.kubectl("scale", "-n", "demo", "deployment/web", "--replicas=3")
+    wait_until(lambda: len([p for p in core.list_namespaced_pod("demo", label_selector="app=web").items
+                            if not p.metadata.deletion_timestamp]) == 3, timeout=10, what="back to 3 web pods")
+
+
 # -- drain, eviction, controllers ---------------------------------------------------------------
 def test_drain_retries_a_pdb_refusal_then_moves_pods(fake_lab, k8s):
     core = k8s[0]

@@ -178,6 +178,8 @@ class Api:
             body = self._body(request)
             code, out = await self.cluster.evict(namespace, name, body)
             return json_response(out, code)
+        if sub == "scale":
+            return self.scale(request, res, namespace or "", name)
         if method == "GET":
             obj = self.store.get(res, namespace or "", name)
             if self._wants_table(request):
@@ -289,6 +291,41 @@ class Api:
         except (ConnectionResetError, RuntimeError):
             pass
         return response
+
+    @staticmethod
+    def _scale_doc(obj: dict) -> dict:
+        meta = obj["metadata"]
+        selector = obj["spec"].get("selector") or {}
+        text = ",".join(f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items()))
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+                "spec": {"replicas": obj["spec"].get("replicas", 1)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": text}}
+
+    def scale(self, request: web.Request, res: Resource, namespace: str, name: str) -> web.Response:
+        """deployments/scale and replicasets/scale speak autoscaling/v1 Scale (kubectl scale)."""
+        current = self.store.get(res, namespace, name)
+        if request.method == "GET":
+            return json_response(self._scale_doc(current))
+        body = self._body(request)
+        if request.method == "PUT":
+            wanted = body
+        elif request.method == "PATCH":
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+            doc = self._scale_doc(current)
+            wanted = json_patch(doc, body) if ctype == "application/json-patch+json" else merge_patch(doc, body)
+        else:
+            raise status.method_not_allowed()
+        replicas = (wanted.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise status.invalid("Scale", "autoscaling", name, [(
+                "FieldValueInvalid", "spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0")])
+        rv = (wanted.get("metadata") or {}).get("resourceVersion")
+        current["spec"]["replicas"] = replicas
+        updated = self.store.update(res, current, expect_rv=rv if request.method == "PUT" else None)
+        self.cluster.kick()
+        return json_response(self._scale_doc(updated))
 
     def _check_create(self, res: Resource, namespace: str | None, obj: dict) -> dict:
         if not isinstance(obj, dict):

@@ -234,6 +234,9 @@ class Cluster:
             name = node["metadata"]["name"]
             self.cordon_seen[name] = bool(node["spec"].get("unschedulable"))
             self.node_boot_seen[name] = (node.get("status") or {}).get("nodeInfo", {}).get("bootID", "")
+            ready = next((c["status"] for c in (node.get("status") or {}).get("conditions") or []
+                          if c["type"] == "Ready"), "")
+            self.node_phase_seen[name] = "ready" if ready == "True" else "lost" if ready == "Unknown" else ""
         log.info("restored %d objects saved %.0f s ago", sum(len(b) for b in self.store.objects.values()),
                  time.time() - data.get("saved_at", time.time()))
         return True
@@ -1209,7 +1212,12 @@ class Cluster:
             raise status.bad_request(f"unable to upgrade connection: container not found (\"{container}\")")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise status.bad_request("Upgrade request required")
-        ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io", "channel.k8s.io"), autoping=True)
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        # v4 is what a 1.25 API server speaks (and the python client offers it); kubectl from
+        # 1.30 offers only v5 (v4 plus a stdin-close signal) before falling back to SPDY.
+        protocol = "v4.channel.k8s.io" if "v4.channel.k8s.io" in offered else \
+            "v5.channel.k8s.io" if "v5.channel.k8s.io" in offered else "channel.k8s.io"
+        ws = web.WebSocketResponse(protocols=(protocol,), autoping=True)
         await ws.prepare(request)
         want_stdin = q.get("stdin") in ("true", "1")
 
@@ -1243,7 +1251,9 @@ class Cluster:
 
         async def feed() -> None:
             async for msg in ws:
-                if msg.type == WSMsgType.BINARY and msg.data[:1] == b"\x00" and proc.stdin is not None:
+                if msg.type == WSMsgType.BINARY and msg.data[:2] == b"\xff\x00" and proc.stdin is not None:
+                    proc.stdin.close()  # v5: the client closed stdin
+                elif msg.type == WSMsgType.BINARY and msg.data[:1] == b"\x00" and proc.stdin is not None:
                     proc.stdin.write(msg.data[1:])
                     await proc.stdin.drain()
                 elif msg.type == WSMsgType.TEXT and msg.data[:1] == "0" and proc.stdin is not None:
