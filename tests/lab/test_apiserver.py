@@ -452,8 +452,28 @@ def test_eviction_is_graceful_and_respects_the_budget(k8s):
     wait_until(lambda: settled(core), timeout=10, what="replacement ready")
     core.create_namespaced_pod_eviction(second, "demo", client.V1Eviction(
         metadata=client.V1ObjectMeta(name=second, namespace="demo")))
+    # policy/v1beta1 Eviction bodies are still accepted (kubectl before 1.22 sends them)
+    wait_until(lambda: settled(core), timeout=10, what="second replacement ready")
+    third = [p for p in core.list_namespaced_pod("demo", label_selector="app=web").items
+             if not p.metadata.deletion_timestamp][0].metadata.name
+    code, body3 = raw_eviction(core, third)
+    assert (code, body3) == (201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
     assert api_error(core.create_namespaced_pod_eviction, "nope", "demo", client.V1Eviction(
         metadata=client.V1ObjectMeta(name="nope", namespace="demo")))[0] == 404
+
+
+def raw_eviction(core, name: str) -> tuple[int, dict]:
+    cfg = core.api_client.configuration
+    data = json.dumps({"apiVersion": "policy/v1beta1", "kind": "Eviction",
+                       "metadata": {"name": name, "namespace": "demo"}}).encode()
+    req = urllib.request.Request(f"{cfg.host}/api/v1/namespaces/demo/pods/{name}/eviction", data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **({"Authorization": cfg.api_key["authorization"]}
+                                                                                 if cfg.api_key.get("authorization") else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 # -- the node lifecycle and csi-rbdplugin -------------------------------------------------------
@@ -474,10 +494,14 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
     assert "NotReady" in fake_lab.kubectl("get", "node", "node3").stdout
     taints = {(t.key, t.effect) for t in core.read_node("node3").spec.taints or []}
     assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
+    # The Kubespray stand-in records the kubelet it installed; the kubelet reports it from its next start.
+    (fake_lab.node_dir("node3") / "root/etc/kubernetes").mkdir(parents=True, exist_ok=True)
+    (fake_lab.node_dir("node3") / "root/etc/kubernetes/kubelet-version").write_text("v1.25.16\n")
     new_boot = fake_lab.set_state("node3", up=True, new_boot=True)
     wait_until(lambda: node_ready(core, "node3") == "True", timeout=5, what="node3 Ready again")
     info = core.read_node("node3").status.node_info
     assert info.boot_id == new_boot != old_boot
+    assert info.kubelet_version == "v1.25.16"
     # The DaemonSet pod stayed on its node and was restarted by the new boot.
     def proxy_back():
         pod = core.read_namespaced_pod(proxy.metadata.name, "kube-system")

@@ -87,6 +87,11 @@ class Api:
             return await handler(request)
         except status.ApiError as exc:
             return json_response(exc.body(), exc.code, exc.headers)
+        except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:  # a server bug: answer like kube-apiserver's panic handler, log the trace
+            log.exception("%s %s failed", request.method, request.path_qs)
+            return json_response(status.ApiError(500, "InternalError", f"Internal error occurred: {exc}").body(), 500)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -250,6 +255,8 @@ class Api:
         labels = label_selector(q.get("labelSelector"))
         fields = field_selector(q.get("fieldSelector"), res.field_selectors, res.kind)
         since = q.get("resourceVersion")
+        if since and not since.isdigit():
+            raise status.bad_request(f"invalid resource version: {since}")
         since_rv = int(since) if since and since != "0" else None
         timeout = min(float(q.get("timeoutSeconds") or WATCH_DEFAULT_TIMEOUT_S), WATCH_DEFAULT_TIMEOUT_S)
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
