@@ -207,3 +207,22 @@ def link_venv(config: LabConfig, *, cache_root: Path = CACHE_ROOT) -> Path | Non
         return None
     link.symlink_to(venv, target_is_directory=True)
     return link
+
+
+DOCKER_TASKS = "roles/container-engine/docker/tasks/main.yml"
+_PACKAGE_TASK = "- name: ensure docker packages are installed\n"
+
+
+def apply_force_fix(checkout: Path) -> bool:
+    """Do what the operator does for kubespray #9114: add `force: true` to the docker package
+    task in roles/container-engine/docker/tasks/main.yml. Returns False if it was there already."""
+    path = Path(checkout) / DOCKER_TASKS
+    text = path.read_text()
+    start = text.index(_PACKAGE_TASK)
+    end = text.find("\n- name:", start + 1)
+    task = text[start:] if end < 0 else text[start:end]
+    if "\n    force: true" in task:
+        return False
+    fixed = task.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1)
+    path.write_text(text.replace(task, fixed, 1))
+    return True
