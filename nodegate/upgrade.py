@@ -230,6 +230,9 @@ class Upgrade:
                 latest = rec
         return latest if latest is not None and latest.status in ("done", "skipped") else None
 
+    def records_of(self, step: str) -> list[StepRecord]:
+        return [r for r in self.records() if r.step == step]
+
     def value(self, key: str, default: Any = None) -> Any:
         found = default
         for rec in self.records():
@@ -340,13 +343,14 @@ class Upgrade:
         if done:
             parts.append("steps finished: " + ", ".join(dict.fromkeys(done)))
         holds = []
-        if self.finished("drain") and not self.finished("uncordon"):
-            holds.append("the node is still cordoned" + ("" if self.value("cordoned_by") else
-                                                         " (it was cordoned before this upgrade)"))
-        if self.finished("noout") and not self.finished("unset_noout") and self.value("noout_by_us"):
+        if self.value("cordoned_by") and not self.finished("uncordon"):
+            holds.append(f"the node is still cordoned (by this upgrade, run {self.value('cordoned_by')})")
+        elif self.records_of("drain") and not self.finished("uncordon"):
+            holds.append("the node is cordoned (it was before this upgrade)")
+        if self.value("noout_by_us") and not self.finished("unset_noout"):
             holds.append(f"ceph noout is set for CRUSH host {self.name}")
         held = self.value("held_before")
-        if self.finished("unhold") and not self.finished("hold") and held:
+        if held and not self.finished("hold"):
             holds.append("these packages are NOT held: " + ", ".join(sorted(held)))
         if holds:
             parts.append("; ".join(holds))
@@ -727,16 +731,31 @@ class Reboot(Step):
 
 def wait_rebooted(up: Upgrade, before: str) -> str:
     """Wait (bounded by the node's role) for SSH with a boot id other than ``before``, then Ready."""
-    from nodegate.waits import wait_for_ssh
+    from nodegate.nodes import CommandFailed
 
     timeout = up.profile.upgrade.reboot_timeout_s(up.node)
     started = time.monotonic()
     oob = (f"reach it out of band through its BMC at {up.node.bmc}" if up.node.bmc else
            "reach it out of band (BMC/IPMI/iRMC console; the profile names no BMC address for it: add "
            f"[nodes.{up.name}] bmc = \"…\")")
+    def probe() -> Done | NotYet:
+        try:
+            host = up.nodes.reconnect(up.name)
+            boot_id = host.boot.boot_id()
+        except CommandFailed as exc:
+            # ssh itself ending with 255 and no message: the connection closed under us while the
+            # node went down or came up — the same "not yet" as a refused connection.
+            if exc.result.rc == 255:
+                return NotYet("ssh exited 255 without a message (connection closed: the node is going down or "
+                              "coming up)")
+            raise
+        if boot_id == before:
+            return NotYet(f"SSH answers but boot id is still {boot_id} (not rebooted yet)")
+        return Done(boot_id)
+
     try:
-        host = wait_for_ssh(up.nodes, up.name, timeout=timeout, new_boot_id_than=before)
-        boot_id = host.boot.boot_id()
+        boot_id = wait_for(probe, what=f"SSH on {up.name} after a reboot (new boot id)", timeout=timeout,
+                           interval=0.5, progress_every=5.0)
         if up.kube is not None:
             left = max(1.0, timeout - (time.monotonic() - started))
             up.kube.wait_node_ready(up.name, timeout=left, new_boot_id_than=before)
