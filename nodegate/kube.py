@@ -334,6 +334,7 @@ class PodDrainOutcome:
     attempts: int = 0                            # eviction requests sent
     blocked_by: str | None = None                # last PDB that refused it
     gone: bool = False                           # the pod (this uid) no longer exists
+    evicted_s: float = 0.0                       # from the drain's start until the eviction was accepted
     seconds: float = 0.0                         # from the drain's start until the pod was gone
     refusal: str = ""                            # the last refusal, e.g. the PDB's numbers
 
@@ -361,7 +362,8 @@ class DrainResult:
         for o in self.outcomes:
             extra = f", {o.attempts} eviction request(s)" if o.attempts else ""
             extra += f", last refused: {o.refusal}" if o.refusal else ""
-            extra += f", gone after {o.seconds:.1f}s" if o.gone else ""
+            extra += f", evicted at {o.evicted_s:.1f}s" if o.evicted_s else ""
+            extra += f", gone at {o.seconds:.1f}s" if o.gone else ""
             lines.append(f"{o.action:<11} {o.pod}: {o.reason}{extra}")
         return "\n".join(lines)
 
@@ -1053,9 +1055,10 @@ class Kube:
                     raise DrainError(f"drain of node {name} stopped: cannot evict pod {ref}: {exc.message}",
                                      result=result(), fix=exc.fix) from exc
                 if answer.ok:
-                    outcomes[ref] = replace(outcomes[ref], action="evicted", attempts=attempts[ref],
+                    at = time.monotonic() - started
+                    outcomes[ref] = replace(outcomes[ref], action="evicted", attempts=attempts[ref], evicted_s=at,
                                             gone=answer.outcome == "gone",
-                                            seconds=time.monotonic() - started if answer.outcome == "gone" else 0.0)
+                                            seconds=at if answer.outcome == "gone" else 0.0)
                     blocked.pop(ref, None)
                     pod = to_evict.pop(ref)
                     if answer.outcome == "evicted":
@@ -1080,7 +1083,12 @@ class Kube:
                          if pdbs else "check the API server and rerun; the node stays cordoned"))
             reporter.seen("; ".join(blocked[r].describe() if r in blocked else f"{r}: retrying"
                                     for r in to_evict) + f" — asking again in {options.pdb_retry_s:g}s")
-            time.sleep(min(options.pdb_retry_s, left))
+            # Meanwhile note when evicted pods are gone (their times are evidence).
+            ask_again = time.monotonic() + min(options.pdb_retry_s, left)
+            while (now := time.monotonic()) < ask_again:
+                if leaving:
+                    self._note_gone(name, leaving, outcomes, started=started)
+                time.sleep(min(0.5, ask_again - now))
 
         if leaving:
             self._wait_gone(name, leaving, outcomes, started=started, deadline=deadline,
@@ -1096,11 +1104,7 @@ class Kube:
         """Wait until every pod in ``leaving`` (this uid) has disappeared from the node."""
         __tracebackhide__ = True
         while True:
-            present = {(p.namespace, p.name): p.uid for p in self.list_pods(node=node)}
-            for ref, pod in list(leaving.items()):
-                if present.get((pod.namespace, pod.name)) != pod.uid:
-                    outcomes[ref] = replace(outcomes[ref], gone=True, seconds=time.monotonic() - started)
-                    del leaving[ref]
+            self._note_gone(node, leaving, outcomes, started=started)
             if not leaving:
                 return
             if time.monotonic() >= deadline:
@@ -1110,6 +1114,19 @@ class Kube:
                                      "the node stays cordoned")
             reporter.seen(f"waiting for {len(leaving)} evicted pod(s) to terminate: {', '.join(sorted(leaving))}")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _note_gone(self, node: str, leaving: dict[str, PodSummary], outcomes: dict[str, PodDrainOutcome], *,
+                   started: float) -> None:
+        """Move pods whose uid is no longer on the node out of ``leaving``, noting when."""
+        try:
+            present = {(p.namespace, p.name): p.uid for p in self.list_pods(node=node)}
+        except TransientError as exc:  # asked again on the next look
+            log.info("drain %s: could not list pods: %s", node, _first_line(exc))
+            return
+        for ref, pod in list(leaving.items()):
+            if present.get((pod.namespace, pod.name)) != pod.uid:
+                outcomes[ref] = replace(outcomes[ref], gone=True, seconds=time.monotonic() - started)
+                del leaving[ref]
 
     def wait_pods_gone(self, node: str, *, timeout: float, include_daemonsets: bool = False,
                        progress_every: float = 5.0) -> None:

@@ -66,6 +66,12 @@ def set_min_available(api_lab, name: str, value: int) -> None:
     assert code == 200, out
 
 
+def min_available(api_lab, name: str) -> int:
+    code, out = raw(api_lab, "GET", f"{PDBS}/{name}")
+    assert code == 200, out
+    return out["spec"]["minAvailable"]
+
+
 def pdb_allowed(api_lab, name: str) -> int | None:
     code, out = raw(api_lab, "GET", f"{PDBS}/{name}")
     return (out.get("status") or {}).get("disruptionsAllowed") if code == 200 else None
@@ -363,6 +369,7 @@ def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_la
     kube = settled
     web = ready_pods(kube, "app=web")
     target = web[0].node
+    original = min_available(api_lab, "web")
     set_min_available(api_lab, "web", 3)  # the demo's own PDB now needs every replica
     try:
         wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
@@ -384,7 +391,7 @@ def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_la
         assert max(o.attempts for o in blocked) >= 3, "a PDB refusal is asked again every pdb_retry_s"
         assert kube.node(target).unschedulable and kube.node(target).cordoned_by == "run-pdb"
     finally:
-        set_min_available(api_lab, "web", 1)
+        set_min_available(api_lab, "web", original)
         kube.uncordon(target)
 
 
@@ -427,17 +434,18 @@ def test_drain_waits_out_a_pdb_refusal_and_succeeds_when_it_allows(api_lab, sett
     wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
     web = ready_pods(kube, "app=web")
     target = web[0].node
+    original = min_available(api_lab, "web")
     set_min_available(api_lab, "web", 3)
     wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
     # The PDB relents after ~2.5 s (as it would once the workload has more replicas elsewhere).
-    release = threading.Timer(2.5, set_min_available, args=(api_lab, "web", 1))
+    release = threading.Timer(2.5, set_min_available, args=(api_lab, "web", original))
     release.start()
     try:
         result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=30,
                                                          pdb_retry_s=1.0), cordon_by="run-ok")
     finally:
         release.cancel()
-        set_min_available(api_lab, "web", 1)
+        set_min_available(api_lab, "web", original)
     try:
         assert result.cordon is not None and result.cordon.changed
         assert result.outcomes and not [o for o in result.outcomes if o.action in ("blocked", "pending", "refused")]
@@ -449,6 +457,8 @@ def test_drain_waits_out_a_pdb_refusal_and_succeeds_when_it_allows(api_lab, sett
         assert not left, f"evictable pods left on {target}: {[p.ref for p in left]}"
         kube.wait_pods_gone(target, timeout=5)
         print(result.evidence())
+        # Each pod's own grace period (2 s for web) is waited out without --grace-period.
+        assert web_outcome.seconds - web_outcome.evicted_s >= 1.5, result.evidence()
     finally:
         assert kube.uncordon(target, only_if_cordoned_by="run-ok").changed
     wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
@@ -484,6 +494,35 @@ def test_drain_with_every_flag_empties_the_node(api_lab, settled):
     # The Deployment brings its cache pod back on another node.
     wait(lambda: any(p.ready and p.node != target for p in kube.list_pods(namespace="demo", selector="app=cache")),
          timeout=20, what="cache pod running elsewhere")
+
+
+def test_drain_grace_period_and_mirror_pods(api_lab, settled):
+    kube = settled
+    target = ready_pods(kube, "app=web")[0].node
+    mirror = f"static-{uuid.uuid4().hex[:6]}-{target}"   # what the kubelet shows for a static pod
+    code, out = raw(api_lab, "POST", "/api/v1/namespaces/kube-system/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": mirror, "namespace": "kube-system",
+                     "annotations": {"kubernetes.io/config.mirror": "abc123", "kubernetes.io/config.source": "file"}},
+        "spec": {"nodeName": target, "containers": [{"name": "etcd", "image": "quay.io/coreos/etcd:v3.5.6"}]}})
+    assert code == 201, out
+    try:
+        result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, grace_period_s=0,
+                                                         timeout_s=60))
+        by_pod = {o.pod: o for o in result.outcomes}
+        assert by_pod[f"kube-system/{mirror}"].action == "skipped"
+        assert "mirror pod" in by_pod[f"kube-system/{mirror}"].reason
+        evicted = result.evicted
+        assert evicted and all(o.gone for o in evicted)
+        # --grace-period=0: pods are deleted at once instead of waiting out their own grace period
+        # (2 s for web, 30 s for the OSD); the first look after an eviction already finds them gone.
+        assert min(o.seconds - o.evicted_s for o in evicted) < 1.0, result.evidence()
+        assert any(p.name == mirror for p in kube.list_pods(node=target)), "a mirror pod is left alone"
+        print(result.evidence())
+    finally:
+        raw(api_lab, "DELETE", f"/api/v1/namespaces/kube-system/pods/{mirror}")
+        kube.uncordon(target)
+    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
 
 
 # -- the lock ----------------------------------------------------------------------------------------
