@@ -117,4 +117,5 @@ class Journal:
 
 def _safe(text: str) -> str:
     # Names come from the profile; keep them to one path component whatever they contain.
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return safe if safe.strip(".") else "_" * max(1, len(safe))   # never '', '.' or '..'

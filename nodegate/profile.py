@@ -205,7 +205,8 @@ def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
 # --------------------------------------------------------------------------- loading
 
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_ADDRESS = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
+# no address starts with "-": one that does would read as an option to ssh or ansible (-oProxyCommand=…)
+_ADDRESS = re.compile(r"^[A-Za-z0-9:\[][A-Za-z0-9._:\[\]-]*$")
 _USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
 
