@@ -152,10 +152,9 @@ def test_upgrade_survives_ssh_drop_and_is_repaired_after_a_kill(lab, node, lab_s
     # Now kill it (and apt and dpkg) outright in the middle of jammy -> noble.
     reboot(lab, lab_ssh, node_ssh, poll, node)
     lab_ssh(node, f"(echo $$ > /run/dru.pid; exec {DRU}) >/dev/null 2>&1 &")
-    poll(lambda: lab_ssh(node, "grep -q '\"upgrading\"' /var/lib/nodegate-lab/release-upgrade.json && "
-                               "pidof dpkg", check=False).returncode == 0,
-         timeout=60, interval=0.1, what="dpkg upgrading packages")
-    time.sleep(0.5)
+    # Killed while dpkg has unpacked the new packages but not configured them yet.
+    poll(lambda: lab_ssh(node, "dpkg --audit", check=False).stdout.strip(), timeout=60, interval=0.1,
+         what="dpkg halfway through the upgrade")
     lab_ssh(node, "kill -9 -- -$(cat /run/dru.pid)")
     assert upgrade_state(lab_ssh, node)["stage"] == "upgrading"
     audit = lab_ssh(node, "dpkg --audit").stdout
