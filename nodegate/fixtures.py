@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,13 +62,19 @@ class Access:
     @functools.cached_property
     def ceph(self) -> "Ceph":
         from nodegate.ceph import Ceph
+        from nodegate.kube import Kube
 
-        kube = self.kube if self.profile.ceph.mode == "toolbox" else None
+        # A client of its own: the official client's exec stream swaps the ApiClient's request
+        # function while it runs, so an exec must never share a client with concurrent reads.
+        kube = Kube(settings=self.profile.kube) if self.profile.ceph.mode == "toolbox" else None
+        self._ceph_kube = kube
         return Ceph(settings=self.profile.ceph, kube=kube)
 
     def close(self) -> None:
         if "kube" in self.__dict__:
             self.kube.close()
+        if getattr(self, "_ceph_kube", None) is not None:
+            self._ceph_kube.close()
         if "nodes" in self.__dict__ and self.profile.ssh.config is None:
             # paramiko transports end with the process anyway; an ssh_config's ControlPersist is
             # the operator's choice (it makes the next run's first command fast), so it is kept.
@@ -107,22 +114,50 @@ class Reads:
 
     def __init__(self, access: Access) -> None:
         self.access = access
-        self._cache: dict[tuple, Any] = {}
+        self._cache: dict[tuple, Future] = {}
         self._first_restarts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._ceph_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = read()
-        return self._cache[key]
+        """The cached answer for ``key``, reading it now unless it is read (or being read) already."""
+        __tracebackhide__ = True
+        with self._lock:
+            future = self._cache.get(key)
+            owner = future is None
+            if owner:
+                future = self._cache[key] = Future()
+        if owner:
+            try:
+                future.set_result(read())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for this read
+                future.set_exception(exc)
+        return future.result()
+
+    def prefetch(self, *reads: Callable[[], Any]) -> None:
+        """Start reads in the background (each a bound method of this object, or a lambda calling
+        one): the API server, Ceph and the node answer while other checks run, instead of one
+        after the other. A failed read fails the check that uses it, with the same error."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodegate-read")
+        for read in reads:
+            self._pool.submit(_quietly, read)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, node: str | None = None) -> None:
         """Drop cached reads: those of one node (and every cluster-wide read), or all."""
-        if node is None:
-            self._cache.clear()
-            return
-        for key in list(self._cache):
-            if key[0].startswith("cluster:") or (len(key) > 1 and key[1] == node):
-                del self._cache[key]
+        with self._lock:
+            if node is None:
+                self._cache.clear()
+                return
+            for key in list(self._cache):
+                if key[0].startswith("cluster:") or (len(key) > 1 and key[1] == node):
+                    del self._cache[key]
 
     # -- nodes (SSH) -----------------------------------------------------------------
     def host(self, name: str) -> "NodeHost":
@@ -180,18 +215,31 @@ class Reads:
         """The restart count first seen for a pod in this session (to tell whether it rises)."""
         return self._first_restarts.setdefault(pod_ref, restarts)
 
-    # -- Ceph --------------------------------------------------------------------------
+    # -- Ceph (one command at a time: see Access.ceph) ---------------------------------
+    def _ceph(self, read: Callable[[Any], Any]) -> Callable[[], Any]:
+        def locked() -> Any:
+            with self._ceph_lock:
+                return read(self.access.ceph)
+        return locked
+
     def ceph_status(self):
-        return self._get(("cluster:ceph-status",), self.access.ceph.status)
+        return self._get(("cluster:ceph-status",), self._ceph(lambda c: c.status()))
 
     def osd_dump(self):
-        return self._get(("cluster:osd-dump",), self.access.ceph.osd_flags)
+        return self._get(("cluster:osd-dump",), self._ceph(lambda c: c.osd_flags()))
 
     def ok_to_stop(self, ids: tuple[int, ...]):
-        return self._get(("cluster:ok-to-stop", ids), lambda: self.access.ceph.ok_to_stop(ids))
+        return self._get(("cluster:ok-to-stop", ids), self._ceph(lambda c: c.ok_to_stop(ids)))
 
     def osd_ids(self, host: str) -> tuple[int, ...]:
-        return self._get(("cluster:osd-ids", host), lambda: self.access.ceph.osd_ids_for_host(host))
+        return self._get(("cluster:osd-ids", host), self._ceph(lambda c: c.osd_ids_for_host(host)))
+
+
+def _quietly(read: Callable[[], Any]) -> None:
+    try:
+        read()
+    except BaseException:  # noqa: BLE001 - kept in the cache; raised in the check that reads it
+        pass
 
 
 # --------------------------------------------------------------------------- phase and releases
@@ -343,6 +391,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    reads = config.stash.get(READS_KEY, None)
+    if reads is not None:
+        reads.close()
     access = config.stash.get(ACCESS_KEY, None)
     if access is not None:
         try:
@@ -383,27 +434,60 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.Item], phases: set[str]) -> None:
-    """Reach the API server and every selected node once, before any test runs."""
-    from nodegate.errors import UsageError
+    """Reach the API server and every selected node once, before any test runs; then start the
+    reads the selected checks will make, so they are answered while the first checks run."""
+    from nodegate.errors import TransientError, UsageError
 
     needs_kube = any(_uses(i, _KUBE_FIXTURES) for i in items)
-    needs_ssh = run.nodes and any(_uses(i, _SSH_FIXTURES) for i in items)
+    needs_ssh = bool(run.nodes) and any(_uses(i, _SSH_FIXTURES) for i in items)
     access = access_for(config)
+    reads = reads_for(config)
+    if needs_ssh:
+        for spec in run.nodes:
+            reads.host(spec.name)          # built here, in one thread
     if needs_kube:
-        from nodegate.errors import TransientError
-
+        reads.prefetch(lambda: access.kube)   # importing the client and the first request: ~0.5 s
+    snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh else {}
+    if needs_kube:
         try:
-            access.kube
+            reads._get(("cluster:connect",), lambda: access.kube)
         except TransientError as exc:
             raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
                              f"{exc.message}",
                              fix=exc.fix or "check the API server address in the kubeconfig") from None
-    if needs_ssh:
-        reads = reads_for(config)
-        for spec in run.nodes:
-            snapshot = reads.snapshot(spec.name)
-            if phases == {"preflight"} and run.target is not None:
-                _check_target(spec, snapshot, run)
+    for spec in run.nodes:
+        if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
+            _check_target(spec, snapshots[spec.name], run)
+    _prefetch(reads, run, items, phases, needs_kube=needs_kube, needs_ssh=needs_ssh)
+
+
+def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
+              needs_kube: bool, needs_ssh: bool) -> None:
+    """Start what the selected check modules read (by module, so `-k` on one check stays lean)."""
+    modules = {getattr(i, "module", None).__name__.rsplit(".", 1)[-1] for i in items if getattr(i, "module", None)}
+    names = [spec.name for spec in run.nodes]
+    wanted: list[Callable[[], Any]] = []
+    if needs_kube and modules & {"test_node", "test_cluster", "test_kernel", "test_storage"}:
+        wanted.append(reads.node_statuses)
+    if needs_kube and "test_storage" in modules:
+        def ceph_chain() -> None:   # one after the other: Ceph commands are exec streams on one client
+            reads.ceph_status()
+            reads.osd_dump()
+            for name in names:
+                ids = reads.osd_ids(name)
+                if "preflight" in phases and ids:
+                    reads.ok_to_stop(tuple(ids))
+        wanted.append(ceph_chain)
+    if needs_kube and modules & {"test_storage", "test_kernel"}:
+        wanted += [functools.partial(reads.csi_rbdplugin, n) for n in names]
+    if needs_kube and "test_cluster" in modules:
+        wanted += [reads.lock] + [functools.partial(reads.eviction_blockers, n) for n in names]
+    if needs_ssh and "test_apt" in modules:
+        wanted += [functools.partial(reads.apt_update, n) for n in names]
+    if needs_ssh and "test_packages" in modules:
+        wanted += [functools.partial(reads.upgradable, n) for n in names]
+    if wanted:
+        reads.prefetch(*wanted)
 
 
 def _check_target(spec: "NodeSpec", snapshot: "NodeSnapshot", run: NodegateRun) -> None:
