@@ -208,6 +208,9 @@ def test_nodes_mirror_the_lab(fake_lab, k8s):
                                            "kube_proxy_version", "operating_system", "architecture"))
     assert "node-role.kubernetes.io/control-plane" in node1.metadata.labels
     assert [(t.key, t.effect) for t in node1.spec.taints] == [("node-role.kubernetes.io/control-plane", "NoSchedule")]
+    leases = {lease.metadata.name: lease for lease in k8s[3].list_namespaced_lease("kube-node-lease").items}
+    assert sorted(leases) == ["node1", "node2", "node3", "node4"]
+    assert leases["node1"].spec.holder_identity == "node1" and leases["node1"].spec.renew_time is not None
 
 
 def test_pods_wide_and_selectors(fake_lab, k8s):

@@ -19,6 +19,7 @@ import logging
 import re
 import shutil
 import time
+from datetime import datetime, timezone
 
 from aiohttp import WSMsgType, web
 
@@ -49,6 +50,7 @@ FULL_EVERY_S = 2.0           # a full reconcile at least this often, whatever ch
 POD_START_S = 1.0            # a bound pod's containers run this long after its node can run them
 TERMINATE_CAP_S = 3.0        # containers exit on SIGTERM: a pod is gone after its grace or this
 MAX_EVENTS = 600
+NODE_LEASE_RENEW_S = 10.0    # the kubelet's node lease renew interval (leaseDuration 40 s)
 CEPHCSI_FIXED = (3, 12)      # cephcsi from v3.12 loads rbd.ko.zst on Ubuntu 24.04 (rook #14507)
 TOOLBOX_LABEL = ("app", "rook-ceph-tools")
 TOOLBOX_BINARIES = ("ceph", "rados", "rbd")
@@ -152,6 +154,15 @@ def preferred_score(pod_spec: dict, node: dict) -> int:
         if all(_node_requirement(e, labels.get(e["key"]), e["key"] in labels) for e in exprs):
             score += int(pref.get("weight", 0))
     return score
+
+
+def _ts_epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def is_terminal(pod: dict) -> bool:
@@ -537,6 +548,7 @@ class Cluster:
     # ------------------------------------------------------------------ the loop body
     def reconcile(self, now: float) -> None:
         self.reconcile_nodes(now)
+        self.node_leases(now)
         self.reconcile_namespaces()
         self.garbage_collect()
         self.reconcile_deployments()
@@ -570,6 +582,29 @@ class Cluster:
             if new != node:
                 node = self.store.update(NODES, new)
             self._node_events(node, view)
+
+    def node_leases(self, now: float) -> None:
+        """kube-node-lease/<node>: the kubelet's heartbeat, renewed every 10 s while it runs."""
+        for name, view in self.mirror.views.items():
+            if not view.up:
+                continue
+            lease = self.store.find(LEASES, "kube-node-lease", name)
+            renewed = _ts_epoch((lease or {}).get("spec", {}).get("renewTime")) if lease else None
+            if renewed is not None and now - renewed < NODE_LEASE_RENEW_S:
+                continue
+            spec = {"holderIdentity": name, "leaseDurationSeconds": 40,
+                    "renewTime": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            if lease is None:
+                node = self.store.find(NODES, "", name)
+                if node is None:
+                    continue
+                ref = {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
+                self.store.create(LEASES, {"metadata": {"name": name, "namespace": "kube-node-lease",
+                                                        "ownerReferences": [ref]}, "spec": spec})
+            else:
+                lease["spec"] = {**lease.get("spec", {}), **spec}
+                self.store.update(LEASES, lease)
+            self.due(now + NODE_LEASE_RENEW_S)
 
     def _node_events(self, node: dict, view: NodeView) -> None:
         name = view.node.name
