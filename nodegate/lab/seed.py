@@ -87,7 +87,7 @@ def seed_key(repo: aptrepo.RepoBuild, cache_root: Path = CACHE_ROOT) -> str:
 
 
 def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
-    """The cached seed layer, built first when absent (about half a minute, once per machine)."""
+    """The cached seed layer, built first when absent (5-10 s, once per machine and inputs)."""
     base = base_rootfs(cache_root)
     if not (base.parent / "complete").exists():
         raise PermanentError(f"the lab base image is missing ({base})",
@@ -115,7 +115,7 @@ def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
             ["unshare", "--mount", "--net", "--fork", "--propagation", "private",
              sys.executable, "-m", "nodegate.lab.seed", "build-inside", "--tmp", str(tmp),
              "--base", str(base), "--repo", str(repo.root), "--keys", str(repo.docker_key.parent)],
-            capture_output=True, text=True)
+            capture_output=True, text=True, timeout=600)
         (tmp / "build.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise PermanentError(f"building the seeded node layer failed (rc {result.returncode}):\n"
