@@ -115,3 +115,24 @@ def test_toolbox_exec_runs_the_real_ceph(lab, core):
     assert ws.returncode == 16
     assert json.loads(ws.read_stdout())["ok_to_stop"] is False
     assert "EBUSY" in ws.read_stderr()
+
+
+def test_loaded_modules_are_read_inside_the_running_node(lab, lab_ssh):
+    """The csi-rbdplugin rule reads `rbd` from the node's own /run (its modprobe stand-in's list)."""
+    from nodegate.lab.apiserver.nodes import NodeMirror
+
+    node = lab.nodes[0].name
+    mirror = NodeMirror(lab)
+    mirror.poll(time.time())
+    view = mirror.views[node]
+    had = lab_ssh(node, "cat /run/nodegate-lab/modules").stdout.split()
+    try:
+        lab_ssh(node, "grep -qx rbd /run/nodegate-lab/modules || echo rbd >> /run/nodegate-lab/modules")
+        mirror.refresh_modules(view)
+        assert "rbd" in view.modules
+        lab_ssh(node, "sed -i '/^rbd$/d' /run/nodegate-lab/modules")
+        mirror.refresh_modules(view)
+        assert "rbd" not in view.modules
+    finally:
+        if "rbd" in had:
+            lab_ssh(node, "grep -qx rbd /run/nodegate-lab/modules || echo rbd >> /run/nodegate-lab/modules")
