@@ -372,7 +372,9 @@ def notice(request: pytest.FixtureRequest) -> Callable[[str], None]:
         from nodegate.reporting import Evidence
 
         Evidence().text("notice", text)
-        warnings.warn(NodegateNotice(text), stacklevel=2)
+        # Attributed to the check (not a source line): the summary shows the finding, not code.
+        warnings.warn_explicit(NodegateNotice(text), NodegateNotice, filename=request.node.nodeid, lineno=0,
+                               module="nodegate")
     return emit
 
 
