@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -181,6 +180,16 @@ class LabNodes:
 
         wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
 
+    def fresh(self, name: str) -> bool:
+        """The node looks as `lab up` left it (cheap reads only)."""
+        from nodegate.journal import ANNOTATION
+
+        status = self.kube.node(name)
+        faults = self.lab.dir / "faults.json"
+        return (self.host(name).release.os_release().version_id == "20.04" and not status.unschedulable
+                and ANNOTATION not in status.annotations and name not in self.ceph.noout_hosts()
+                and (not faults.exists() or faults.read_text().strip() in ("", "{}")))
+
     def restore(self, *names: str) -> None:
         """Put nodes back to the lab's starting state: root reset (20.04, held packages, legacy key),
         uncordoned, no noout, no upgrade annotation, no lock, no fault."""
@@ -205,8 +214,9 @@ def lab_nodes(lab) -> LabNodes:
 
 @pytest.fixture
 def restore_node4(lab_nodes):
-    """node4 is changed by the test: put it back before (in case an earlier test left it) and after."""
-    lab_nodes.restore("node4")
+    """node4 is changed by the test: put it back after, and before if an earlier test left it changed."""
+    if not lab_nodes.fresh("node4"):
+        lab_nodes.restore("node4")
     yield lab_nodes
     lab_nodes.restore("node4")
 
@@ -225,6 +235,7 @@ def wait_for_journal(procedure: Procedure, predicate, *, timeout: float, node: s
                          f"{[(r['step'], r['status']) for r in procedure.journal(node)]}")
 
 
-def interrupt(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-    proc.send_signal(sig)
-    return proc.wait(timeout=timeout)
+@pytest.fixture
+def journal_wait():
+    """journal_wait(procedure, predicate, timeout=…, proc=…): the first journal record matching."""
+    return wait_for_journal

@@ -8,7 +8,6 @@ import time
 
 from nodegate.upgrade import STEP_NAMES
 
-from .conftest import interrupt, wait_for_journal
 
 FIRST_SIX = STEP_NAMES[:6]
 
@@ -131,7 +130,7 @@ def _assert_upgraded(lab_nodes, name: str) -> None:
     assert lock is None or not lock.held
 
 
-def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_kubespray, restore_node4):
+def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_kubespray, restore_node4, journal_wait):
     """SIGTERM while node4 hangs in its first reboot: the journal says `interrupted`, the lock is
     released, the node stays cordoned; the same command then waits for that reboot instead of
     asking for another, and the next run — which stops after step 9 — picks up there."""
@@ -139,11 +138,12 @@ def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_k
     boots = lab_nodes.boot_count("node4")
     proc = procedure.start(cluster=fixed_kubespray)
     try:
-        wait_for_journal(procedure, lambda r: r["step"] == "reboot" and "reboot_boot_id_before" in r["data"],
+        journal_wait(procedure, lambda r: r["step"] == "reboot" and "reboot_boot_id_before" in r["data"],
                          timeout=300, proc=proc)
         time.sleep(3)            # now inside the bounded wait for SSH with a new boot id
         assert proc.poll() is None
-        rc = interrupt(proc, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
