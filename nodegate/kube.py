@@ -540,6 +540,12 @@ class Kube:
             raise UsageError(f"the Kubernetes API at {self.server} ({self.origin}) refused a first request: "
                              f"{_first_line(exc)}", fix=exc.fix or "check the kubeconfig's user and cluster") from None
 
+    def load(self) -> None:
+        """Read the kubeconfig and build the client now, without any request (UsageError if the
+        kubeconfig or its context is unusable). Every request does this on first use anyway."""
+        __tracebackhide__ = True
+        self._load()
+
     def _load(self) -> Any:
         """Read the kubeconfig and build the client, once (thread-safe)."""
         __tracebackhide__ = True

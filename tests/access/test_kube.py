@@ -133,7 +133,7 @@ def test_construction_is_free_and_import_does_not_load_the_client(tmp_path):
             "print('kubernetes' in sys.modules, round(time.monotonic()-t, 3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "False", "importing nodegate.kube (or building a Kube) must not import the kubernetes client"
-    assert float(out[1]) < 0.5
+    assert float(out[1]) < 1.5, "the collect-time budget"
 
 
 def test_missing_kubeconfig_is_a_usage_error_naming_the_fix(api_lab, tmp_path):
@@ -180,10 +180,12 @@ def test_unreachable_cluster_at_startup_is_a_usage_error(api_lab, tmp_path):
     # Nothing listens on this loopback port: connection refused, two quick tries, then a clear stop.
     net = api_lab.config.net
     path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{net}.3.1:1")
+    kube = Kube(settings=api_lab.settings(kubeconfig=path))
+    kube.load()  # the kubeconfig itself is fine: loading makes no request
     started = time.monotonic()
     with pytest.raises(UsageError) as err:
-        Kube.connect(settings=api_lab.settings(kubeconfig=path))
-    assert time.monotonic() - started < 5
+        kube.check()
+    assert time.monotonic() - started < 5, "two quick tries, not the full retry budget"
     assert "cannot be reached" in err.value.message and "refused the connection" in err.value.message
     assert f"http://127.{net}.3.1:1" in err.value.message
     assert "kubectl --kubeconfig" in err.value.fix
@@ -382,7 +384,7 @@ def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_la
         took = time.monotonic() - started
         message = str(err.value)
         print(f"drain timed out after {took:.2f}s: {message}")
-        assert 3.0 <= took < 4.5, took
+        assert 3.0 <= took < 6.0, took  # the limit, plus at most one round of requests
         assert f"drain of node {target} timed out" in message and "limit 3s" in message
         assert "demo/web-" in message and "PodDisruptionBudget demo/web needs 3 healthy pod(s) and has 3" in message
         assert "demo/web" in err.value.fix and "stays cordoned" in err.value.fix
@@ -664,6 +666,7 @@ def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled, mode, s
     wait(lambda: answer_code(api_lab) in (0, 503), timeout=5, what="the outage to begin")
     try:
         kube = Kube(settings=api_lab.settings(), attempts=4, retry_limit_s=5)
+        kube.load()
         started = time.monotonic()
         with pytest.raises(TransientError) as err:
             kube.list_nodes()
@@ -695,6 +698,7 @@ def test_watch_for_ready_rides_out_a_flaky_api(api_lab, settled):
 def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
     path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.1:1")
     kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=3, retry_limit_s=3)
+    kube.load()
     started = time.monotonic()
     with pytest.raises(TransientError, match="refused the connection while trying to list nodes"):
         kube.list_nodes()
@@ -727,6 +731,7 @@ def test_a_server_that_never_answers_times_out_as_transient(api_lab, tmp_path):
     try:
         path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.9:{port}")
         kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=2, request_timeout=(1.0, 0.5))
+        kube.load()
         started = time.monotonic()
         with pytest.raises(TransientError, match="did not answer in time while trying to list nodes"):
             kube.list_nodes()
