@@ -98,6 +98,18 @@ def test_a_replaced_toolbox_pod_is_found_again(ceph, kube, lab):
     assert status.healthy_in_full and not status.result.via.endswith(old)
 
 
+def test_exec_that_outlives_its_timeout_stops_waiting(ceph, kube):
+    from nodegate.kube import ExecTimeout
+
+    pod = ceph.status().result.via.split("/")[-1]
+    started = time.monotonic()
+    # `ceph status` needs well over 0.3 s (the CLI alone starts in ~1 s): the wait is cut short.
+    with pytest.raises(ExecTimeout) as err:
+        kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "status"], timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert "did not finish within 0.3s" in err.value.message and "may still be running" in err.value.fix
+
+
 def test_no_toolbox_pod_names_the_fix(kube):
     lonely = Ceph(settings=CephSettings(mode="toolbox", namespace="rook-ceph", toolbox_selector="app=no-toolbox"),
                   kube=kube)
