@@ -551,9 +551,17 @@ def test_csi_rbdplugin_crash_loops_on_noble_with_old_cephcsi(fake_lab, k8s):
     fake_lab.set_faults({})
     wait_until(lambda: plugin_status(csi_on(core, "node1")).ready, timeout=5, what="node1's plugin back")
     assert plugin_status(csi_on(core, "node1")).restart_count >= 1
-    fake_lab.set_release("node2", FOCAL)
-    fake_lab.set_state("node2", up=True, new_boot=True)
-    wait_until(lambda: plugin_status(csi_on(core, "node2")).ready, timeout=10, what="node2's plugin ready on 20.04")
+    # The fix: cephcsi v3.12 (Rook v1.15). The DaemonSet rolls; the crash-looping pod is replaced first.
+    apps = k8s[1]
+    apps.patch_namespaced_daemon_set("csi-rbdplugin", "rook-ceph", {"spec": {"template": {"spec": {"containers": [
+        {"name": "csi-rbdplugin", "image": "quay.io/cephcsi/cephcsi:v3.12.3"}]}}}})
+
+    def rolled() -> bool:
+        ds = apps.read_namespaced_daemon_set("csi-rbdplugin", "rook-ceph")
+        return ds.status.updated_number_scheduled == 4 and ds.status.number_ready == 4
+    wait_until(rolled, timeout=40, what="csi-rbdplugin rolled to v3.12.3 and ready everywhere")
+    assert plugin_status(csi_on(core, "node2")).ready
+    assert core.read_node("node2").status.node_info.os_image == "Ubuntu 24.04.1 LTS"
 
 
 def test_api_flaky_fails_requests_then_recovers(fake_lab, k8s):

@@ -549,6 +549,7 @@ class Cluster:
     def reconcile(self, now: float) -> None:
         self.reconcile_nodes(now)
         self.node_leases(now)
+        self.static_pods()
         self.reconcile_namespaces()
         self.garbage_collect()
         self.reconcile_deployments()
@@ -582,6 +583,23 @@ class Cluster:
             if new != node:
                 node = self.store.update(NODES, new)
             self._node_events(node, view)
+
+    def static_pods(self) -> None:
+        """The control plane's static pods, as mirror pods the kubelet of each control-plane
+        node posts (Kubespray runs etcd on the host, so there is no etcd pod)."""
+        for view in self.mirror.views.values():
+            if not view.up or not view.node.control_plane or not view.kubelet_boot_id:
+                continue
+            node = self.store.find(NODES, "", view.node.name)
+            if node is None:
+                continue
+            for spec in workloads.static_pods(self.config, view.node):
+                if self.store.find(PODS, "kube-system", spec["metadata"]["name"]) is not None:
+                    continue
+                spec["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": view.node.name,
+                                                        "uid": node["metadata"]["uid"], "controller": True}]
+                spec = self._admit_pod(spec, None, spec["metadata"]["name"])
+                self.store.create(PODS, spec)
 
     def node_leases(self, now: float) -> None:
         """kube-node-lease/<node>: the kubelet's heartbeat, renewed every 10 s while it runs."""
@@ -798,12 +816,22 @@ class Cluster:
                     for pod in node_pods:
                         if is_active(pod):
                             self.delete_pod(pod, grace=None)
-            # Rolling update, one pod at a time, while every other pod is ready.
+            # RollingUpdate: an old pod that is not ready is replaced at once (it is unavailable
+            # anyway, e.g. a crash-looping csi-rbdplugin); a ready one only within maxUnavailable.
+            strategy = ds["spec"].get("updateStrategy") or {}
+            if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+                continue
             old = [p for p in owned if is_active(p)
                    and p["metadata"].get("labels", {}).get("controller-revision-hash") != revision]
-            unready = [p for p in owned if is_active(p) and not eviction.is_ready(p)]
-            if old and not unready and not any(p["metadata"].get("deletionTimestamp") for p in owned):
-                self.delete_pod(old[0], grace=None)
+            for pod in old:
+                if not eviction.is_ready(pod):
+                    self.delete_pod(pod, grace=None)
+            max_unavailable = max(1, eviction.scaled((strategy.get("rollingUpdate") or {}).get("maxUnavailable", 1),
+                                                     len(eligible), round_up=True))
+            unavailable = sum(1 for name in eligible
+                              if not any(is_active(p) and eviction.is_ready(p) for p in by_node.get(name, [])))
+            for pod in [p for p in old if eviction.is_ready(p)][:max(0, max_unavailable - unavailable)]:
+                self.delete_pod(pod, grace=None)
 
     # -- the pdb-block fault ---------------------------------------------------------------
     def reconcile_pdb_block(self) -> None:

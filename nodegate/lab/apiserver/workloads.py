@@ -4,7 +4,9 @@ with the OSD PodDisruptionBudget, and a `demo` namespace whose pods need exactly
 flags the seed needed (--ignore-daemonsets, --delete-emptydir-data, --force)."""
 from __future__ import annotations
 
-from nodegate.lab.config import LabConfig
+import hashlib
+
+from nodegate.lab.config import LabConfig, LabNode
 
 CEPH_IMAGE = "quay.io/ceph/ceph:v16.2.15"
 CALICO_VERSION = "v3.24.5"
@@ -197,3 +199,24 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
                          "spec": {**pod_spec([container("debug-shell", "busybox:1.36", command=["sleep", "infinity"])],
                                              grace=1), "nodeName": first_worker(config)}}))
     return objs
+
+
+def static_pods(config: LabConfig, node: LabNode) -> list[dict]:
+    """kube-apiserver, kube-controller-manager and kube-scheduler of one control-plane node, as
+    the mirror pods its kubelet posts for /etc/kubernetes/manifests (Kubespray v2.21 layout)."""
+    kube = config.kube_version
+    pods = []
+    for component, port in (("kube-apiserver", 6443), ("kube-controller-manager", 10257), ("kube-scheduler", 10259)):
+        source_hash = hashlib.md5(f"{component}|{node.name}|{kube}".encode()).hexdigest()
+        pods.append({"metadata": {
+            "name": f"{component}-{node.name}", "namespace": "kube-system",
+            "labels": {"component": component, "tier": "control-plane"},
+            "annotations": {"kubernetes.io/config.hash": source_hash, "kubernetes.io/config.mirror": source_hash,
+                            "kubernetes.io/config.source": "file",
+                            "kubernetes.io/config.seen": "2023-02-01T10:00:00.000000000Z"}},
+            "spec": {**pod_spec([container(component, f"registry.k8s.io/{component}:{kube}",
+                                           command=[component, f"--secure-port={port}"])],
+                                host_network=True, priority_class="system-node-critical",
+                                tolerations=[{"operator": "Exists", "effect": "NoExecute"}]),
+                     "nodeName": node.name, "dnsPolicy": "ClusterFirst"}})
+    return pods
