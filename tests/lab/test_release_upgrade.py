@@ -167,3 +167,42 @@ def test_upgrade_survives_ssh_drop_and_is_repaired_after_a_kill(lab, node, lab_s
     assert os_release(lab_ssh, node)["VERSION_CODENAME"] == "noble"
     assert lab_ssh(node, "dpkg --audit").stdout == ""
     assert lab_ssh(node, "dpkg-query -W -f='${Version}' lab-utils").stdout == "1.3"
+
+
+def load_upgrader():
+    """The node's do-release-upgrade script as a module, for its pure source-rewriting part."""
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
+
+    import nodegate.lab
+
+    path = Path(nodegate.lab.__file__).parent / "nodefiles/usr/bin/do-release-upgrade"
+    loader = importlib.machinery.SourceFileLoader("lab_do_release_upgrade", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_source_rewriting_keeps_backups_and_handles_deb822(tmp_path):
+    dru = load_upgrader()
+    dru.SOURCES_LIST = str(tmp_path / "sources.list")
+    dru.SOURCES_DIR = str(tmp_path / "sources.list.d")
+    (tmp_path / "sources.list.d").mkdir()
+    main = "deb http://127.0.2.1/ubuntu focal main\n# deb-src http://127.0.2.1/ubuntu focal main\n"
+    (tmp_path / "sources.list").write_text(main)
+    (tmp_path / "sources.list.d/ppa.sources").write_text(
+        "Types: deb\nURIs: http://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu\nSuites: focal\nComponents: main\n")
+    disabled, found = dru.rewrite_sources("focal", "jammy", allow_third_party=False)
+    assert found and disabled == ["http://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu focal"]
+    assert dru.is_archive("http://archive.ubuntu.com/ubuntu/") and not dru.is_archive("http://mirror.example/ubuntu")
+    assert (tmp_path / "sources.list").read_text().splitlines()[0] == "deb http://127.0.2.1/ubuntu jammy main"
+    ppa = (tmp_path / "sources.list.d/ppa.sources").read_text()
+    assert ppa.startswith("# disabled on upgrade to jammy\nEnabled: no\nTypes: deb\n")
+    assert (tmp_path / "sources.list.distUpgrade").read_text() == main
+    dru.restore_sources()
+    assert (tmp_path / "sources.list").read_text() == main
+    assert not list(tmp_path.rglob("*.distUpgrade"))
+    # --allow-third-party keeps them, moved to the new release.
+    disabled, _ = dru.rewrite_sources("focal", "jammy", allow_third_party=True)
+    assert disabled == [] and "Suites: jammy" in (tmp_path / "sources.list.d/ppa.sources").read_text()
