@@ -1006,24 +1006,22 @@ class Kube:
         outcomes: dict[str, PodDrainOutcome] = {}
         to_evict: dict[str, PodSummary] = {}
         refused: dict[str, list[str]] = {}
-        warnings: list[str] = []
-        ignored_ds: list[str] = []
+        warned: dict[str, list[str]] = {}     # kubectl's warnings, one line per reason naming the pods
         for pod in sorted(pods, key=lambda p: p.ref):
             verdict, reason = _drain_verdict(pod, options)
             if verdict == "skip":
                 outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="skipped", reason=reason)
                 if pod.daemonset:
-                    ignored_ds.append(pod.ref)
+                    warned.setdefault("ignoring DaemonSet-managed Pods", []).append(pod.ref)
             elif verdict == "refuse":
                 outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="refused", reason=reason)
                 refused.setdefault(reason, []).append(pod.ref)
             else:
-                if reason:
-                    warnings.append(f"{reason}: {pod.ref}")
+                for warning in filter(None, reason.split("; ")):
+                    warned.setdefault(warning, []).append(pod.ref)
                 outcomes[pod.ref] = PodDrainOutcome(pod=pod.ref, action="pending", reason=reason or "evictable")
                 to_evict[pod.ref] = pod
-        if ignored_ds:
-            warnings.insert(0, "ignoring DaemonSet-managed Pods: " + ", ".join(ignored_ds))
+        warnings = [f"{why}: {', '.join(refs)}" for why, refs in warned.items()]
 
         def result() -> DrainResult:
             return DrainResult(node=name, options=options, cordon=cordon, outcomes=tuple(outcomes.values()),
@@ -1470,16 +1468,16 @@ def _drain_verdict(pod: PodSummary, options: DrainOptions) -> tuple[Literal["ski
         return "skip", "mirror pod (static pod: the kubelet owns it)"
     if pod.finished:
         return "evict", ""  # finished pods go whatever the flags say
-    warning = ""
+    warnings = []
     if pod.uses_emptydir:
         if not options.delete_emptydir_data:
             return "refuse", "cannot delete Pods with local storage (use --delete-emptydir-data / delete_emptydir_data)"
-        warning = "deleting Pods with local storage"
+        warnings.append("deleting Pods with local storage")
     if pod.unmanaged:
         if not options.force:
             return "refuse", "cannot delete Pods that declare no controller (use --force / force)"
-        warning = "deleting Pods that declare no controller"
-    return "evict", warning
+        warnings.append("deleting Pods that declare no controller")
+    return "evict", "; ".join(warnings)
 
 
 def _retryable(exc: BaseException) -> bool:
