@@ -181,13 +181,6 @@ def test_multus_fails_with_limit_unless_skipped_and_passes_on_the_whole_cluster(
     assert recap(run.output, "node1")["failed"] == 0 and recap(run.output, "node2")["failed"] == 0
 
 
-def test_a_kube_version_other_than_the_kubelets_fails_clearly(klab, fresh_node2, on):
-    run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.26.3", "--skip-tags=multus")
-    assert run.returncode != 0
-    assert ("kube_version v1.26.3 differs from the kubelet running on node2 (v1.25.6)") in run.output
-    assert on("node2", f"cat {KUBELET_VERSION_FILE}").stdout.strip() == "v1.25.6"
-
-
 def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fresh_node2, on, cli):
     """The seed's path: unhold, dist-upgrade, do-release-upgrade to jammy, reboot, then Kubespray
     with `force: true` re-adds the docker source for jammy (signed-by) and installs the jammy builds."""

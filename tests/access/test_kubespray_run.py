@@ -1,0 +1,178 @@
+"""nodegate.kubespray against the lab's Kubespray stand-in: real ansible-playbook over SSH to a real
+node, its output parsed, known failures named with their fix, secrets kept out.
+
+Uses the access tests' bare lab (2 nodes); node2 is reset to its seeded state before each run
+that changes it and once more at the end, so the other access tests find it as seeded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodegate import kubespray
+from nodegate.errors import UsageError
+from nodegate.lab.kubespray import DOCKER_TASKS, planted_secrets
+from nodegate.profile import load_profile
+from nodegate.secrets import redact
+
+PRISTINE_TASKS = Path(__file__).parents[2] / "nodegate/lab/kubespray_tree" / DOCKER_TASKS
+
+
+def reset(lab, node: str = "node2") -> None:
+    subprocess.run([sys.executable, "-m", "nodegate", "lab", "reset", node, "--dir", str(lab.dir)],
+                   check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def klab(bare_lab):
+    yield bare_lab
+    shutil.copyfile(PRISTINE_TASKS, bare_lab.dir / "kubespray" / DOCKER_TASKS)
+    reset(bare_lab)
+
+
+@pytest.fixture
+def profile(klab):
+    return load_profile(klab.dir / "cluster.toml")
+
+
+@pytest.fixture
+def fresh(klab):
+    """node2 as seeded, and the checkout as Kubespray ships it (no force: true)."""
+    reset(klab)
+    shutil.copyfile(PRISTINE_TASKS, klab.dir / "kubespray" / DOCKER_TASKS)
+    return klab
+
+
+def on(lab, node: str, command: str) -> str:
+    return subprocess.run(["ssh", "-F", str(lab.dir / "ssh/config"), node, command], capture_output=True, text=True,
+                          check=True, timeout=120).stdout
+
+
+def packages(lab, node: str) -> dict[str, tuple[str, str]]:
+    out = on(lab, node, "dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\\n' "
+                        "containerd.io docker-ce docker-ce-cli")
+    return {p[1]: (p[0], p[2]) for p in (line.split() for line in out.splitlines())}
+
+
+def test_plan_names_the_exact_command_and_bad_input_is_refused_early(profile, klab):
+    plan = kubespray.describe_upgrade(profile=profile, node="node2")
+    assert plan.startswith(f"in {klab.dir / 'kubespray'}: ")
+    assert f"{klab.dir / 'kubespray-venv/bin/ansible-playbook'} upgrade-cluster.yml -b -i " \
+           f"{klab.dir / 'kubespray/inventory/mycluster/hosts.yaml'} --limit=node2 -e kube_version=v1.25.6 " \
+           "--skip-tags=multus" in plan
+    assert not any(secret in plan for secret in planted_secrets(klab.dir).values())
+    with pytest.raises(UsageError, match="node9"):
+        kubespray.run_playbook(profile=profile, node="node9")
+    with pytest.raises(UsageError, match="not a Kubernetes version"):
+        kubespray.run_playbook(profile=profile, node="node2", kube_version="1.25")
+    with pytest.raises(UsageError, match="no cluster.yml2"):
+        kubespray.run_playbook(profile=profile, node="node2", playbook="cluster.yml2")
+    with pytest.raises(UsageError, match="not an executable"):
+        kubespray.run_playbook(profile=profile, node="node2", ansible_playbook=klab.dir / "nothing-here")
+
+
+def test_clean_run_succeeds_keeps_pins_and_leaks_no_secret(fresh, profile, caplog):
+    caplog.set_level(logging.DEBUG, logger="nodegate.kubespray")
+    lines: list[str] = []
+    on(fresh, "node2", "apt-mark unhold docker-ce >/dev/null")
+    result = kubespray.upgrade_node(profile=profile, node="node2", on_line=lines.append)
+    assert result.succeeded and result.rc == 0
+    assert result.recap_line.startswith("node2: ok=") and "failed=0" in result.recap_line
+    assert set(result.recap) == {"node2"}
+    assert result.failures == ()
+    assert result.known_issue is None
+    assert result.ansible_version == "2.12.5"   # Kubespray v2.21's pin, from the venv beside the checkout
+    assert lines and "PLAY RECAP" in "\n".join(lines)
+    assert packages(fresh, "node2") == {"containerd.io": ("hi", "1.6.4-1"),
+                                        "docker-ce": ("hi", "5:20.10.20~3-0~ubuntu-focal"),
+                                        "docker-ce-cli": ("hi", "5:20.10.20~3-0~ubuntu-focal")}
+    for secret in planted_secrets(fresh.dir).values():
+        assert secret not in result.output
+        assert secret not in caplog.text
+        assert redact(f"x {secret} y") == "x *** y"   # registered from the inventory before the run
+    print(f"harness: {result.summary}")
+
+
+def test_downgrade_failure_is_named_with_its_fix(fresh, profile):
+    on(fresh, "node2", "apt-mark unhold containerd.io docker-ce docker-ce-cli >/dev/null && "
+                       "DEBIAN_FRONTEND=noninteractive apt-get -qq -y install containerd.io docker-ce docker-ce-cli "
+                       ">/dev/null")
+    with pytest.raises(kubespray.KubesprayFailed) as caught:
+        kubespray.upgrade_node(profile=profile, node="node2")
+    error = caught.value
+    assert error.issue is not None and error.issue.key == "kubespray-docker-downgrade"
+    assert "kubespray #9114" in error.message
+    assert "task [container-engine/docker : ensure docker packages are installed]" in error.message
+    assert "E: Packages were downgraded and -y was used without --allow-downgrades." in error.message
+    assert "force: true" in error.fix and "roles/container-engine/docker/tasks/main.yml" in error.fix
+    assert error.result.node_recap.failed == 1 and not error.result.succeeded
+    assert packages(fresh, "node2")["containerd.io"] == ("ii", "1.6.20-1")   # apt changed nothing
+    # (the fix itself, force: true then a clean run, is proven in tests/lab/test_kubespray_standin.py)
+
+
+def test_held_package_failure_is_named(fresh, profile):
+    on(fresh, "node2", "apt-mark unhold containerd.io >/dev/null && DEBIAN_FRONTEND=noninteractive "
+                       "apt-get -qq -y install containerd.io >/dev/null && apt-mark hold containerd.io >/dev/null")
+    with pytest.raises(kubespray.KubesprayFailed) as caught:
+        kubespray.upgrade_node(profile=profile, node="node2", extra_vars={"nodegate_force_packages": "true"})
+    assert caught.value.issue.key == "kubespray-held-packages-changed"
+    assert "apt-mark unhold" in caught.value.fix
+
+
+@pytest.mark.parametrize("ansible", ["kubespray-venv", "harness-venv"])
+def test_multus_limit_failure_is_named_on_either_ansible(fresh, profile, ansible):
+    executable = (fresh.dir / "kubespray-venv/bin/ansible-playbook" if ansible == "kubespray-venv"
+                  else Path(sys.executable).parent / "ansible-playbook")
+    with pytest.raises(kubespray.KubesprayFailed) as caught:
+        kubespray.upgrade_node(profile=profile, node="node2", skip_multus=False, ansible_playbook=executable)
+    error = caught.value
+    assert error.issue is not None and error.issue.key == "kubespray-multus-limit"
+    assert "task [network_plugin/multus : Multus | Start resources]" in error.message
+    assert "--skip-tags=multus" in error.fix
+    wording = ("'None' has no attribute 'item'" if ansible == "kubespray-venv"
+               else "object of type 'NoneType' has no attribute 'item'")
+    assert f"Failed to template loop_control.label: {wording}" in error.message
+    assert "--skip-tags=multus" not in error.result.command
+
+
+def test_unknown_failure_names_task_and_message(fresh, profile):
+    with pytest.raises(kubespray.KubesprayFailed) as caught:
+        kubespray.upgrade_node(profile=profile, node="node2", kube_version="v1.26.3")
+    error = caught.value
+    assert error.issue is None
+    assert "task [kubernetes/node : kubelet | Stop if kube_version differs from the kubelet on the node]" in error.message
+    assert "kube_version v1.26.3 differs from the kubelet running on node2 (v1.25.6)" in error.message
+    assert "not a known Kubespray issue" in error.fix
+
+
+def test_a_run_past_its_timeout_is_stopped_with_its_processes(klab, profile):
+    with pytest.raises(kubespray.KubesprayTimeout) as caught:
+        kubespray.upgrade_node(profile=profile, node="node2", timeout_s=3)
+    result = caught.value.result
+    assert result.timed_out and not result.succeeded
+    inventory = str(profile.kubespray.inventory)
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if inventory in cmdline and "ansible-playbook" in cmdline:
+                left.append((proc.name, cmdline))
+    assert left == []
+
+
+def test_inventory_secrets_are_registered_from_every_vars_file(klab):
+    count = kubespray.register_inventory_secrets(klab.dir / "kubespray/inventory/mycluster/hosts.yaml")
+    assert count >= 2
+    secrets = planted_secrets(klab.dir)
+    text = f"become {secrets['ansible_become_password']} registry {secrets['registry_password']}"
+    assert redact(text) == "become *** registry ***"
+    assert os.stat(klab.dir / "kubespray/inventory/mycluster/hosts.yaml").st_mode & 0o077 == 0
