@@ -3,10 +3,7 @@ exit code 4 (pytest's usage error), no Python traceback. Profiles are copies of 
 one thing broken."""
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,36 +19,6 @@ def assert_usage_error(run, *phrases: str) -> None:
     for phrase in phrases:
         assert phrase in text, f"{phrase!r} not in:\n{text[-3000:]}"
     assert "fix:" in text
-
-
-@pytest.fixture
-def broken_profile(lab, tmp_path):
-    """broken_profile(toml=…, ssh=…, kubeconfig=…) → a copy of the lab's cluster.toml (and, when
-    asked, its ssh/config or kubeconfig) after the given text edits (functions str → str)."""
-    control = Path(tempfile.mkdtemp(prefix="ngc", dir="/tmp"))   # short: a socket path has 108 bytes
-
-    def make(*, toml=None, ssh=None, kubeconfig=None) -> Path:
-        text = (lab.dir / "cluster.toml").read_text()
-        if ssh is not None:
-            config = (lab.dir / "ssh/config").read_text()
-            # a ControlMaster of its own, so an open master of the lab's config cannot answer for it
-            config = re.sub(r"ControlPath \S+", f"ControlPath {control}/%C", config)
-            (tmp_path / "ssh_config").write_text(ssh(config))
-            text = text.replace(str(lab.dir / "ssh/config"), str(tmp_path / "ssh_config"))
-        if kubeconfig is not None:
-            (tmp_path / "kubeconfig").write_text(kubeconfig((lab.dir / "kubeconfig").read_text()))
-            (tmp_path / "kubeconfig").chmod(0o600)
-            text = text.replace(str(lab.dir / "kubeconfig"), str(tmp_path / "kubeconfig"))
-        if toml is not None:
-            text = toml(text)
-        path = tmp_path / "cluster.toml"
-        path.write_text(text)
-        return path
-
-    yield make
-    for socket in control.glob("*"):
-        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "x"], capture_output=True, timeout=10)
-    shutil.rmtree(control, ignore_errors=True)
 
 
 def test_unknown_node_lists_the_known_ones(catalogue):

@@ -43,11 +43,6 @@ def kube(lab):
     client.close()
 
 
-def assert_failed_exactly(run, expected: set[str]) -> None:
-    assert run.failed() == expected, (f"expected exactly {sorted(expected)} to fail, got {sorted(run.failed())}\n"
-                                      f"{run.stdout[-6000:]}\n{run.stderr[-2000:]}")
-
-
 # --------------------------------------------------------------------------- healthy
 
 def test_healthy_node_passes_preflight(catalogue):
@@ -81,7 +76,7 @@ def test_held_version_drift_fails_held_packages(catalogue, lab, cli):
         run = catalogue("-m", "preflight")
     finally:
         fault(lab, cli, "held-version-drift", "node4", clear=True)
-    assert_failed_exactly(run, {"test_packages_held[node4]"})
+    run.assert_failed_exactly({"test_packages_held[node4]"})
     section = run.section("test_packages_held[node4]")
     assert "held-package drift on node4" in section
     assert "containerd.io is held at" in section and "expected 1.6.4-1" in section
@@ -100,7 +95,7 @@ def test_pending_updates_warn_in_preflight_and_fail_postflight(catalogue, lab, c
         fault(lab, cli, "pending-updates", "node4", clear=True)
     assert pre.ret == 0, pre.stdout[-5000:]
     assert package in pre.stdout and "step 6 (apt-get dist-upgrade)" in pre.stdout
-    assert_failed_exactly(post, {"test_nothing_upgradable[node4]"})
+    post.assert_failed_exactly({"test_nothing_upgradable[node4]"})
     assert package in post.section("test_nothing_upgradable[node4]")
 
 
@@ -110,7 +105,7 @@ def test_reboot_required_fails_preflight(catalogue, lab, cli):
         run = catalogue("-m", "preflight")
     finally:
         fault(lab, cli, "reboot-required", "node4", clear=True)
-    assert_failed_exactly(run, {"test_no_reboot_pending[node4]"})
+    run.assert_failed_exactly({"test_no_reboot_pending[node4]"})
     assert "Please reboot before upgrading" in run.section("test_no_reboot_pending[node4]")
 
 
@@ -120,7 +115,7 @@ def test_ceph_warn_fails_ceph_health(catalogue, lab, cli):
         run = catalogue("-m", "preflight")
     finally:
         fault(lab, cli, "ceph-warn", clear=True)
-    assert_failed_exactly(run, {"test_ceph_healthy"})
+    run.assert_failed_exactly({"test_ceph_healthy"})
     section = run.section("test_ceph_healthy")
     assert "Ceph is not healthy: HEALTH_WARN" in section and "OSDMAP_FLAGS" in section
 
@@ -131,7 +126,7 @@ def test_csi_rbd_broken_fails_csi_check(catalogue, lab, cli):
         run = catalogue("-m", "preflight")
     finally:
         fault(lab, cli, "csi-rbd-broken", "node4", clear=True)
-    assert_failed_exactly(run, {"test_csi_rbdplugin_healthy[node4]"})
+    run.assert_failed_exactly({"test_csi_rbdplugin_healthy[node4]"})
     section = run.section("test_csi_rbdplugin_healthy[node4]")
     assert "csi-rbdplugin on node4 is not healthy" in section
     assert "not Ready" in section and "modprobe rbd" in section
@@ -143,7 +138,7 @@ def test_pdb_block_names_the_pdb(catalogue, lab, cli):
         run = catalogue("-m", "preflight")
     finally:
         fault(lab, cli, "pdb-block", "node4", clear=True)
-    assert_failed_exactly(run, {"test_pods_evictable[node4]"})
+    run.assert_failed_exactly({"test_pods_evictable[node4]"})
     section = run.section("test_pods_evictable[node4]")
     assert "PodDisruptionBudget" in section and "allows 0 disruption(s)" in section
 
@@ -154,7 +149,7 @@ def test_other_node_cordoned_fails_one_at_a_time(catalogue, kube):
         run = catalogue("-m", "preflight")
     finally:
         kube.uncordon("node3")
-    assert_failed_exactly(run, {"test_one_node_at_a_time[node4]"})
+    run.assert_failed_exactly({"test_one_node_at_a_time[node4]"})
     assert "node3 is cordoned" in run.section("test_one_node_at_a_time[node4]")
 
 
@@ -167,6 +162,6 @@ def test_lock_held_by_another_run(catalogue, kube):
         run = catalogue("-m", "preflight", "-k", "lock")
     finally:
         kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
-    assert_failed_exactly(run, {"test_upgrade_lock_free[node4]"})
+    run.assert_failed_exactly({"test_upgrade_lock_free[node4]"})
     section = run.section("test_upgrade_lock_free[node4]")
     assert "someone@elsewhere:4242" in section and "node3" in section
