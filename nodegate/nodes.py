@@ -278,7 +278,8 @@ class NodeHost:
     def _trust_hint(self) -> str:
         known = self.settings.known_hosts or "~/.ssh/known_hosts"
         return (f"check the node's key out of band, then add it: `ssh-keyscan -t ed25519 {self.target} >> {known}`; "
-                "or set [ssh] trust_new_host_keys = true in the cluster profile to accept new keys")
+                "or run with --trust-new-host-keys (or set [ssh] trust_new_host_keys = true in the cluster "
+                "profile) to accept and record new keys; a changed key is never accepted")
 
     def _classify_ssh(self, stderr: str) -> SshConnectError | None:
         text = stderr.strip()
