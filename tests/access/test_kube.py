@@ -775,3 +775,74 @@ def test_exec_in_the_toolbox_returns_output_and_exit_codes(settled):
 def test_exec_into_a_missing_pod_is_not_found(settled):
     with pytest.raises(NotFoundError):
         settled.exec(namespace="rook-ceph", pod="rook-ceph-tools-gone", command=["ceph", "--version"], timeout=10)
+
+
+# -- pure logic (no server) -------------------------------------------------------------------------
+
+def pod_like(**changes):
+    from nodegate.kube import PodSummary
+
+    values = dict(namespace="demo", name="p", uid="u", node="node1", phase="Running", owner_kind="ReplicaSet",
+                  owner_name="rs", daemonset=False, mirror=False, uses_emptydir=False, ready=True, restarts=0,
+                  deleting=False, labels={"app": "web"})
+    values.update(changes)
+    return PodSummary(**values)
+
+
+def test_label_selector_semantics():
+    from nodegate.kube import selector_matches
+
+    labels = {"app": "web", "tier": "front"}
+    assert not selector_matches(None, labels) and selector_matches({}, labels)
+    assert selector_matches({"matchLabels": {"app": "web"}}, labels)
+    assert not selector_matches({"matchLabels": {"app": "db"}}, labels)
+    expr = lambda op, *values: {"matchExpressions": [{"key": "tier", "operator": op, "values": list(values)}]}  # noqa: E731
+    assert selector_matches(expr("In", "front", "back"), labels) and not selector_matches(expr("NotIn", "front"), labels)
+    assert selector_matches(expr("Exists"), labels) and not selector_matches(expr("DoesNotExist"), labels)
+
+
+def test_eviction_answers_are_told_apart():
+    from nodegate.kube import _eviction_refusal
+
+    pdb = json.dumps({"kind": "Status", "status": "Failure", "code": 429, "reason": "TooManyRequests",
+                      "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                      "details": {"causes": [{"reason": "DisruptionBudget", "message":
+                                              "The disruption budget web needs 2 healthy pods and has 2 currently"}]}})
+    blocked = _eviction_refusal(pod_like(name="web-1"), 429, pdb)
+    assert blocked.outcome == "blocked" and blocked.pdb == "demo/web" and (blocked.pdb_needs, blocked.pdb_has) == (2, 2)
+    throttled = json.dumps({"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "Too many requests"})
+    assert _eviction_refusal(pod_like(), 429, throttled) is None, "throttling is retried, not a PDB refusal"
+    assert _eviction_refusal(pod_like(), 404, "{}").outcome == "gone"
+    assert _eviction_refusal(pod_like(), 500, "{}") is None
+
+
+def test_drain_verdicts_follow_kubectl_filters():
+    from nodegate.kube import _drain_verdict
+
+    plain, every = DrainOptions(ignore_daemonsets=False), DrainOptions(delete_emptydir_data=True, force=True)
+    assert _drain_verdict(pod_like(daemonset=True, owner_kind="DaemonSet"), plain)[0] == "refuse"
+    assert _drain_verdict(pod_like(daemonset=True, owner_kind="DaemonSet"), every) == ("skip", "DaemonSet-managed")
+    assert _drain_verdict(pod_like(mirror=True, owner_kind="Node"), plain)[0] == "skip"
+    assert _drain_verdict(pod_like(owner_kind=None, phase="Succeeded"), plain) == ("evict", "")
+    assert "--delete-emptydir-data" in _drain_verdict(pod_like(uses_emptydir=True), plain)[1]
+    assert "--force" in _drain_verdict(pod_like(owner_kind=None), plain)[1]
+    verdict, warning = _drain_verdict(pod_like(owner_kind=None, uses_emptydir=True), every)
+    assert verdict == "evict" and "local storage" in warning and "no controller" in warning
+
+
+def test_lock_staleness_and_exec_status():
+    import datetime as dt
+
+    from nodegate.kube import LockInfo, _exec_rc
+
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+    lock = LockInfo(namespace="kube-system", name="l", holder="a", node="node4", run_id="r", duration_s=60,
+                    acquired_at=now - dt.timedelta(seconds=300), renewed_at=now - dt.timedelta(seconds=90),
+                    transitions=0, resource_version="1")
+    assert lock.stale(now=now) and not lock.stale(after_s=120, now=now)
+    assert lock.age_s(now) == 90
+    assert _exec_rc("", "x") == 0 and _exec_rc('{"status": "Success"}', "x") == 0
+    assert _exec_rc(json.dumps({"status": "Failure", "details": {"causes": [
+        {"reason": "ExitCode", "message": "16"}]}}), "x") == 16
+    with pytest.raises(PermanentError, match="container not found"):
+        _exec_rc(json.dumps({"status": "Failure", "message": "container not found"}), "x")
