@@ -93,12 +93,22 @@ def timed(argv: list[str], *, env: dict | None = None, cwd: Path = ROOT, sample_
     return Timed(seconds=seconds, rc=proc.returncode, output=output, peak_rss_mb=peak[0] / 1024)
 
 
+# Plugins of the project's own test tooling (Hypothesis, pytest-randomly) are not part of what an
+# operator runs; Hypothesis alone costs about a second of start-up when its plugin loads.
+TOOLING_OFF = ("-p", "no:randomly", "-p", "no:hypothesispytest", "-p", "no:cacheprovider")
+
+
 def pytest_argv(*args: str) -> list[str]:
-    return [PY, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q", *args]
+    return [PY, "-m", "pytest", *TOOLING_OFF, "-q", *args]
 
 
-def preflight_argv(profile: Path, node: str, *extra: str) -> list[str]:
-    return pytest_argv(str(ROOT / "checks"), "-m", "preflight", "--cluster", str(profile), "--node", node,
+def checks_paths(tiny: bool) -> list[str]:
+    """The catalogue, or for --tiny one small file of it (proves the bench runs, measures little)."""
+    return [str(ROOT / "checks" / "test_node.py")] if tiny else [str(ROOT / "checks")]
+
+
+def preflight_argv(profile: Path, node: str, *extra: str, tiny: bool = False) -> list[str]:
+    return pytest_argv(*checks_paths(tiny), "-m", "preflight", "--cluster", str(profile), "--node", node,
                        "--target-release", "22.04", *extra)
 
 

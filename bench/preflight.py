@@ -45,13 +45,13 @@ def baseline_script(lab: Path, records: list[dict]) -> str:
     return "\n".join(lines) + "\n", token
 
 
-def measure(lab: Path, *, node: str = "node4", reps: int = 3) -> dict:
+def measure(lab: Path, *, node: str = "node4", reps: int = 3, tiny: bool = False) -> dict:
     profile = lab_profile(lab)
     with tempfile.TemporaryDirectory(prefix="bench-preflight-") as tmp:
         tmp = Path(tmp)
         trace = tmp / "trace.jsonl"
         close_master(lab, node)
-        traced = timed(preflight_argv(profile, node, "-p", "bench.trace", "--alluredir", str(tmp / "traced")),
+        traced = timed(preflight_argv(profile, node, "-p", "bench.trace", "--alluredir", str(tmp / "traced"), tiny=tiny),
                        env={"BENCH_TRACE": str(trace), "PYTHONPATH": str(ROOT)})
         records = [r for r in read_trace(trace) if r["kind"] in ("ssh", "api", "ceph")]
         if traced.rc not in (0, 1) or not records:
@@ -63,7 +63,7 @@ def measure(lab: Path, *, node: str = "node4", reps: int = 3) -> dict:
         pytest_s, shell_s, rcs = [], [], set()
         for i in range(reps):   # interleaved, so that a noisy moment hits both sides
             close_master(lab, node)
-            run = timed(preflight_argv(profile, node, "--alluredir", str(tmp / f"r{i}")))
+            run = timed(preflight_argv(profile, node, "--alluredir", str(tmp / f"r{i}"), tiny=tiny))
             rcs.add(run.rc)
             pytest_s.append(run.seconds)
             close_master(lab, node)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="one repetition (proves the bench works)")
     args = parser.parse_args(argv)
-    result = measure(args.lab, node=args.node, reps=1 if args.tiny else args.reps)
+    result = measure(args.lab, node=args.node, reps=1 if args.tiny else args.reps, tiny=args.tiny)
     print(json.dumps(result, indent=2))
     return result
 

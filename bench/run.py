@@ -1,0 +1,126 @@
+"""All benchmarks of issue 7 on the lab, one after the other; writes bench/results.json (the
+figures, their goals, whether each is met) and prints a table.
+
+    python -m bench.run                 # starts a 16-node lab in .lab-bench (net 40), takes it down after
+    python -m bench.run --lab DIR       # uses a running lab (its last node is upgraded!)
+    python -m bench.run --tiny --lab DIR --out FILE   # each bench once on a tiny input (make test)
+
+Figures are ratios within one run where the issue asks for ratios, so that a busy machine
+slows both sides alike. Order: startup, preflight, fleet, then the procedure (it upgrades a node).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import fleet, preflight, procedure, startup
+from bench.common import ROOT, lab_nodes, table
+
+GOALS = {  # figure: (limit, unit)
+    "preflight_ratio": (1.5, "×"),
+    "fleet_ratio": (2.5, "×"),
+    "fleet_memory_mb": (500, "MB"),
+    "ready_latency_s": (1.0, "s"),
+    "health_latency_s": (1.0, "s"),
+    "overhead_s": (10.0, "s"),
+    "startup_s": (1.5, "s"),
+}
+
+
+def lab_up(lab: Path, *, nodes: int, net: int) -> None:
+    subprocess.run([sys.executable, "-m", "nodegate", "lab", "up", "--dir", str(lab), "--nodes", str(nodes),
+                    "--net", str(net)], check=True, cwd=ROOT, timeout=900)
+
+
+def lab_down(lab: Path) -> None:
+    subprocess.run([sys.executable, "-m", "nodegate", "lab", "down", "--dir", str(lab)], cwd=ROOT, timeout=300)
+
+
+def run_all(lab: Path, *, tiny: bool) -> dict:
+    nodes = lab_nodes(lab)
+    upgraded, rebooted = nodes[-1], nodes[-2] if len(nodes) > 1 else nodes[-1]
+    figures: dict = {}
+    sections = [
+        ("startup", lambda: startup.measure(lab, reps=1 if tiny else 5)),
+        ("preflight", lambda: preflight.measure(lab, node=upgraded, reps=1 if tiny else 3, tiny=tiny)),
+        ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16], workers=2 if tiny else 4,
+                                        tiny=tiny)),
+        ("procedure", lambda: procedure.measure(lab, node=upgraded, tiny=tiny, ready_node=rebooted)),
+    ]
+    for name, measure in sections:
+        started = time.monotonic()
+        print(f"bench: {name} …", flush=True)
+        figures.update(measure())
+        print(f"bench: {name} done in {time.monotonic() - started:.0f}s", flush=True)
+    return figures
+
+
+def verdicts(figures: dict) -> dict:
+    out = {}
+    for key, (limit, _) in GOALS.items():
+        value = figures.get(key)
+        out[key] = None if value is None else (value < limit if key == "fleet_memory_mb" else value <= limit)
+    return out
+
+
+def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
+    out = []
+    for key, (limit, unit) in GOALS.items():
+        value = figures.get(key)
+        shown = "-" if value is None else f"{value:g}{'' if unit == '×' else ' ' + unit}"
+        goal = f"{'<' if key == 'fleet_memory_mb' else '≤'} {limit:g}{'' if unit == '×' else ' ' + unit}"
+        out.append((key, shown, goal, {True: "met", False: "MISSED", None: "not measured"}[met[key]]))
+    out.append(("preflight pytest / shell", f"{figures.get('preflight_pytest_s', '-')} s / "
+                f"{figures.get('preflight_shell_s', '-')} s", "", ""))
+    costs = figures.get("fleet_cost_s", {})
+    out.append(("fleet cost by nodes", ", ".join(f"{k}: {v} s" for k, v in costs.items()), "", ""))
+    out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
+                f"{figures.get('procedure_external_s', '-')} s", "", ""))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lab", type=Path, help="a running lab to use (default: start one)")
+    parser.add_argument("--nodes", type=int, default=16, help="size of the lab started here")
+    parser.add_argument("--net", type=int, default=40, help="address octet of the lab started here")
+    parser.add_argument("--keep-lab", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="each bench once on a tiny input")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args(argv)
+    lab = args.lab or ROOT / ".lab-bench"
+    started_here = args.lab is None
+    if started_here:
+        lab_up(lab, nodes=4 if args.tiny else args.nodes, net=args.net)
+    began = time.time()
+    try:
+        figures = run_all(lab, tiny=args.tiny)
+    finally:
+        if started_here and not args.keep_lab:
+            lab_down(lab)
+    met = verdicts(figures)
+    result = {
+        "figures": {k: figures.get(k) for k in GOALS},
+        "goals": {k: {"limit": limit, "unit": unit, "met": met[k]} for k, (limit, unit) in GOALS.items()},
+        "details": {k: v for k, v in figures.items() if k not in GOALS},
+        "tiny": args.tiny,
+        "lab": {"dir": str(lab), "nodes": len(lab_nodes(lab)) if (lab / "lab.json").exists() else None},
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
+        "duration_s": round(time.time() - began, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(table(rows(figures, met)))
+    print(f"\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""`make test` runs every benchmark once on a tiny input (bench.run --tiny on the session's lab):
+not to time anything, but to prove each bench script still works against the real lab."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIGURES = ("preflight_ratio", "fleet_ratio", "fleet_memory_mb", "ready_latency_s", "health_latency_s",
+           "overhead_s", "startup_s")
+
+
+def test_every_bench_runs_once_on_a_tiny_input(lab, tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--lab", str(lab.dir), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tiny"] is True
+    for key in FIGURES:
+        value = result["figures"][key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, (key, value)
+        assert result["goals"][key]["met"] in (True, False)
+    details = result["details"]
+    # the baseline really did the same kinds of reads as the preflight
+    assert details["preflight_reads"]["ssh"] >= 1
+    assert details["preflight_pytest_s"] > 0 and details["preflight_shell_s"] > 0
+    assert set(details["fleet_cost_s"]) == {"1", "2"}
+    assert details["fleet_one_result_per_node_and_check"] is True
+    assert details["procedure_wall_s"] >= details["procedure_external_s"] > 0
+    # the terminal table names every figure
+    for key in FIGURES:
+        assert key in done.stdout
