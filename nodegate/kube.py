@@ -567,11 +567,14 @@ class Kube:
                              fix=f"set {where} to the file kubectl uses for this cluster "
                                  "(often ~/.kube/config or Kubespray's inventory/…/artifacts/admin.conf)")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read kubeconfig {path}: {exc.strerror or exc}",
                              fix=f"make it readable by this user (e.g. chmod 600 and chown), or set {where} "
                                  "to a readable copy") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"kubeconfig {path} is not a text file",
+                             fix=f"set {where} to the kubeconfig itself (YAML), not an archive or a binary") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

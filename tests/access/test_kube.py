@@ -152,6 +152,13 @@ def test_kubeconfig_that_is_not_yaml(api_lab, tmp_path):
     assert "is not valid YAML" in err.value.message and err.value.fix
 
 
+def test_kubeconfig_that_is_binary(api_lab, tmp_path):
+    path = tmp_path / "kubeconfig.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe\x00binary")
+    with pytest.raises(UsageError, match="is not a text file"):
+        Kube.connect(settings=api_lab.settings(kubeconfig=path))
+
+
 def test_kubeconfig_that_is_a_directory(api_lab, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         Kube.connect(settings=api_lab.settings(kubeconfig=tmp_path))
