@@ -664,6 +664,10 @@ class Kube:
             return exc
         where = f"the Kubernetes API at {self.server} ({self.origin})"
         check = "check that the API server runs and `kubectl get nodes` works with the same kubeconfig"
+        if isinstance(exc, u3.NameResolutionError):
+            return TransientError(f"the name of the Kubernetes API server {self.server} ({self.origin}) does not "
+                                  f"resolve (while trying to {what})",
+                                  fix="check the server address in the kubeconfig and this machine's DNS")
         if isinstance(exc, (u3.NewConnectionError, ConnectionRefusedError)):
             return TransientError(f"{where} refused the connection while trying to {what}", fix=check)
         if isinstance(exc, u3.ConnectTimeoutError):
