@@ -323,6 +323,33 @@ def test_watch_sees_changes_after_a_list(k8s):
     assert core.list_namespaced_event("default").items is not None
 
 
+def test_filtered_watch_reports_objects_entering_and_leaving(k8s):
+    from kubernetes import client, watch
+
+    coord = k8s[3]
+    listing = coord.list_namespaced_lease("default")
+    seen: list[str] = []
+
+    def follow() -> None:
+        w = watch.Watch()
+        for event in w.stream(coord.list_namespaced_lease, "default", label_selector="team=a",
+                              resource_version=listing.metadata.resource_version, timeout_seconds=10):
+            seen.append(event["type"])
+            if len(seen) == 3:
+                w.stop()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)
+    coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(
+        name="teamed", labels={"team": "a"})))
+    coord.patch_namespaced_lease("teamed", "default", {"metadata": {"labels": {"team": "b"}}})
+    coord.patch_namespaced_lease("teamed", "default", {"metadata": {"labels": {"team": "a"}}})
+    thread.join(timeout=15)
+    coord.delete_namespaced_lease("teamed", "default")
+    assert seen == ["ADDED", "DELETED", "ADDED"]
+
+
 def test_logs_are_text_plain_and_name_containers(fake_lab, k8s):
     core = k8s[0]
     pod = core.list_namespaced_pod("demo", label_selector="run=debug-shell").items[0]
@@ -490,6 +517,14 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
     old_boot = core.read_node("node3").status.node_info.boot_id
     proxy = [p for p in core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-proxy").items
              if p.spec.node_name == "node3"][0]
+    # A pod tolerating the unreachable taint for 1 s only is evicted by the taint manager.
+    core.create_namespaced_pod("demo", {"metadata": {"name": "short-toleration"}, "spec": {
+        "nodeName": "node3", "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "c", "image": "busybox:1.36"}],
+        "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                         "tolerationSeconds": 1}]}})
+    wait_until(lambda: core.read_namespaced_pod("short-toleration", "demo").status.phase == "Running", timeout=5,
+               what="short-toleration running")
     fake_lab.set_state("node3", up=False)
     t0 = time.monotonic()
     wait_until(lambda: node_ready(core, "node3") == "Unknown", timeout=5, what="node3 Ready=Unknown")
@@ -497,6 +532,10 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
     assert "NotReady" in fake_lab.kubectl("get", "node", "node3").stdout
     taints = {(t.key, t.effect) for t in core.read_node("node3").spec.taints or []}
     assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
+    wait_until(lambda: core.read_namespaced_pod("short-toleration", "demo").metadata.deletion_timestamp, timeout=5,
+               what="taint manager marks short-toleration for deletion")
+    assert proxy.metadata.name in {p.metadata.name for p in core.list_namespaced_pod("kube-system").items
+                                   if p.metadata.deletion_timestamp is None}
     # The Kubespray stand-in records the kubelet it installed; the kubelet reports it from its next start.
     (fake_lab.node_dir("node3") / "root/etc/kubernetes").mkdir(parents=True, exist_ok=True)
     (fake_lab.node_dir("node3") / "root/etc/kubernetes/kubelet-version").write_text("v1.25.16\n")
@@ -511,6 +550,9 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
         return pod.status.phase == "Running" and pod.status.container_statuses[0].restart_count == 1 and \
             pod.status.container_statuses[0].ready
     wait_until(proxy_back, timeout=10, what="kube-proxy restarted on node3")
+    # the kubelet back on the node finishes the deletion it could not do while down
+    wait_until(lambda: "short-toleration" not in {p.metadata.name for p in core.list_namespaced_pod("demo").items},
+               timeout=10, what="short-toleration gone once node3 is back")
     reasons = {e.reason for e in core.list_namespaced_event("default", field_selector="involvedObject.name=node3").items}
     assert {"Rebooted", "NodeNotReady", "NodeReady"} <= reasons
 

@@ -272,10 +272,24 @@ class Api:
         def matches(obj: dict) -> bool:
             return labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
+        def translate(event) -> str | None:
+            """A filtered watch as the API server's: an object entering the filter is ADDED,
+            one leaving it is DELETED (e.g. a pod whose label no longer matches)."""
+            now_in = matches(event.obj)
+            if event.type != "MODIFIED" or event.old is None:
+                return event.type if now_in else None
+            was_in = matches(event.old)
+            if now_in and was_in:
+                return "MODIFIED"
+            if now_in:
+                return "ADDED"
+            return "DELETED" if was_in else None
+
         try:
             for event in backlog:
-                if matches(event.obj):
-                    await send(event.type, event.obj)
+                kind = translate(event)
+                if kind:
+                    await send(kind, event.obj)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -287,8 +301,9 @@ class Api:
                         await send("BOOKMARK", {"kind": res.kind, "apiVersion": res.api_version,
                                                 "metadata": {"resourceVersion": str(self.store.rv)}})
                     continue
-                if matches(event.obj):
-                    await send(event.type, event.obj)
+                kind = translate(event)
+                if kind:
+                    await send(kind, event.obj)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

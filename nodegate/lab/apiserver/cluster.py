@@ -556,6 +556,7 @@ class Cluster:
         self.reconcile_replicasets()
         self.reconcile_daemonsets()
         self.reconcile_pdb_block()
+        self.taint_evictions(now)
         self.schedule(now)
         self.run_kubelets(now)
         self.reconcile_pdbs()
@@ -867,6 +868,39 @@ class Cluster:
         for pdb in self.store.list(PDBS):
             if pdb["metadata"]["name"] == BLOCK_PDB and pdb["metadata"]["namespace"] not in per_ns:
                 self.store.delete(PDBS, pdb["metadata"]["namespace"], BLOCK_PDB)
+
+    # -- NoExecute taints (the taint manager) ---------------------------------------------
+    def taint_evictions(self, now: float) -> None:
+        """A pod on a node with a NoExecute taint it does not tolerate is deleted; one that
+        tolerates it for tolerationSeconds (300 s by default: not-ready, unreachable) is deleted
+        when that time has passed since the taint was added."""
+        tainted = {}
+        for node in self.store.list(NODES):
+            taints = [t for t in node["spec"].get("taints") or [] if t.get("effect") == "NoExecute"]
+            if taints:
+                tainted[node["metadata"]["name"]] = taints
+        if not tainted:
+            return
+        for pod in self.store.list(PODS):
+            taints = tainted.get(pod["spec"].get("nodeName") or "")
+            if not taints or not is_active(pod):
+                continue
+            tolerations = pod["spec"].get("tolerations") or []
+            for taint in taints:
+                matching = [t for t in tolerations if tolerates([t], taint)]
+                if not matching:
+                    delay = 0.0
+                elif any(t.get("tolerationSeconds") is None for t in matching):
+                    continue
+                else:
+                    delay = float(min(t["tolerationSeconds"] for t in matching))
+                added = _ts_epoch(taint.get("timeAdded")) or now
+                if now >= added + delay:
+                    self.event(pod, "TaintManagerEviction", f"Marking for deletion Pod {pod['metadata']['namespace']}/"
+                                                            f"{pod['metadata']['name']}", component="taint-controller")
+                    self.delete_pod(pod, grace=None)
+                    break
+                self.due(added + delay)
 
     # -- scheduler ---------------------------------------------------------------------------
     def schedule(self, now: float) -> None:

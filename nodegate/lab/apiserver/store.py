@@ -41,6 +41,7 @@ class WatchEvent:
     key: str
     type: str       # ADDED | MODIFIED | DELETED
     obj: dict
+    old: dict | None = None   # the object before a MODIFIED (a filtered watch needs both)
 
 
 class Watcher:
@@ -98,8 +99,8 @@ class Store:
         self.rv += 1
         return self.rv
 
-    def _emit(self, res: Resource, type_: str, obj: dict) -> None:
-        event = WatchEvent(self.rv, res.key, type_, copy.deepcopy(obj))
+    def _emit(self, res: Resource, type_: str, obj: dict, old: dict | None = None) -> None:
+        event = WatchEvent(self.rv, res.key, type_, copy.deepcopy(obj), old)
         self.history.append(event)
         for watcher in list(self.watchers):
             watcher.offer(event)
@@ -157,7 +158,7 @@ class Store:
             return copy.deepcopy(current)  # a no-op write keeps its resourceVersion, as real
         meta["resourceVersion"] = str(self._next_rv())
         self._bucket(res)[key] = obj
-        self._emit(res, "MODIFIED", obj)
+        self._emit(res, "MODIFIED", obj, current)  # `current` left the bucket: nobody changes it now
         return copy.deepcopy(obj)
 
     def mark_deleting(self, res: Resource, namespace: str, name: str, *, grace_s: int,
@@ -176,7 +177,7 @@ class Store:
         meta["deletionGracePeriodSeconds"] = grace_s
         meta["resourceVersion"] = str(self._next_rv())
         self._bucket(res)[key] = obj
-        self._emit(res, "MODIFIED", obj)
+        self._emit(res, "MODIFIED", obj, current)
         return copy.deepcopy(obj)
 
     def delete(self, res: Resource, namespace: str, name: str) -> dict:
