@@ -779,6 +779,22 @@ def test_exec_in_the_toolbox_returns_output_and_exit_codes(settled):
     assert missing.rc == 126 and "executable file not found" in missing.stdout
 
 
+def test_exec_opening_is_retried_on_a_flaky_api(api_lab, settled, caplog):
+    kube = Kube(settings=api_lab.settings(), attempts=10)
+    pod = toolbox(kube)
+    fault(api_lab, "api-flaky", ratio=0.5, mode="mixed", for_s=60)
+    time.sleep(0.5)
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    try:
+        for _ in range(6):
+            out = kube.exec(namespace="rook-ceph", pod=pod, command=["rados", "--version"], timeout=30)
+            assert out.rc == 0 and "16.2.15" in out.stdout
+    finally:
+        fault(api_lab, "api-flaky", clear=True)
+        kube.close()
+    assert any(r.getMessage().startswith("retrying exec `rados --version`") for r in caplog.records)
+
+
 def test_exec_into_a_missing_pod_is_not_found(settled):
     with pytest.raises(NotFoundError):
         settled.exec(namespace="rook-ceph", pod="rook-ceph-tools-gone", command=["ceph", "--version"], timeout=10)
