@@ -105,6 +105,14 @@ class KubesprayFailed(PermanentError):
         self.issue = result.known_issue
 
 
+class KubesprayUnreachable(TransientError):
+    """Ansible could not reach the node (down, rebooting, SSH refused): may clear by itself."""
+
+    def __init__(self, message: str, *, fix: str | None, result: PlaybookResult) -> None:
+        super().__init__(message, fix=fix)
+        self.result = result
+
+
 class KubesprayTimeout(TransientError):
     def __init__(self, message: str, *, fix: str | None, result: PlaybookResult) -> None:
         super().__init__(message, fix=fix)
@@ -389,16 +397,16 @@ def check_result(result: PlaybookResult) -> PlaybookResult:
     failure = _first_real_failure(result)
     where = f" in task [{failure.task}]" if failure and failure.task else ""
     said = f": {failure.message}" if failure else f"; last output: {_last_line(result.output)}"
+    recap = result.node_recap
+    if recap is not None and recap.unreachable:
+        raise KubesprayUnreachable(f"Kubespray {playbook} could not reach {result.node}{said}",
+                                   fix="check that the node is up and answers SSH with the inventory's settings "
+                                       "(ansible_host, user, key, known_hosts), then run again", result=result)
     issue = result.known_issue
     if issue is not None:
         raise KubesprayFailed(
             f"Kubespray {playbook} failed on {result.node}{where} with a known issue: {issue.title} "
             f"({'; '.join(issue.references)}){said}", fix=issue.fix, result=result)
-    recap = result.node_recap
-    if recap is not None and recap.unreachable:
-        raise KubesprayFailed(f"Kubespray {playbook} could not reach {result.node}{said}",
-                              fix="check SSH to the node with the inventory's settings (ansible_host, key, "
-                                  "known_hosts) and that it is up", result=result)
     if failure is None and recap is None:
         raise KubesprayFailed(f"Kubespray {playbook} for {result.node} ended with rc {result.rc} and no play recap "
                               f"for the node{said}",
@@ -417,7 +425,7 @@ def upgrade_node(*, profile: Profile, node: str, kube_version: str | None = None
                  on_line: Callable[[str], None] | None = None) -> PlaybookResult:
     """Step 11: upgrade-cluster.yml limited to the node at the cluster's current kube_version.
     Returns the result when the node's recap says failed=0 unreachable=0; raises KubesprayFailed
-    (known issue and fix, or the failing task and message) or KubesprayTimeout otherwise."""
+    (known issue and fix, or the failing task and message), KubesprayUnreachable or KubesprayTimeout."""
     result = run_playbook(profile=profile, node=node, kube_version=kube_version, skip_multus=skip_multus,
                           extra_vars=extra_vars, timeout_s=timeout_s, ansible_playbook=ansible_playbook,
                           on_line=on_line)

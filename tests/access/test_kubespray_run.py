@@ -176,3 +176,18 @@ def test_inventory_secrets_are_registered_from_every_vars_file(klab):
     text = f"become {secrets['ansible_become_password']} registry {secrets['registry_password']}"
     assert redact(text) == "become *** registry ***"
     assert os.stat(klab.dir / "kubespray/inventory/mycluster/hosts.yaml").st_mode & 0o077 == 0
+
+
+def test_a_node_that_is_down_is_unreachable_not_a_playbook_bug(klab, profile):
+    subprocess.run([sys.executable, "-m", "nodegate", "lab", "power-off", "node2", "--dir", str(klab.dir)],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        with pytest.raises(kubespray.KubesprayUnreachable) as caught:
+            kubespray.upgrade_node(profile=profile, node="node2", timeout_s=120)
+    finally:
+        subprocess.run([sys.executable, "-m", "nodegate", "lab", "power-on", "node2", "--dir", str(klab.dir)],
+                       check=True, capture_output=True, timeout=60)
+    error = caught.value
+    assert "could not reach node2" in error.message
+    assert error.result.node_recap.unreachable == 1
+    assert "answers SSH" in error.fix
