@@ -49,6 +49,7 @@ DEFAULT_TIMEOUT_S = 1800.0     # a real node's upgrade-cluster.yml run takes 5-2
 KILL_GRACE_S = 5.0
 _KUBE_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
 _SECRET_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|private_key|key_data|vault)")
+_NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_url")
 # Where operators keep Kubespray's virtualenv (its docs: `kubespray-venv` beside the checkout).
 _VENV_CANDIDATES = ("../kubespray-venv", "venv", ".venv", "../venv")
 
@@ -247,7 +248,9 @@ def register_inventory_secrets(inventory: Path) -> int:
         nonlocal count
         if isinstance(value, Mapping):
             for key, inner in value.items():
-                walk(inner, secret or bool(_SECRET_KEY.search(str(key))))
+                # ansible_ssh_private_key_file and the like name a file, not a secret
+                named = bool(_SECRET_KEY.search(str(key))) and not str(key).endswith(_NOT_SECRET_SUFFIXES)
+                walk(inner, secret or named)
         elif isinstance(value, list):
             for inner in value:
                 walk(inner, secret)
