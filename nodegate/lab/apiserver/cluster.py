@@ -20,6 +20,7 @@ import re
 import shutil
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
@@ -220,8 +221,17 @@ class Cluster:
         return self.config.dir / "apiserver-state.json"
 
     def _lab_id(self) -> str:
-        # Which lab the saved state belongs to (a new `lab up` in the same directory starts fresh).
-        return hashlib.sha256(f"{self.config.token}|{self.config.dir}".encode()).hexdigest()
+        """Which run of the lab the saved state belongs to: this lab's token and directory and
+        the supervisor that runs it (its PID and start time), so a server restarted by the same
+        supervisor restores, and a new `lab up` in the same directory (same token) starts fresh."""
+        supervisor = ""
+        try:
+            pid = int((self.config.dir / "supervisor.pid").read_text().split()[0])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            supervisor = f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22: start time
+        except (OSError, ValueError, IndexError):
+            pass
+        return hashlib.sha256(f"{self.config.token}|{self.config.dir}|{supervisor}".encode()).hexdigest()
 
     def save(self) -> None:
         data = {"lab": self._lab_id(), "saved_at": time.time(), "store": self.store.dump()}
