@@ -536,7 +536,7 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
                what="taint manager marks short-toleration for deletion")
     assert proxy.metadata.name in {p.metadata.name for p in core.list_namespaced_pod("kube-system").items
                                    if p.metadata.deletion_timestamp is None}
-    # The Kubespray stand-in records the kubelet it installed; the kubelet reports it from its next start.
+    # The Kubespray stand-in records the kubelet it installed (and restarts it): the node reports that version.
     (fake_lab.node_dir("node3") / "root/etc/kubernetes").mkdir(parents=True, exist_ok=True)
     (fake_lab.node_dir("node3") / "root/etc/kubernetes/kubelet-version").write_text("v1.25.16\n")
     new_boot = fake_lab.set_state("node3", up=True, new_boot=True)

@@ -74,7 +74,8 @@ class NodeView:
     os_release: dict = field(default_factory=dict)
     modules: frozenset = frozenset()
     kubelet_boot_id: str = ""          # the boot the kubelet last reported
-    kubelet_version: str = ""          # read once per boot, as the kubelet binary starts
+    kubelet_version: str = ""          # read at boot and when Kubespray rewrites it (kubelet restart)
+    kubelet_version_mtime: int | None = None
 
     @property
     def up(self) -> bool:
@@ -112,7 +113,26 @@ class NodeMirror:
                 self._mtimes[name] = mtime
                 changed |= self._read_state(view, path)
             changed |= self._advance(view, now)
+            if view.up:
+                changed |= self._kubelet_restarted(view)
         return changed
+
+    def _kubelet_restarted(self, view: NodeView) -> bool:
+        """Kubespray installing a kubelet rewrites its version file and restarts it: the node
+        reports the new version at once, without a reboot."""
+        root = self._node_dir(view.node.name) / "root"
+        try:
+            mtime = inside(root, "etc/kubernetes/kubelet-version").stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime == view.kubelet_version_mtime:
+            return False
+        view.kubelet_version_mtime = mtime
+        version = read_kubelet_version(root) or self.config.kube_version
+        if version == view.kubelet_version:
+            return False
+        view.kubelet_version = version
+        return True
 
     def _read_state(self, view: NodeView, path: Path) -> bool:
         try:
