@@ -205,6 +205,13 @@ class Api:
         raw = request["body"]
         if not raw:
             return {}
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if ctype in ("application/vnd.kubernetes.protobuf", "application/cbor", "application/yaml"):
+            # What kube-apiserver answers for a type it does not decode; client-go then resends JSON.
+            raise status.ApiError(415, "UnsupportedMediaType",
+                                  f'the body of the request was in an unknown format - accepted media types include: '
+                                  'application/json, application/merge-patch+json, application/json-patch+json, '
+                                  'application/strategic-merge-patch+json')
         try:
             data = json.loads(raw)
         except ValueError:

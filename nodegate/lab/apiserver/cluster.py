@@ -44,6 +44,7 @@ DEPLOYMENTS = resources.find("apps", "v1", "deployments")
 REPLICASETS = resources.find("apps", "v1", "replicasets")
 PDBS = resources.find("policy", "v1", "poddisruptionbudgets")
 LEASES = resources.find("coordination.k8s.io", "v1", "leases")
+SERVICEACCOUNTS = resources.find("", "v1", "serviceaccounts")
 
 POLL_S = 0.2                 # state.json and faults.json are read this often (the contract's bound)
 SAVE_EVERY_S = 2.0            # objects are saved this often when they changed
@@ -663,6 +664,10 @@ class Cluster:
     def reconcile_namespaces(self) -> None:
         for ns in self.store.list(NAMESPACES):
             if not ns["metadata"].get("deletionTimestamp"):
+                # the service account controller: every namespace has a `default` account
+                if self.store.find(SERVICEACCOUNTS, ns["metadata"]["name"], "default") is None:
+                    self.store.create(SERVICEACCOUNTS, {"metadata": {"name": "default",
+                                                                     "namespace": ns["metadata"]["name"]}})
                 continue
             name = ns["metadata"]["name"]
             left = 0

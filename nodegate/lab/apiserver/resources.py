@@ -53,6 +53,13 @@ RESOURCES: tuple[Resource, ...] = (
              subresources=("status", "eviction", "log", "exec", "binding"), has_status=True,
              field_selectors=POD_FIELDS),
     Resource("", "v1", "events", "event", "Event", True, ("ev",), field_selectors=EVENT_FIELDS),
+    # Stored and served as they are (no controller acts on them): what kubectl and tools read.
+    Resource("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",)),
+    Resource("", "v1", "secrets", "secret", "Secret", True, field_selectors=("metadata.name", "metadata.namespace", "type")),
+    Resource("", "v1", "services", "service", "Service", True, ("svc",), ("all",), subresources=("status",),
+             has_status=True),
+    Resource("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",)),
+    Resource("", "v1", "endpoints", "endpoints", "Endpoints", True, ("ep",)),
     Resource("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, ("ds",), ("all",),
              subresources=("status",), has_status=True, bumps_generation=True),
     Resource("apps", "v1", "deployments", "deployment", "Deployment", True, ("deploy",), ("all",),

@@ -180,7 +180,19 @@ def lease_row(obj: dict) -> list:
 
 LEASE_COLUMNS = [_col("Name", fmt="name"), _col("Holder"), _col("Age")]
 
+def service_row(obj: dict) -> list:
+    spec = obj.get("spec") or {}
+    ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or []) or "<none>"
+    selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>"
+    return [obj["metadata"]["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", "<none>"), "<none>",
+            ports, age(obj), selector]
+
+
+SERVICE_COLUMNS = [_col("Name", fmt="name"), _col("Type"), _col("Cluster-IP"), _col("External-IP"),
+                   _col("Port(s)"), _col("Age"), _col("Selector", priority=1)]
+
 PRINTERS = {
+    "Service": (SERVICE_COLUMNS, service_row),
     "Event": (EVENT_COLUMNS, event_row),
     "ReplicaSet": (REPLICASET_COLUMNS, replicaset_row),
     "Namespace": (NAMESPACE_COLUMNS, namespace_row),

@@ -99,6 +99,20 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
     objs: list[tuple[str, dict]] = [("Namespace", {"metadata": {"name": ns, "labels": {
         "kubernetes.io/metadata.name": ns}}}) for ns in NAMESPACES]
 
+    objs.append(("Service", {"metadata": {"name": "kubernetes", "namespace": "default", "labels": {
+        "component": "apiserver", "provider": "kubernetes"}}, "spec": {
+        "clusterIP": "10.233.0.1", "clusterIPs": ["10.233.0.1"], "type": "ClusterIP", "sessionAffinity": "None",
+        "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}, "status": {"loadBalancer": {}}}))
+    objs.append(("Service", {"metadata": {"name": "coredns", "namespace": "kube-system", "labels": {
+        "k8s-app": "kube-dns", "kubernetes.io/name": "coredns"}}, "spec": {
+        "clusterIP": "10.233.0.3", "clusterIPs": ["10.233.0.3"], "type": "ClusterIP", "sessionAffinity": "None",
+        "selector": {"k8s-app": "kube-dns"},
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                  {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}, "status": {"loadBalancer": {}}}))
+    # Rook's operator settings; empty data means Rook's default images (cephcsi per Rook release).
+    objs.append(("ConfigMap", {"metadata": {"name": "rook-ceph-operator-config", "namespace": "rook-ceph"},
+                               "data": {"ROOK_CSI_ENABLE_RBD": "true", "CSI_ENABLE_CEPHFS": "false"}}))
+
     # -- kube-system (Kubespray v2.21 defaults) --------------------------------------
     objs.append(("DaemonSet", daemonset("kube-system", "kube-proxy", {"k8s-app": "kube-proxy"}, pod_spec(
         [container("kube-proxy", f"registry.k8s.io/kube-proxy:{kube}",
