@@ -68,6 +68,7 @@ class Store:
         self.objects: dict[str, dict[tuple[str, str], dict]] = {}
         self.history: deque[WatchEvent] = deque(maxlen=HISTORY)
         self.watchers: set[Watcher] = set()
+        self.oldest_rv = 0          # watches from before this (a restored store) answer 410
 
     # -- reading -----------------------------------------------------------
     def _bucket(self, res: Resource) -> dict[tuple[str, str], dict]:
@@ -194,7 +195,10 @@ class Store:
         return {"rv": self.rv, "objects": {key: list(bucket.values()) for key, bucket in self.objects.items()}}
 
     def load(self, data: dict, resources_by_key: dict[str, Resource]) -> None:
-        self.rv = int(data["rv"])
+        # Writes lost since the last save must never reuse a resourceVersion a client saw, and a
+        # watch from before the restart has no history to resume from (410, so it re-lists).
+        self.rv = int(data["rv"]) + 1000
+        self.oldest_rv = self.rv
         self.objects = {}
         for key, items in data["objects"].items():
             res = resources_by_key.get(key)
@@ -216,7 +220,7 @@ class Store:
                 backlog.append(WatchEvent(int(obj["metadata"]["resourceVersion"]), res.key, "ADDED", obj))
         else:
             oldest = self.history[0].rv if self.history else self.rv + 1
-            if since_rv < oldest - 1 and len(self.history) == self.history.maxlen:
+            if (since_rv < oldest - 1 and len(self.history) == self.history.maxlen) or since_rv < self.oldest_rv:
                 raise status.gone(f"too old resource version: {since_rv} ({self.rv})")
             for event in self.history:
                 if event.rv > since_rv:
