@@ -235,8 +235,9 @@ def perform(upgrade: "Upgrade", evidence):
             if failure is None:
                 evidence.text("outcome", f"{outcome.status}: {outcome.detail}\nproof: {outcome.proof}")
                 allure.dynamic.description(f"{outcome.status}: {outcome.detail}\n\nproof: {outcome.proof}")
-        if failure is not None:
-            pytest.fail(failure, pytrace=False)
+            else:
+                # inside the Allure step, so that the step shows as failed too, not only the test
+                pytest.fail(failure, pytrace=False)
 
     return _perform
 
