@@ -191,12 +191,22 @@ def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
         "| # | node | phase | check or step | outcome | time |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for i, r in enumerate(lines, 1):
+    procedure = [r for r in lines if r.phase == "procedure"]
+    # In an upgrade run the ticket wants the steps; the checks its gates ran are counted per phase
+    # (and any that failed are listed below); a checks-only run lists every check.
+    shown = procedure if procedure else lines
+    for i, r in enumerate(shown, 1):
         out.append(f"| {i} | {_cell(r.node or '')} | {_cell(r.phase or '')} | {_cell(r.name)} | "
                    f"**{r.status}** | {r.duration_s:.1f} s |")
         for step in r.steps:
-            if step.depth == 0:   # the procedure's own steps; deeper ones are in the HTML
+            if step.depth == 0 and step.name != r.name:   # sub-steps; deeper ones are in the HTML
                 out.append(f"|  |  |  | ↳ {_cell(step.name)} | {step.status} | {step.duration_s:.1f} s |")
+    if procedure:
+        for phase in sorted({r.phase or "other" for r in lines} - {"procedure"}):
+            of_phase = [r for r in lines if (r.phase or "other") == phase]
+            tally = ", ".join(f"{sum(1 for r in of_phase if r.status == s)} {s}"
+                              for s in ("passed", "failed", "broken", "skipped") if any(r.status == s for r in of_phase))
+            out.append(f"\n{phase} checks run by the procedure's gates: {tally}")
     if failed:
         out += ["", "## What failed", ""]
         for r in failed:
