@@ -2,82 +2,14 @@
 here), the Markdown ticket summary beside it, history per cluster, and clear errors."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-import pytest
-
-from conftest import TICKET, html_payloads, only_run, run_suite
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  # the report must need no network: any name lookup fails, so nothing can load from outside
-                  "--host-resolver-rules=MAP * ~NOTFOUND")
-
-
-def chromium(url: str, *, workdir: Path, screenshot: Path | None = None, budget_ms: int = 8000) -> str:
-    """Open url in a fresh headless Chromium; return the DOM after the page's scripts ran (or take a
-    screenshot). Each call gets its own profile directory."""
-    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by `make setup`"
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=workdir)
-    args = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}"]
-    args += [f"--screenshot={screenshot}", "--window-size=1400,1100"] if screenshot else ["--dump-dom"]
-    proc = subprocess.run([*args, url], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "HOME": str(workdir)})
-    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-1500:]}"
-    shutil.rmtree(profile, ignore_errors=True)
-    return proc.stdout
-
-
-def visible_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)).replace("&gt;", ">").replace("&lt;", "<")
-
-
-def tree_leaves(dom: str) -> dict[str, str]:
-    """Leaf title -> status, as the report's result tree shows them."""
-    dom = re.sub(r"<style\b.*?</style>", " ", dom, flags=re.S)
-    starts = [m.start() for m in re.finditer(r'data-testid="tree-leaf"', dom)] + [len(dom)]
-    leaves = {}
-    for a, b in zip(starts, starts[1:]):
-        chunk = dom[a:b]
-        status = re.search(r'data-testid="tree-leaf-status-(\w+)"', chunk)
-        title = re.search(r'data-testid="tree-leaf-title"[^>]*>(.*?)</', chunk, flags=re.S)
-        if status and title:
-            leaves[visible_text(title.group(1)).strip()] = status.group(1)
-    return leaves
-
-
-def result_steps(dom: str) -> list[tuple[str, str]]:
-    """(step title, status) in the order the result page shows them."""
-    dom = re.sub(r"<style\b.*?</style>", " ", dom, flags=re.S)
-    starts = [m.start() for m in re.finditer(r'data-testid="test-result-step"', dom)] + [len(dom)]
-    steps = []
-    for a, b in zip(starts, starts[1:]):
-        chunk = dom[a:b]
-        status = re.search(r'data-testid="tree-leaf-status-(\w+)"', chunk)
-        title = re.search(r'data-testid="test-result-step-title"[^>]*>(.*?)</', chunk, flags=re.S)
-        if status and title:
-            steps.append((visible_text(title.group(1)).strip(), status.group(1)))
-    return steps
-
-
-def report_results(html: str) -> dict[str, dict]:
-    """Result name -> the report's own data for it (id, status, history), decoded from the file."""
-    out = {}
-    for name, value in re.findall(r'd\("(data/test-results/[^"]+)","([A-Za-z0-9+/=]*)"\)', html):
-        data = json.loads(base64.b64decode(value))
-        out[data["name"]] = data
-    return out
-
+from reportkit import (TICKET, chromium, only_run, report_results, result_steps, run_suite,
+                       tree_leaves, visible_text)
 
 def nodegate_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,

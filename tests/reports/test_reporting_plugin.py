@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BEARER_TOKEN, INVENTORY_PASSWORD, TICKET, html_payloads, labels, load_results, only_run,
+from reportkit import (BEARER_TOKEN, INVENTORY_PASSWORD, TICKET, html_payloads, labels, load_results, only_run,
                       run_suite, write_profile)
 from nodegate.reporting import CATEGORIES, classify
 

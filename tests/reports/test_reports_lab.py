@@ -14,8 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import html_payloads, labels, load_results
-from test_report_html import chromium, report_results, result_steps, visible_text
+from reportkit import chromium, html_payloads, labels, load_results, report_results, result_steps, visible_text
 
 from nodegate.knowledge import cephcsi_for_rook
 from nodegate.reporting import classify
