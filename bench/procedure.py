@@ -50,8 +50,23 @@ def api_ready_times(lab: Path, node: str) -> list[float]:
     return out
 
 
+def apply_known_kubespray_fix(lab: Path) -> bool:
+    """The lab's Kubespray v2.21.0 fails on a node whose packages were upgraded (kubespray #9114)
+    until its docker task gets `force: true`, as an operator does before the upgrade: the bench
+    measures the procedure, not the known issue. Returns True if the checkout was changed."""
+    task = lab / "kubespray" / "roles" / "container-engine" / "docker" / "tasks" / "main.yml"
+    if not task.exists():
+        return False
+    text = task.read_text()
+    if "    force: true\n" in text or "    update_cache: true\n" not in text:
+        return False
+    task.write_text(text.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1))
+    return True
+
+
 def overhead(lab: Path, *, node: str, tiny: bool) -> dict:
     profile = lab_profile(lab)
+    fixed = False if tiny else apply_known_kubespray_fix(lab)
     with tempfile.TemporaryDirectory(prefix="bench-procedure-") as tmp:
         trace = Path(tmp) / "trace.jsonl"
         select = ["-k", "01-gate"] if tiny else []
@@ -69,8 +84,9 @@ def overhead(lab: Path, *, node: str, tiny: bool) -> dict:
         run = timed(pytest_argv(str(ROOT / "procedures"), "--cluster", str(profile), "--node", node,
                                 "--target-release", "22.04", "--execute", *select), env=env)
         records = read_trace(trace)
-    if run.rc != 0:
-        raise SystemExit(f"bench: the procedure failed (rc {run.rc}):\n{run.output[-3000:]}")
+    if run.rc != 0 and not records:
+        raise SystemExit(f"bench: the procedure did not run (rc {run.rc}):\n{run.output[-3000:]}")
+    failed = re.findall(r"FAILED \S+\[(\S+)\]", run.output)
     external = union_seconds([(r["start"], r["end"]) for r in records if r["kind"] in EXTERNAL])
     api = union_seconds([(r["start"], r["end"]) for r in records if r["kind"] == "api"])
     result = {
@@ -79,6 +95,9 @@ def overhead(lab: Path, *, node: str, tiny: bool) -> dict:
         "procedure_external_s": round(external, 2),
         "procedure_api_requests_s": round(api, 2),
         "procedure_steps": "01-gate only (tiny)" if tiny else "all",
+        "procedure_rc": run.rc,
+        "kubespray_fix_applied": fixed,
+        "procedure_failed": failed,   # a failed run's overhead covers the steps up to the failure only
     }
     # ready latency inside the real procedure: each wait for Ready against the API server's log
     samples = []
