@@ -99,36 +99,43 @@ def fake_lab():
     config = LabConfig.new(lab_dir, 4, net=NET, ready_delay_s=0.3, rook_version="v1.14.12")
     config.save()
     (lab_dir / "kubeconfig").write_text(kubeconfig(config))
-    log = open(lab_dir / "logs" / "apiserver.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(lab_dir)],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
-    lab = FakeLab(config, proc)
+    lab = FakeLab(config, start_server(config))
     for node in config.nodes:
         (lab.node_dir(node.name) / "root/etc").mkdir(parents=True)
         lab.set_release(node.name, FOCAL)
         lab.set_state(node.name, up=True)
+    try:
+        yield lab
+    finally:
+        stop_server(lab.proc)
+        pidfile.unlink(missing_ok=True)
+
+
+def start_server(config: LabConfig) -> subprocess.Popen:
+    with open(config.dir / "logs" / "apiserver.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(config.dir)],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    (config.dir / "pids" / "apiserver.pid").write_text(str(proc.pid))
 
     def answering() -> bool:
         try:
             urllib.request.urlopen(f"{config.api_url}/healthz", timeout=1)
             return True
         except OSError:
-            assert proc.poll() is None, f"API server ended; see {lab_dir}/logs/apiserver.log"
+            assert proc.poll() is None, f"API server ended; see {config.dir}/logs/apiserver.log"
             return False
 
     wait_until(answering, timeout=30, what="API server answering")
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        yield lab
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        pidfile.unlink(missing_ok=True)
-        log.close()
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -629,3 +636,27 @@ def http_client_errors():
     import http.client
 
     return http.client.HTTPException
+
+
+def test_restarted_server_keeps_the_cluster(fake_lab, k8s):
+    """The supervisor restarts a crashed server: objects come back from DIR/apiserver-state.json."""
+    from kubernetes.client.exceptions import ApiException
+
+    core = k8s[0]
+    wait_until(lambda: settled(core), timeout=20, what="workloads settled")
+    fake_lab.kubectl("cordon", "node2")
+    pods = {p.metadata.name: p.metadata.uid for p in core.list_pod_for_all_namespaces().items}
+    old_rv = core.list_namespace().metadata.resource_version
+    stop_server(fake_lab.proc)  # SIGTERM: it saves on the way out
+    fake_lab.proc = start_server(fake_lab.config)
+    try:
+        assert core.read_node("node2").spec.unschedulable
+        again = {p.metadata.name: p.metadata.uid for p in core.list_pod_for_all_namespaces().items}
+        assert again == pods
+        assert int(core.list_namespace().metadata.resource_version) > int(old_rv)
+        with pytest.raises(ApiException) as info:
+            core.list_namespace(watch=True, resource_version=old_rv, timeout_seconds=1)
+        assert info.value.status == 410
+        wait_until(lambda: settled(core), timeout=10, what="pods still running after the restart")
+    finally:
+        fake_lab.kubectl("uncordon", "node2")
