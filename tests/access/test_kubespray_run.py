@@ -191,3 +191,25 @@ def test_a_node_that_is_down_is_unreachable_not_a_playbook_bug(klab, profile):
     assert "could not reach node2" in error.message
     assert error.result.node_recap.unreachable == 1
     assert "answers SSH" in error.fix
+
+
+def test_delegated_failures_of_old_ansible_are_parsed(tmp_path):
+    """ansible-core < 2.13 prints a delegated task's host unrendered; the failure must still be found."""
+    output = "\n".join([
+        "TASK [network_plugin/multus : Multus | Start resources] ************************",
+        "failed: [node4 -> {{ groups['kube_control_plane'][0] }}] (item=None) => "
+        "{\"msg\": \"Failed to template loop_control.label: 'None' has no attribute 'item'\"}",
+        "fatal: [node4 -> {{ groups['kube_control_plane'][0] }}]: FAILED! => {\"msg\": \"One or more items failed\"}",
+        "",
+        "PLAY RECAP *********************************************************************",
+        "node4                      : ok=13   changed=0    unreachable=0    failed=1    skipped=4    rescued=0    "
+        "ignored=0   ",
+    ])
+    result = kubespray._result(node="node4", argv=["ansible-playbook", "upgrade-cluster.yml"], cwd=tmp_path, rc=2,
+                               output=output, duration=1.0, version="2.12.5", timed_out=False)
+    assert [(f.host, f.task) for f in result.failures] == [
+        ("node4", "network_plugin/multus : Multus | Start resources")] * 2
+    assert result.known_issue.key == "kubespray-multus-limit"
+    with pytest.raises(kubespray.KubesprayFailed, match="with a known issue") as caught:
+        kubespray.check_result(result)
+    assert "'None' has no attribute 'item'" in caught.value.message   # the real message, not the wrapper
