@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -115,10 +116,15 @@ class Procedure:
 
 
 @pytest.fixture
-def procedure(pytester, lab, monkeypatch) -> Procedure:
+def procedure(pytester, lab, monkeypatch):
     monkeypatch.setenv("NODEGATE_REPORTS", str(pytester.path / "reports"))
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    return Procedure(pytester, lab)
+    # pytester's HOME is a long path; Ansible's ssh ControlPath under it would pass the 108-byte
+    # socket limit ("ControlPath too long"), so Kubespray's connections get a short directory.
+    control = Path(tempfile.mkdtemp(prefix="ngp-cp-", dir="/tmp"))
+    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(control))
+    yield Procedure(pytester, lab)
+    shutil.rmtree(control, ignore_errors=True)
 
 
 @pytest.fixture
@@ -132,8 +138,9 @@ def fixed_kubespray(lab, tmp_path) -> Path:
         (tmp_path / "kubespray-venv").symlink_to(venv)
     task = checkout / "roles/container-engine/docker/tasks/main.yml"
     text = task.read_text()
-    fixed = re.sub(r"(?m)^(\s+)force: .*$", r"\1force: true", text)
-    assert fixed != text, "the lab's docker task has no force: line to fix"
+    # the lab stand-in's task reads a lab-only variable where the operator's fix goes
+    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
+    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
     task.write_text(fixed)
     profile = tmp_path / "cluster.toml"
     profile.write_text((lab.dir / "cluster.toml").read_text().replace(str(lab.dir / "kubespray"), str(checkout)))
