@@ -215,3 +215,15 @@ def report_results(html: str) -> dict[str, dict]:
         data = json.loads(base64.b64decode(value))
         out[data["name"]] = data
     return out
+
+
+def keep(path: Path) -> Path:
+    """Copy a test's screenshot to reports/test-output/ ($NODEGATE_TEST_OUTPUT): pytest's own
+    temporary folders rotate away after three sessions."""
+    out = Path(os.environ.get("NODEGATE_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "reports" / "test-output"))
+    out.mkdir(parents=True, exist_ok=True)
+    kept = out / path.name
+    shutil.copyfile(path, kept)
+    print(f"kept: {kept}")
+    return kept
+

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from reportkit import (TICKET, chromium, only_run, report_results, result_steps, run_suite,
+from reportkit import (TICKET, chromium, keep, only_run, report_results, result_steps, run_suite,
                        tree_leaves, visible_text)
 
 def nodegate_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def test_single_file_report_shows_checks_steps_statuses_and_the_failure_category
     shot = tmp_path / "failed-check.png"
     chromium(f"{out.as_uri()}#/{failed_id}", workdir=work, screenshot=shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-    print(f"screenshot of the failed check: {shot}")
+    keep(shot)
 
     summary = out.with_suffix(".md").read_text(encoding="utf-8")
     assert summary.startswith("# nodegate test-cluster / node3, node4: FAILED")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reportkit import chromium, html_payloads, labels, load_results, report_results, result_steps, visible_text
+from reportkit import chromium, html_payloads, keep, labels, load_results, report_results, result_steps, visible_text
 
 from nodegate.knowledge import cephcsi_for_rook
 from nodegate.reporting import classify
@@ -138,8 +138,10 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     data1 = report_results(report1.html.read_text())
     failed_page = visible_text(chromium(f"{report1.html.as_uri()}#/{data1[failed['name']]['id']}", workdir=work))
     assert "Failed" in failed_page and "Category: Kubespray known issue" in failed_page
-    chromium(f"{report1.html.as_uri()}#/{data1[failed['name']]['id']}", workdir=work,
-             screenshot=tmp_path / "kubespray-known-issue.png")
+    shot = tmp_path / "lab-upgrade-kubespray-known-issue.png"
+    chromium(f"{report1.html.as_uri()}#/{data1[failed['name']]['id']}", workdir=work, screenshot=shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    keep(shot)
     summary1 = report1.summary.read_text()
     assert "FAILED" in summary1.splitlines()[0]
     assert "Kubespray known issue" in summary1 and "Known fix: add `force: true`" in summary1
