@@ -200,7 +200,8 @@ def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access
         lock = ClusterLock(kube=access.kube, node=node.name, run_id=run_id,
                            stale_after_s=profile.upgrade.lock_stale_after_s)
     options = UpgradeOptions(run_id=run_id, ticket=run.options.ticket or "",
-                             take_over_stale_lock=run.options.take_over_stale_lock, previous_node=previous)
+                             take_over_stale_lock=run.options.take_over_stale_lock, previous_node=previous,
+                             storage_timeout_s=profile.upgrade.storage_timeout_s)
     return Upgrade(profile=profile, node=node, target=target, journal=journal, nodes=access.nodes, kube=access.kube,
                    ceph=access.ceph, lock=lock, options=options,
                    check_runner=lambda phase: run_checks(config, run, node.name, target.version, phase))

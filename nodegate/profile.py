@@ -100,6 +100,7 @@ class UpgradeSettings:
     reboot_timeout_worker_s: float = 600.0
     reboot_timeout_control_plane_s: float = 1200.0   # control-plane reboots took about twice as long
     lock_stale_after_s: float = 3600.0
+    storage_timeout_s: float = 900.0          # ceph HEALTH_OK and csi-rbdplugin Ready after a node
 
     def reboot_timeout_s(self, node: NodeSpec) -> float:
         return self.reboot_timeout_control_plane_s if node.is_control_plane else self.reboot_timeout_worker_s
@@ -230,7 +231,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command"}),
     "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb"}),
     "upgrade": frozenset({"settle_s", "devel_release", "drain_timeout_s", "reboot_timeout_worker_s",
-                          "reboot_timeout_control_plane_s", "lock_stale_after_s"}),
+                          "reboot_timeout_control_plane_s", "lock_stale_after_s", "storage_timeout_s"}),
     "nodes": frozenset(),   # [nodes.<name>] tables, checked against the inventory
 }
 _NODE_KEYS = frozenset({"bmc"})
@@ -454,6 +455,7 @@ class _TomlReader:
             reboot_timeout_control_plane_s=self.number("upgrade", "reboot_timeout_control_plane_s",
                                                        d.reboot_timeout_control_plane_s),
             lock_stale_after_s=self.number("upgrade", "lock_stale_after_s", d.lock_stale_after_s),
+            storage_timeout_s=self.number("upgrade", "storage_timeout_s", d.storage_timeout_s),
         )
 
 

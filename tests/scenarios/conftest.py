@@ -1,0 +1,345 @@
+"""The scenario suite's tools: run the real procedure as an operator does, read where the node,
+the cluster and the journal stand, inject faults, interrupt, and put node4 back afterwards.
+
+Everything is read through the harness's own modules (nodes, kube, ceph, journal) or the lab
+CLI; the procedure itself always runs as `python -m pytest procedures/ …` in a subprocess.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nodegate.lab.config import LabConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCEDURES = ROOT / "procedures"
+NODE = "node4"
+TARGET = "22.04"
+_CASE = re.compile(r"test_upgrade\[(?P<node>[^\]]+?)-(?P<n>\d\d)-(?P<step>\w+)\]")
+
+
+# --------------------------------------------------------------------------- a procedure run
+
+@dataclass
+class Run:
+    rc: int
+    text: str
+    seconds: float
+    outcomes: dict[str, str]              # step -> passed / failed / skipped
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def failed_step(self) -> str | None:
+        return next((s for s, o in self.outcomes.items() if o == "failed"), None)
+
+    def message(self) -> str:
+        step = self.failed_step()
+        return self.messages.get(step, "") if step else ""
+
+    def passed(self) -> list[str]:
+        return [s for s, o in self.outcomes.items() if o == "passed"]
+
+
+def _junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    outcomes: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    if not path.exists():
+        return outcomes, messages
+    for case in ET.parse(path).getroot().iter("testcase"):
+        found = _CASE.search(case.get("name", ""))
+        if not found:
+            continue
+        outcome = "passed"
+        for kind, word in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
+            element = case.find(kind)
+            if element is not None:
+                outcome = word
+                messages[found.group("step")] = (element.get("message") or "") + "\n" + (element.text or "")
+                break
+        outcomes[found.group("step")] = outcome
+    return outcomes, messages
+
+
+class Operator:
+    """Runs `pytest procedures/ --cluster P --node node4 --target-release 22.04 --execute …` from one
+    working folder; every run shares the folder's reports (so its journal), as one operator's would."""
+
+    def __init__(self, work: Path, lab: LabConfig) -> None:
+        self.work = work
+        self.lab = lab
+        self.reports = work / "reports"
+        self.count = 0
+        # Kubespray's ssh ControlPath must stay under the 108-byte socket limit
+        self.control = Path(tempfile.mkdtemp(prefix="ngs-cp-", dir="/tmp"))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NODEGATE_REPORTS"] = str(self.reports)
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(self.control)
+        env.pop("NODEGATE_CLUSTER", None)
+        return env
+
+    def argv(self, profile: Path, *extra: str) -> tuple[list[str], Path]:
+        self.count += 1
+        junit = self.work / f"junit-{self.count}.xml"
+        return ([sys.executable, "-m", "pytest", str(PROCEDURES), "--cluster", str(profile), "--node", NODE,
+                 "--target-release", TARGET, "--execute", "-v", "-rA", "--color=no", "-p", "no:randomly",
+                 "-p", "no:cacheprovider", f"--junitxml={junit}", *extra], junit)
+
+    def run(self, profile: Path, *extra: str, timeout: float = 900) -> Run:
+        argv, junit = self.argv(profile, *extra)
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=self.work, env=self.env(), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        text = done.stdout + "\n" + done.stderr
+        (self.work / f"run-{self.count}.log").write_text(text)
+        outcomes, messages = _junit(junit)
+        return Run(rc=done.returncode, text=text, seconds=time.monotonic() - started, outcomes=outcomes,
+                   messages=messages)
+
+    def start(self, profile: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+        """The same run in the background (to be interrupted); returns (process, junit, log)."""
+        argv, junit = self.argv(profile, *extra)
+        log = self.work / f"run-{self.count}.log"
+        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        return proc, junit, log
+
+    def finish(self, proc: subprocess.Popen, junit: Path, log: Path, *, timeout: float = 120) -> Run:
+        started = time.monotonic()
+        proc.wait(timeout=timeout)
+        outcomes, messages = _junit(junit)
+        return Run(rc=proc.returncode, text=log.read_text(), seconds=time.monotonic() - started, outcomes=outcomes,
+                   messages=messages)
+
+    def journal(self) -> list[dict]:
+        path = self.reports / "runs" / "journal" / "nodegate-lab" / f"{NODE}-{TARGET}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def last(self, step: str) -> str | None:
+        """The status of the step's last journal record."""
+        found = [r["status"] for r in self.journal() if r["step"] == step]
+        return found[-1] if found else None
+
+    def wait_journal(self, predicate, *, proc: subprocess.Popen | None = None, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.journal():
+                if predicate(record):
+                    return record
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError("the journal never showed the awaited record; it has: "
+                             f"{[(r['step'], r['status']) for r in self.journal()]}")
+
+
+# --------------------------------------------------------------------------- where things stand
+
+@dataclass(frozen=True)
+class Standing:
+    release: str | None
+    held: dict[str, str]
+    audit: str
+    cordoned: bool
+    cordoned_by: str | None
+    annotation: dict | None
+    evictable_pods: tuple[str, ...]
+    noout: bool
+    lock_holder: str | None
+    lock_node: str | None
+    ceph_healthy: bool
+
+
+class Lab:
+    """The lab seen through the harness's own modules, plus the lab CLI for faults and resets."""
+
+    def __init__(self, lab: LabConfig) -> None:
+        from nodegate.ceph import Ceph
+        from nodegate.kube import Kube
+        from nodegate.nodes import Nodes
+        from nodegate.profile import load_profile
+
+        self.config = lab
+        self.profile = load_profile(lab.dir / "cluster.toml")
+        self.kube = Kube.connect(settings=self.profile.kube)
+        self.ceph = Ceph(settings=self.profile.ceph, kube=self.kube)
+        self.nodes = Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
+
+    def host(self):
+        return self.nodes.reconnect(NODE)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "nodegate", "lab", *args, "--dir", str(self.config.dir)],
+                              capture_output=True, text=True, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"nodegate lab {' '.join(args)}: rc {done.returncode}\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def fault(self, name: str, *args: str) -> None:
+        self.cli("fault", name, *args)
+
+    def clear(self, name: str, *args: str) -> None:
+        self.cli("fault", name, "--clear", *args)
+
+    def ssh(self, command: str, *, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(["ssh", "-F", str(self.config.dir / "ssh" / "config"), NODE, command],
+                              capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"ssh {NODE} {command!r}: rc {done.returncode}\n{done.stdout}{done.stderr}")
+        return done
+
+    def standing(self) -> Standing:
+        from nodegate.journal import ANNOTATION
+
+        host = self.host()
+        status = self.kube.node(NODE)
+        pods = tuple(p.ref for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished))
+        annotation = status.annotations.get(ANNOTATION)
+        lock = self.kube.read_lock()
+        return Standing(release=host.release.os_release().version_id, held=host.packages.held(),
+                        audit=host.packages.audit(), cordoned=bool(status.unschedulable),
+                        cordoned_by=status.annotations.get("nodegate.io/cordoned-by"),
+                        annotation=json.loads(annotation) if annotation else None, evictable_pods=pods,
+                        noout=NODE in self.ceph.noout_hosts(),
+                        lock_holder=lock.holder if lock is not None and lock.held else None,
+                        lock_node=lock.node if lock is not None and lock.held else None,
+                        ceph_healthy=self.ceph.status().healthy_in_full)
+
+    # -- the lock, as another operator's run would leave it ---------------------------------------
+    def plant_lock(self, *, holder: str, node: str, run_id: str, renewed_s_ago: float) -> None:
+        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE, LOCK_NODE_ANNOTATION, LOCK_RUN_ANNOTATION
+
+        self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+        stamp = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=renewed_s_ago)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": LOCK_NAME, "namespace": LOCK_NAMESPACE,
+                             "annotations": {LOCK_NODE_ANNOTATION: node, LOCK_RUN_ANNOTATION: run_id}},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60, "acquireTime": stamp,
+                         "renewTime": stamp, "leaseTransitions": 0}}
+        request = urllib.request.Request(
+            f"{self.config.api_url}/apis/coordination.k8s.io/v1/namespaces/{LOCK_NAMESPACE}/leases",
+            data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status in (200, 201), response.status
+
+    # -- inside node4, seen from this machine --------------------------------------------------------
+    def node_processes(self) -> list[tuple[int, str]]:
+        """(pid, command line) of every process running inside node4."""
+        root = str(self.config.dir / "nodes" / NODE / "root")
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "root") != root:
+                    continue
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()))
+            except OSError:
+                continue
+        return found
+
+    def drop_ssh(self) -> list[int]:
+        """Cut every SSH session into node4 the way a network drop does: its per-session sshd
+        processes end (the listener, node4's PID 1, stays); what they ran loses its stdout."""
+        killed = []
+        for pid, command in self.node_processes():
+            if command.startswith("sshd:") and "listener" not in command:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+        return killed
+
+    # -- back to the start -----------------------------------------------------------------------------
+    def wait_healthy(self, timeout: float = 240) -> None:
+        from nodegate.waits import Done, NotYet, wait_for
+
+        def probe():
+            not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
+            if not_ready:
+                return NotYet(f"not Ready: {not_ready}")
+            status = self.ceph.status()
+            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
+
+        wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
+
+    def restore(self) -> None:
+        """node4 as `lab up` left it: root reset (20.04, held packages, legacy key), uncordoned, no
+        noout, no upgrade annotation, no lock, no fault."""
+        from nodegate.journal import ANNOTATION
+        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+
+        self.cli("fault", "--clear", check=False)
+        self.cli("reset", NODE)
+        self.kube.uncordon(NODE)
+        self.kube.set_node_annotation(NODE, key=ANNOTATION, value=None)
+        self.kube.set_node_annotation(NODE, key="nodegate.io/cordoned-by", value=None)
+        self.ceph.unset_group_noout(NODE)
+        self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+        self.nodes.close()
+        self.wait_healthy()
+
+
+def write_profile(lab: LabConfig, path: Path, *, kubespray: Path | None = None, **upgrade: float) -> Path:
+    """The lab's profile with short [upgrade] limits (and another Kubespray checkout if given)."""
+    text = (lab.dir / "cluster.toml").read_text()
+    if kubespray is not None:
+        text = text.replace(str(lab.dir / "kubespray"), str(kubespray))
+    body = "".join(f"{k} = {v}\n" for k, v in upgrade.items())
+    text = re.sub(r"(?ms)^\[upgrade\]\n.*?(?=^\[|\Z)", "", text) + "\n[upgrade]\n" + body
+    path.write_text(text)
+    return path
+
+
+def fixed_checkout(lab: LabConfig, where: Path) -> Path:
+    """A copy of the lab's Kubespray checkout with the operator's fix for kubespray #9114
+    (`force: true` on the docker package task)."""
+    checkout = where / "kubespray"
+    shutil.copytree(lab.dir / "kubespray", checkout, symlinks=True)
+    venv = lab.dir / "kubespray-venv"
+    if venv.exists() and not (where / "kubespray-venv").exists():
+        (where / "kubespray-venv").symlink_to(venv)
+    task = checkout / "roles/container-engine/docker/tasks/main.yml"
+    text = task.read_text()
+    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
+    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
+    task.write_text(fixed)
+    return checkout
+
+
+@pytest.fixture(scope="module")
+def scenario_lab(lab) -> Lab:
+    """The session's lab with node4 fresh at the start and put back at the end."""
+    view = Lab(lab)
+    view.restore()
+    yield view
+    view.restore()
+    view.kube.close()
+
+
+def secrets_of(lab: LabConfig) -> dict[str, str]:
+    inventory = (lab.dir / "kubespray" / "inventory" / "mycluster" / "hosts.yaml").read_text()
+    found = {"API token": lab.token}
+    become = re.search(r"ansible_become_password:\s*(\S+)", inventory)
+    if become:
+        found["inventory become password"] = become.group(1)
+    return found
