@@ -449,6 +449,8 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
             reads.host(spec.name)          # built here, in one thread
     if needs_kube:
         reads.prefetch(lambda: access.kube)   # importing the client and the first request: ~0.5 s
+    if needs_ssh and len(run.nodes) > 1:
+        reads.prefetch(*[functools.partial(reads.snapshot, spec.name) for spec in run.nodes[1:]])
     snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh else {}
     if needs_kube:
         try:
@@ -460,7 +462,10 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
     for spec in run.nodes:
         if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
             _check_target(spec, snapshots[spec.name], run)
-    _prefetch(reads, run, items, phases, needs_kube=needs_kube, needs_ssh=needs_ssh)
+    if not hasattr(config, "workerinput"):
+        # an xdist worker runs only its share of the checks: reading everything ahead in every
+        # worker would multiply the load on the nodes, the API server and Ceph
+        _prefetch(reads, run, items, phases, needs_kube=needs_kube, needs_ssh=needs_ssh)
 
 
 def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
