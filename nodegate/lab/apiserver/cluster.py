@@ -30,7 +30,7 @@ from nodegate.lab.apiserver.nodes import LOST, READY, NodeMirror, NodeView, desi
 from nodegate.lab.apiserver.podstate import (CSI_CONTAINER, CrashLoop, PodRuntime, pending_unscheduled, pod_ip,
                                              pod_status)
 from nodegate.lab.apiserver.selectors import match_label_selector
-from nodegate.lab.apiserver.store import Store, now_rfc3339
+from nodegate.lab.apiserver.store import Store, clone, now_rfc3339
 from nodegate.lab.config import LabConfig
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class Cluster:
             return False
         self.store.load(data["store"], {r.key: r for r in resources.RESOURCES})
         self._saved_rv = self.store.rv
-        for node in self.store.list(NODES):
+        for node in self.store.peek(NODES):
             name = node["metadata"]["name"]
             self.cordon_seen[name] = bool(node["spec"].get("unschedulable"))
             self.node_boot_seen[name] = (node.get("status") or {}).get("nodeInfo", {}).get("bootID", "")
@@ -490,7 +490,7 @@ class Cluster:
             self.delete_pod(pod, grace=grace)
             self.kick()
             return 201, success
-        pdbs = [p for p in self.store.list(PDBS, namespace)
+        pdbs = [p for p in self.store.peek(PDBS, namespace)
                 if eviction.matching_pods(p, [pod])]
         blocking = [p for p in pdbs if p["metadata"]["name"] == BLOCK_PDB]
         if blocking:
@@ -500,7 +500,7 @@ class Cluster:
                                                         "eviction subresource does not support.")
         if pdbs:
             pdb = pdbs[0]
-            budget = eviction.compute(pdb, self.store.list(PODS, namespace), self._scale_of)
+            budget = eviction.compute(pdb, self.store.peek(PODS, namespace), self._scale_of)
             pdb_name = pdb["metadata"]["name"]
             if budget.disruptions_allowed <= 0 and not (
                     not eviction.is_ready(pod) and budget.current_healthy >= budget.desired_healthy > 0):
@@ -688,10 +688,10 @@ class Cluster:
         """Dependents whose controlling owner is gone are deleted (background propagation)."""
         owners = {}
         for res in (DEPLOYMENTS, REPLICASETS, DAEMONSETS):
-            for obj in self.store.list(res):
+            for obj in self.store.peek(res):
                 owners[obj["metadata"]["uid"]] = obj
         for res in (REPLICASETS, PODS):
-            for obj in self.store.list(res):
+            for obj in self.store.peek(res):
                 owner = controller_of(obj)
                 if owner is None or owner["kind"] not in ("Deployment", "ReplicaSet", "DaemonSet"):
                     continue
@@ -753,7 +753,7 @@ class Cluster:
         return [p for p in pods if (controller_of(p) or {}).get("uid") == uid]
 
     def reconcile_replicasets(self) -> None:
-        pods = self.store.list(PODS)
+        pods = self.store.peek(PODS)
         for rs in self.store.list(REPLICASETS):
             if rs["metadata"].get("deletionTimestamp"):
                 continue
@@ -809,8 +809,8 @@ class Cluster:
                    if t.get("effect") in effects)
 
     def reconcile_daemonsets(self) -> None:
-        pods = self.store.list(PODS)
-        nodes = self.store.list(NODES)
+        pods = self.store.peek(PODS)
+        nodes = self.store.peek(NODES)
         for ds in self.store.list(DAEMONSETS):
             if ds["metadata"].get("deletionTimestamp"):
                 continue
@@ -855,7 +855,7 @@ class Cluster:
         label and a real PDB in its namespace needs all of them healthy."""
         blocked_nodes = self.faults.nodes(PDB_BLOCK)
         per_ns: dict[str, int] = {}
-        for pod in self.store.list(PODS):
+        for pod in self.store.peek(PODS):
             labels = pod["metadata"].get("labels") or {}
             owner = controller_of(pod)
             want = (pod["spec"].get("nodeName") in blocked_nodes and is_active(pod)
@@ -864,9 +864,11 @@ class Cluster:
             if want:
                 per_ns[pod["metadata"]["namespace"]] = per_ns.get(pod["metadata"]["namespace"], 0) + 1
             if want and not has:
+                pod = clone(pod)
                 pod["metadata"].setdefault("labels", {})[eviction.BLOCK_LABEL] = pod["spec"]["nodeName"]
                 self.store.update(PODS, pod)
             elif has and not want and eviction.BLOCK_LABEL in labels:
+                pod = clone(pod)
                 del pod["metadata"]["labels"][eviction.BLOCK_LABEL]
                 self.store.update(PODS, pod)
         for ns, count in per_ns.items():
@@ -890,13 +892,13 @@ class Cluster:
         tolerates it for tolerationSeconds (300 s by default: not-ready, unreachable) is deleted
         when that time has passed since the taint was added."""
         tainted = {}
-        for node in self.store.list(NODES):
+        for node in self.store.peek(NODES):
             taints = [t for t in node["spec"].get("taints") or [] if t.get("effect") == "NoExecute"]
             if taints:
                 tainted[node["metadata"]["name"]] = taints
         if not tainted:
             return
-        for pod in self.store.list(PODS):
+        for pod in self.store.peek(PODS):
             taints = tainted.get(pod["spec"].get("nodeName") or "")
             if not taints or not is_active(pod):
                 continue
@@ -919,8 +921,8 @@ class Cluster:
 
     # -- scheduler ---------------------------------------------------------------------------
     def schedule(self, now: float) -> None:
-        nodes = self.store.list(NODES)
-        pods = self.store.list(PODS)
+        nodes = self.store.peek(NODES)
+        pods = self.store.peek(PODS)
         count_on: dict[str, int] = {}
         for p in pods:
             if p["spec"].get("nodeName") and is_active(p):
@@ -944,6 +946,7 @@ class Cluster:
                            f"{total} Preemption is not helpful for scheduling.")
                 new_status = pending_unscheduled(pod, message, now)
                 if pod.get("status") != new_status:
+                    pod = clone(pod)
                     pod["status"] = new_status
                     self.store.update(PODS, pod)
                 if self._sched_messages.get(pod["metadata"]["uid"]) != message:
@@ -959,6 +962,7 @@ class Cluster:
                 return (-preferred_score(spec, node), same, count_on.get(name, 0), name)
 
             target = min(fits, key=score)["metadata"]["name"]
+            pod = clone(pod)
             pod["spec"]["nodeName"] = target
             count_on[target] = count_on.get(target, 0) + 1
             pod["status"] = {"phase": "Pending", "qosClass": "BestEffort", "conditions": [
@@ -999,7 +1003,7 @@ class Cluster:
 
     def run_kubelets(self, now: float) -> None:
         live = set()
-        for pod in self.store.list(PODS):
+        for pod in self.store.peek(PODS):
             uid = pod["metadata"]["uid"]
             live.add(uid)
             node_name = pod["spec"].get("nodeName")
@@ -1074,17 +1078,17 @@ class Cluster:
                     self.due(end if now < end else end + rt.crash.backoff_s(count))
             if pod["spec"].get("nodeName") and (view.up or rt.started_at is not None or view.phase == LOST):
                 new_status = pod_status(pod, rt, view, now, crashing)
-                if not pod["metadata"].get("deletionTimestamp") or new_status != pod.get("status"):
-                    if new_status != pod.get("status"):
-                        pod["status"] = new_status
-                        self.store.update(PODS, pod)
+                if new_status != pod.get("status"):
+                    pod = clone(pod)
+                    pod["status"] = new_status
+                    self.store.update(PODS, pod)
         for uid in list(self.runtimes):
             if uid not in live:
                 del self.runtimes[uid]
 
     # -- PDB status and workload status ------------------------------------------------------
     def reconcile_pdbs(self) -> None:
-        pods = self.store.list(PODS)
+        pods = self.store.peek(PODS)
         ts = now_rfc3339()
         for pdb in self.store.list(PDBS):
             budget = eviction.compute(pdb, pods, self._scale_of)
@@ -1094,7 +1098,7 @@ class Cluster:
                 self.store.update(PDBS, pdb)
 
     def workload_status(self) -> None:
-        pods = self.store.list(PODS)
+        pods = self.store.peek(PODS)
         for rs in self.store.list(REPLICASETS):
             owned = [p for p in self._owned_pods(rs, pods) if is_active(p)]
             ready = sum(1 for p in owned if eviction.is_ready(p))
@@ -1146,7 +1150,7 @@ class Cluster:
             if new != old:
                 dep["status"] = new
                 self.store.update(DEPLOYMENTS, dep)
-        nodes = self.store.list(NODES)
+        nodes = self.store.peek(NODES)
         for ds in self.store.list(DAEMONSETS):
             owned = [p for p in self._owned_pods(ds, pods) if is_active(p)]
             revision = safe_hash(ds["spec"]["template"])
@@ -1186,7 +1190,7 @@ class Cluster:
     def osd_wanted(self) -> dict[str, bool]:
         """node -> whether its OSD should run: node up and its rook-ceph-osd pod running."""
         want = {n.name: False for n in self.config.nodes}
-        for pod in self.store.list(PODS, "rook-ceph"):
+        for pod in self.store.peek(PODS, "rook-ceph"):
             labels = pod["metadata"].get("labels") or {}
             if labels.get("app") != "rook-ceph-osd":
                 continue
