@@ -95,3 +95,8 @@ def test_ssh_unknown_host_key(catalogue, broken_profile, lab, tmp_path):
     path = broken_profile(ssh=lambda c: c.replace(known, str(empty)), toml=lambda t: t.replace(known, str(empty)))
     run = catalogue("-m", "preflight", cluster=path)
     assert_usage_error(run, "has no host key for node4", "ssh-keyscan")
+
+
+def test_node_missing_where_checks_need_one(catalogue):
+    run = catalogue("-m", "preflight", node=None)
+    assert_usage_error(run, "no --node was given", "known nodes: node1, node2, node3, node4")
