@@ -276,6 +276,9 @@ def _kube_secrets(path: Path) -> list[str]:
 
 
 _SECRET_KEY = re.compile(r"(?i)(pass|secret|token|vault)")
+# values of such keys that are settings, not secrets (kube_token_auth: "false" …): masking them
+# would blank every "true" in every report
+_NOT_SECRETS = frozenset({"", "true", "false", "yes", "no", "none", "null", "~", "on", "off"})
 _INI_SECRET = re.compile(r"(?i)\b\w*(?:pass|secret|token)\w*\s*=\s*(\"[^\"]*\"|'[^']*'|\S+)")
 
 
@@ -300,7 +303,8 @@ def _inventory_secrets(inventory_dir: Path) -> list[str]:
         elif isinstance(value, list):
             for item in value:
                 walk(item, secret)
-        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        elif (secret and isinstance(value, (str, int)) and not isinstance(value, bool)
+              and str(value).strip().lower() not in _NOT_SECRETS):
             found.append(str(value).strip())
 
     if not inventory_dir.is_dir():
@@ -319,7 +323,7 @@ def _inventory_secrets(inventory_dir: Path) -> list[str]:
             except yaml.YAMLError:
                 pass
         else:   # INI inventory: host lines and [group:vars] lines
-            found += [m.group(1).strip("\"'") for m in _INI_SECRET.finditer(text)]
+            found += [v for m in _INI_SECRET.finditer(text) if (v := m.group(1).strip("\"'")).lower() not in _NOT_SECRETS]
     return found
 
 

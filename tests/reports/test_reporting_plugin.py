@@ -205,3 +205,19 @@ def test_category_regexes_mean_the_same_in_javascript():
     expected = [want for _, _, want in samples]
     assert json.loads(out) == expected
     assert [classify(s, m) for s, m, _ in samples] == expected
+
+
+def test_inventory_secrets_are_found_in_yaml_ini_and_vault_tags_but_settings_are_not(tmp_path):
+    from nodegate.reporting import _inventory_secrets
+
+    inv = tmp_path / "inventory"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.ini").write_text("[all]\nnode1 ansible_host=10.0.0.1 ansible_password='ini-Secret-1'\n"
+                                   "[all:vars]\nansible_become_pass=\"ini-Secret-2\"\nkube_token_auth=false\n")
+    (inv / "group_vars" / "all" / "creds.yml").write_text(
+        "registry:\n  auth:\n    password: yaml-Secret-3\nvault_db_password: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n"
+        "  6162636465\nkube_token_auth: false\nkube_encrypt_secret_data: \"true\"\nplain: not-a-secret\n")
+    found = _inventory_secrets(inv)
+    assert {"ini-Secret-1", "ini-Secret-2", "yaml-Secret-3"} <= set(found)
+    assert any(v.startswith("$ANSIBLE_VAULT") for v in found)
+    assert not {"false", "true", "not-a-secret", "10.0.0.1"} & set(found)
