@@ -52,6 +52,8 @@ DEMO_PYTEST := $(PY) -m pytest -p no:randomly --cluster $(LAB)/cluster.toml --no
 
 demo: setup
 	-@test -f $(LAB)/lab.json && .venv/bin/nodegate lab down --dir $(LAB)
+	@# a fresh lab: the journal of an earlier demo's upgrade no longer describes its nodes
+	rm -rf reports/runs/journal/nodegate-lab
 	.venv/bin/nodegate lab up --dir $(LAB)
 	.venv/bin/nodegate lab status --dir $(LAB)
 	@echo "== preflight of node4 (read-only)"
