@@ -209,7 +209,7 @@ class Api:
         if ctype in ("application/vnd.kubernetes.protobuf", "application/cbor", "application/yaml"):
             # What kube-apiserver answers for a type it does not decode; client-go then resends JSON.
             raise status.ApiError(415, "UnsupportedMediaType",
-                                  f'the body of the request was in an unknown format - accepted media types include: '
+                                  'the body of the request was in an unknown format - accepted media types include: '
                                   'application/json, application/merge-patch+json, application/json-patch+json, '
                                   'application/strategic-merge-patch+json')
         try:
@@ -435,7 +435,7 @@ class Api:
             patched = json_patch(current, body)
         else:
             raise status.ApiError(415, "UnsupportedMediaType",
-                                  f"the body of the request was in an unknown format - accepted media types include: "
+                                  "the body of the request was in an unknown format - accepted media types include: "
                                   "application/json-patch+json, application/merge-patch+json, "
                                   "application/apply-patch+yaml, application/strategic-merge-patch+json")
         if not isinstance(patched, dict):

@@ -83,7 +83,7 @@ def _pointer(path: str) -> list[str]:
     if path == "":
         return []
     if not path.startswith("/"):
-        raise status.ApiError(422, "Invalid", f"the server rejected our request due to an error in our request")
+        raise status.ApiError(422, "Invalid", "the server rejected our request due to an error in our request")
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 

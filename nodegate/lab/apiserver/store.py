@@ -7,9 +7,7 @@ a caller can never change stored state without a write, and every write is a wat
 from __future__ import annotations
 
 import asyncio
-import copy
 import secrets
-import string
 import time
 import uuid
 from collections import deque
