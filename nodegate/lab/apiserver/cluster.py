@@ -586,7 +586,7 @@ class Cluster:
                 self.event(node, "RegisteredNode", f"Node {name} event: Registered Node {name} in Controller",
                            component="node-controller")
             new = json.loads(json.dumps(node))
-            new["status"] = self.mirror.node_status(view, node.get("status") or {})
+            new["status"] = self.mirror.node_status(view, node.get("status") or {}, now)
             taints = desired_taints(node.get("spec") or {}, view)
             if taints:
                 new["spec"]["taints"] = taints

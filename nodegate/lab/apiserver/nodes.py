@@ -21,6 +21,7 @@ from nodegate.lab.config import LabConfig, LabNode
 
 log = logging.getLogger(__name__)
 
+STATUS_REPORT_S = 300.0     # kubelet nodeStatusReportFrequency (5 min; the node lease beats every 10 s)
 LOST_AFTER_S = 1.0          # node down -> conditions Unknown (the real grace is 40 s)
 MODULES_FILE = "run/nodegate-lab/modules"
 RUNTIME_VERSION = "docker://20.10.20"
@@ -224,10 +225,18 @@ class NodeMirror:
                     "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
                 "spec": spec, "status": {}}
 
-    def node_status(self, view: NodeView, old_status: dict) -> dict:
+    def node_status(self, view: NodeView, old_status: dict, now: float | None = None) -> dict:
         """status as kubelet + node lifecycle controller would leave it in this phase."""
         n = view.node
         ts = now_rfc3339(view.phase_since)
+        now = view.phase_since if now is None else now
+        old_ready = next((c for c in old_status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if view.phase in (READY, STARTING):
+            # The kubelet posts its status at start and then every nodeStatusReportFrequency.
+            beat = max(view.phase_since, now - (now - view.changed_at) % STATUS_REPORT_S)
+            hb = now_rfc3339(beat)
+        else:  # the node lifecycle controller keeps the kubelet's last heartbeat
+            hb = old_ready.get("lastHeartbeatTime") or ts
         if view.phase == READY:
             ready = ("True", "KubeletReady", "kubelet is posting ready status. AppArmor enabled")
         elif view.phase == STARTING:
@@ -242,17 +251,17 @@ class NodeMirror:
                     "DiskPressure": ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                     "PIDPressure": ("KubeletHasSufficientPID", "kubelet has sufficient PID available")}
         conditions = [{"type": "NetworkUnavailable", "status": "False", "reason": "CalicoIsUp",
-                       "message": "Calico is running on this node", "lastHeartbeatTime": ts,
+                       "message": "Calico is running on this node", "lastHeartbeatTime": hb,
                        "lastTransitionTime": ts}]
         for ctype, (reason, message) in pressure.items():
             if view.phase in (LOST, NEVER):
                 conditions.append({"type": ctype, "status": "Unknown", "reason": ready[1], "message": ready[2],
-                                   "lastHeartbeatTime": ts, "lastTransitionTime": ts})
+                                   "lastHeartbeatTime": hb, "lastTransitionTime": ts})
             else:
                 conditions.append({"type": ctype, "status": "False", "reason": reason, "message": message,
-                                   "lastHeartbeatTime": ts, "lastTransitionTime": ts})
+                                   "lastHeartbeatTime": hb, "lastTransitionTime": ts})
         conditions.append({"type": "Ready", "status": ready[0], "reason": ready[1], "message": ready[2],
-                           "lastHeartbeatTime": ts, "lastTransitionTime": ts})
+                           "lastHeartbeatTime": hb, "lastTransitionTime": ts})
         capacity = {"cpu": "4", "ephemeral-storage": "51287520Ki", "hugepages-1Gi": "0",
                     "hugepages-2Mi": "0", "memory": "8148564Ki", "pods": "110"}
         allocatable = {**capacity, "cpu": "3800m", "ephemeral-storage": "47266578354", "memory": "7521876Ki"}
