@@ -45,7 +45,7 @@ class Access:
 
     def __init__(self, profile: "Profile") -> None:
         self.profile = profile
-        self._lock = threading.Lock()
+        self._ceph_kube: "Kube | None" = None
 
     @functools.cached_property
     def nodes(self) -> "Nodes":
@@ -73,7 +73,7 @@ class Access:
     def close(self) -> None:
         if "kube" in self.__dict__:
             self.kube.close()
-        if getattr(self, "_ceph_kube", None) is not None:
+        if self._ceph_kube is not None:
             self._ceph_kube.close()
         if "nodes" in self.__dict__ and self.profile.ssh.config is None:
             # paramiko transports end with the process anyway; an ssh_config's ControlPersist is
@@ -179,6 +179,10 @@ class Reads:
         return self._get(("apt-update", name, id(host)), host.apt.update)
 
     # -- Kubernetes ------------------------------------------------------------------
+    def connect(self) -> "Kube":
+        """The API client, connected and asked its version once (shared by every thread)."""
+        return self._get(("connect",), lambda: self.access.kube)
+
     def node_statuses(self) -> dict[str, "NodeStatus"]:
         """Every node of the cluster by name: one list call serves all the node checks."""
         return self._get(("cluster:nodes",), lambda: {n.name: n for n in self.access.kube.list_nodes()})
@@ -442,19 +446,18 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
 
     needs_kube = any(_uses(i, _KUBE_FIXTURES) for i in items)
     needs_ssh = bool(run.nodes) and any(_uses(i, _SSH_FIXTURES) for i in items)
-    access = access_for(config)
     reads = reads_for(config)
     if needs_ssh:
         for spec in run.nodes:
             reads.host(spec.name)          # built here, in one thread
     if needs_kube:
-        reads.prefetch(lambda: access.kube)   # importing the client and the first request: ~0.5 s
+        reads.prefetch(reads.connect)   # importing the client and the first request: ~0.5 s
     if needs_ssh and len(run.nodes) > 1:
         reads.prefetch(*[functools.partial(reads.snapshot, spec.name) for spec in run.nodes[1:]])
     snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh else {}
     if needs_kube:
         try:
-            reads._get(("cluster:connect",), lambda: access.kube)
+            reads.connect()
         except TransientError as exc:
             raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
                              f"{exc.message}",
