@@ -589,6 +589,9 @@ def test_csi_rbdplugin_crash_loops_on_noble_with_old_cephcsi(fake_lab, k8s):
     wait_until(crashing, timeout=20, what="csi-rbdplugin CrashLoopBackOff on node2")
     pod = csi_on(core, "node2")
     assert "CrashLoopBackOff" in fake_lab.kubectl("get", "pod", "-n", "rook-ceph", pod.metadata.name).stdout
+    backoff = [e for e in core.list_namespaced_event("rook-ceph", field_selector=f"involvedObject.name={pod.metadata.name}").items
+               if e.reason == "BackOff"]
+    assert len(backoff) == 1 and backoff[0].type == "Warning" and backoff[0].count >= 1  # aggregated, not repeated
     log = core.read_namespaced_pod_log(pod.metadata.name, "rook-ceph", container="driver-registrar")
     assert "Still connecting to unix:///csi/csi.sock" in log
     assert "could not insert 'rbd'" in core.read_namespaced_pod_log(pod.metadata.name, "rook-ceph",

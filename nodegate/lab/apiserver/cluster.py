@@ -191,6 +191,7 @@ class Cluster:
         self._osd_state: dict[str, bool] = {}          # node -> OSD last made running (True) / stopped
         self._osd_checked = 0.0
         self._sched_messages: dict[str, str] = {}      # pod uid -> last FailedScheduling message
+        self._event_keys: dict[tuple, tuple[str, str]] = {}  # (uid, reason, message, source) -> event
         self.node_phase_seen: dict[str, str] = {}
         self.node_boot_seen: dict[str, str] = {}
         self.cordon_seen: dict[str, bool] = {}
@@ -541,6 +542,16 @@ class Cluster:
         source = {"component": component}
         if host:
             source["host"] = host
+        key = (meta.get("uid", ""), reason, message, component)
+        seen = self._event_keys.get(key)
+        if seen is not None:
+            # The event recorder aggregates repeats: one Event whose count and lastTimestamp grow.
+            existing = self.store.find(EVENTS, *seen)
+            if existing is not None:
+                existing["count"] = int(existing.get("count") or 1) + 1
+                existing["lastTimestamp"] = ts
+                self.store.update(EVENTS, existing)
+                return
         ev = {"metadata": {"name": f"{meta['name']}.{hashlib.sha1(f'{time.time_ns()}{reason}'.encode()).hexdigest()[:16]}",
                            "namespace": ns},
               "involvedObject": involved, "reason": reason, "message": message, "source": source,
@@ -550,6 +561,7 @@ class Cluster:
             self.store.create(EVENTS, ev)
         except status.ApiError:
             return
+        self._event_keys[key] = (ns, ev["metadata"]["name"])
         bucket = self.store.objects.get(EVENTS.key) or {}
         if len(bucket) > MAX_EVENTS:
             oldest = sorted(bucket.items(), key=lambda kv: int(kv[1]["metadata"]["resourceVersion"]))
@@ -1062,8 +1074,7 @@ class Cluster:
                 crashing = self.csi_crashing(pod, view)
                 if crashing and rt.crash is None:
                     rt.crash = CrashLoop(since=max(rt.started_at, now), restarts_before=rt.restarts.get(CSI_CONTAINER, 0))
-                    self.event(pod, "BackOff", "Back-off restarting failed container", type_="Warning",
-                               host=view.node.name)
+                    rt.backoff_seen = -1
                 elif not crashing and rt.crash is not None:
                     # The cause is gone: the next restart succeeds.
                     count, start, end, _, _ = rt.crash.restarts(now)
@@ -1076,6 +1087,10 @@ class Cluster:
                 if rt.crash is not None:
                     count, start, end, _, _ = rt.crash.restarts(now)
                     self.due(end if now < end else end + rt.crash.backoff_s(count))
+                    if count != rt.backoff_seen and now >= end:
+                        rt.backoff_seen = count
+                        self.event(pod, "BackOff", "Back-off restarting failed container", type_="Warning",
+                                   host=view.node.name)
             if pod["spec"].get("nodeName") and (view.up or rt.started_at is not None or view.phase == LOST):
                 new_status = pod_status(pod, rt, view, now, crashing)
                 if new_status != pod.get("status"):

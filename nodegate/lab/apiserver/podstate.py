@@ -64,6 +64,7 @@ class PodRuntime:
     recover_at: float | None = None
     terminate_at: float | None = None
     ip: str = ""
+    backoff_seen: int = -1            # the crash-loop attempt last reported as a BackOff event
 
 
 def pod_ip(pod: dict, view: NodeView | None, counter: int) -> str:
