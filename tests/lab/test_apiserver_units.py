@@ -93,3 +93,16 @@ def test_strategic_merge_keys_lists_by_name():
     out = patch.strategic_merge_patch(pod, {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}})
     assert [c["name"] for c in out["spec"]["containers"]] == ["b"]
     assert patch.merge_patch(pod, {"spec": {"tolerations": None}}) == {"spec": {"containers": pod["spec"]["containers"]}}
+
+
+def test_crash_loop_timeline():
+    from nodegate.lab.apiserver.podstate import CrashLoop
+
+    loop = CrashLoop(since=0.0, restarts_before=2)
+    # attempt 0 runs 1 s and is restarted at once; attempt 1 then waits 10 s, attempt 2 20 s ...
+    assert loop.restarts(0.5)[0] == 0
+    assert loop.restarts(1.5)[:3] == (1, 1.0, 2.0)
+    assert loop.restarts(11.9)[0] == 1            # backing off 10 s after attempt 1 ended at 2 s
+    assert loop.restarts(12.0)[:3] == (2, 12.0, 13.0)
+    assert loop.restarts(33.0)[:3] == (3, 33.0, 34.0)
+    assert [CrashLoop.backoff_s(n) for n in range(0, 8)] == [0, 10, 20, 40, 80, 160, 300, 300]

@@ -176,7 +176,9 @@ class Api:
             if method != "GET":
                 raise status.method_not_allowed()
             text = self.cluster.pod_log(namespace, name, q)
-            return web.Response(text=text, content_type="text/plain")
+            if q.get("follow") not in ("true", "1"):
+                return web.Response(text=text, content_type="text/plain")
+            return await self.follow_log(request, namespace, name, text)
         if sub == "eviction":
             if method != "POST":
                 raise status.method_not_allowed()
@@ -198,6 +200,39 @@ class Api:
         if method == "DELETE":
             return await self.delete(request, res, namespace, name)
         raise status.method_not_allowed()
+
+    async def follow_log(self, request: web.Request, namespace: str, name: str, text: str) -> web.StreamResponse:
+        """`logs -f`: what is there, then new lines as the container prints them, until the pod
+        or its container instance goes away (or the client leaves)."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        query = {k: v for k, v in request.query.items() if k not in ("tailLines", "limitBytes", "sinceSeconds")}
+        sent = self.cluster.pod_log(namespace, name, query)  # `text` may be its tail
+        uid = self.store.get(resources.find("", "v1", "pods"), namespace, name)["metadata"]["uid"]
+        try:
+            await response.write(text.encode())
+            while True:
+                await asyncio.sleep(1.0)
+                pod = self.store.find(resources.find("", "v1", "pods"), namespace, name)
+                if pod is None or pod["metadata"]["uid"] != uid:
+                    break
+                try:
+                    full = self.cluster.pod_log(namespace, name, query)
+                except status.ApiError:
+                    break  # the container stopped
+                if not full.startswith(sent):
+                    break  # a new container instance: kubectl's follow ends there too
+                if len(full) > len(sent):
+                    await response.write(full[len(sent):].encode())
+                    sent = full
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        try:
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
 
     # -- helpers ----------------------------------------------------------------
     @staticmethod

@@ -36,21 +36,26 @@ class CrashLoop:
 
     def restarts(self, now: float) -> tuple[int, float, float, float | None, float | None]:
         """(restarts so far, start and end of the current attempt, start and end of the one
-        before, if any). Each attempt runs CRASH_RUN_S, then waits out the back-off."""
-        count, start, backoff = 0, self.since, BACKOFF_START_S
+        before, if any). Each attempt runs CRASH_RUN_S; the kubelet restarts the first failure at
+        once, then waits 10 s, 20 s, 40 s ... up to 5 min (so RESTARTS reads 1 when the first
+        CrashLoopBackOff shows)."""
+        count, start = 0, self.since
         prev: tuple[float | None, float | None] = (None, None)
         while True:
             end = start + CRASH_RUN_S
-            nxt = end + backoff
+            nxt = end + self.backoff_s(count)
             if nxt > now:
                 return count, start, end, prev[0], prev[1]
             count += 1
             prev = (start, end)
             start = nxt
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def backoff_s(self, restarts: int) -> int:
-        return int(min(BACKOFF_START_S * 2 ** restarts, BACKOFF_MAX_S))
+    @staticmethod
+    def backoff_s(restarts: int) -> int:
+        """The wait after the failure of attempt number `restarts` (0 for the first)."""
+        if restarts <= 0:
+            return 0
+        return int(min(BACKOFF_START_S * 2 ** (restarts - 1), BACKOFF_MAX_S))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from nodegate.lab.apiserver import status
 from nodegate.lab.apiserver.resources import Resource
 
-HISTORY = 10000  # watch events kept for resuming; older resourceVersions answer 410 Gone
+HISTORY = 4000   # watch events kept for resuming; older resourceVersions answer 410 Gone
 _SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
 
 
