@@ -430,6 +430,9 @@ def test_drain_retries_a_pdb_refusal_then_moves_pods(fake_lab, k8s):
     fake_lab.set_faults({"pdb-block": {"nodes": ["node4"], "since": time.time()}})
     wait_until(lambda: core.list_pod_for_all_namespaces(label_selector="lab.nodegate.io/pdb-block=node4").items,
                timeout=5, what="pdb-block labels")
+    block = k8s[2].read_namespaced_pod_disruption_budget("nodegate-lab-pdb-block", "demo")
+    wait_until(lambda: k8s[2].read_namespaced_pod_disruption_budget("nodegate-lab-pdb-block", "demo")
+               .status.disruptions_allowed == 0 and block.spec.min_available >= 1, timeout=5, what="block PDB status")
     clear_at = time.monotonic() + 6
     timer = threading.Timer(6, fake_lab.set_faults, args=({},))
     timer.start()
@@ -445,6 +448,10 @@ def test_drain_retries_a_pdb_refusal_then_moves_pods(fake_lab, k8s):
     assert "(will retry after 5s)" in text
     assert time.monotonic() >= clear_at - 0.5 and time.monotonic() - started < 60
     assert "node/node4 drained" in out.stdout
+    # cleared: no block PDB and no block labels are left behind
+    assert not [p for p in k8s[2].list_pod_disruption_budget_for_all_namespaces().items
+                if p.metadata.name == "nodegate-lab-pdb-block"]
+    assert not core.list_pod_for_all_namespaces(label_selector="lab.nodegate.io/pdb-block").items
     after = {p.metadata.name: p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items}
     assert set(after) == ds_before  # DaemonSet pods stay; everything else left
     def replaced() -> bool:
