@@ -239,6 +239,27 @@ def test_pods_wide_and_selectors(fake_lab, k8s):
     assert status == 400 and body["reason"] == "BadRequest" and "spec.color" in body["message"]
 
 
+def test_kubectl_reads_everything_an_operator_looks_at(fake_lab, k8s):
+    wait_until(lambda: settled(k8s[0]), timeout=20, what="workloads settled")
+    described = fake_lab.kubectl("describe", "node", "node4").stdout
+    assert "Non-terminated Pods:" in described and "rook-ceph-osd-3-" in described and "Events:" in described
+    fake_lab.kubectl("wait", "--for=condition=Ready", "node/node1", "--timeout=10s")
+    assert "successfully rolled out" in fake_lab.kubectl("rollout", "status", "-n", "rook-ceph", "ds/csi-rbdplugin",
+                                                         "--timeout=20s").stdout
+    heads = {
+        ("get", "pdb", "-A"): ["NAMESPACE", "NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"],
+        ("get", "ds", "-A"): ["NAMESPACE", "NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE"],
+        ("get", "events", "-A"): ["NAMESPACE", "LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        ("get", "deploy", "-n", "demo"): ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+    }
+    for args, head in heads.items():
+        out = fake_lab.kubectl(*args).stdout.splitlines()
+        assert out[0].split()[:len(head)] == head, (args, out[0])
+        assert len(out) > 1
+    pdbs = fake_lab.kubectl("get", "pdb", "-n", "rook-ceph", "rook-ceph-osd").stdout.splitlines()[1].split()
+    assert pdbs[:4] == ["rook-ceph-osd", "N/A", "1", "1"]
+
+
 # -- CRUD, errors, patch, watch, leases ----------------------------------------------------------
 def test_status_bodies_for_errors(fake_lab, k8s):
     core, _, _, coord, _ = k8s
