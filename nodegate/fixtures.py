@@ -388,12 +388,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_HostFixture(), "nodegate-host-fixture")
     config.addinivalue_line("filterwarnings", "always::nodegate.fixtures.NodegateNotice")
     run = config.stash.get(RUN_KEY, None)
-    if run is not None and run.options.active and config.args_source == pytest.Config.ArgsSource.TESTPATHS:
-        # `pytest --node node4 -m preflight` at the project root means the catalogue (and the
-        # procedures), not the project's own tests that testpaths names.
-        roots = [str(config.rootpath / d) for d in ("checks", "procedures") if (config.rootpath / d).is_dir()]
-        if roots:
-            config.args[:] = roots
+    if run is not None and run.options.active and config.args_source in (pytest.Config.ArgsSource.TESTPATHS,
+                                                                           pytest.Config.ArgsSource.INVOCATION_DIR):
+        # `pytest --cluster PATH --node node4 -m preflight` with no test path means the catalogue
+        # (and the procedures), not the project's own tests. The invocation directory is looked at
+        # first: pytest picks its rootdir before the --cluster option is known, so the profile's
+        # path counts as a test path there and the rootdir can be the profile's folder. Run
+        # from anywhere else, the catalogue beside the nodegate package is the one meant.
+        from pathlib import Path
+
+        shipped = Path(__file__).resolve().parent.parent      # the checkout nodegate runs from
+        for base in (config.invocation_params.dir, config.rootpath, shipped):
+            roots = [str(base / d) for d in ("checks", "procedures") if (base / d).is_dir()]
+            if (base / "checks").is_dir():
+                config.args[:] = roots
+                break
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
