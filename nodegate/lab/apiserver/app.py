@@ -338,6 +338,8 @@ class Api:
                     break
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), min(left, BOOKMARK_EVERY_S))
+                    if event is None:
+                        break  # fell too far behind
                 except asyncio.TimeoutError:
                     if bookmarks:
                         await send("BOOKMARK", {"kind": res.kind, "apiVersion": res.api_version,

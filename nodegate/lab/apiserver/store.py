@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from nodegate.lab.apiserver import status
 from nodegate.lab.apiserver.resources import Resource
 
+WATCH_QUEUE_MAX = 2000  # events waiting for one watch client before it is dropped
 HISTORY = 4000   # watch events kept for resuming; older resourceVersions answer 410 Gone
 _SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String alphabet
 
@@ -57,12 +58,17 @@ class Watcher:
         self.store = store
         self.key = key
         self.namespace = namespace
-        self.queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()  # None: dropped
 
     def offer(self, event: WatchEvent) -> None:
         if event.key != self.key:
             return
         if self.namespace and event.obj["metadata"].get("namespace") != self.namespace:
+            return
+        if self.queue.qsize() >= WATCH_QUEUE_MAX:
+            # A client that stopped reading: like the real watch cache, drop it (it re-lists).
+            self.close()
+            self.queue.put_nowait(None)
             return
         self.queue.put_nowait(event)
 
