@@ -52,3 +52,25 @@ def test_phase_follows_the_mark_expression(pytester, lab, mark, target, phase, s
     result = pytester.runpytest_subprocess(*args, timeout=300)
     result.assert_outcomes(passed=1, deselected=3)
     result.stdout.fnmatch_lines([f"*PHASE={phase} TARGET={shown}*"])
+
+
+def test_root_invocation_runs_the_catalogue(lab, tmp_path):
+    """`pytest --cluster DIR/cluster.toml --node node4 -m preflight` at the project root, with no test
+    path, runs the checks (the project's own tests are not collected)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NODEGATE_REPORTS": str(tmp_path / "reports")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--cluster", str(lab.dir / "cluster.toml"), "--node",
+                           "node4", "-m", "preflight", "-q", "-p", "no:hypothesispytest", "--co"],
+                          cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    catalogue = {p.name for p in (root / "checks").glob("test_*.py")}
+    # node ids are relative to pytest's rootdir, which the --cluster value can move: compare file names
+    assert collected and all(Path(line.split("::")[0]).name in catalogue for line in collected), done.stdout[-3000:]
+    assert any(line.endswith("test_packages.py::test_packages_held[node4]") for line in collected)
