@@ -69,8 +69,9 @@ def add_parser(subparsers) -> None:
     fault.add_argument("--list", action="store_true", help="list known faults and which are on")
     fault.add_argument("--ratio", type=float, help="api-flaky: share of requests that fail (default 0.5)")
     fault.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="api-flaky: for how long")
-    fault.add_argument("--mode", choices=("503", "drop", "mixed"),
-                       help="api-flaky: answer 503, drop the connection, or both (default mixed)")
+    fault.add_argument("--mode", choices=("503", "drop", "mixed", "outage"),
+                       help="api-flaky: answer 503, drop the connection, mixed (429/500/503/drops; the "
+                            "default) or outage (every request dropped, whatever --ratio)")
     fault.set_defaults(func=cmd_fault)
 
 
