@@ -165,3 +165,14 @@ def test_lock_held_by_another_run(catalogue, kube):
     run.assert_failed_exactly({"test_upgrade_lock_free[node4]"})
     section = run.section("test_upgrade_lock_free[node4]")
     assert "someone@elsewhere:4242" in section and "node3" in section
+
+
+def test_flaky_api_is_retried_not_reported(catalogue, lab, cli):
+    """A third of the API requests answered 503: reads are retried within bounds, the node still passes."""
+    cli("lab", "fault", "api-flaky", "--ratio", "0.3", "--mode", "503", "--dir", str(lab.dir))
+    try:
+        run = catalogue("-m", "preflight")
+    finally:
+        fault(lab, cli, "api-flaky", clear=True)
+    assert run.ret == 0, run.stdout[-5000:]
+    assert run.passed() == PREFLIGHT_NODE4
