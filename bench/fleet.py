@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,10 @@ def measure(lab: Path, *, sizes: list[int], workers: int = 4, tiny: bool = False
             costs[str(size)] = round(run.seconds, 2)
             memory[str(size)] = round(run.peak_rss_mb, 1)
             results_ok[str(size)], counts[str(size)] = one_result_per_node_and_check(out)
+        # the same largest fleet without xdist, for comparison: on a machine whose cores are busy
+        # elsewhere, parallel workers cost more than they save
+        spec = "all" if max(sizes) == len(nodes) else ",".join(nodes[len(nodes) - max(sizes):])
+        serial = timed(preflight_argv(profile, spec, "--alluredir", str(Path(tmp) / "serial"), tiny=tiny))
     largest = str(max(sizes))
     return {
         "fleet_ratio": round(costs[largest] / costs[str(min(sizes))], 2),
@@ -54,6 +59,8 @@ def measure(lab: Path, *, sizes: list[int], workers: int = 4, tiny: bool = False
         "fleet_results": counts,
         "fleet_one_result_per_node_and_check": all(results_ok.values()),
         "fleet_workers": workers,
+        "fleet_serial_s": round(serial.seconds, 2),
+        "fleet_serial_ratio": round(serial.seconds / costs[str(min(sizes))], 2),
     }
 
 
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lab", type=Path, required=True)
     parser.add_argument("--sizes", default="1,4,16")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="xdist workers (default: CPUs)")
     parser.add_argument("--tiny", action="store_true", help="1 and 2 nodes, 2 workers")
     args = parser.parse_args(argv)
     sizes = [1, 2] if args.tiny else [int(s) for s in args.sizes.split(",")]

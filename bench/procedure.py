@@ -138,7 +138,7 @@ def ready_latency(lab: Path, *, node: str) -> float:
     return max(0.0, returned - max(became[-1], started))
 
 
-def health_latency(lab: Path, *, node: str) -> float:
+def health_latency(lab: Path, *, node: str) -> tuple[float, float]:
     """Raise a warning (noout on the node's CRUSH host), then clear it while the storage wait runs."""
     from nodegate.ceph import Ceph
     from nodegate.kube import Kube
@@ -167,11 +167,17 @@ def health_latency(lab: Path, *, node: str) -> float:
                  what="ceph HEALTH_OK", timeout=300, interval=0.5)
         returned = time.time()
         clearer.join()
+        probes = []
+        for _ in range(3):   # what one look at Ceph costs: the wait cannot react faster than this
+            began = time.monotonic()
+            ceph.status()
+            probes.append(time.monotonic() - began)
+        probe_s = sorted(probes)[1]
     finally:
         if node in ceph.noout_hosts():
             ceph.unset_group_noout(node)
         kube.close()
-    return max(0.0, returned - cleared[0])
+    return max(0.0, returned - cleared[0]), probe_s
 
 
 def measure(lab: Path, *, node: str, tiny: bool, ready_node: str | None = None) -> dict:
@@ -179,7 +185,9 @@ def measure(lab: Path, *, node: str, tiny: bool, ready_node: str | None = None) 
     result["ready_latency_s"] = round(ready_latency(lab, node=ready_node or node), 3)
     if not tiny and result.get("procedure_ready_latency_s"):
         result["ready_latency_s"] = max(result["ready_latency_s"], *result["procedure_ready_latency_s"])
-    result["health_latency_s"] = round(health_latency(lab, node=ready_node or node), 3)
+    health, probe = health_latency(lab, node=ready_node or node)
+    result["health_latency_s"] = round(health, 3)
+    result["health_probe_s"] = round(probe, 3)
     return result
 
 

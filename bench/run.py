@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -48,8 +49,8 @@ def run_all(lab: Path, *, tiny: bool) -> dict:
     sections = [
         ("startup", lambda: startup.measure(lab, reps=1 if tiny else 5)),
         ("preflight", lambda: preflight.measure(lab, node=upgraded, reps=1 if tiny else 3, tiny=tiny)),
-        ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16], workers=2 if tiny else 4,
-                                        tiny=tiny)),
+        ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16],
+                                        workers=2 if tiny else max(2, os.cpu_count() or 2), tiny=tiny)),
         ("procedure", lambda: procedure.measure(lab, node=upgraded, tiny=tiny, ready_node=rebooted)),
     ]
     for name, measure in sections:
@@ -78,7 +79,11 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
     out.append(("preflight pytest / shell", f"{figures.get('preflight_pytest_s', '-')} s / "
                 f"{figures.get('preflight_shell_s', '-')} s", "", ""))
     costs = figures.get("fleet_cost_s", {})
-    out.append(("fleet cost by nodes", ", ".join(f"{k}: {v} s" for k, v in costs.items()), "", ""))
+    out.append(("fleet cost by nodes", ", ".join(f"{k}: {v} s" for k, v in costs.items())
+                + f" (xdist -n {figures.get('fleet_workers', '?')})", "", ""))
+    out.append(("fleet largest, no xdist", f"{figures.get('fleet_serial_s', '-')} s "
+                f"(ratio {figures.get('fleet_serial_ratio', '-')})", "", ""))
+    out.append(("one ceph status (toolbox)", f"{figures.get('health_probe_s', '-')} s", "", ""))
     out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
                 f"{figures.get('procedure_external_s', '-')} s", "", ""))
     return out
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "details": {k: v for k, v in figures.items() if k not in GOALS},
         "tiny": args.tiny,
         "lab": {"dir": str(lab), "nodes": len(lab_nodes(lab)) if (lab / "lab.json").exists() else None},
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average": [round(x, 1) for x in os.getloadavg()]},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
         "duration_s": round(time.time() - began, 1),
     }
