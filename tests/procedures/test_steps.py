@@ -80,7 +80,7 @@ def test_lock_is_exclusive_resumable_and_taken_over_only_when_stale_and_asked(la
         time.sleep(2.5)               # not renewed for longer than stale_after_s: its holder is gone
         with pytest.raises(LockHeld) as stale:
             other.acquire()
-        assert "take over a stale lock" in str(stale.value.fix)
+        assert "--take-over-stale-lock" in str(stale.value.fix) and "renewed" in str(stale.value.fix)
         assert "taken over" in other.acquire(take_over_stale=True)
         assert kube.read_lock().holder == "ops@elsewhere"
         assert rerun.release().startswith("not released"), "a run never releases a lock it lost"
