@@ -676,14 +676,15 @@ def test_restarted_server_keeps_the_cluster(fake_lab, k8s):
     core = k8s[0]
     wait_until(lambda: settled(core), timeout=20, what="workloads settled")
     fake_lab.kubectl("cordon", "node2")
-    pods = {p.metadata.name: p.metadata.uid for p in core.list_pod_for_all_namespaces().items}
+    pods = {p.metadata.name: (p.metadata.uid, p.status.pod_ip) for p in core.list_pod_for_all_namespaces().items}
     old_rv = core.list_namespace().metadata.resource_version
     stop_server(fake_lab.proc)  # SIGTERM: it saves on the way out
     fake_lab.proc = start_server(fake_lab.config)
     try:
         assert core.read_node("node2").spec.unschedulable
-        again = {p.metadata.name: p.metadata.uid for p in core.list_pod_for_all_namespaces().items}
-        assert again == pods
+        wait_until(lambda: settled(core), timeout=10, what="pods running after the restart")
+        again = {p.metadata.name: (p.metadata.uid, p.status.pod_ip) for p in core.list_pod_for_all_namespaces().items}
+        assert again == pods  # same pods, same addresses: nothing restarted
         assert int(core.list_namespace().metadata.resource_version) > int(old_rv)
         with pytest.raises(ApiException) as info:
             core.list_namespace(watch=True, resource_version=old_rv, timeout_seconds=1)

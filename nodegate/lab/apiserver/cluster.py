@@ -253,6 +253,10 @@ class Cluster:
             return False
         self.store.load(data["store"], {r.key: r for r in resources.RESOURCES})
         self._saved_rv = self.store.rv
+        for pod in self.store.peek(PODS):  # new pod IPs continue after the restored ones
+            ip, node = (pod.get("status") or {}).get("podIP") or "", pod["spec"].get("nodeName") or ""
+            if ip.startswith("10.233.") and node:
+                self.ip_counter[node] = max(self.ip_counter.get(node, 0), int(ip.rsplit(".", 1)[1]) - 10)
         for node in self.store.peek(NODES):
             name = node["metadata"]["name"]
             self.cordon_seen[name] = bool(node["spec"].get("unschedulable"))
@@ -1025,8 +1029,9 @@ class Cluster:
             rt = self.runtimes.get(uid)
             if rt is None:
                 rt = self.runtimes[uid] = PodRuntime()
+                rt.ip = (pod.get("status") or {}).get("podIP") or ""
                 for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                    # A pod from before this server started keeps its counts.
+                    # A pod from before this server started keeps its counts (and its IP).
                     rt.restarts[cs["name"]] = int(cs.get("restartCount") or 0)
                     if cs.get("lastState"):
                         rt.last_state[cs["name"]] = cs["lastState"]
@@ -1062,9 +1067,10 @@ class Cluster:
                         start_at = now
                     if now >= start_at:
                         rt.started_at = start_at
-                        counter = self.ip_counter.get(view.node.name, 0) + 1
-                        self.ip_counter[view.node.name] = counter
-                        rt.ip = pod_ip(pod, view, counter)
+                        if not (self.warm and rt.ip):  # a new sandbox, a new address
+                            counter = self.ip_counter.get(view.node.name, 0) + 1
+                            self.ip_counter[view.node.name] = counter
+                            rt.ip = pod_ip(pod, view, counter)
                         self.event(pod, "Started", f"Started container {pod['spec']['containers'][0]['name']}",
                                    host=view.node.name)
                     else:
