@@ -1297,7 +1297,8 @@ class Cluster:
         klog = lambda t, lvl, src, msg: f"{lvl}{time.strftime('%m%d %H:%M:%S', time.gmtime(t))}.{int(t % 1 * 1e6):06d}       1 {src}] {msg}"  # noqa: E731
         image = next(c.get("image", "") for c in pod["spec"]["containers"] if c["name"] == container)
         crash = rt.crash
-        if container == CSI_CONTAINER and (crash is not None or previous):
+        crashed_before = (rt.last_state.get(container) or {}).get("terminated", {}).get("exitCode") == 1
+        if container == CSI_CONTAINER and (crash is not None or (previous and crashed_before)):
             since = crash.restarts(now)[1] if crash else start
             return [(since, klog(since, "I", "cephcsi.go:196", f"Driver version: {image_tag(image)} and Git version: "
                                                                 f"{safe_hash(image, 40)}")),
