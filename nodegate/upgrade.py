@@ -269,7 +269,21 @@ class Upgrade:
         raise UsageError(f"no upgrade step named {name!r}", fix="steps: " + ", ".join(s.name for s in self.steps))
 
     def perform(self, name: str) -> StepOutcome:
+        """Run one step (or skip it, proven, when its effect is there already); every end of it —
+        done, skipped, failed, interrupted — is in the journal and mirrored on the Node."""
         step = self.step(name)
+        try:
+            return self._perform(step)
+        except KeyboardInterrupt:
+            self.journal.record(step.name, "interrupted", detail="interrupted by the operator (SIGINT/SIGTERM)")
+            self._annotate()
+            raise
+        except BaseException as exc:
+            self.journal.record(step.name, "failed", detail=str(exc)[:2000])
+            self._annotate()
+            raise
+
+    def _perform(self, step: "Step") -> StepOutcome:
         # Once a finished step is found undone, the journal no longer describes the node (someone
         # changed it since): every later step decides from the live state alone.
         earlier = self.finished(step.name) if not (step.always_run or self._drifted) else None
@@ -300,17 +314,8 @@ class Upgrade:
         self.journal.record(step.name, "started", detail=step.title)
         self._annotate()
         log.info("%s: %s", self.name, step.title)
-        try:
-            detail = step.run(self)
-            proof = step.verify(self)
-        except KeyboardInterrupt:
-            self.journal.record(step.name, "interrupted", detail="interrupted by the operator (SIGINT/SIGTERM)")
-            self._annotate()
-            raise
-        except BaseException as exc:
-            self.journal.record(step.name, "failed", detail=str(exc)[:2000])
-            self._annotate()
-            raise
+        detail = step.run(self)
+        proof = step.verify(self)
         self.journal.record(step.name, "done", detail=detail)
         if step.name == STEP_NAMES[-1]:
             self.journal.record("complete", "done", detail=f"{self.name} upgraded to {self.target.version}")
@@ -408,6 +413,7 @@ def _run_checks(up: Upgrade, phase: str) -> CheckRun:
 class Gate(Step):
     name = "gate"
     title = "gate: the preflight checks for the node pass"
+    always_run = True     # until the node is changed, the preflight is asked again on every run
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         cmds = []
@@ -422,7 +428,7 @@ class Gate(Step):
         # A resumed upgrade is past its gate: the node is cordoned, maybe on the new release, so
         # the preflight (written for an untouched node) no longer applies; each finished step is
         # re-verified instead, and the postflight judges the end result.
-        later = [r.step for r in up.records() if r.step not in ("begin", self.name)]
+        later = [r.step for r in up.records() if r.step not in ("begin", self.name, "lock")]
         if later:
             return f"the upgrade is past its gate (recorded: {', '.join(dict.fromkeys(later))}); resuming"
         return None
@@ -446,7 +452,7 @@ class Gate(Step):
         return f"preflight passed ({result.counts})"
 
     def verify(self, up: Upgrade) -> str:
-        return "the preflight checks passed"
+        return "the preflight checks passed before anything on the node was changed"
 
 
 def _cluster_gate(up: Upgrade) -> None:
