@@ -663,3 +663,18 @@ def _lab_profile(factory):
     if "p" not in _PROFILE_CACHE:
         _PROFILE_CACHE["p"] = load_profile(write_cluster(factory.mktemp("lab-profile")), environ={})
     return _PROFILE_CACHE["p"]
+
+
+# ------------------------------------------------------------------------------ the journal's file
+
+@FAST
+@given(cluster=st.text(max_size=20), node=st.text(max_size=20), target=st.text(max_size=8))
+@example(cluster="..", node="node4", target="22.04")
+@example(cluster=".", node="..", target="/")
+def test_journal_file_stays_under_its_root(cluster, node, target):
+    from nodegate.journal import Journal
+
+    root = Path("/srv/reports/runs")
+    path = Journal(root=root, cluster=cluster, node=node, target=target, run_id="r").path
+    # one folder per cluster, one file per node and target, whatever the names hold
+    assert ".." not in path.parts and path.parent.parent == root / "journal", path
