@@ -258,6 +258,15 @@ def test_kubectl_reads_everything_an_operator_looks_at(fake_lab, k8s):
         assert len(out) > 1
     pdbs = fake_lab.kubectl("get", "pdb", "-n", "rook-ceph", "rook-ceph-osd").stdout.splitlines()[1].split()
     assert pdbs[:4] == ["rook-ceph-osd", "N/A", "1", "1"]
+    # a server-side dry run checks everything and changes nothing
+    core = k8s[0]
+    before = sorted(p.metadata.uid for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items)
+    dry = fake_lab.kubectl("drain", "node4", "--ignore-daemonsets", "--delete-emptydir-data", "--dry-run=server")
+    assert "node/node4 drained (server dry run)" in dry.stdout
+    assert not core.read_node("node4").spec.unschedulable
+    after = sorted(p.metadata.uid for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node4").items
+                   if p.metadata.deletion_timestamp is None)
+    assert after == before
 
 
 # -- CRUD, errors, patch, watch, leases ----------------------------------------------------------

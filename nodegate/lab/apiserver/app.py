@@ -183,7 +183,7 @@ class Api:
             if method != "POST":
                 raise status.method_not_allowed()
             body = self._body(request)
-            code, out = await self.cluster.evict(namespace, name, body)
+            code, out = await self.cluster.evict(namespace, name, body, dry_run=bool(q.get("dryRun")))
             return json_response(out, code)
         if sub == "scale":
             return self.scale(request, res, namespace or "", name)
@@ -437,6 +437,8 @@ class Api:
         rv = meta.get("resourceVersion")
         merged = self._split_status(res, current, obj, sub)
         merged = self.cluster.admit(res, merged, old=current)
+        if request.query.get("dryRun"):  # validated and admitted, never stored
+            return json_response(merged)
         updated = self.store.update(res, merged, expect_rv=rv)
         self.cluster.kick()
         return json_response(updated)
@@ -487,6 +489,8 @@ class Api:
             raise status.conflict(res.plural, res.group, name)
         merged = self._split_status(res, current, patched, sub)
         merged = self.cluster.admit(res, merged, old=current)
+        if request.query.get("dryRun"):
+            return json_response(merged)
         updated = self.store.update(res, merged, expect_rv=current["metadata"]["resourceVersion"])
         self.cluster.kick()
         return json_response(updated)
@@ -506,6 +510,8 @@ class Api:
                                   {"name": name, **({"group": res.group} if res.group else {}), "kind": res.plural})
         if precondition.get("resourceVersion") and precondition["resourceVersion"] != current["metadata"]["resourceVersion"]:
             raise status.conflict(res.plural, res.group, name)
+        if request.query.get("dryRun") or body.get("dryRun"):
+            return json_response(current)
         out = self.cluster.delete(res, namespace or "", name, grace=None if grace is None else int(grace),
                                   propagation=body.get("propagationPolicy") or request.query.get("propagationPolicy"))
         self.cluster.kick()

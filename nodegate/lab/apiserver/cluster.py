@@ -483,16 +483,18 @@ class Cluster:
         return out
 
     # ------------------------------------------------------------------ eviction
-    async def evict(self, namespace: str, name: str, body: dict) -> tuple[int, dict]:
+    async def evict(self, namespace: str, name: str, body: dict, *, dry_run: bool = False) -> tuple[int, dict]:
         pod = self.store.get(PODS, namespace, name)
         if body and (body.get("metadata") or {}).get("name") not in (None, name):
             raise status.bad_request("name in URL does not match name in Eviction object")
         options = body.get("deleteOptions") or {}
         grace = options.get("gracePeriodSeconds")
+        dry_run = bool(options.get("dryRun")) or dry_run
         success = status.status_body(code=201, reason="", message="", status="Success")
         if pod["metadata"].get("deletionTimestamp") or pod["status"].get("phase") in ("Succeeded", "Failed", "Pending"):
             # canIgnorePDB: terminal, pending or already terminating pods are evicted freely.
-            self.delete_pod(pod, grace=grace)
+            if not dry_run:
+                self.delete_pod(pod, grace=grace)
             self.kick()
             return 201, success
         pdbs = [p for p in self.store.peek(PDBS, namespace)
@@ -514,6 +516,8 @@ class Cluster:
                     {"causes": [{"reason": "DisruptionBudget",
                                  "message": f"The disruption budget {pdb_name} needs {budget.desired_healthy} "
                                             f"healthy pods and has {budget.current_healthy} currently"}]})
+        if dry_run:  # `kubectl drain --dry-run=server`: every check, no change
+            return 201, success
         self.delete_pod(pod, grace=grace)
         self.reconcile_pdbs()
         self.kick()
