@@ -251,7 +251,12 @@ class Cluster:
             return False
         if data.get("lab") != self._lab_id():
             return False
-        self.store.load(data["store"], {r.key: r for r in resources.RESOURCES})
+        try:
+            self.store.load(data["store"], {r.key: r for r in resources.RESOURCES})
+        except (KeyError, TypeError, ValueError) as exc:  # a damaged file must not keep the API down
+            log.error("ignoring unreadable %s (%s): starting from the seed", self.state_path, exc)
+            self.store.__init__()
+            return False
         self._saved_rv = self.store.rv
         for pod in self.store.peek(PODS):  # new pod IPs continue after the restored ones
             ip, node = (pod.get("status") or {}).get("podIP") or "", pod["spec"].get("nodeName") or ""
