@@ -325,6 +325,10 @@ class LabCeph:
             # asks whether it is rotational); each close waits out one aio poll, 250 ms by
             # default: a short poll takes seconds off every OSD start.
             "bdev aio poll ms = 20",
+            # Each block device reserves its queue depth (1024) of the host's fs.aio-max-nr
+            # (65536 on a stock kernel) at open: a few labs of 16 OSDs exhaust it and mkfs
+            # fails with EAGAIN. A lab OSD never has more than a few IOs in flight.
+            "bdev aio max queue depth = 64",
             # rocksdb writes thousands of lines per OSD start at its default level.
             "debug rocksdb = 0/5",
             "debug bluefs = 0/5",
