@@ -243,6 +243,11 @@ class NodeMirror:
             ready = ("False", "KubeletNotReady", "container runtime status check may not have completed yet")
         elif view.phase == LOST:
             ready = ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+        elif view.phase == NEVER and (old_status.get("nodeInfo") or {}).get("bootID"):
+            # down since before this server started, but a kubelet did post before (restored)
+            if old_ready.get("status") == "Unknown":
+                return old_status
+            ready = ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
         elif view.phase == NEVER:
             ready = ("Unknown", "NodeStatusNeverUpdated", "Kubelet never posted node status.")
         else:  # STALE: nothing has noticed yet; keep what was posted last
