@@ -667,12 +667,16 @@ class DistUpgrade(Step):
     def already(self, up: Upgrade) -> str | None:
         if not up.finished("unhold"):
             return None
+        _wait_package_tools(up)
+        if up.host.packages.audit():
+            return None      # an earlier run was cut off inside dpkg: run() finishes it first
         pending = up.host.packages.upgradable()
         if not pending.names:
             return "nothing is upgradable"
         return None
 
     def run(self, up: Upgrade) -> str:
+        repaired = _settle_dpkg(up)
         update = up.host.apt.update()
         up.keep_command(update.result)
         if update.report.errors:
@@ -680,15 +684,52 @@ class DistUpgrade(Step):
                              fix="fix the apt sources or the network of the node, then run again")
         result = up.host.run(list(DIST_UPGRADE), sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S)
         up.keep_command(result)
-        return f"dist-upgrade rc {result.rc} in {result.duration:.0f}s"
+        return (f"{repaired}; " if repaired else "") + f"dist-upgrade rc {result.rc} in {result.duration:.0f}s"
 
     def verify(self, up: Upgrade) -> str:
+        audit = up.host.packages.audit()
+        if audit:
+            raise StepFailed(f"dpkg on {up.name} is not consistent (`dpkg --audit`): {audit.splitlines()[0]}",
+                             fix="run the same command again: it finishes dpkg's work with `dpkg --configure -a`")
         pending = up.host.packages.upgradable()
         if pending.names:
             raise StepFailed(f"still upgradable (or kept back) on {up.name} after dist-upgrade: "
                              + ", ".join(pending.names),
                              fix="a held package is kept back: check `apt-mark showhold` on the node")
         return "nothing upgradable"
+
+
+PACKAGE_TOOLS = frozenset({"apt-get", "apt", "dpkg", "do-release-upgr", "unattended-upgr"})   # comm, ≤ 15 chars
+
+
+def _wait_package_tools(up: Upgrade) -> None:
+    """Wait (bounded) until no apt/dpkg/do-release-upgrade runs on the node. After a lost SSH
+    connection the command the earlier run started may still be going: it owns dpkg's lock and
+    its outcome is not known yet."""
+    def probe() -> Done | NotYet:
+        out = up.host.run(["ps", "-e", "-o", "pid=,comm="])
+        running = [" ".join(fields) for fields in (line.split(None, 1) for line in out.stdout.splitlines())
+                   if len(fields) == 2 and fields[1].strip() in PACKAGE_TOOLS]
+        return NotYet("still running on the node: " + ", ".join(running)) if running else Done(True)
+
+    wait_for(probe, what=f"apt/dpkg started by an earlier run to end on {up.name}", timeout=DIST_UPGRADE_TIMEOUT_S,
+             interval=1.0, progress_every=5.0,
+             fix="look at what apt/dpkg does on the node (`ps -ef`, /var/log/apt/term.log)")
+
+
+def _settle_dpkg(up: Upgrade) -> str:
+    """After a lost connection the package run on the node either went on to its end or was cut
+    off inside dpkg ("dpkg was interrupted"): wait for it, then finish what dpkg left half done."""
+    _wait_package_tools(up)
+    audit = up.host.packages.audit()
+    if not audit:
+        return ""
+    log.warning("%s: dpkg was left half done by an interrupted run (%s): dpkg --configure -a", up.name,
+                audit.splitlines()[0])
+    result = up.host.run(["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"], sudo=True, env=APT_ENV,
+                         timeout=DIST_UPGRADE_TIMEOUT_S)
+    up.keep_command(result)
+    return "finished the interrupted dpkg run (dpkg --configure -a)"
 
 
 class Reboot(Step):
@@ -799,6 +840,7 @@ class ReleaseUpgrade(Step):
         release = up.host.release.os_release()
         if next_release(release.version_id or "") != up.target:
             raise StepFailed(f"{up.name} runs {release.label}; do-release-upgrade would not reach {up.target.version}")
+        _settle_dpkg(up)
         pending = up.host.boot.reboot_required()
         if pending.required:
             raise StepFailed(f"{up.name} needs a reboot first ({', '.join(pending.packages) or 'reboot-required'}); "
@@ -892,7 +934,7 @@ for path in files:
                         break
             opts = [o for o in opts if o]
             uri = rest[0].rstrip("/") if rest else ""
-            if any(uri == u or u.startswith(uri + "/") or uri.startswith(u) for u in urls) and \
+            if any(uri == u or uri.startswith(u + "/") for u in urls) and \
                     not any(o.startswith("signed-by=") for o in opts):
                 opts.append("signed-by=" + key)
                 line = " ".join([words[0], "[" + " ".join(opts) + "]"] + rest)
