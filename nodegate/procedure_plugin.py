@@ -172,7 +172,9 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
     yield up
     if up.lock is not None and up.lock.held:
         how = up.lock.release()
-        log.warning("%s: the upgrade stopped before its end; upgrade lock %s. Journal: %s", up.name, how, up.journal.path)
+        # after Ctrl-C/SIGTERM this is the only word the operator gets: say where the node stands
+        log.warning("%s: the upgrade stopped before its end; upgrade lock %s. Where it stands: %s", up.name, how,
+                    up.standing())
 
 
 def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access, run_id: str, *,
@@ -269,7 +271,7 @@ def checks_dir(config: pytest.Config) -> Path:
 
 def run_checks(config: pytest.Config, run: NodegateRun, node: str, target: str, phase: str) -> "CheckRun":
     """Run `pytest CHECKS -m PHASE` for one node in a subprocess, into this run's Allure results."""
-    from nodegate.upgrade import CheckRun
+    from nodegate.upgrade import CheckRun, heartbeat
 
     where = checks_dir(config)
     assert run.profile is not None
@@ -289,8 +291,9 @@ def run_checks(config: pytest.Config, run: NodegateRun, node: str, target: str, 
         log.info("running the %s checks for %s: %s", phase, node, shown)
         started = time.monotonic()
         try:
-            done = subprocess.run(argv, cwd=str(where.parent), capture_output=True, text=True,
-                                  timeout=CHECKS_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            with heartbeat(f"running the {phase} checks for {node}", limit=CHECKS_TIMEOUT_S):
+                done = subprocess.run(argv, cwd=str(where.parent), capture_output=True, text=True,
+                                      timeout=CHECKS_TIMEOUT_S, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return CheckRun(phase=phase, passed=False, rc=-1, command=shown,
                             failed=(f"the {phase} checks did not finish within {CHECKS_TIMEOUT_S}s",))

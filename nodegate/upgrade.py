@@ -19,11 +19,13 @@ Allure and pytest live in nodegate.procedure_plugin; this module never imports t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,26 @@ class GateBlocked(StepFailed):
 
 class NodeDidNotComeBack(StepFailed):
     """The node did not answer (SSH with a new boot id, then Ready) within its reboot timeout."""
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, *, limit: float, every: float = 5.0) -> Iterator[None]:
+    """Log "still <what> (elapsed/limit)" every ``every`` seconds while a long command runs (a
+    dist-upgrade, a release upgrade, the checks catalogue): the terminal never sits silent."""
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            log.info("still %s (%.0fs/%gs)", what, time.monotonic() - started, limit)
+
+    thread = threading.Thread(target=beat, name="nodegate-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
 
 
 # -- results --------------------------------------------------------------------------------
@@ -682,7 +704,8 @@ class DistUpgrade(Step):
         if update.report.errors:
             raise StepFailed(f"`apt-get update` on {up.name} failed: " + "; ".join(update.report.errors[:5]),
                              fix="fix the apt sources or the network of the node, then run again")
-        result = up.host.run(list(DIST_UPGRADE), sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S)
+        with heartbeat(f"running apt-get dist-upgrade on {up.name}", limit=DIST_UPGRADE_TIMEOUT_S):
+            result = up.host.run(list(DIST_UPGRADE), sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S)
         up.keep_command(result)
         return (f"{repaired}; " if repaired else "") + f"dist-upgrade rc {result.rc} in {result.duration:.0f}s"
 
@@ -846,7 +869,8 @@ class ReleaseUpgrade(Step):
             raise StepFailed(f"{up.name} needs a reboot first ({', '.join(pending.packages) or 'reboot-required'}); "
                              "do-release-upgrade refuses until then", fix="run again: the reboot step comes first")
         try:
-            result = up.host.run(self.command(up), sudo=True, env=APT_ENV, timeout=RELEASE_UPGRADE_TIMEOUT_S)
+            with heartbeat(f"running do-release-upgrade on {up.name}", limit=RELEASE_UPGRADE_TIMEOUT_S, every=10.0):
+                result = up.host.run(self.command(up), sudo=True, env=APT_ENV, timeout=RELEASE_UPGRADE_TIMEOUT_S)
         except CommandFailed as exc:
             up.keep_command(exc.result)
             text = exc.result.output
@@ -1118,7 +1142,8 @@ class Hold(Step):
         if wrong:
             argv = ["apt-get", "install", "-y", "-q", "--allow-downgrades", "--allow-change-held-packages",
                     *DPKG_KEEP_CONFIG, *(f"{n}={v}" for n, v in sorted(wrong.items()))]
-            up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
+            with heartbeat(f"installing the {up.target.codename} builds on {up.name}", limit=DIST_UPGRADE_TIMEOUT_S):
+                up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
         up.keep_command(packages.hold(sorted(wanted)))
         return "held " + ", ".join(f"{n}={v}" for n, v in sorted(wanted.items())) + (
             f" (installed {', '.join(sorted(wrong))} at those versions first)" if wrong else "")
