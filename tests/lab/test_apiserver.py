@@ -269,6 +269,28 @@ def test_kubectl_reads_everything_an_operator_looks_at(fake_lab, k8s):
     assert after == before
 
 
+def test_kubectl_apply_and_delete_a_manifest(fake_lab, k8s, tmp_path):
+    core = k8s[0]
+    manifest = tmp_path / "hello.yaml"
+    manifest.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hello\n  namespace: demo\n"
+                        "spec:\n  replicas: 2\n  selector:\n    matchLabels: {app: hello}\n  template:\n"
+                        "    metadata:\n      labels: {app: hello}\n    spec:\n      containers:\n"
+                        "      - name: hello\n        image: nginx:1.25\n")
+    assert "deployment.apps/hello created" in fake_lab.kubectl("apply", "-f", str(manifest)).stdout
+
+    def running(n: int) -> bool:
+        pods = [p for p in core.list_namespaced_pod("demo", label_selector="app=hello").items
+                if not p.metadata.deletion_timestamp]
+        return len(pods) == n and all(p.status.phase == "Running" for p in pods)
+    wait_until(lambda: running(2), timeout=10, what="2 hello pods")
+    manifest.write_text(manifest.read_text().replace("replicas: 2", "replicas: 1"))
+    assert "deployment.apps/hello configured" in fake_lab.kubectl("apply", "-f", str(manifest)).stdout
+    wait_until(lambda: running(1), timeout=10, what="1 hello pod")
+    fake_lab.kubectl("delete", "-f", str(manifest))
+    wait_until(lambda: not core.list_namespaced_pod("demo", label_selector="app=hello").items, timeout=15,
+               what="hello pods gone with their Deployment")
+
+
 # -- CRUD, errors, patch, watch, leases ----------------------------------------------------------
 def test_status_bodies_for_errors(fake_lab, k8s):
     core, _, _, coord, _ = k8s

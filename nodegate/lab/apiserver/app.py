@@ -110,6 +110,13 @@ class Api:
         parts = [p for p in path.split("/") if p]
         if path in UNAUTHENTICATED_PATHS:
             return web.Response(text="ok")
+        if path == "/openapi/v3":
+            return json_response(resources.openapi_v3_root())
+        if path.startswith("/openapi/v3/"):
+            doc = resources.openapi_v3_gv(path[len("/openapi/v3/"):])
+            if doc is None:
+                raise self._path_not_found()
+            return json_response(doc)
         if path == "/version":
             return json_response(version_doc(self.cluster.config.kube_version))
         if path == "/api":

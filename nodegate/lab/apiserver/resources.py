@@ -152,3 +152,37 @@ def resource_list(group: str, version: str) -> dict | None:
             entries.append(sub_entry)
     return {"kind": "APIResourceList", "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version, "resources": entries}
+
+
+# -- OpenAPI v3: only what kubectl asks before it writes ----------------------------------------
+# kubectl apply/create -f validates on the server (fieldValidation=Strict) when the PATCH of the
+# kind lists that query parameter in /openapi/v3; else it validates on the client and needs full
+# schemas. This server accepts the parameter (and ignores it), so it says so, and no more.
+def _gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def openapi_v3_root() -> dict:
+    gvs = {("", "v1")} | {(g, v) for g, vs in GROUPS.items() for v in vs}
+    return {"paths": {_gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}"} for g, v in sorted(gvs)}}
+
+
+def openapi_v3_gv(gv_path: str) -> dict | None:
+    group, version = ("", gv_path.split("/")[1]) if gv_path.startswith("api/") else tuple(gv_path.split("/")[1:3])
+    paths = {}
+    for res in RESOURCES:
+        if res.group != group or res.version != version:
+            continue
+        base = f"/{_gv_path(group, version)}/" + ("namespaces/{namespace}/" if res.namespaced else "")
+        gvk = {"group": group, "version": version, "kind": res.kind}
+        params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
+                  {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
+                  {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
+        paths[f"{base}{res.plural}/{{name}}"] = {"patch": {"operationId": f"patch{res.kind}",
+                                                           "x-kubernetes-action": "patch",
+                                                           "x-kubernetes-group-version-kind": gvk,
+                                                           "parameters": params, "responses": {}}}
+    if not paths:
+        return None
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.25.6"}, "paths": paths,
+            "components": {"schemas": {}}}
