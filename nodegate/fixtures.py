@@ -393,12 +393,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # `pytest --cluster PATH --node node4 -m preflight` with no test path means the catalogue
         # (and the procedures), not the project's own tests. The invocation directory is looked at
         # first: pytest picks its rootdir before the --cluster option is known, so the profile's
-        # path counts as a test path there and the rootdir can be the profile's folder. Run
-        # from anywhere else, the catalogue beside the nodegate package is the one meant.
-        from pathlib import Path
-
-        shipped = Path(__file__).resolve().parent.parent      # the checkout nodegate runs from
-        for base in (config.invocation_params.dir, config.rootpath, shipped):
+        # path counts as a test path there and the rootdir can be the profile's folder.
+        for base in (config.invocation_params.dir, config.rootpath):
             roots = [str(base / d) for d in ("checks", "procedures") if (base / d).is_dir()]
             if (base / "checks").is_dir():
                 config.args[:] = roots

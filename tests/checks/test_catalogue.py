@@ -176,3 +176,17 @@ def test_flaky_api_is_retried_not_reported(catalogue, lab, cli):
         fault(lab, cli, "api-flaky", clear=True)
     assert run.ret == 0, run.stdout[-5000:]
     assert run.passed() == PREFLIGHT_NODE4
+
+
+def test_lock_of_an_interrupted_run_of_this_node_is_a_notice(catalogue, kube):
+    from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+    from nodegate.lock import this_holder
+
+    kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder=this_holder(), duration_s=300,
+                      annotations={"nodegate.io/node": "node4", "nodegate.io/run-id": "20260101-000000-abcd"})
+    try:
+        run = catalogue("-m", "preflight", "-k", "lock")
+    finally:
+        kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+    assert run.ret == 0 and run.passed() == {"test_upgrade_lock_free[node4]"}, run.stdout[-3000:]
+    assert "interrupted upgrade of node4" in run.stdout
