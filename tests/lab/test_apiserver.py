@@ -269,6 +269,27 @@ def test_kubectl_reads_everything_an_operator_looks_at(fake_lab, k8s):
     assert after == before
 
 
+def test_kubectl_create_generators_send_protobuf(fake_lab, k8s):
+    """kubectl's typed clients write protobuf: namespace, configmap, secret and serviceaccount decode."""
+    import base64
+
+    core = k8s[0]
+    fake_lab.kubectl("create", "namespace", "made-by-kubectl")
+    try:
+        fake_lab.kubectl("create", "configmap", "-n", "made-by-kubectl", "cfg", "--from-literal=a=1")
+        fake_lab.kubectl("create", "secret", "generic", "-n", "made-by-kubectl", "pw", "--from-literal=pw=hunter2")
+        fake_lab.kubectl("create", "serviceaccount", "-n", "made-by-kubectl", "bot")
+        assert core.read_namespace("made-by-kubectl").metadata.labels["kubernetes.io/metadata.name"] == "made-by-kubectl"
+        assert core.read_namespaced_config_map("cfg", "made-by-kubectl").data == {"a": "1"}
+        secret = core.read_namespaced_secret("pw", "made-by-kubectl")
+        assert base64.b64decode(secret.data["pw"]) == b"hunter2" and secret.type == "Opaque"
+        assert {sa.metadata.name for sa in core.list_namespaced_service_account("made-by-kubectl").items} == {"bot", "default"}
+        refused = fake_lab.kubectl("create", "deployment", "-n", "made-by-kubectl", "web", "--image=nginx", check=False)
+        assert refused.returncode != 0 and "unknown format" in refused.stderr  # 415: kinds it cannot decode
+    finally:
+        fake_lab.kubectl("delete", "namespace", "made-by-kubectl")
+
+
 def test_kubectl_apply_and_delete_a_manifest(fake_lab, k8s, tmp_path):
     core = k8s[0]
     manifest = tmp_path / "hello.yaml"

@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from nodegate.lab.apiserver import resources, status, tables
+from nodegate.lab.apiserver import protobuf, resources, status, tables
 from nodegate.lab.apiserver.cluster import Cluster
 from nodegate.lab.apiserver.faults import Faults
 from nodegate.lab.apiserver.patch import json_patch, merge_patch, strategic_merge_patch
@@ -248,6 +248,11 @@ class Api:
         if not raw:
             return {}
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        if ctype == "application/vnd.kubernetes.protobuf":
+            try:
+                return protobuf.decode(raw)  # kubectl create namespace|configmap|secret|serviceaccount
+            except protobuf.Unsupported:
+                pass
         if ctype in ("application/vnd.kubernetes.protobuf", "application/cbor", "application/yaml"):
             # What kube-apiserver answers for a type it does not decode; client-go then resends JSON.
             raise status.ApiError(415, "UnsupportedMediaType",

@@ -368,6 +368,15 @@ class Cluster:
         if kind == "Event":
             obj.setdefault("involvedObject", {})
             return obj
+        if kind == "Secret":
+            # stringData is write-only: the registry folds it into data (base64) and drops it
+            import base64
+
+            for key, value in (obj.pop("stringData", None) or {}).items():
+                obj.setdefault("data", {})[key] = base64.b64encode(str(value).encode()).decode()
+            if not obj.get("type"):
+                obj["type"] = "Opaque"
+            return obj
         return obj
 
     def _pod_spec_defaults(self, spec: dict) -> dict:
