@@ -619,6 +619,8 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
     assert "NotReady" in fake_lab.kubectl("get", "node", "node3").stdout
     taints = {(t.key, t.effect) for t in core.read_node("node3").spec.taints or []}
     assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
+    status, body = api_error(core.read_namespaced_pod_log, proxy.metadata.name, "kube-system")
+    assert status == 500 and "dial tcp" in body["message"] and ":10250: connect: connection refused" in body["message"]
     wait_until(lambda: core.read_namespaced_pod("short-toleration", "demo").metadata.deletion_timestamp, timeout=5,
                what="taint manager marks short-toleration for deletion")
     assert proxy.metadata.name in {p.metadata.name for p in core.list_namespaced_pod("kube-system").items

@@ -1274,8 +1274,17 @@ class Cluster:
             self._osd_state.pop(node, None)
 
     # ------------------------------------------------------------------ logs
+    def _kubelet_reachable(self, pod: dict) -> None:
+        """Logs and exec go through the kubelet on the pod's node: a down node refuses, as the
+        API server's proxy to port 10250 reports it."""
+        view = self.mirror.views.get(pod["spec"].get("nodeName") or "")
+        if view is not None and not view.up:
+            raise status.ApiError(500, "InternalError", f"Internal error occurred: error dialing backend: dial tcp "
+                                                        f"{view.node.address}:10250: connect: connection refused")
+
     def pod_log(self, namespace: str, name: str, query) -> str:
         pod = self.store.get(PODS, namespace, name)
+        self._kubelet_reachable(pod)
         containers = [c["name"] for c in pod["spec"]["containers"]]
         container = query.get("container")
         if not container:
@@ -1363,6 +1372,7 @@ class Cluster:
             raise status.bad_request(f"container {container} is not valid for pod {name}")
         if not command:
             raise status.bad_request("you must specify at least 1 command")
+        self._kubelet_reachable(pod)
         rt = self.runtimes.get(pod["metadata"]["uid"])
         if rt is None or rt.started_at is None or (pod.get("status") or {}).get("phase") != "Running":
             raise status.bad_request(f"unable to upgrade connection: container not found (\"{container}\")")
