@@ -83,8 +83,9 @@ def test_drain_stops_the_osd_and_uncordon_brings_it_back(lab, core, poll):
     ceph.wait_healthy(120)
     kubectl = ["kubectl", "--kubeconfig", str(lab.dir / "kubeconfig")]
     try:
+        # exactly the seed's flags for the last worker (the bare pod lives on the first worker)
         out = subprocess.run([*kubectl, "drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
-                              "--force", "--timeout=120s"], capture_output=True, text=True, timeout=150)
+                              "--timeout=120s"], capture_output=True, text=True, timeout=150)
         assert out.returncode == 0, out.stderr
         assert f"evicting pod rook-ceph/{osd_pod_name_prefix(osd)}" in out.stdout + out.stderr
         poll(lambda: not osd_up(ceph, osd), timeout=15, interval=0.5, what=f"osd.{osd} down after drain")
