@@ -175,6 +175,10 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
         # after Ctrl-C/SIGTERM this is the only word the operator gets: say where the node stands
         log.warning("%s: the upgrade stopped before its end; upgrade lock %s. Where it stands: %s", up.name, how,
                     up.standing())
+    elif request.session.exitstatus == pytest.ExitCode.INTERRUPTED and not up.journal.completed():
+        # interrupted before the lock was taken (the gate, or between the gate and the lock): the
+        # operator still needs the word on where the node stands
+        log.warning("%s: the upgrade was interrupted before its end. Where it stands: %s", up.name, up.standing())
 
 
 def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access, run_id: str, *,

@@ -297,8 +297,17 @@ class Upgrade:
         try:
             return self._perform(step)
         except KeyboardInterrupt:
-            self.journal.record(step.name, "interrupted", detail="interrupted by the operator (SIGINT/SIGTERM)")
-            self._annotate()
+            # The signal may land after the step's end was written (while it is mirrored on the
+            # Node): the step is finished then, and the journal must go on saying so.
+            last = self.journal.last()
+            ended = last is not None and last.run_id == self.options.run_id and (
+                last.step == "complete" or (last.step == step.name and last.status in ("done", "skipped")))
+            if not ended:
+                self.journal.record(step.name, "interrupted", detail="interrupted by the operator (SIGINT/SIGTERM)")
+            if ended and last.step == "complete":
+                self.clear_annotation()
+            else:
+                self._annotate()
             raise
         except BaseException as exc:
             self.journal.record(step.name, "failed", detail=str(exc)[:2000])
@@ -362,10 +371,15 @@ class Upgrade:
     # -- where the node stands (for a failure message) ------------------------------------------
     def standing(self) -> str:
         recs = self.records()
-        failed = next((r for r in reversed(recs) if r.status in ("failed", "interrupted", "started")), None)
+        # a step's latest record says where it is: a `started` note of a step that ended later is history
+        latest = {r.step: r for r in recs if r.step != "begin"}
+        failed = max((r for r in latest.values() if r.status in ("failed", "interrupted", "started")),
+                     key=lambda r: r.at, default=None)
         parts = []
         if failed is not None:
             parts.append(f"{self.name} stopped in step '{failed.step}' ({failed.status})")
+        elif recs and recs[-1].step != "begin":
+            parts.append(f"{self.name} stopped after step '{recs[-1].step}' ({recs[-1].status})")
         done = [r.step for r in recs if r.status in ("done", "skipped") and r.step != "begin"]
         if done:
             parts.append("steps finished: " + ", ".join(dict.fromkeys(done)))
