@@ -41,6 +41,7 @@ def test_run_writes_labelled_results_environment_and_categories_per_run(suite):
         phase = "procedure" if name.startswith("test_upgrade_node") else "preflight"
         assert got["phase"] == [phase] and got["parentSuite"] == [phase]
         assert got["category"] == ["upgrade" if phase == "procedure" else "packages"]
+        assert [(p["name"], p["value"]) for p in r["parameters"]] == [("node", node)]   # not the NodeSpec repr
         assert [(link["type"], link["name"], link["url"]) for link in r["links"]] == [
             ("issue", TICKET, f"https://tickets.example.test/browse/{TICKET}")]
 
