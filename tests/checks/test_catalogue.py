@@ -61,8 +61,9 @@ def test_postflight_fails_on_what_preflight_only_warns(catalogue):
     run = catalogue("-m", "postflight", "--target-release", "22.04")
     assert run.ret == 1
     failed = run.failed()
-    assert {"test_apt_update_clean[node4]", "test_nothing_upgradable[node4]",
-            "test_os_release_matches_phase[node4]"} <= failed, sorted(failed)
+    assert {"test_apt_update_clean[node4]", "test_nothing_upgradable[node4]", "test_os_release_matches_phase[node4]",
+            "test_sources_after_upgrade[node4]"} <= failed, sorted(failed)
+    assert "points at focal, not jammy" in run.section("test_sources_after_upgrade[node4]")
     assert "legacy trusted.gpg keyring" in run.section("test_apt_update_clean[node4]")
     assert "expected Ubuntu 22.04 (jammy) after the upgrade" in run.section("test_os_release_matches_phase[node4]")
     assert "still pending on node4 after the upgrade" in run.section("test_nothing_upgradable[node4]")

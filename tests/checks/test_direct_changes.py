@@ -78,3 +78,16 @@ def test_other_node_down(catalogue, lab, cli, poll):
         LabCeph(lab).wait_healthy(timeout=180)   # later tests need the whole lab healthy again
     run.assert_failed_exactly({"test_other_nodes_ready[node4]"})
     assert "node3" in run.section("test_other_nodes_ready[node4]")
+
+
+def test_source_left_disabled_by_the_release_upgrade(catalogue, lab_ssh):
+    """What do-release-upgrade leaves: the third-party entry commented out and tagged."""
+    lab_ssh("node4", "echo 'deb [signed-by=/etc/apt/keyrings/x.gpg] http://example.invalid/linux/ubuntu jammy stable "
+                     "# disabled on upgrade to jammy' | sed 's/^/# /' > /etc/apt/sources.list.d/left.list")
+    try:
+        run = catalogue("-m", "postflight", "--target-release", "22.04", "-k", "sources")
+    finally:
+        lab_ssh("node4", "rm -f /etc/apt/sources.list.d/left.list")
+    run.assert_failed_exactly({"test_sources_after_upgrade[node4]"})
+    section = run.section("test_sources_after_upgrade[node4]")
+    assert "left.list" in section and "still disabled on upgrade to jammy" in section
