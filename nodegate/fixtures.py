@@ -478,28 +478,33 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
 
 def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
               needs_kube: bool, needs_ssh: bool) -> None:
-    """Start what the selected check modules read (by module, so `-k` on one check stays lean)."""
-    modules = {getattr(i, "module", None).__name__.rsplit(".", 1)[-1] for i in items if getattr(i, "module", None)}
+    """Start what the selected checks will read (by check name, so `-k` on one check stays lean)."""
+    selected = {getattr(i, "originalname", i.name) for i in items}
     names = [spec.name for spec in run.nodes]
     wanted: list[Callable[[], Any]] = []
-    if needs_kube and modules & {"test_node", "test_cluster", "test_kernel", "test_storage"}:
+    if needs_kube and selected & {"test_node_ready", "test_node_no_pressure", "test_node_schedulable",
+                                  "test_kubelet_version", "test_os_release_matches_phase", "test_other_nodes_ready",
+                                  "test_one_node_at_a_time", "test_control_plane_can_lose_node"}:
         wanted.append(reads.node_statuses)
-    if needs_kube and "test_storage" in modules:
+    storage = {"test_ceph_healthy", "test_node_osds_up", "test_osds_ok_to_stop", "test_noout_as_expected"}
+    if needs_kube and selected & storage:
         def ceph_chain() -> None:   # one after the other: Ceph commands are exec streams on one client
             reads.ceph_status()
             reads.osd_dump()
             for name in names:
                 ids = reads.osd_ids(name)
-                if "preflight" in phases and ids:
+                if "test_osds_ok_to_stop" in selected and ids:
                     reads.ok_to_stop(tuple(ids))
         wanted.append(ceph_chain)
-    if needs_kube and modules & {"test_storage", "test_kernel"}:
+    if needs_kube and selected & {"test_csi_rbdplugin_healthy", "test_rbd_module"}:
         wanted += [functools.partial(reads.csi_rbdplugin, n) for n in names]
-    if needs_kube and "test_cluster" in modules:
-        wanted += [reads.lock] + [functools.partial(reads.eviction_blockers, n) for n in names]
-    if needs_ssh and "test_apt" in modules:
+    if needs_kube and "test_upgrade_lock_free" in selected:
+        wanted.append(reads.lock)
+    if needs_kube and "test_pods_evictable" in selected:
+        wanted += [functools.partial(reads.eviction_blockers, n) for n in names]
+    if needs_ssh and "test_apt_update_clean" in selected:
         wanted += [functools.partial(reads.apt_update, n) for n in names]
-    if needs_ssh and "test_packages" in modules:
+    if needs_ssh and "test_nothing_upgradable" in selected:
         wanted += [functools.partial(reads.upgradable, n) for n in names]
     if wanted:
         reads.prefetch(*wanted)
