@@ -88,3 +88,26 @@ def test_lock_is_exclusive_resumable_and_taken_over_only_when_stale_and_asked(la
         assert kube.read_lock() is None
     finally:
         kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
+
+
+def test_a_node_cordoned_before_the_upgrade_is_left_cordoned(lab_nodes, tmp_path, restore_node4):
+    lab_nodes.kube.cordon("node4")                     # by someone else: no nodegate record
+    up = make_upgrade(lab_nodes, tmp_path)
+    assert up.perform("drain").status in ("done", "skipped")
+    assert not up.value("cordoned_by"), "the cordon was not this upgrade's"
+    outcome = up.perform("uncordon")
+    assert outcome.status == "skipped" and "left as found" in outcome.detail
+    status = lab_nodes.kube.node("node4")
+    assert status.unschedulable and status.cordoned_by is None
+
+
+def test_a_node_this_upgrade_cordoned_is_uncordoned_once_and_only_by_it(lab_nodes, tmp_path, restore_node4):
+    up = make_upgrade(lab_nodes, tmp_path)
+    assert up.perform("drain").status == "done"
+    assert lab_nodes.kube.node("node4").cordoned_by == up.options.run_id
+    # a rerun (new run id, same journal) still knows the cordon is this upgrade's
+    rerun = make_upgrade(lab_nodes, tmp_path)
+    assert rerun.value("cordoned_by") == up.options.run_id
+    assert rerun.perform("uncordon").status == "done"
+    assert not lab_nodes.kube.node("node4").unschedulable
+    assert rerun.perform("uncordon").status == "skipped"
