@@ -1585,9 +1585,12 @@ def _lock_held(current: LockInfo, *, node: str, take_over_stale: bool, stale_aft
     if take_over_stale:
         fix = (f"it was renewed {age:.0f}s ago, within {limit:g}s, so its holder looks alive: wait for that run "
                "to finish (or stop it), then run again")
+    elif age is not None and age > limit:
+        fix = (f"it was last renewed {age:.0f}s ago (over {limit:g}s): its holder looks gone. Check that no run of "
+               "nodegate is still going for that node, then rerun with --take-over-stale-lock")
     else:
         fix = (f"wait for that run to finish; if its holder is gone (not renewed for over {limit:g}s), rerun with "
-               "the option to take over a stale lock")
+               "--take-over-stale-lock")
     return LockHeld(f"cannot take the upgrade lock for node {node}: {current.describe()}", lock=current, fix=fix)
 
 

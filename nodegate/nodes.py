@@ -254,7 +254,16 @@ class NodeHost:
             stderr = getattr(result, "stderr", "") or ""
             classified = self._classify_ssh(stderr)
             if classified is None:
-                return result  # the remote command itself exited 255
+                # ssh says why it failed on stderr, except when the connection ends under a running
+                # command with `LogLevel ERROR` (a fleet's usual ssh_config): exit 255, no word of its
+                # own. No command nodegate runs exits 255 by itself, so this is a lost connection,
+                # not a failed command (which would be judged as permanent).
+                tail = " / ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
+                raise SshConnectionLost(
+                    f"the SSH connection to {self._where()} ended while running `{command[:200]}` (ssh exit 255"
+                    + (f"; last output: {tail[:300]}" if tail else ", no message") + "): the node went down, "
+                    "its sshd was restarted or the network dropped; the command may have gone on or been cut off",
+                    fix="run the same command again once the node answers: it checks what was done") from None
             raise classified from None
         except Exception as exc:  # noqa: BLE001 - paramiko's exceptions, classified below
             classified = self._classify_paramiko(exc)

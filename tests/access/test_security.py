@@ -76,8 +76,8 @@ def other_key(where: Path) -> str:
 
 
 def run(pytester, *args: str):
-    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", "-p", "no:cacheprovider", "--color=no",
-                                           timeout=300)
+    result = pytester.runpytest_subprocess(*args, "-p", "no:randomly", "-p", "no:cacheprovider",
+                                           "-p", "no:hypothesispytest", "--color=no", timeout=300)
     text = result.stdout.str() + "\n" + result.stderr.str()
     assert "Traceback" not in text, text
     return int(result.ret), text

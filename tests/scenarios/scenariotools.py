@@ -1,4 +1,4 @@
-"""The scenario suite's tools: run the real procedure as an operator does, read where the node,
+"""The scenario suite's tools (imported by conftest.py and the scenarios): run the real procedure as an operator does, read where the node,
 the cluster and the journal stand, inject faults, interrupt, and put node4 back afterwards.
 
 Everything is read through the harness's own modules (nodes, kube, ceph, journal) or the lab
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PROCEDURES = ROOT / "procedures"
 NODE = "node4"
 TARGET = "22.04"
+# hypothesis (a test extra, absent on an operator's machine) can deadlock-import annotated_types
+# against nodegate.reporting's background import of the Kubernetes client (see tests/checks)
+QUIET_PLUGINS = ("-p", "no:hypothesispytest")
 _CASE = re.compile(r"test_upgrade\[(?P<node>[^\]]+?)-(?P<n>\d\d)-(?P<step>\w+)\]")
 
 
@@ -97,7 +101,7 @@ class Operator:
         junit = self.work / f"junit-{self.count}.xml"
         return ([sys.executable, "-m", "pytest", str(PROCEDURES), "--cluster", str(profile), "--node", NODE,
                  "--target-release", TARGET, "--execute", "-v", "-rA", "--color=no", "-p", "no:randomly",
-                 "-p", "no:cacheprovider", f"--junitxml={junit}", *extra], junit)
+                 "-p", "no:cacheprovider", *QUIET_PLUGINS, f"--junitxml={junit}", *extra], junit)
 
     def run(self, profile: Path, *extra: str, timeout: float = 900) -> Run:
         argv, junit = self.argv(profile, *extra)
@@ -136,10 +140,12 @@ class Operator:
         found = [r["status"] for r in self.journal() if r["step"] == step]
         return found[-1] if found else None
 
-    def wait_journal(self, predicate, *, proc: subprocess.Popen | None = None, timeout: float = 300) -> dict:
+    def wait_journal(self, predicate, *, proc: subprocess.Popen | None = None, timeout: float = 300,
+                     since: int = 0) -> dict:
+        """The first journal record (from index ``since`` on) matching ``predicate``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for record in self.journal():
+            for record in self.journal()[since:]:
                 if predicate(record):
                     return record
             if proc is not None and proc.poll() is not None:
@@ -240,6 +246,37 @@ class Lab:
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status in (200, 201), response.status
 
+    # -- a PodDisruptionBudget, as an application team would add one -------------------------------
+    def _api(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(f"{self.config.api_url}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {self.config.token}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def node4_workload(self) -> tuple[str, dict[str, str]]:
+        """Namespace and labels of the (one) pod on node4 that a drain evicts."""
+        pods = [p for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished)]
+        assert pods, f"no evictable pod on {NODE} to protect"
+        raw = self._api("GET", f"/api/v1/namespaces/{pods[0].namespace}/pods/{pods[0].name}")
+        labels = {k: v for k, v in raw["metadata"].get("labels", {}).items() if "hash" not in k}
+        return pods[0].namespace, labels
+
+    def block_with_pdb(self, namespace: str, labels: dict[str, str], name: str = "scenario-block") -> None:
+        """A PDB that needs every matching pod healthy: their eviction is refused (429)."""
+        self._api("POST", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
+                  {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                   "metadata": {"name": name, "namespace": namespace},
+                   "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}}})
+
+    def remove_pdb(self, namespace: str, name: str = "scenario-block") -> None:
+        try:
+            self._api("DELETE", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+
     # -- inside node4, seen from this machine --------------------------------------------------------
     def node_processes(self) -> list[tuple[int, str]]:
         """(pid, command line) of every process running inside node4."""
@@ -289,6 +326,9 @@ class Lab:
         from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
 
         self.cli("fault", "--clear", check=False)
+        for pdb in self._api("GET", "/apis/policy/v1/poddisruptionbudgets").get("items", []):
+            if pdb["metadata"]["name"] == "scenario-block":
+                self.remove_pdb(pdb["metadata"]["namespace"])
         self.cli("reset", NODE)
         self.kube.uncordon(NODE)
         self.kube.set_node_annotation(NODE, key=ANNOTATION, value=None)
@@ -324,16 +364,6 @@ def fixed_checkout(lab: LabConfig, where: Path) -> Path:
     assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
     task.write_text(fixed)
     return checkout
-
-
-@pytest.fixture(scope="module")
-def scenario_lab(lab) -> Lab:
-    """The session's lab with node4 fresh at the start and put back at the end."""
-    view = Lab(lab)
-    view.restore()
-    yield view
-    view.restore()
-    view.kube.close()
 
 
 def secrets_of(lab: LabConfig) -> dict[str, str]:
