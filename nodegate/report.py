@@ -202,11 +202,14 @@ def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
             if step.depth == 0 and step.name != r.name:   # sub-steps; deeper ones are in the HTML
                 out.append(f"|  |  |  | ↳ {_cell(step.name)} | {step.status} | {step.duration_s:.1f} s |")
     if procedure:
-        for phase in sorted({r.phase or "other" for r in lines} - {"procedure"}):
+        out.append("")
+        phases = {r.phase or "other" for r in lines} - {"procedure"}
+        for phase in sorted(phases, key=lambda p: ("preflight", "postflight").index(p) if p in ("preflight", "postflight")
+                            else 2):
             of_phase = [r for r in lines if (r.phase or "other") == phase]
             tally = ", ".join(f"{sum(1 for r in of_phase if r.status == s)} {s}"
                               for s in ("passed", "failed", "broken", "skipped") if any(r.status == s for r in of_phase))
-            out.append(f"\n{phase} checks run by the procedure's gates: {tally}")
+            out.append(f"- {phase} checks run by the procedure's gates: {tally}")
     if failed:
         out += ["", "## What failed", ""]
         for r in failed:

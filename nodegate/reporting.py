@@ -397,6 +397,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     import allure
 
     ticket = _opt(config, "ticket")
+    expression = _opt(config, "markexpr") or ""
+    wanted = [p for p in PHASES if re.search(rf"(?<!not )\b{p}\b", expression)]
     # the controller says dist=loadgroup; an xdist worker says loadgroup=True (its dist is "no")
     grouped = getattr(config.option, "dist", "no") == "loadgroup" or bool(getattr(config.option, "loadgroup", False))
     for item in items:
@@ -406,7 +408,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # allure-pytest also writes host=<this machine>; a "host" label naming the node is what
             # a reviewer filters on, and Allure keeps the first one it meets
             item.add_marker(allure.label("host", node))
-        phase = next((p for p in PHASES if item.get_closest_marker(p)), None)
+        marked = [p for p in PHASES if item.get_closest_marker(p)]
+        # a check marked for both phases ran as the one `-m` asked for (the gates run `-m postflight`)
+        phase = next((p for p in wanted if p in marked), marked[0] if marked else None)
         if phase is None and _category_of(item) and Path(str(item.path)).parent.name == "procedures":
             phase = "procedure"
         if phase:

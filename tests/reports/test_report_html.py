@@ -76,7 +76,7 @@ def test_single_file_report_shows_checks_steps_statuses_and_the_failure_category
     assert "Kubespray v2.21.0, kube_version v1.25.6, Rook v1.14.8, cephcsi v3.11.0" in summary
     # an upgrade run: the ticket gets the steps, and the checks counted per phase
     assert "| 2 | node4 | procedure | test_upgrade_node[node4] | **passed** |" in summary
-    assert "preflight checks run by the procedure's gates: 3 passed, 1 failed" in summary
+    assert "- preflight checks run by the procedure's gates: 3 passed, 1 failed" in summary
     assert re.search(r"\|  \|  \|  \| ↳ apt-get dist-upgrade \| passed \|", summary)
     assert ("- **test_container_packages_held[node4]** (node4, preflight) — Held-package drift: "
             "AssertionError: docker-ce is not held on node4") in summary

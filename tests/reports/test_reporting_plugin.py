@@ -222,3 +222,15 @@ def test_inventory_secrets_are_found_in_yaml_ini_and_vault_tags_but_settings_are
     assert {"ini-Secret-1", "ini-Secret-2", "yaml-Secret-3"} <= set(found)
     assert any(v.startswith("$ANSIBLE_VAULT") for v in found)
     assert not {"false", "true", "not-a-secret", "10.0.0.1"} & set(found)
+
+
+def test_a_check_of_both_phases_is_labelled_with_the_phase_that_ran(suite, tmp_path):
+    (suite.path / "checks" / "test_both.py").write_text(
+        "import pytest\n\n\n@pytest.mark.preflight\n@pytest.mark.postflight\ndef test_node_ready(node):\n"
+        "    assert node.name\n")
+    for phase in ("postflight", "preflight"):
+        out = tmp_path / phase
+        run_suite(suite, "--node", "node3", "--target-release", "22.04", "-m", phase, "--alluredir", str(out),
+                  "checks/test_both.py").assert_outcomes(passed=1)
+        (result,) = load_results(out)
+        assert labels(result)["phase"] == [phase]
