@@ -369,12 +369,24 @@ _NODE_REPR = re.compile(r"^NodeSpec\(name='([^']+)'")
 
 def _tidy_parameters(tree: Any) -> Any:
     """A result's `node` parameter as the node's name: allure-pytest writes the whole NodeSpec repr
-    (address, user, roles …), which hides the one word a reviewer looks for."""
-    if isinstance(tree, dict) and isinstance(tree.get("parameters"), list):
-        for param in tree["parameters"]:
-            found = _NODE_REPR.match(str(param.get("value", ""))) if isinstance(param, dict) else None
-            if found and param.get("name") == "node":
-                param["value"] = found.group(1)
+    (address, user, roles …), which hides the one word a reviewer looks for. And a postflight
+    result gets ids of its own: the same check ran as preflight earlier in the run (the gates), and
+    with equal ids Allure would file the postflight result as a mere retry of the preflight one."""
+    if not isinstance(tree, dict):
+        return tree
+    for param in tree.get("parameters") or []:
+        found = _NODE_REPR.match(str(param.get("value", ""))) if isinstance(param, dict) else None
+        if found and param.get("name") == "node":
+            param["value"] = found.group(1)
+    phases = [label.get("value") for label in tree.get("labels") or []
+              if isinstance(label, dict) and label.get("name") == "phase"]
+    if phases and phases[0] == "postflight" and "historyId" in tree and not tree.get("nodegatePhaseIds"):
+        import hashlib
+
+        for key in ("historyId", "testCaseId"):
+            if tree.get(key):
+                tree[key] = hashlib.md5(f"{tree[key]}:postflight".encode()).hexdigest()
+        tree["nodegatePhaseIds"] = True   # marks the rewrite done: sweeps run once per process
     return tree
 
 

@@ -2,6 +2,7 @@
 environment, executor, evidence attachments, xdist, and that planted secrets never reach a file."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -228,9 +229,18 @@ def test_a_check_of_both_phases_is_labelled_with_the_phase_that_ran(suite, tmp_p
     (suite.path / "checks" / "test_both.py").write_text(
         "import pytest\n\n\n@pytest.mark.preflight\n@pytest.mark.postflight\ndef test_node_ready(node):\n"
         "    assert node.name\n")
-    for phase in ("postflight", "preflight"):
-        out = tmp_path / phase
+    out = tmp_path / "results"   # one folder, as the procedure's gates share the run's
+    for phase in ("preflight", "postflight"):
         run_suite(suite, "--node", "node3", "--target-release", "22.04", "-m", phase, "--alluredir", str(out),
                   "checks/test_both.py").assert_outcomes(passed=1)
-        (result,) = load_results(out)
-        assert labels(result)["phase"] == [phase]
+    found = {labels(r)["phase"][0]: r for r in load_results(out)}
+    assert set(found) == {"preflight", "postflight"}
+    # own ids for the postflight result, or Allure files it as a retry of the preflight one
+    assert found["preflight"]["historyId"] != found["postflight"]["historyId"]
+    assert found["preflight"]["testCaseId"] != found["postflight"]["testCaseId"]
+
+    from nodegate.report import build_report
+
+    html = build_report(run_dir=out, out=tmp_path / "r.html", reports=tmp_path / "reports").html.read_text()
+    shown = [json.loads(base64.b64decode(v)) for _, v in re.findall(r'd\("(data/test-results/[^"]+)","([^"]*)"\)', html)]
+    assert sorted(r["status"] for r in shown) == ["passed", "passed"] and not any(r["retry"] for r in shown)
