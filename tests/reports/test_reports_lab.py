@@ -8,8 +8,10 @@ The lab is this test's own (4 nodes, short boot delays): the upgrade changes nod
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +152,10 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     main_page = chromium(report2.html.as_uri(), workdir=work)
     assert "release 20.04 → 22.04" in visible_text(main_page)
     data2 = report_results(report2.html.read_text())
+    # the gates ran the same checks twice (pre and post): both show, neither as a retry of the other
+    every = [json.loads(base64.b64decode(v)) for v in
+             re.findall(r'd\("data/test-results/[^"]+","([^"]*)"\)', report2.html.read_text())]
+    assert len(every) == len(load_results(results2)) and not any(r["retry"] for r in every)
     kubespray_name = steps2["kubespray"]["name"]
     assert data2[kubespray_name]["status"] == "passed"
     shown = result_steps(chromium(f"{report2.html.as_uri()}#/{data2[kubespray_name]['id']}", workdir=work))
