@@ -166,3 +166,33 @@ def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_k
     assert lab_nodes.host("node4").release.os_release().version_id == "22.04"
     statuses = [(r["step"], r["status"]) for r in procedure.journal() if r["step"] in ("reboot", "reboot_release")]
     assert statuses[-1] == ("reboot_release", "done") and ("reboot", "done") in statuses
+
+
+def test_a_killed_run_is_resumed_by_the_same_command(procedure, lab_nodes, fixed_kubespray, restore_node4,
+                                                     journal_wait):
+    """kill -9 (a crashed laptop) after step 5: the lock stays held and the journal ends mid-way; the
+    same command from the same machine takes its lock back and continues after step 5."""
+    proc = procedure.start(cluster=fixed_kubespray)
+    try:
+        journal_wait(procedure, lambda r: r["step"] == "unhold" and r["status"] == "done", timeout=300, proc=proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    lock = lab_nodes.kube.read_lock()
+    assert lock is not None and lock.held and lock.node == "node4", "a killed run cannot release its lock"
+    assert lab_nodes.kube.node("node4").unschedulable
+    upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(FIRST_SIX, 1))
+    resumed = procedure("-k", upto, cluster=fixed_kubespray)
+    assert resumed.ret == 0, resumed.text[-3000:]
+    records = procedure.journal()
+    lock_done = [r for r in records if r["step"] == "lock" and r["status"] == "done"]
+    assert "taken back" in lock_done[-1]["detail"], "the lock of the killed run is taken back without an option"
+    run_ids = {r["run_id"] for r in records}
+    assert len(run_ids) == 2
+    last = records[-1]["run_id"]
+    statuses = {r["step"]: r["status"] for r in records if r["run_id"] == last}
+    assert statuses["drain"] == statuses["noout"] == statuses["unhold"] == "skipped", statuses
+    assert statuses["dist_upgrade"] in ("done", "skipped")
+    assert lab_nodes.host("node4").packages.upgradable().names == ()
+    lock = lab_nodes.kube.read_lock()
+    assert lock is None or not lock.held
