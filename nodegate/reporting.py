@@ -157,6 +157,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         # reboot, minutes into a procedure, long after this read.
         import threading
 
+        # The reader imports the Kubernetes client (pydantic -> annotated_types) while the main
+        # thread may import the same modules (hypothesis' report header does): two threads importing
+        # one module at once can hand one of them a partially initialised module ("partially
+        # initialized module 'annotated_types' has no attribute 'Timezone'", an INTERNALERROR seen
+        # in pytester runs). The shared small module is imported here first.
+        try:
+            import annotated_types  # noqa: F401
+        except ImportError:
+            pass
         reader = threading.Thread(target=_read_starting_point, args=(config, profile),
                                   name="nodegate-environment", daemon=True)
         reader.start()
