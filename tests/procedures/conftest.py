@@ -80,17 +80,18 @@ class Procedure:
         self.cluster = lab.dir / "cluster.toml"
         self.runs = 0
 
-    def argv(self, *args: str, node: str, target: str, execute: bool, cluster: Path | None) -> list[str]:
+    def argv(self, *args: str, node: str | None, target: str, execute: bool, cluster: Path | None) -> list[str]:
         self.runs += 1
         junit = self.pytester.path / f"junit-{self.runs}.xml"
-        argv = [str(PROCEDURES), "--cluster", str(cluster or self.cluster), "--node", node,
-                "--target-release", target, "-v", "--color=no", "-p", "no:randomly", "-p", "no:cacheprovider",
-                f"--junitxml={junit}", *args]
+        argv = [str(PROCEDURES), "--cluster", str(cluster or self.cluster), "--target-release", target, "-v",
+                "--color=no", "-p", "no:randomly", "-p", "no:cacheprovider", f"--junitxml={junit}", *args]
+        if node:
+            argv += ["--node", node]
         if execute:
             argv.append("--execute")
         return argv
 
-    def __call__(self, *args: str, node: str = "node4", target: str = "22.04", execute: bool = True,
+    def __call__(self, *args: str, node: str | None = "node4", target: str = "22.04", execute: bool = True,
                  cluster: Path | None = None, timeout: float = 900) -> ProcedureRun:
         argv = self.argv(*args, node=node, target=target, execute=execute, cluster=cluster)
         started = time.monotonic()

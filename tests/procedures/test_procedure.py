@@ -44,6 +44,10 @@ def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, r
     results = procedure.reports / "runs"
     assert list(results.glob("*/plan.txt")), "the plan is kept with the run's results"
     assert list(results.glob("*/results/*-result.json")), "the plan is an Allure result too"
+    # without --node nothing of the procedure runs, and no plan is made either
+    bare = procedure(execute=False, node=None)
+    assert not bare.outcomes and "nodegate upgrade plan" not in bare.stdout
+    assert "deselected" in bare.stdout and bare.ret == 5, bare.text[-2000:]
 
 
 def test_gate_blocks_and_nothing_is_touched(procedure, lab_nodes, restore_node4):
