@@ -641,6 +641,10 @@ class Kube:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - translated or re-raised unchanged
+                if isinstance(exc.__context__, KeyboardInterrupt):
+                    # the client's websocket calls (exec) turn Ctrl-C/SIGTERM into ApiException(status=0):
+                    # the operator's interrupt must stop the run, not be retried as a transient error
+                    raise exc.__context__ from None
                 translated = self._translate(exc, what)
                 if translated is None or translated is exc:
                     raise

@@ -189,6 +189,25 @@ def scene(scenario_lab, tmp_path_factory) -> Scene:
     return Scene(scenario_lab, tmp_path_factory.mktemp("interrupts"))
 
 
+def test_an_interrupt_inside_a_pod_exec_stops_the_run_instead_of_being_retried(scenario_lab):
+    """The Kubernetes client's websocket calls (the ceph toolbox exec) turn Ctrl-C/SIGTERM into
+    ApiException(status=0); nodegate.kube must hand the interrupt on, not retry it as a transient error."""
+    from kubernetes.client.exceptions import ApiException
+
+    calls = []
+
+    def exec_like() -> None:
+        calls.append(1)
+        try:
+            raise KeyboardInterrupt("SIGTERM")
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:     # kubernetes/stream/ws_client.py
+            raise ApiException(status=0, reason=str(exc))
+
+    with pytest.raises(KeyboardInterrupt):
+        scenario_lab.kube._call("exec `ceph status` in pod rook-ceph/tools", exec_like)
+    assert calls == [1], f"the interrupt was retried {len(calls) - 1} time(s)"
+
+
 def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene):
     op, read, lab = scene.op, scene.read, scene.lab
     began = time.monotonic()
@@ -270,3 +289,4 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
     print(f"{'aimed at':58} {'signal':8} {'stopped':34} {'exit':>6} {'rc':>3}  node4 afterwards")
     for o in scene.outcomes:
         print(f"{o.point[:58]:58} {o.signal:8} {o.stopped_in[:34]:34} {o.exit_s:5.1f}s {o.rc:3}  {o.live}")
+
