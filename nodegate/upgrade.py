@@ -315,6 +315,11 @@ class Upgrade:
             raise
 
     def _perform(self, step: "Step") -> StepOutcome:
+        if self.lock is not None and self.lock.info is not None and not self.lock.held:
+            # the keeper could not renew it (or another run took it over): nothing more is changed
+            raise StepFailed(f"this run lost the upgrade lock before step {step.name}",
+                             fix="find out who holds it now (`kubectl -n kube-system get lease "
+                                 "nodegate-upgrade-lock -o yaml`), then run the same command again")
         # Once a finished step is found undone, the journal no longer describes the node (someone
         # changed it since): every later step decides from the live state alone.
         earlier = self.finished(step.name) if not (step.always_run or self._drifted) else None
