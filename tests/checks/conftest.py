@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 CHECKS = Path(__file__).resolve().parents[2] / "checks"
-# hypothesis (a test extra, not on an operator's machine) imports annotated_types in its report
-# header while nodegate.reporting's background thread imports the Kubernetes client (pydantic ->
-# annotated_types): Python's import deadlock detection then hands one thread a half-initialised
-# module now and then. Operators do not load hypothesis; the catalogue runs here without it too.
+# hypothesis is a test extra, not on an operator's machine: the catalogue runs here without its
+# plugin, as it runs there (it also once raced nodegate.reporting's background import of the
+# Kubernetes client into a half-initialised annotated_types; reporting now pre-imports it).
 _QUIET_PLUGINS = ("-p", "no:hypothesispytest")
 
 
