@@ -148,11 +148,24 @@ class Ceph:
         command = ["ceph", f"--connect-timeout={self.connect_timeout}", *args]
         try:
             out = self.kube.exec(namespace=ns, pod=pod, command=command, timeout=self.timeout + self.connect_timeout)
-        except NotFoundError:
-            # The toolbox pod was replaced since it was found: find it again, once.
+        except PermanentError as exc:
+            if not (isinstance(exc, NotFoundError) or _toolbox_unavailable(exc)):
+                raise
+            # The toolbox pod was replaced, or its container is not running (its node is
+            # rebooting): find a running one again, once.
             self._toolbox_pod = None
             pod = self._find_toolbox()
-            out = self.kube.exec(namespace=ns, pod=pod, command=command, timeout=self.timeout + self.connect_timeout)
+            try:
+                out = self.kube.exec(namespace=ns, pod=pod, command=command,
+                                     timeout=self.timeout + self.connect_timeout)
+            except PermanentError as again:
+                if not _toolbox_unavailable(again):
+                    raise
+                self._toolbox_pod = None
+                # Transient: the toolbox comes back with its node (or is rescheduled).
+                raise TransientError(f"the Ceph toolbox pod {ns}/{pod} cannot run commands now (its container "
+                                     "is not running: is its node rebooting?)",
+                                     fix="wait for the node to be Ready, or run the toolbox on another node") from again
         return CephCommandResult(args=args, rc=out.rc, stdout=out.stdout, stderr=out.stderr,
                                  duration=out.duration, via=f"toolbox {ns}/{pod}")
 
@@ -220,3 +233,10 @@ class Ceph:
 
     def unset_group_noout(self, host: str) -> CephCommandResult:
         return self.run(["osd", "unset-group", "noout", host])
+
+
+def _toolbox_unavailable(exc: BaseException) -> bool:
+    """The API server refused the exec because the container is not running (a pod on a node
+    that is down or restarting): kube-apiserver answers 'unable to upgrade connection: container not found'."""
+    text = str(exc)
+    return "unable to upgrade connection" in text or "container not found" in text
