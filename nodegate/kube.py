@@ -524,8 +524,10 @@ class Kube:
             kube.check()
         return kube
 
-    def check(self, *, attempts: int = 2) -> str:
-        """Load the kubeconfig and ask the server's version (two quick tries); return it.
+    def check(self, *, attempts: int = 4) -> str:
+        """Load the kubeconfig and ask the server's version (four quick tries: a flapping API
+        server answering 503 to a third of the requests must not end a run before it starts;
+        an address where nothing listens still fails within ~2 s); return it.
         Any failure is a UsageError naming the fix: this runs before anything changes."""
         __tracebackhide__ = True
         self._load()

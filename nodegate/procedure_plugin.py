@@ -149,10 +149,13 @@ def upgrade_access(profile, nodegate_run: NodegateRun):
     from nodegate.nodes import Nodes
 
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
+    failure = None
     try:
         kube = Kube.connect(settings=profile.kube)
     except Exception as exc:  # noqa: BLE001 - reported as the reason, once, without a traceback
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    if failure is not None:   # outside the except: no "During handling of the above exception" twice
+        pytest.fail(failure, pytrace=False)
     ceph = Ceph(settings=profile.ceph, kube=kube)
     yield Access(nodes=nodes, kube=kube, ceph=ceph)
     nodes.close()

@@ -797,6 +797,10 @@ class Reboot(Step):
                 rebooted_already = up.nodes.reconnect(up.name).boot.boot_id() != before
             except SshConnectError:
                 rebooted_already = True   # down right now: the reboot asked for earlier is under way
+            else:
+                if rebooted_already and self._needed_again(up):
+                    log.info("%s rebooted since boot id %s but needs a reboot again: rebooting", up.name, before)
+                    rebooted_already = False
         if rebooted_already:
             log.info("%s was already asked to reboot (boot id %s before): waiting for it", up.name, before)
         else:
@@ -806,11 +810,21 @@ class Reboot(Step):
         after = wait_rebooted(up, before)
         return f"rebooted: boot id {before} → {after}"
 
+    def _needed_again(self, up: Upgrade) -> bool:
+        """The first reboot is there so that do-release-upgrade may run: when the node needs one
+        again (a kernel installed since), a rerun reboots again instead of refusing at the next
+        step on every run."""
+        return self.name == "reboot" and not up.finished("release_upgrade") and up.host.boot.reboot_required().required
+
     def verify(self, up: Upgrade) -> str:
         before = up.value(f"{self.name}_boot_id_before")
         boot_id = up.host.boot.boot_id()
         if before and boot_id == before:
             raise StepFailed(f"{up.name} has not rebooted (boot id still {boot_id})")
+        if self._needed_again(up):
+            packages = ", ".join(up.host.boot.reboot_required().packages) or "reboot-required"
+            raise StepFailed(f"{up.name} needs a reboot again ({packages})",
+                             fix="run the same command again: it reboots the node before do-release-upgrade")
         if up.kube is not None:
             status = up.kube.node(up.name)
             if not status.is_ready:

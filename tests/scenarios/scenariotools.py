@@ -255,27 +255,27 @@ class Lab:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
-    def node4_workload(self) -> tuple[str, dict[str, str]]:
-        """Namespace and labels of the (one) pod on node4 that a drain evicts."""
+    def node4_pdb(self) -> tuple[str, str, dict]:
+        """(namespace, name, spec) of the PodDisruptionBudget that covers the pod a drain of node4
+        evicts (in the lab: Rook's OSD PDB)."""
         pods = [p for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished)]
-        assert pods, f"no evictable pod on {NODE} to protect"
+        assert pods, f"no evictable pod on {NODE}"
         raw = self._api("GET", f"/api/v1/namespaces/{pods[0].namespace}/pods/{pods[0].name}")
-        labels = {k: v for k, v in raw["metadata"].get("labels", {}).items() if "hash" not in k}
-        return pods[0].namespace, labels
+        labels = raw["metadata"].get("labels", {})
+        for pdb in self._api("GET", f"/apis/policy/v1/namespaces/{pods[0].namespace}/poddisruptionbudgets")["items"]:
+            wanted = pdb["spec"].get("selector", {}).get("matchLabels", {})
+            if wanted and all(labels.get(k) == v for k, v in wanted.items()):
+                return pdb["metadata"]["namespace"], pdb["metadata"]["name"], pdb["spec"]
+        raise AssertionError(f"no PodDisruptionBudget covers {pods[0].ref}")
 
-    def block_with_pdb(self, namespace: str, labels: dict[str, str], name: str = "scenario-block") -> None:
-        """A PDB that needs every matching pod healthy: their eviction is refused (429)."""
-        self._api("POST", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
-                  {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                   "metadata": {"name": name, "namespace": namespace},
-                   "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}}})
-
-    def remove_pdb(self, namespace: str, name: str = "scenario-block") -> None:
-        try:
-            self._api("DELETE", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise
+    def set_pdb(self, namespace: str, name: str, spec_change: dict) -> None:
+        """Change a PDB (merge patch), as Rook does when it tightens its OSD budgets."""
+        request = urllib.request.Request(
+            f"{self.config.api_url}/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}",
+            method="PATCH", data=json.dumps({"spec": spec_change}).encode(),
+            headers={"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/merge-patch+json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.status
 
     # -- inside node4, seen from this machine --------------------------------------------------------
     def node_processes(self) -> list[tuple[int, str]]:
@@ -327,8 +327,8 @@ class Lab:
 
         self.cli("fault", "--clear", check=False)
         for pdb in self._api("GET", "/apis/policy/v1/poddisruptionbudgets").get("items", []):
-            if pdb["metadata"]["name"] == "scenario-block":
-                self.remove_pdb(pdb["metadata"]["namespace"])
+            if pdb["spec"].get("maxUnavailable") == 0 and pdb["metadata"]["name"].startswith("rook-ceph-"):
+                self.set_pdb(pdb["metadata"]["namespace"], pdb["metadata"]["name"], {"maxUnavailable": 1})
         self.cli("reset", NODE)
         self.kube.uncordon(NODE)
         self.kube.set_node_annotation(NODE, key=ANNOTATION, value=None)
