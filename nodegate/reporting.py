@@ -30,7 +30,6 @@ RUN_DIR = pytest.StashKey[Path]()
 ENVIRONMENT = pytest.StashKey[dict]()
 PHASES = ("preflight", "postflight", "procedure")
 WORKER_ENV_GLOB = "nodegate-env-*.json"   # environment lines set in xdist workers, merged by the controller
-_READER = pytest.StashKey[Any]()          # the thread reading the cluster facts at session start
 
 # Failure classes a reviewer sorts by, first match wins (Allure 3 and the ticket summary both take
 # the first). The regexes are written in the common subset of Java, JavaScript and Python syntax
@@ -150,26 +149,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if pattern:
             # allure-pytest formats each link of type "issue" through this pattern when it writes a result
             config.option.allure_link_pattern.append(["issue", pattern])
-    if (profile is not None and config.option.allure_report_dir and not config.option.collectonly
-            and not _is_worker(config)):
-        # In the background: importing the Kubernetes client and asking costs about a second, and
-        # the run must not wait for facts only the report needs. Node releases change only after a
-        # reboot, minutes into a procedure, long after this read.
-        import threading
-
-        # The reader imports the Kubernetes client (pydantic -> annotated_types) while the main
-        # thread may import the same modules (hypothesis' report header does): two threads importing
-        # one module at once can hand one of them a partially initialised module ("partially
-        # initialized module 'annotated_types' has no attribute 'Timezone'", an INTERNALERROR seen
-        # in pytester runs). The shared small module is imported here first.
-        try:
-            import annotated_types  # noqa: F401
-        except ImportError:
-            pass
-        reader = threading.Thread(target=_read_starting_point, args=(config, profile),
-                                  name="nodegate-environment", daemon=True)
-        reader.start()
-        config.stash[_READER] = reader
 
 
 def _run(config: pytest.Config):
@@ -197,10 +176,11 @@ def _ticket_pattern(config: pytest.Config) -> str | None:
 
 
 def _read_starting_point(config: pytest.Config, profile: Any) -> None:
-    """What the run starts from, for environment.properties: the selected nodes' release (the
-    API's nodeInfo.osImage, before anything changes) and the Rook and cephcsi versions (the
-    operator's and the CSI plugin's image tags). One try per request: the report must neither slow
-    down nor break a run. Checks that read these themselves may overwrite them with set_environment."""
+    """What the run started from, for environment.properties: the selected nodes' release (from
+    the upgrade's journal when there is one, else the API's nodeInfo.osImage: checks change
+    nothing) and the Rook and cephcsi versions (the operator's and the CSI plugin's image tags).
+    One try per request: the report must neither slow down nor break a run. Values the checks set
+    with set_environment win."""
     import logging
 
     names = {n.name for n in getattr(_run(config), "nodes", ())}
@@ -240,7 +220,7 @@ def _read_starting_point(config: pytest.Config, profile: Any) -> None:
     if releases:
         env.setdefault("source.release", ", ".join(releases))
     if images:
-        env.setdefault("source.os_image", ", ".join(f"{k}: {v}" for k, v in sorted(images.items())))
+        env.setdefault("os_image.at_end", ", ".join(f"{k}: {v}" for k, v in sorted(images.items())))
     for key, value in versions.items():
         if value:
             env.setdefault(key, value)
@@ -478,9 +458,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             worker = config.workerinput.get("workerid", "gw")
             (out / WORKER_ENV_GLOB.replace("*", worker)).write_text(json.dumps(extra), encoding="utf-8")
         return
-    reader = config.stash.get(_READER, None)
-    if reader is not None:
-        reader.join(timeout=15)   # bounded: one request per fact, each with a 5 s retry limit
+    profile = getattr(_run(config), "profile", None)
+    if profile is not None:
+        # At the end, in the main thread: a background reader importing the Kubernetes client
+        # while the checks import it too handed out half-initialised modules (INTERNALERRORs). The
+        # end is also late enough to cost a run nothing before its first check, and the release
+        # the run started from is still known: a procedure records it in its journal at the gate.
+        _read_starting_point(config, profile)
     for part in sorted(out.glob(WORKER_ENV_GLOB)):
         try:
             for key, value in json.loads(part.read_text(encoding="utf-8")).items():
