@@ -362,6 +362,20 @@ def _end_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def _ansible_refusal(output: str) -> str:
+    """Ansible's own error before any play ran: its `ERROR!` line (and the file and line it
+    points at), or '' when there is none."""
+    lines = [line.strip() for line in parsing.strip_ansi(output).splitlines()]
+    first = next((i for i, line in enumerate(lines) if line.startswith(("ERROR!", "[ERROR]:"))), None)
+    if first is None:
+        return ""
+    said = [lines[first]]
+    said += [line for line in lines[first + 1:] if line.startswith("The error appears to be in")][:1]
+    details = [line for line in lines[first + 1:first + 8] if line and not line.startswith(("JSON:", "The error"))
+               and line not in said[0]][:2]
+    return " ".join([said[0], *details, *said[1:]])[:600]
+
+
 def _last_line(output: str) -> str:
     for line in reversed(output.splitlines()):
         if line.strip():
@@ -411,6 +425,14 @@ def check_result(result: PlaybookResult) -> PlaybookResult:
             f"Kubespray {playbook} failed on {result.node}{where} with a known issue: {issue.title} "
             f"({'; '.join(issue.references)}){said}", fix=issue.fix, result=result)
     if failure is None and recap is None:
+        refused = _ansible_refusal(result.output)
+        if refused:
+            # Ansible stopped before any play (a syntax error in the checkout, a missing role or
+            # variable file): its own ERROR! line and where, not the last line ("^ here").
+            raise KubesprayFailed(f"Ansible refused to run Kubespray {playbook} for {result.node} (rc {result.rc}): "
+                                  f"{refused}",
+                                  fix="correct the file it names in the Kubespray checkout (the full message is kept as "
+                                      "evidence), then run the same command again", result=result)
         raise KubesprayFailed(f"Kubespray {playbook} for {result.node} ended with rc {result.rc} and no play recap "
                               f"for the node{said}",
                               fix="check that --limit names a host of the inventory and read the output kept "

@@ -325,7 +325,10 @@ class Lab:
         from nodegate.journal import ANNOTATION
         from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
 
-        self.cli("fault", "--clear", check=False)
+        active = json.loads((self.config.dir / "faults.json").read_text() or "{}") \
+            if (self.config.dir / "faults.json").exists() else {}
+        for name in active:   # `fault --clear` needs the fault's name
+            self.cli("fault", name, "--clear")
         for pdb in self._api("GET", "/apis/policy/v1/poddisruptionbudgets").get("items", []):
             if pdb["spec"].get("maxUnavailable") == 0 and pdb["metadata"]["name"].startswith("rook-ceph-"):
                 self.set_pdb(pdb["metadata"]["namespace"], pdb["metadata"]["name"], {"maxUnavailable": 1})
