@@ -653,7 +653,9 @@ class Noout(Step):
 class Unhold(Step):
     name = "unhold"
     title = "record the held packages and their versions; apt-mark unhold them"
-    superseded_by = "hold"
+    # Kubespray's docker role holds the docker packages again (before the hold step pins them):
+    # after it, held packages are expected, not a drift to undo by unholding and upgrading again
+    superseded_by = "kubespray"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         held = up.value("held_before")
