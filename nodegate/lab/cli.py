@@ -83,6 +83,8 @@ def cmd_up(args) -> int:
         config = LabConfig.load(lab_dir)
         print(f"the lab in {lab_dir} is already running (supervisor pid {running}, "
               f"{len(config.nodes)} nodes, net {config.net}); nothing changed")
+        if (args.nodes, args.net) != (len(config.nodes), config.net):
+            print(f"  (asked for {args.nodes} nodes on net {args.net}: take the lab down first to change it)")
         return 0
     if not 1 <= args.nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")

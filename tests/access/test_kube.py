@@ -549,7 +549,7 @@ def test_lock_contention_resume_release(settled, lock_name):
     with pytest.raises(LockHeld) as err:
         kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name)
     assert "alice@laptop" in err.value.message and "node4" in err.value.message and "r1" in err.value.message
-    assert "take over a stale lock" in err.value.fix
+    assert "--take-over-stale-lock" in err.value.fix
     # Asking to take over a lock that is alive changes nothing.
     with pytest.raises(LockHeld) as err:
         kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
