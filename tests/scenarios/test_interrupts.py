@@ -141,34 +141,29 @@ def cordoned(scene: Scene, run: Started) -> bool:
 
 
 S = Scene
-POINTS = (
-    Point("gate", "inside the preflight checks (a pytest subprocess)",
-          S.started("gate", checks_running, delay=1.0, what="the preflight checks running"), in_wait=True),
-    Point("lock", "at the step boundary", S.at_start_of("lock")),
-    Point("drain", "inside the drain wait (evictions refused by the PDB, retried every 5 s)",
-          S.noted("drain", "cordoned_by", cordoned, delay=2.0, what="node4 cordoned"), in_wait=True),
-    Point("noout", "at the step boundary", S.at_start_of("noout")),
-    Point("unhold", "at the step boundary", S.at_start_of("unhold")),
-    Point("dist_upgrade", "inside apt on the node (apt-get update / dist-upgrade running)",
-          S.started("dist_upgrade", package_tool, what="apt running on node4"), in_wait=True),
-    Point("reboot", "inside the reboot wait (node down, waiting for SSH)",
-          S.noted("reboot", "reboot_boot_id_before", node_down, what="node4 down"), in_wait=True),
-    Point("release_upgrade", "at the step boundary", S.at_start_of("release_upgrade")),
-    Point("reboot_release", "inside the Ready wait (node up again, not yet Ready)",
-          S.noted("reboot_release", "reboot_release_boot_id_before", up_not_ready("reboot_release_boot_id_before"),
-                  what="node4 up and not Ready"), in_wait=True),
-    Point("repair", "at the step boundary", S.at_start_of("repair")),
-    Point("kubespray", "inside Kubespray (ansible-playbook running)",
-          S.started("kubespray", ansible_running, delay=0.5, what="ansible-playbook running"), in_wait=True),
-    Point("hold", "at the step boundary", S.at_start_of("hold")),
-    Point("uncordon", "at the step boundary", S.at_start_of("uncordon")),
-    Point("unset_noout", "at the step boundary", S.at_start_of("unset_noout")),
-    Point("storage_healthy", "inside the Ceph health wait (HEALTH_WARN injected)",
-          S.started("storage_healthy", delay=2.0), in_wait=True),
-    Point("postflight", "inside the postflight checks (a pytest subprocess)",
-          S.started("postflight", checks_running, delay=1.0, what="the postflight checks running"), in_wait=True),
-    Point("unlock", "at the step boundary", S.at_start_of("unlock")),
-)
+WAITS = {   # the steps that wait (for the node, a subprocess, the cluster): interrupted inside too
+    "gate": ("inside the preflight checks (a pytest subprocess)",
+             S.started("gate", checks_running, delay=1.0, what="the preflight checks running")),
+    "drain": ("inside the drain wait (evictions refused by the PDB, retried every 5 s)",
+              S.noted("drain", "cordoned_by", cordoned, delay=2.0, what="node4 cordoned")),
+    "dist_upgrade": ("inside apt on the node (apt-get update / dist-upgrade running)",
+                     S.started("dist_upgrade", package_tool, what="apt running on node4")),
+    "reboot": ("inside the reboot wait (node down, waiting for SSH)",
+               S.noted("reboot", "reboot_boot_id_before", node_down, what="node4 down")),
+    "release_upgrade": ("inside do-release-upgrade on the node",
+                        S.started("release_upgrade", package_tool, what="do-release-upgrade running on node4")),
+    "reboot_release": ("inside the Ready wait (node up again, not yet Ready)",
+                       S.noted("reboot_release", "reboot_release_boot_id_before",
+                               up_not_ready("reboot_release_boot_id_before"), what="node4 up and not Ready")),
+    "kubespray": ("inside Kubespray (ansible-playbook running)",
+                  S.started("kubespray", ansible_running, delay=0.5, what="ansible-playbook running")),
+    "storage_healthy": ("inside the Ceph health wait (HEALTH_WARN injected)", S.started("storage_healthy", delay=2.0)),
+    "postflight": ("inside the postflight checks (a pytest subprocess)",
+                   S.started("postflight", checks_running, delay=1.0, what="the postflight checks running")),
+}
+POINTS = tuple(point for step in STEPS for point in (
+    (Point(step, "at the step boundary", S.at_start_of(step)),)
+    + ((Point(step, WAITS[step][0], WAITS[step][1], in_wait=True),) if step in WAITS else ())))
 
 
 def stopped_in(records: list[dict]) -> str:
@@ -214,7 +209,8 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
     assert scene.before.release == "20.04" and set(scene.before.held) == set(HELD), scene.before
     signals = (signal.SIGINT, signal.SIGTERM)
     problems: list[str] = []
-    for k, point in enumerate(POINTS):
+    turns = {False: 0, True: 0}      # SIGINT and SIGTERM in turn, among the boundaries and among the waits
+    for point in POINTS:
         records = attempt(op.journal())
         if last_status(records, point.step) in ("done", "skipped"):
             # an earlier signal landed past this point; a wait must not be missed that way
@@ -222,8 +218,9 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             if point.in_wait:
                 problems.append(f"{point.step}: finished by an earlier run before its wait could be interrupted")
             continue
-        sig = signals[k % 2]
-        if point.step == "storage_healthy":
+        sig = signals[turns[point.in_wait] % 2]
+        turns[point.in_wait] += 1
+        if point.step == "storage_healthy" and point.in_wait:
             lab.fault("ceph-warn")
         run = op.begin(scene.profile)
         try:
@@ -233,7 +230,7 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             rc, seconds, leftovers = op.stop(run, timeout=EXIT_WITHIN_S + 60)
         finally:
             end_session(run.proc.pid)
-            if point.step == "storage_healthy":
+            if point.step == "storage_healthy" and point.in_wait:
                 lab.clear("ceph-warn")
         text = run.log.read_text()
         mine = op.new_records(run)
