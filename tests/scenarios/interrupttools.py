@@ -28,7 +28,7 @@ HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
 UPGRADE_ANNOTATION = "nodegate.io/upgrade"
 CORDONED_BY = "nodegate.io/cordoned-by"
-PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade", "/usr/bin/do-release-upgrade")
+PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")   # do-release-upgrade: a python3 script in the lab
 
 
 # --------------------------------------------------------------------------- reading the lab directly
@@ -145,9 +145,8 @@ class Reader:
         return found
 
     def package_tool_running(self) -> bool:
-        return any(cmd.split(" ", 1)[0].rsplit("/", 1)[-1] in ("apt-get", "dpkg", "do-release-upgrade")
-                   or "do-release-upgrade" in cmd.split(" ", 2)[:2][-1]
-                   for cmd in self.node_processes() if cmd)
+        return any(word.rsplit("/", 1)[-1] in PACKAGE_TOOLS
+                   for cmd in self.node_processes() for word in cmd.split(" ")[:2])
 
     def lab_state(self) -> dict:
         """The lab supervisor's record of node4 (up/down, boot id): only to time an interruption."""
