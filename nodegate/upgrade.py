@@ -328,6 +328,7 @@ class Upgrade:
                 outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id} "
                                       f"(its effect was later superseded on purpose by step {step.superseded_by})")
                 self.journal.record(step.name, "skipped", detail=outcome.detail)
+                self._annotate()     # the Node mirrors every end of a step, this one too
                 return outcome
             try:
                 proof = step.verify(self)
