@@ -203,6 +203,12 @@ class Ceph:
             return ()
         return parsing.parse_ls_tree(result.stdout)
 
+    def osd_ids_by_host(self) -> dict[str, tuple[int, ...]]:
+        """The OSD ids under every CRUSH host, from one `ceph osd tree` (a fleet's checks ask this
+        for every node: one command instead of one `osd ls-tree` per node). A node that is no
+        CRUSH host is simply absent (no OSDs)."""
+        return hosts_osds(self.run(["osd", "tree", "-f", "json"]).stdout)
+
     def ok_to_stop(self, osd_ids: Sequence[int]) -> Reading[parsing.OkToStop]:
         """`ceph osd ok-to-stop IDS`: rc 0 = yes; rc 16 (EBUSY) = no, with the reasons still in the JSON."""
         if not osd_ids:
@@ -233,6 +239,27 @@ class Ceph:
 
     def unset_group_noout(self, host: str) -> CephCommandResult:
         return self.run(["osd", "unset-group", "noout", host])
+
+
+def hosts_osds(text: str) -> dict[str, tuple[int, ...]]:
+    """`ceph osd tree -f json` → CRUSH host name → the OSD ids under it (sorted), as `osd ls-tree HOST`
+    lists them (OSDs below a host's own sub-buckets included)."""
+    import json
+
+    try:
+        nodes = {n["id"]: n for n in json.loads(text or "{}").get("nodes", [])}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise PermanentError(f"`ceph osd tree -f json` gave no readable tree ({exc})") from None
+
+    def osds(node_id: int, seen: frozenset[int] = frozenset()) -> list[int]:
+        node = nodes.get(node_id)
+        if node is None or node_id in seen:
+            return []
+        if node.get("type") == "osd":
+            return [node_id]
+        return [i for child in node.get("children") or () for i in osds(child, seen | {node_id})]
+
+    return {str(n["name"]): tuple(sorted(osds(i))) for i, n in nodes.items() if n.get("type") == "host"}
 
 
 def _toolbox_unavailable(exc: BaseException) -> bool:

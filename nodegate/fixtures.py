@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from nodegate.profile import NodeSpec, Profile
 
 PHASES = ("preflight", "postflight")
+# Ceph commands of the checks run side by side, this many at a time: each is a `ceph` process in
+# the toolbox (about 0.5 s, mostly waiting for the monitor); more would only crowd the toolbox.
+CEPH_PARALLEL = 3
 
 
 class NodegateNotice(UserWarning):
@@ -45,7 +48,7 @@ class Access:
 
     def __init__(self, profile: "Profile") -> None:
         self.profile = profile
-        self._ceph_kube: "Kube | None" = None
+        self._ceph_kubes: list["Kube"] = []
 
     @functools.cached_property
     def nodes(self) -> "Nodes":
@@ -61,20 +64,29 @@ class Access:
 
     @functools.cached_property
     def ceph(self) -> "Ceph":
+        return self.new_ceph()
+
+    def new_ceph(self) -> "Ceph":
+        """A Ceph with a Kubernetes client of its own (toolbox mode): the official client's exec
+        stream swaps the ApiClient's request function while it runs, so an exec must never share
+        a client with concurrent reads or another exec."""
         from nodegate.ceph import Ceph
         from nodegate.kube import Kube
 
-        # A client of its own: the official client's exec stream swaps the ApiClient's request
-        # function while it runs, so an exec must never share a client with concurrent reads.
         kube = Kube(settings=self.profile.kube) if self.profile.ceph.mode == "toolbox" else None
-        self._ceph_kube = kube
-        return Ceph(settings=self.profile.ceph, kube=kube)
+        if kube is not None:
+            self._ceph_kubes.append(kube)
+        ceph = Ceph(settings=self.profile.ceph, kube=kube)
+        first = self.__dict__.get("ceph")
+        if first is not None:
+            ceph._toolbox_pod = first._toolbox_pod   # found once; a replaced pod is looked up again
+        return ceph
 
     def close(self) -> None:
         if "kube" in self.__dict__:
             self.kube.close()
-        if self._ceph_kube is not None:
-            self._ceph_kube.close()
+        for kube in self._ceph_kubes:
+            kube.close()
         if "nodes" in self.__dict__ and self.profile.ssh.config is None:
             # paramiko transports end with the process anyway; an ssh_config's ControlPersist is
             # the operator's choice (it makes the next run's first command fast), so it is kept.
@@ -117,8 +129,11 @@ class Reads:
         self._cache: dict[tuple, Future] = {}
         self._first_restarts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._ceph_lock = threading.Lock()
+        self._ceph_idle: list["Ceph"] = []
+        self._ceph_made = 0
+        self._ceph_free = threading.Condition(self._lock)
         self._pool: ThreadPoolExecutor | None = None
+        self._ceph_pool: ThreadPoolExecutor | None = None
 
     def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
         """The cached answer for ``key``, reading it now unless it is read (or being read) already."""
@@ -135,19 +150,25 @@ class Reads:
                 future.set_exception(exc)
         return future.result()
 
-    def prefetch(self, *reads: Callable[[], Any]) -> None:
+    def prefetch(self, *reads: Callable[[], Any], ceph: bool = False) -> None:
         """Start reads in the background (each a bound method of this object, or a lambda calling
         one): the API server, Ceph and the node answer while other checks run, instead of one
-        after the other. A failed read fails the check that uses it, with the same error."""
+        after the other. A failed read fails the check that uses it, with the same error.
+        Ceph reads (``ceph=True``) have threads of their own, as many as may run at once, so
+        that they never hold up the API and SSH reads queued behind them."""
         with self._lock:
-            if self._pool is None:
+            if ceph and self._ceph_pool is None:
+                self._ceph_pool = ThreadPoolExecutor(max_workers=CEPH_PARALLEL, thread_name_prefix="nodegate-ceph")
+            if not ceph and self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodegate-read")
+        pool = self._ceph_pool if ceph else self._pool
         for read in reads:
-            self._pool.submit(_quietly, read)
+            pool.submit(_quietly, read)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._ceph_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, node: str | None = None) -> None:
         """Drop cached reads: those of one node (and every cluster-wide read), or all."""
@@ -219,12 +240,31 @@ class Reads:
         """The restart count first seen for a pod in this session (to tell whether it rises)."""
         return self._first_restarts.setdefault(pod_ref, restarts)
 
-    # -- Ceph (one command at a time: see Access.ceph) ---------------------------------
+    # -- Ceph (up to CEPH_PARALLEL commands at once, each on a client of its own: see Access.new_ceph)
     def _ceph(self, read: Callable[[Any], Any]) -> Callable[[], Any]:
-        def locked() -> Any:
-            with self._ceph_lock:
-                return read(self.access.ceph)
-        return locked
+        def borrowed() -> Any:
+            with self._ceph_free:
+                while not self._ceph_idle and self._ceph_made >= CEPH_PARALLEL:
+                    self._ceph_free.wait()
+                ceph = self._ceph_idle.pop() if self._ceph_idle else None
+                if ceph is None:
+                    self._ceph_made += 1
+                    first = self._ceph_made == 1
+            if ceph is None:
+                try:
+                    ceph = self.access.ceph if first else self.access.new_ceph()
+                except BaseException:
+                    with self._ceph_free:
+                        self._ceph_made -= 1
+                        self._ceph_free.notify()
+                    raise
+            try:
+                return read(ceph)
+            finally:
+                with self._ceph_free:
+                    self._ceph_idle.append(ceph)
+                    self._ceph_free.notify()
+        return borrowed
 
     def ceph_status(self):
         return self._get(("cluster:ceph-status",), self._ceph(lambda c: c.status()))
@@ -235,8 +275,12 @@ class Reads:
     def ok_to_stop(self, ids: tuple[int, ...]):
         return self._get(("cluster:ok-to-stop", ids), self._ceph(lambda c: c.ok_to_stop(ids)))
 
+    def osd_tree(self) -> dict[str, tuple[int, ...]]:
+        """OSD ids of every CRUSH host: one `ceph osd tree` serves the checks of every node."""
+        return self._get(("cluster:osd-tree",), self._ceph(lambda c: c.osd_ids_by_host()))
+
     def osd_ids(self, host: str) -> tuple[int, ...]:
-        return self._get(("cluster:osd-ids", host), self._ceph(lambda c: c.osd_ids_for_host(host)))
+        return self.osd_tree().get(host, ())
 
 
 def _quietly(read: Callable[[], Any]) -> None:
@@ -460,6 +504,15 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
     if needs_ssh and len(run.nodes) > 1:
         reads.prefetch(*[functools.partial(reads.snapshot, spec.name) for spec in run.nodes[1:]])
     snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh else {}
+    for spec in run.nodes:
+        if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
+            _check_target(spec, snapshots[spec.name], run)
+    # an xdist worker runs only its share of the checks: reading everything ahead in every
+    # worker would multiply the load on the nodes, the API server and Ceph
+    ahead = not hasattr(config, "workerinput")
+    if ahead and needs_ssh:
+        # the nodes' reads (apt-get update: seconds) start now, while the API client still loads
+        _prefetch(reads, run, items, phases, needs_kube=False, needs_ssh=True)
     if needs_kube:
         try:
             reads.connect()
@@ -467,13 +520,8 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
             raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
                              f"{exc.message}",
                              fix=exc.fix or "check the API server address in the kubeconfig") from None
-    for spec in run.nodes:
-        if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
-            _check_target(spec, snapshots[spec.name], run)
-    if not hasattr(config, "workerinput"):
-        # an xdist worker runs only its share of the checks: reading everything ahead in every
-        # worker would multiply the load on the nodes, the API server and Ceph
-        _prefetch(reads, run, items, phases, needs_kube=needs_kube, needs_ssh=needs_ssh)
+        if ahead:
+            _prefetch(reads, run, items, phases, needs_kube=True, needs_ssh=False)
 
 
 def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
@@ -488,14 +536,15 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
         wanted.append(reads.node_statuses)
     storage = {"test_ceph_healthy", "test_node_osds_up", "test_osds_ok_to_stop", "test_noout_as_expected"}
     if needs_kube and selected & storage:
-        def ceph_chain() -> None:   # one after the other: Ceph commands are exec streams on one client
-            reads.ceph_status()
-            reads.osd_dump()
-            for name in names:
+        # side by side (see CEPH_PARALLEL); each node's ok-to-stop waits for the one OSD tree
+        ceph_reads: list[Callable[[], Any]] = [reads.osd_tree, reads.ceph_status, reads.osd_dump]
+        if "test_osds_ok_to_stop" in selected:
+            def ok_to_stop(name: str) -> None:
                 ids = reads.osd_ids(name)
-                if "test_osds_ok_to_stop" in selected and ids:
+                if ids:
                     reads.ok_to_stop(tuple(ids))
-        wanted.append(ceph_chain)
+            ceph_reads += [functools.partial(ok_to_stop, n) for n in names]
+        reads.prefetch(*ceph_reads, ceph=True)
     if needs_kube and selected & {"test_csi_rbdplugin_healthy", "test_rbd_module"}:
         wanted += [functools.partial(reads.csi_rbdplugin, n) for n in names]
     if needs_kube and "test_upgrade_lock_free" in selected:
