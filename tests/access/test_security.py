@@ -107,8 +107,8 @@ def test_unknown_host_key_stops_the_run_and_trusting_needs_the_option(lab, pytes
     assert any(entry[-2:] == real_key for entry in recorded), f"node4's key was not recorded in {kh}:\n{recorded}"
 
 
-@pytest.mark.parametrize("backend", ["ssh", "paramiko"])
-@pytest.mark.parametrize("trust", [False, True], ids=["verify", "trust-new"])
+@pytest.mark.parametrize("backend,trust", [("ssh", False), ("paramiko", True), ("ssh", True)],
+                         ids=["ssh-verify", "paramiko-trust-new", "ssh-trust-new"])
 def test_changed_host_key_is_refused_even_when_trusting_new_keys(lab, pytester, short_dir, backend, trust):
     impostor = other_key(short_dir)
     lines = [line if not line.startswith("node4,") else f"{line.split()[0]} {impostor}" for line in lab_known_hosts(lab)]

@@ -255,7 +255,7 @@ def test_contradicting_options_are_rejected(lab, run_pytest, label, args, node, 
 def test_a_release_that_skips_one_is_refused_before_any_check(lab, run_pytest):
     # node4 runs 20.04; 24.04 is two steps away and do-release-upgrade moves one at a time
     run_pytest("target skips a release (preflight)", *lab_args(lab, "-m", "preflight", "--target-release", "24.04"),
-               subprocess=True, expect=("not the next release", "use --target-release 22.04 first"))
+               expect=("not the next release", "use --target-release 22.04 first"))
 
 
 def test_a_release_that_skips_one_is_refused_before_the_procedure_changes_anything(lab, run_pytest):
@@ -385,7 +385,7 @@ def test_bad_kubeconfig_is_reported_before_any_check(lab, run_pytest, variant, l
     path.write_text(text)
     variant.set_toml("kubernetes", "kubeconfig", json.dumps(str(path)))
     outcome = run_pytest(label, "--cluster", str(variant.profile), "--node", "node4", "-m", "preflight",
-                         subprocess=True, expect=expect)
+                         expect=expect)
     assert lab.token not in outcome.text
 
 
@@ -398,7 +398,7 @@ def test_wrong_ssh_key_is_reported_before_any_check(run_pytest, variant, tmp_pat
     variant.toml = re.sub(r"(?m)^config = .*\n", "", variant.toml)
     variant.set_toml("ssh", "identity_file", json.dumps(str(key)))
     run_pytest("ssh key not accepted", "--cluster", str(variant.profile), "--node", "node4", "-m", "preflight",
-               subprocess=True, expect=("did not accept the key",))
+               expect=("did not accept the key",))
 
 
 # --------------------------------------------------------------------------- the whole lab afterwards
