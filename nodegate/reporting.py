@@ -445,6 +445,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 # --------------------------------------------------------------------------- run-level files
 
+# trylast: after pytest's own sessionfinish, which tears the session fixtures down. Reading the
+# cluster for environment.properties takes seconds; after Ctrl-C/SIGTERM the procedure's teardown
+# (release the upgrade lock, say where the node stands) must not wait behind it.
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     results = config.option.allure_report_dir
