@@ -817,7 +817,10 @@ class Reboot(Step):
         """The first reboot is there so that do-release-upgrade may run: when the node needs one
         again (a kernel installed since), a rerun reboots again instead of refusing at the next
         step on every run."""
-        return self.name == "reboot" and not up.finished("release_upgrade") and up.host.boot.reboot_required().required
+        # A node already on the target release (do-release-upgrade got that far before an
+        # interruption) needs the reboot of step reboot_release, not this one again.
+        return (self.name == "reboot" and not up.finished("release_upgrade") and up.host.boot.reboot_required().required
+                and up.host.release.os_release().version_id != up.target.version)
 
     def verify(self, up: Upgrade) -> str:
         before = up.value(f"{self.name}_boot_id_before")
