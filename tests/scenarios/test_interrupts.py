@@ -260,7 +260,12 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
                 problems.append(f"{label}: it says {named.group(0)}, the journal says "
                                 f"{last_status(attempt(op.journal()), named.group(1))}")
         drift = re.search(r"step (\w+) was done in run \S+ but no longer holds \(([^)]*)\)", text)
-        if drift:   # nothing but the procedure touched node4: its own journal misled it
+        if drift and drift.group(1) == "reboot" and "needs a reboot again" in drift.group(2) \
+                and any(r["step"] == "release_upgrade" and r["status"] == "interrupted" for r in attempt(op.journal())):
+            # do-release-upgrade cut off on 20.04 after libc6 came in: Ubuntu's upgrader refuses
+            # until the node reboots, so the first reboot is rightly done again
+            scene.outcomes[-1].stopped_in += " (rerun: rebooted again before do-release-upgrade)"
+        elif drift:   # nothing but the procedure touched node4: its own journal misled it
             problems.append(f"{label}: the rerun took its own earlier work for a drift: {drift.group(0)}")
         if leftovers:
             problems.append(f"{label}: still running after the run ended: {leftovers}")
