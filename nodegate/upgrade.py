@@ -732,6 +732,7 @@ class DistUpgrade(Step):
         return (f"{repaired}; " if repaired else "") + f"dist-upgrade rc {result.rc} in {result.duration:.0f}s"
 
     def verify(self, up: Upgrade) -> str:
+        _wait_package_tools(up)   # a package run still going (after a lost connection) is judged when it ends
         audit = up.host.packages.audit()
         if audit:
             raise StepFailed(f"dpkg on {up.name} is not consistent (`dpkg --audit`): {audit.splitlines()[0]}",
@@ -807,6 +808,7 @@ class Reboot(Step):
         if rebooted_already:
             log.info("%s was already asked to reboot (boot id %s before): waiting for it", up.name, before)
         else:
+            _wait_package_tools(up)   # never reboot under a running apt/dpkg/do-release-upgrade
             before = up.host.boot.boot_id()
             up.note(self.name, **{key: before})
             up.host.boot.request_reboot()
@@ -891,18 +893,27 @@ class ReleaseUpgrade(Step):
         return (_ssh(up, *self.command(up)),)
 
     def already(self, up: Upgrade) -> str | None:
+        # An earlier run's do-release-upgrade may still be going (it outlives a lost SSH
+        # connection, as under screen): never judge, let alone reboot, while it runs.
+        _wait_package_tools(up)
         release = up.host.release.os_release()
-        if release.version_id == up.target.version:
+        if release.version_id == up.target.version and not up.host.packages.audit():
             return f"{up.name} runs {release.label} already"
         return None
 
     def run(self, up: Upgrade) -> str:
         from nodegate.nodes import CommandFailed
 
+        repaired = _settle_dpkg(up)
         release = up.host.release.os_release()
+        if release.version_id == up.target.version:
+            # an earlier do-release-upgrade was cut off after the release moved: finish its
+            # package work the way Ubuntu says to (dpkg --configure -a, then apt)
+            for argv in (["apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "-f", "install"], list(DIST_UPGRADE)):
+                up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
+            return (f"{repaired}; " if repaired else "") + f"finished the interrupted release upgrade ({release.label})"
         if next_release(release.version_id or "") != up.target:
             raise StepFailed(f"{up.name} runs {release.label}; do-release-upgrade would not reach {up.target.version}")
-        _settle_dpkg(up)
         pending = up.host.boot.reboot_required()
         if pending.required:
             raise StepFailed(f"{up.name} needs a reboot first ({', '.join(pending.packages) or 'reboot-required'}); "
@@ -928,6 +939,10 @@ class ReleaseUpgrade(Step):
         release = up.host.release.os_release()
         if release.version_id != up.target.version:
             raise StepFailed(f"{up.name} runs {release.label}, not {up.target.version}, after do-release-upgrade")
+        audit = up.host.packages.audit()
+        if audit:
+            raise StepFailed(f"dpkg on {up.name} is not consistent after do-release-upgrade: {audit.splitlines()[0]}",
+                             fix="run the same command again: it finishes dpkg's work with `dpkg --configure -a`")
         return f"/etc/os-release: {release.label}"
 
 
