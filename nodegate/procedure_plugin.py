@@ -169,7 +169,13 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
 
     config = request.config
     up = _build_upgrade(config, nodegate_run, node, upgrade_access, run_id(config), with_lock=True)
-    decided = up.begin()
+    try:
+        decided = up.begin()
+    except KeyboardInterrupt:
+        # Ctrl-C/SIGTERM while the run was starting: it changed nothing, but say where the node stands
+        log.warning("%s: interrupted while the run was starting; it changed nothing. Where it stands: %s", up.name,
+                    up.standing())
+        raise
     log.info("%s", decided)
     up.keep_text("journal", f"{decided}\njournal: {up.journal.path}")
     yield up
