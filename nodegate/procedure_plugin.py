@@ -78,6 +78,19 @@ def pytest_configure(config: pytest.Config) -> None:
         pass
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Drop traceback entries without a line number before pytest renders where Ctrl-C/SIGTERM
+    landed: Python 3.11 leaves tb_lineno None for a frame interrupted between two lines, and
+    pytest's rendering then crashes (TypeError, exit 1, a traceback instead of the operator's message)."""
+    from _pytest._code.code import Traceback
+
+    entries = [entry for entry in excinfo.traceback if getattr(entry, "_rawentry", None) is None
+               or entry._rawentry.tb_lineno is not None]
+    if len(entries) != len(excinfo.traceback):
+        excinfo.traceback = Traceback(entries)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     old = config.stash.get(OLD_SIGTERM, None)
     if old is not None:
@@ -171,13 +184,13 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
     up = _build_upgrade(config, nodegate_run, node, upgrade_access, run_id(config), with_lock=True)
     try:
         decided = up.begin()
+        log.info("%s", decided)
+        up.keep_text("journal", f"{decided}\njournal: {up.journal.path}")
     except KeyboardInterrupt:
         # Ctrl-C/SIGTERM while the run was starting: it changed nothing, but say where the node stands
         log.warning("%s: interrupted while the run was starting; it changed nothing. Where it stands: %s", up.name,
                     up.standing())
         raise
-    log.info("%s", decided)
-    up.keep_text("journal", f"{decided}\njournal: {up.journal.path}")
     yield up
     if up.lock is not None and up.lock.info is not None:   # also when its keeper could not renew it
         how = up.lock.release()
