@@ -136,6 +136,27 @@ def pytest_configure_node(node) -> None:
     node.workerinput["nodegate_run_id"] = node.config.stash[RUN_ID]
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist: deal out whole nodes, one node's checks to one worker (see pytest_configure).
+    xdist's own loadgroup reads the group from an "@group" suffix its workers append to the
+    nodeids, which pytest 9.2 no longer lets them set (Node.nodeid is read-only now): the checks
+    of a node were dealt out to every worker, and each worker read every node. The node is the
+    test id's node parameter instead ("…::test_x[node4]"); checks without one go together."""
+    if getattr(config.option, "dist", "no") != "loadgroup" or not is_nodegate_run(config):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByNode(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:      # an xdist_group suffix, should xdist set one again
+                return nodeid.rsplit("@", 1)[-1]
+            found = re.search(r"\[([^\[\]]+)\]$", nodeid)
+            return found.group(1) if found else "cluster"
+
+    return ByNode(config, log)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """After every pytest_configure (nodegate.plugin has read the profile by now): remember the
     cluster's credentials, set the ticket link pattern, note what the run starts from."""
