@@ -308,6 +308,15 @@ class Interrupter(Operator):
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
 
+    def journal(self) -> list[dict]:
+        """The journal's records; a line being written right now (no newline yet) is not one."""
+        path = self.reports / "runs" / "journal" / "nodegate-lab" / f"{NODE}-22.04.jsonl"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
     def new_records(self, run: Started) -> list[dict]:
         return self.journal()[run.since:]
 
