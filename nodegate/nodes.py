@@ -376,6 +376,10 @@ class NodeHost:
     def modules(self) -> "Modules":
         return Modules(self)
 
+    @functools.cached_property
+    def etcd(self) -> "Etcd":
+        return Etcd(self)
+
 
 def _ssh_target(spec: "NodeSpec", settings: "SSHSettings") -> str:
     """The name to hand to ssh: the node's name when the ssh_config resolves it (so its Host
@@ -627,6 +631,48 @@ class Modules:
 
     def load(self, name: str) -> CommandResult:
         return self.host.run(["modprobe", "--", name], sudo=True)
+
+
+ETCD_ENV = "/etc/etcd.env"
+_NO_ETCD_ENV, _NO_ETCDCTL = 90, 91
+# Kubespray's /etc/etcd.env holds KEY=value lines (endpoints, and the client certificates with
+# TLS); `set -a` exports them for etcdctl, as Kubespray's own etcdctl.sh does.
+_ETCDCTL_SCRIPT = f"""\
+[ -r {ETCD_ENV} ] || exit {_NO_ETCD_ENV}
+command -v etcdctl >/dev/null 2>&1 || PATH="/usr/local/bin:$PATH"
+command -v etcdctl >/dev/null 2>&1 || exit {_NO_ETCDCTL}
+set -a; . {ETCD_ENV}; set +a
+export ETCDCTL_API="${{ETCDCTL_API:-3}}"
+exec etcdctl --dial-timeout=2s --command-timeout=5s "$@"
+"""
+
+
+class Etcd:
+    """The etcd cluster as this etcd node's etcdctl sees it, with Kubespray's /etc/etcd.env."""
+
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+
+    def etcdctl(self, *args: str, timeout: float = 30) -> CommandResult:
+        """etcdctl with the env file sourced (root: Kubespray's file and certificates are root's).
+        Exit codes 0 and 1 come back (1 = some endpoint unhealthy); no env file or no etcdctl
+        raises a PermanentError naming the fix."""
+        result = self.host.run(["sh", "-c", _ETCDCTL_SCRIPT, "etcdctl", *args], sudo=True, timeout=timeout,
+                               expect=(0, 1, _NO_ETCD_ENV, _NO_ETCDCTL))
+        if result.rc == _NO_ETCD_ENV:
+            raise PermanentError(f"{self.host.name} has no readable {ETCD_ENV}, so its etcdctl cannot reach etcd",
+                                 fix=f"is {self.host.name} in the inventory's etcd group? Kubespray's etcd role "
+                                     f"writes {ETCD_ENV}; run cluster.yml --tags etcd --limit=etcd")
+        if result.rc == _NO_ETCDCTL:
+            raise PermanentError(f"{self.host.name} has no etcdctl (looked in PATH and /usr/local/bin)",
+                                 fix="Kubespray's etcd role installs it in bin_dir (/usr/local/bin); run "
+                                     "cluster.yml --tags etcd --limit=etcd")
+        return result
+
+    def endpoint_health(self) -> parsing.EtcdHealth:
+        """Every endpoint listed in the env file (Kubespray lists all members), healthy or not."""
+        result = self.etcdctl("endpoint", "health", "-w", "json")
+        return parsing.parse_etcd_endpoint_health(result.stdout, result.rc, result.stderr)
 
 
 # -- several reads in one round trip ------------------------------------------------------------

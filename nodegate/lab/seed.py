@@ -63,6 +63,11 @@ deb {url}/ubuntu focal-updates main restricted universe multiverse
 deb {url}/ubuntu focal-security main restricted universe multiverse
 """
 DOCKER_LIST = "deb [arch=amd64] {url}/linux/ubuntu focal stable\n"
+# Kubespray's etcd role copies the etcdctl binary to its bin_dir (/usr/local/bin), not a package;
+# the lab's comes from the host's etcd-client, the build of the lab's own members (3.4).
+HOST_ETCDCTL = Path("/usr/bin/etcdctl")
+NODE_ETCDCTL = "usr/local/bin/etcdctl"
+ETCD_ENV = "etc/etcd.env"
 # Files Kubespray leaves on a worker that the harness looks at.
 KUBESPRAY_FILES = {"etc/modules-load.d/kubespray-br_netfilter.conf": "br_netfilter\n"}
 
@@ -82,8 +87,12 @@ def seed_key(repo: aptrepo.RepoBuild, cache_root: Path = CACHE_ROOT) -> str:
     status = base_rootfs(cache_root) / "var/lib/dpkg/status"
     base_state = hashlib.sha256(status.read_bytes()).hexdigest() if status.exists() else "no-base"
     text = "\n".join([SEED_VERSION, image_key(), base_state, repo.key, repo.fingerprint(),
-                      _tree_digest(NODEFILES), Path(__file__).read_text(), *INSTALL])
+                      _tree_digest(NODEFILES), Path(__file__).read_text(), *INSTALL, _etcdctl_digest()])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _etcdctl_digest() -> str:
+    return hashlib.sha256(HOST_ETCDCTL.read_bytes()).hexdigest() if HOST_ETCDCTL.is_file() else "no-etcdctl"
 
 
 def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
@@ -146,7 +155,9 @@ def seed_layer(config: LabConfig) -> Path:
 # -- per node -------------------------------------------------------------------------------
 def prepare_root(config: LabConfig, root: Path) -> None:
     """node.py's hook, run on a node's fresh root: point apt at this lab's repository address
-    (the layer was built for net 0) without touching anything that did not change."""
+    (the layer was built for net 0) without touching anything that did not change; on an etcd
+    node, write Kubespray's /etc/etcd.env for this lab's members."""
+    _write_etcd_env(config, root)
     old_host = BUILD_ADDRESS
     new_url = config.repo_url
     new_host = new_url.split("://", 1)[1]
@@ -163,6 +174,24 @@ def prepare_root(config: LabConfig, root: Path) -> None:
     prefix = old_host + "_"
     for path in lists.glob(prefix + "*"):
         path.rename(lists / (new_host + "_" + path.name[len(prefix):]))
+
+
+def _write_etcd_env(config: LabConfig, root: Path) -> None:
+    # node.py's prepare() names the node in etc/hostname before this hook runs.
+    hostname = root / "etc/hostname"
+    name = hostname.read_text().strip() if hostname.is_file() else root.parent.name
+    members = config.etcd_nodes
+    path = root / ETCD_ENV
+    if name not in {m.name for m in members}:
+        return
+    # Kubespray's file (etcd.env.j2) also sets the member's ETCD_* settings and, with TLS,
+    # ETCDCTL_CACERT/CERT/KEY; the lab's members speak plain HTTP, so only the CLI part is here.
+    from nodegate.lab.etcd import LabEtcd  # here: etcd's module needs nothing from the seed
+
+    endpoints = ",".join(LabEtcd.client_url(m) for m in members)
+    path.write_text(f"# Written by the nodegate lab (Kubespray's /etc/etcd.env, CLI settings)\n"
+                    f"ETCDCTL_API=3\nETCDCTL_ENDPOINTS={endpoints}\n")
+    path.chmod(0o640)
 
 
 # -- the build (runs inside `unshare --mount --net`) ----------------------------------------------
@@ -205,6 +234,10 @@ def build_inside(tmp: Path, base: Path, repo: Path, keys: Path) -> None:
                                for path in KMOD_DIVERSIONS)
         _chroot(root, diversions)
         _install_nodefiles(root)
+        if HOST_ETCDCTL.is_file():
+            (root / NODE_ETCDCTL).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(HOST_ETCDCTL, root / NODE_ETCDCTL)
+            (root / NODE_ETCDCTL).chmod(0o755)
         _chroot(root, "apt-get clean; rm -f /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin")
         # What the node looks like now, in the build log.
         _chroot(root, "cat /etc/os-release /etc/lsb-release; dpkg -l | grep -E '^hi|lab-'; "

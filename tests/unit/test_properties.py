@@ -96,7 +96,7 @@ TOTAL_TEXT_PARSERS = [parsing.parse_dpkg_l, parsing.parse_apt_mark_showhold, par
                       parsing.parse_apt_upgradable, parsing.parse_sources_list, parsing.parse_os_release,
                       parsing.parse_ansible_recap, parsing.failed_tasks, parsing.parse_ceph_health,
                       parsing.parse_ceph_status, parsing.parse_osd_dump_flags, parsing.parse_ls_tree,
-                      parsing.strip_ansi]
+                      parsing.parse_etcd_endpoint_health, parsing.strip_ansi]
 
 
 @pytest.mark.parametrize("parser", TOTAL_TEXT_PARSERS, ids=lambda p: p.__name__)
