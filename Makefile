@@ -69,7 +69,7 @@ DEMO_OUT ?= reports/demo/node4-upgrade.html
 DEMO_REPORTS ?= reports
 LAB_NET ?= 0
 DEMO_TICKET ?= CHG-DEMO-1
-DEMO_PYTEST := NODEGATE_REPORTS=$(DEMO_REPORTS) $(PY) -m pytest -p no:randomly --cluster $(LAB)/cluster.toml \
+DEMO_PYTEST := NODEGATE_REPORTS=$(DEMO_REPORTS) $(PY) -m pytest -p no:randomly --cluster=$(LAB)/cluster.toml \
 	--node node4 --target-release 22.04 --ticket $(DEMO_TICKET)
 DOCKER_TASK = $(LAB)/kubespray/roles/container-engine/docker/tasks/main.yml
 
