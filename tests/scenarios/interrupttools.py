@@ -294,6 +294,7 @@ class Started:
     junit: Path
     log: Path
     since: int            # journal length when the run started
+    unheeded: list[str] | None = None    # journal records a run wrote after a signal it did not heed
 
 
 class Interrupter(Operator):
@@ -341,11 +342,22 @@ class Interrupter(Operator):
         else:
             run.proc.send_signal(sig)                    # kill PID
 
-    @staticmethod
-    def stop(run: Started, *, timeout: float) -> tuple[int, float, list[str]]:
-        """Wait for the interrupted run to end; returns (rc, seconds, processes of its session still running)."""
+    def stop(self, run: Started, *, timeout: float, resend: signal.Signals | None = None,
+             unheeded_after: float = 12.0) -> tuple[int, float, list[str]]:
+        """Wait for the interrupted run to end; returns (rc, seconds, processes of its session still running).
+        With ``resend``: a run still alive ``unheeded_after`` seconds later, whose journal moved on since
+        the signal, did not heed it: it is recorded in ``run.unheeded`` and signalled once more."""
         started = time.monotonic()
+        seen = len(self.new_records(run))
         try:
+            if resend is not None:
+                try:
+                    run.proc.wait(timeout=unheeded_after)
+                except subprocess.TimeoutExpired:
+                    moved = [f"{r['step']} {r['status']}" for r in self.new_records(run)[seen:]]
+                    if moved:
+                        run.unheeded = moved
+                        self.send(run, resend)
             run.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(run.proc.pid, signal.SIGKILL)
