@@ -78,6 +78,7 @@ class Variant:
     root: Path
     toml: str
     inventory: Path
+    net: int = 0          # the lab's address octet: "127.NET." in an edit stands for the lab's addresses
 
     @property
     def profile(self) -> Path:
@@ -105,6 +106,7 @@ class Variant:
         return self.set_toml("kubespray", "inventory", json.dumps(str(path)))
 
     def edit_inventory(self, old: str, new: str, *, count: int = 1) -> "Variant":
+        old, new = (x.replace("127.NET.", f"127.{self.net}.") for x in (old, new))
         text = self.inventory.read_text()
         assert old in text, f"{old!r} is not in the lab's inventory"
         return self.write_inventory(text.replace(old, new, count), self.inventory.name)
@@ -118,7 +120,8 @@ class Variant:
 def variant(lab, tmp_path) -> Variant:
     inventory_dir = tmp_path / "inventory"
     shutil.copytree(lab.dir / "kubespray" / "inventory" / "mycluster", inventory_dir)
-    v = Variant(root=tmp_path, toml=(lab.dir / "cluster.toml").read_text(), inventory=inventory_dir / "hosts.yaml")
+    v = Variant(root=tmp_path, toml=(lab.dir / "cluster.toml").read_text(), inventory=inventory_dir / "hosts.yaml",
+                net=lab.net)
     return v.set_toml("kubespray", "inventory", json.dumps(str(v.inventory)))
 
 
@@ -337,18 +340,18 @@ INVENTORY_CASES = [
     ("host name with quote", lambda v: v.rename_node4("'node4'''"), ("not a valid node name",)),
     ("host name with double quote", lambda v: v.rename_node4("'node4\"'"), ("not a valid node name",)),
     ("host name unicode", lambda v: v.rename_node4('"nöde4"'), ("not a valid node name",)),
-    ("ansible_host with ;", lambda v: v.edit_inventory("ansible_host: 127.18.",
-                                                       "ansible_host: 127.18.1.4;touch /tmp/ng-pwned-inv3 #"),
+    ("ansible_host with ;", lambda v: v.edit_inventory("ansible_host: 127.NET.",
+                                                       "ansible_host: 127.NET.1.4;touch /tmp/ng-pwned-inv3 #"),
      ("ansible_host",)),
-    ("ansible_host as an ssh option", lambda v: v.edit_inventory("ansible_host: 127.18.", "ansible_host: -Jevil.example #"),
+    ("ansible_host as an ssh option", lambda v: v.edit_inventory("ansible_host: 127.NET.", "ansible_host: -Jevil.example #"),
      ("ansible_host",)),
-    ("ansible_user with $()", lambda v: v.edit_inventory("ansible_host: 127.18.",
+    ("ansible_user with $()", lambda v: v.edit_inventory("ansible_host: 127.NET.",
                                                          "ansible_user: $(touch /tmp/ng-pwned-inv4)\n"
-                                                         "      ansible_host: 127.18."),
+                                                         "      ansible_host: 127.NET."),
      ("ansible_user",)),
-    ("ansible_port with ;", lambda v: v.edit_inventory("ansible_host: 127.18.",
+    ("ansible_port with ;", lambda v: v.edit_inventory("ansible_host: 127.NET.",
                                                        "ansible_port: 22;touch /tmp/ng-pwned-inv5\n"
-                                                       "      ansible_host: 127.18."),
+                                                       "      ansible_host: 127.NET."),
      ("ansible_port",)),
 ]
 
