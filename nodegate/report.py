@@ -229,7 +229,7 @@ def allure_command(reports: Path) -> list[str]:
     for base in (reports, PROJECT_ROOT / "reports"):
         local = base / "node_modules" / ".bin" / "allure"
         if local.exists():
-            return [str(local)]
+            return [str(local.resolve())]   # absolute: Allure runs in a temporary folder
     found = shutil.which("allure")
     if found:
         return [found]
