@@ -42,11 +42,11 @@ image: venv
 	$(PY) -m nodegate.lab.image
 
 # The suite runs as two streams side by side, each with its own lab (address octets 0 and 40,
-# extra labs from +100): the long upgrade runs (procedures, reports, scenarios, bench) spend most
+# extra labs from +100): the long upgrade runs (procedures, scenarios) spend most
 # of their time waiting on reboots and daemons, so overlapping them with the rest keeps
 # `make test` well inside its 30 minutes. Stream B's output is printed after stream A's.
-TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks
-TEST_B := tests/procedures tests/reports tests/scenarios tests/bench
+TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks tests/reports tests/bench
+TEST_B := tests/procedures tests/scenarios
 PYTEST_FLAGS := -p no:randomly -x -q -rfE --durations=15
 TEST_NET_A ?= 0
 TEST_NET_B ?= 40

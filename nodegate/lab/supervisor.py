@@ -306,6 +306,7 @@ class Supervisor:
         self.api_proc: asyncio.subprocess.Process | None = None
         self.repo_server = None
         self.etcd = None
+        self._etcd_locks: dict[str, asyncio.Lock] = {}
         self.ceph = None
         self.server: asyncio.AbstractServer | None = None
 
@@ -392,6 +393,10 @@ class Supervisor:
             for node in self.config.etcd_nodes:
                 if not self.slots[node.name].up_event.is_set():
                     await self.etcd_member(node, start=False)
+                    # The node may have come up while its member was stopping (its own start was
+                    # then a no-op on a still-running member): follow the node.
+                    if self.slots[node.name].up_event.is_set():
+                        await self.etcd_member(node, start=True)
             self.status.set("etcd", "created", ", ".join(etcd.endpoints()))
         except asyncio.CancelledError:
             raise
@@ -402,13 +407,17 @@ class Supervisor:
     async def etcd_member(self, node: LabNode, *, start: bool) -> None:
         if self.etcd is None:
             return
-        try:
-            if start:
-                await asyncio.to_thread(self.etcd.start_member, node.name)
-            else:
-                await asyncio.to_thread(self.etcd.stop_member, node.name)
-        except Exception as exc:
-            log.error("etcd member on %s (%s): %s", node.name, "start" if start else "stop", exc)
+        # One start or stop of a member at a time: a node booting while create_etcd stops its
+        # member must not see a half-stopped member as running.
+        lock = self._etcd_locks.setdefault(node.name, asyncio.Lock())
+        async with lock:
+            try:
+                if start:
+                    await asyncio.to_thread(self.etcd.start_member, node.name)
+                else:
+                    await asyncio.to_thread(self.etcd.stop_member, node.name)
+            except Exception as exc:
+                log.error("etcd member on %s (%s): %s", node.name, "start" if start else "stop", exc)
 
     async def create_ceph(self) -> None:
         try:

@@ -10,10 +10,12 @@ short through the profile ([upgrade] reboot/storage/lock timeouts) and --drain-t
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +42,40 @@ def course(scenario_lab, tmp_path_factory) -> Course:
     made = Course(scenario_lab, tmp_path_factory.mktemp("course"))
     yield made
     shutil.rmtree(made.op.control, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _wait_for_child(pid: int, word: str, *, timeout: float) -> int:
+    """The child process of `pid` whose command line contains `word` (the gate's checks run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in _children(pid):
+            try:
+                if word in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                    return child
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise AssertionError(f"no child process of {pid} with {word!r} within {timeout}s")
+
+
+def _wait_until_ended(pid: int, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still running after {timeout}s")
 
 
 def no_traceback(run) -> None:
@@ -96,8 +132,17 @@ def test_drain_blocked_by_a_pdb_past_the_drain_timeout(course: Course):
     proc, junit, log = op.start(course.fixed, "--take-over-stale-lock", "--drain-timeout", "8")
     # The gate would refuse a PDB that blocks already (its preflight checks evictions): this one
     # tightens after the gate, as Rook tightens its OSD budgets when another node goes down.
-    op.wait_journal(lambda r: r["step"] == "gate" and r["status"] == "done", proc=proc, timeout=300, since=since)
-    lab.set_pdb(namespace, name, {"maxUnavailable": 0})
+    # Race-free on a loaded machine: once the gate's preflight process runs, the run is held
+    # (SIGSTOP) until that process has finished, the PDB is tightened, and the run goes on: the
+    # change lands after the gate's checks and before the drain.
+    op.wait_journal(lambda r: r["step"] == "gate" and r["status"] == "started", proc=proc, timeout=300, since=since)
+    checks = _wait_for_child(proc.pid, "preflight", timeout=120)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        _wait_until_ended(checks, timeout=240)
+        lab.set_pdb(namespace, name, {"maxUnavailable": 0})
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     run = op.finish(proc, junit, log, timeout=240)
     no_traceback(run)
     assert run.outcomes.get("lock") == "passed", run.text[-3000:]          # the stale lock was taken over
