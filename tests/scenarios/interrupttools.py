@@ -306,6 +306,7 @@ class Interrupter(Operator):
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
         proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                preexec_fn=_terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
 
@@ -392,3 +393,13 @@ def end_session(sid: int) -> None:
         os.killpg(sid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _terminal_signals() -> None:
+    """preexec_fn for an operator's run: SIGINT/SIGQUIT at their defaults, as in a terminal. A
+    command started in the background by a non-interactive shell (make test's second stream, or
+    a CI runner) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGQUIT, _signal.SIG_DFL)

@@ -119,6 +119,7 @@ class Operator:
         argv, junit = self.argv(profile, *extra)
         log = self.work / f"run-{self.count}.log"
         proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL)
         return proc, junit, log
 
@@ -376,3 +377,13 @@ def secrets_of(lab: LabConfig) -> dict[str, str]:
     if become:
         found["inventory become password"] = become.group(1)
     return found
+
+
+def terminal_signals() -> None:
+    """preexec_fn for an operator's run: SIGINT/SIGQUIT at their defaults, as in a terminal. A
+    command started in the background by a non-interactive shell (make test's second stream, or
+    a CI runner) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGQUIT, _signal.SIG_DFL)
