@@ -65,7 +65,9 @@ def test_reboot_cycle(lab, lab_ssh, node_ssh, poll):
 
     poll(refused, timeout=10, interval=0.05, what=f"{node} refusing SSH")
     down_at = time.monotonic() - started
-    down_state = state(lab, node)
+    # sshd (PID 1) is gone the moment SSH is refused; the supervisor records it a moment later.
+    down_state = poll(lambda: (s := state(lab, node)).state == "down" and s, timeout=3, interval=0.05,
+                      what=f"{node} recorded down")
     assert down_state.state == "down" and down_state.pid is None
 
     def back():
