@@ -254,7 +254,11 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             scene.outcomes[-1].stopped_in += " UNHEEDED 1st signal"
             warnings.warn(f"{label}: the first signal was not heeded; the run went on with {run.unheeded}")
             seconds -= 12.0
-        if rc != 2:
+        if rc == -signal.SIGINT and sig == signal.SIGINT:
+            # Ctrl-C reached the process group again while pytest was already ending (after it said
+            # where the node stands): Python then dies by the signal. Still an interrupted run.
+            scene.outcomes[-1].stopped_in += " (ended by the signal itself)"
+        elif rc != 2:
             problems.append(f"{label}: exit status {rc}, not 2 (interrupted)\n{text[-2500:]}")
         if seconds > EXIT_WITHIN_S:
             problems.append(f"{label}: took {seconds:.1f}s to exit")
