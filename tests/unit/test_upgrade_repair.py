@@ -3,8 +3,6 @@ scratch /etc/apt (bind-mounted in a private mount namespace, so the host's apt i
 the pure helpers of the procedure layer."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -14,8 +12,6 @@ import pytest
 from nodegate.procedure_plugin import _junit_failures
 from nodegate.upgrade import _MOVE_KEYS, _REPAIR_SOURCES, _repo_url
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                                reason="a private mount namespace needs root and unshare(1)")
 
 
 def run_on_scratch_apt(tmp_path: Path, script: str, *args: str) -> str:
@@ -36,7 +32,6 @@ def apt_dir(tmp_path: Path) -> Path:
     return apt
 
 
-@needs_root
 def test_re_enables_disabled_sources_for_the_new_codename_and_leaves_the_rest(tmp_path, apt_dir):
     (apt_dir / "sources.list.d" / "docker.list").write_text(textwrap.dedent("""\
         # deb [arch=amd64] http://repo.example/linux/ubuntu focal stable # disabled on upgrade to jammy
@@ -58,7 +53,6 @@ def test_re_enables_disabled_sources_for_the_new_codename_and_leaves_the_rest(tm
     assert run_on_scratch_apt(tmp_path, _REPAIR_SOURCES, "focal", "jammy").strip() == "", "a second run changes nothing"
 
 
-@needs_root
 def test_moves_the_legacy_key_to_keyrings_with_signed_by_only_for_its_sources(tmp_path, apt_dir):
     (apt_dir / "trusted.gpg").write_bytes(b"\x99\x01keyring-bytes")
     (apt_dir / "sources.list").write_text("deb http://archive.example/ubuntu jammy main\n")
