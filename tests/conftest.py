@@ -19,6 +19,13 @@ from pathlib import Path
 
 import pytest
 
+# Imported before any in-process pytester run, on purpose: such a run drops the modules it imported
+# from sys.modules afterwards, but cryptography's Rust cipher registry keeps the class objects it saw
+# first. A paramiko connection made inside a run, then one made after it with a re-imported
+# `algorithms.AES`, fails with "cipher AES in CTR mode is not supported" (seen in CI).
+import paramiko  # noqa: F401  (see above)
+from cryptography.hazmat.primitives.ciphers import algorithms as _cipher_algorithms  # noqa: F401
+
 from nodegate.lab.config import LabConfig
 
 TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
