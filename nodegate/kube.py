@@ -613,6 +613,11 @@ class Kube:
         # One retry layer only (ours, with logging): urllib3's silent retries would hide and
         # multiply the waits.
         configuration.retries = False
+        # Resolve the environment's proxy now, once, in this thread: otherwise the kubeconfig's
+        # refresh hook sets `host` again before every request and the client re-reads os.environ
+        # then, from whichever thread calls; iterating os.environ while pytest sets or removes
+        # PYTEST_CURRENT_TEST in the main thread raised KeyError (seen in CI).
+        configuration.proxy = configuration.proxy
         self.server = configuration.host
         self.origin = f"context {wanted} in {path}"
         api = client.ApiClient(configuration)
