@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,12 @@ import paramiko  # noqa: F401  (see above)
 from cryptography.hazmat.primitives.ciphers import algorithms as _cipher_algorithms  # noqa: F401
 
 from nodegate.lab.config import LabConfig
+
+# Helpers test modules import by name live in labkit.py beside this file (a conftest is not
+# importable reliably); this folder is put on sys.path explicitly, whatever the import mode.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labkit import wait_until  # noqa: E402  (also the `poll` fixture)
 
 TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 TEST_LAB_DIR = Path(os.environ.get("NODEGATE_TEST_LAB_DIR", f"/tmp/nodegate-test-lab-net{TEST_NET}"))
@@ -54,18 +59,6 @@ def ssh(config: LabConfig, node: str, command: str, *, check: bool = True, timeo
     if check and result.returncode != 0:
         raise AssertionError(f"ssh {node} {command!r} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):
-    """Poll probe() until it returns something truthy; fail the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
 
 
 def _running(lab_dir: Path) -> bool:

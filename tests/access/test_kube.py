@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 
 import pytest
+from labkit import wait_until
 
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.kube import (CORDONED_BY_ANNOTATION, DrainError, DrainOptions, Kube, LockHeld, LockKeeper,
@@ -77,17 +78,6 @@ def pdb_allowed(api_lab, name: str) -> int | None:
     return (out.get("status") or {}).get("disruptionsAllowed") if code == 200 else None
 
 
-def wait(probe, *, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
 def ready_pods(kube: Kube, selector: str) -> list:
     return [p for p in kube.list_pods(namespace="demo", selector=selector) if p.ready and not p.deleting]
 
@@ -102,9 +92,9 @@ def kube(api_lab):
 @pytest.fixture(scope="module")
 def settled(api_lab, kube):
     """Every node Ready and the demo workload (3 web replicas) running before the tests read it."""
-    wait(lambda: all(n.is_ready for n in kube.list_nodes()) and len(kube.list_nodes()) == 4,
-         timeout=20, what="4 Ready nodes")
-    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
+    wait_until(lambda: all(n.is_ready for n in kube.list_nodes()) and len(kube.list_nodes()) == 4,
+               timeout=20, what="4 Ready nodes")
+    wait_until(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
     return kube
 
 
@@ -342,15 +332,15 @@ def test_csi_rbdplugin_crash_loop_is_seen(api_lab, settled):
     assert before.healthy, before.describe()
     fault(api_lab, "csi-rbd-broken", node="node2")
     try:
-        broken = wait(lambda: (h := kube.csi_rbdplugin("node2")).crash_looping and h,
-                      timeout=15, what="csi-rbdplugin CrashLoopBackOff on node2")
+        broken = wait_until(lambda: (h := kube.csi_rbdplugin("node2")).crash_looping and h,
+                            timeout=15, what="csi-rbdplugin CrashLoopBackOff on node2")
         assert not broken.healthy and not broken.ready and broken.crash_looping == ("csi-rbdplugin",)
         assert any("failed to load kernel module rbd" in line for line in broken.error_lines)
         assert "CrashLoopBackOff in csi-rbdplugin" in broken.describe()
         assert kube.csi_rbdplugin("node1").healthy, "only the faulted node's plugin fails"
     finally:
         fault(api_lab, "csi-rbd-broken", node="node2", clear=True)
-    healed = wait(lambda: (h := kube.csi_rbdplugin("node2")).healthy and h, timeout=15, what="csi-rbdplugin healed")
+    healed = wait_until(lambda: (h := kube.csi_rbdplugin("node2")).healthy and h, timeout=15, what="csi-rbdplugin healed")
     assert healed.restarts > before.restarts, "the crash loop left its restarts behind"
 
 
@@ -383,7 +373,7 @@ def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_la
     original = min_available(api_lab, "web")
     set_min_available(api_lab, "web", 3)  # the demo's own PDB now needs every replica
     try:
-        wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
+        wait_until(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
         blockers = kube.pods_blocking_eviction(target)
         assert any(b.pdb.ref == "demo/web" and b.pod.node == target for b in blockers)
         options = DrainOptions(delete_emptydir_data=True, force=True, timeout_s=3.0, pdb_retry_s=1.0)
@@ -411,8 +401,8 @@ def test_drain_blocked_by_the_lab_pdb_block_fault(api_lab, settled):
     target = ready_pods(kube, "app=web")[0].node
     fault(api_lab, "pdb-block", node=target)
     try:
-        wait(lambda: any(b.pdb.name == "nodegate-lab-pdb-block" for b in kube.pods_blocking_eviction(target)),
-             timeout=10, what="the fault's PDB")
+        wait_until(lambda: any(b.pdb.name == "nodegate-lab-pdb-block" for b in kube.pods_blocking_eviction(target)),
+                   timeout=10, what="the fault's PDB")
         with pytest.raises(DrainError) as err:
             kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=2.0,
                                                     pdb_retry_s=0.5))
@@ -442,12 +432,12 @@ def test_two_pdbs_on_one_pod_stop_the_drain_at_once(api_lab, settled):
 
 def test_drain_waits_out_a_pdb_refusal_and_succeeds_when_it_allows(api_lab, settled):
     kube = settled
-    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
+    wait_until(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="3 ready web pods")
     web = ready_pods(kube, "app=web")
     target = web[0].node
     original = min_available(api_lab, "web")
     set_min_available(api_lab, "web", 3)
-    wait(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
+    wait_until(lambda: pdb_allowed(api_lab, "web") == 0, timeout=10, what="PDB demo/web allows nothing")
     # The PDB relents after ~2.5 s (as it would once the workload has more replicas elsewhere).
     release = threading.Timer(2.5, set_min_available, args=(api_lab, "web", original))
     release.start()
@@ -472,7 +462,7 @@ def test_drain_waits_out_a_pdb_refusal_and_succeeds_when_it_allows(api_lab, sett
         assert web_outcome.seconds - web_outcome.evicted_s >= 1.5, result.evidence()
     finally:
         assert kube.uncordon(target, only_if_cordoned_by="run-ok").changed
-    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
+    wait_until(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
 
 
 def test_drain_with_every_flag_empties_the_node(api_lab, settled):
@@ -485,7 +475,7 @@ def test_drain_with_every_flag_empties_the_node(api_lab, settled):
         "spec": {"nodeName": target, "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "sh", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}})
     assert code == 201, out
-    wait(lambda: any(p.name == bare and p.ready for p in kube.list_pods(node=target)), timeout=10, what="bare pod")
+    wait_until(lambda: any(p.name == bare and p.ready for p in kube.list_pods(node=target)), timeout=10, what="bare pod")
     pods = {p.ref: p for p in kube.list_pods(node=target)}
     result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=60),
                         cordon_by="run-all")
@@ -503,8 +493,8 @@ def test_drain_with_every_flag_empties_the_node(api_lab, settled):
     finally:
         kube.uncordon(target, only_if_cordoned_by="run-all")
     # The Deployment brings its cache pod back on another node.
-    wait(lambda: any(p.ready and p.node != target for p in kube.list_pods(namespace="demo", selector="app=cache")),
-         timeout=20, what="cache pod running elsewhere")
+    wait_until(lambda: any(p.ready and p.node != target for p in kube.list_pods(namespace="demo", selector="app=cache")),
+               timeout=20, what="cache pod running elsewhere")
 
 
 def test_drain_grace_period_and_mirror_pods(api_lab, settled):
@@ -533,7 +523,7 @@ def test_drain_grace_period_and_mirror_pods(api_lab, settled):
     finally:
         raw(api_lab, "DELETE", f"/api/v1/namespaces/kube-system/pods/{mirror}")
         kube.uncordon(target)
-    wait(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
+    wait_until(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
 
 
 # -- the lock ----------------------------------------------------------------------------------------
@@ -666,13 +656,13 @@ def test_flaky_api_is_retried_with_a_log_line_before_each_sleep(api_lab, settled
     assert seen == set(kinds), f"after {requests} requests only saw {seen}"
     assert all("attempt" in r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying"))
     assert api_lab.config.token not in caplog.text
-    wait(lambda: len(ready_pods(settled, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
+    wait_until(lambda: len(ready_pods(settled, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
 
 
 @pytest.mark.parametrize("mode, said", [("503", "answered 503"), ("outage", "broke")])
 def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled, mode, said):
     fault(api_lab, "api-flaky", ratio=1.0, mode=mode)
-    wait(lambda: answer_code(api_lab) in (0, 503), timeout=5, what="the outage to begin")
+    wait_until(lambda: answer_code(api_lab) in (0, 503), timeout=5, what="the outage to begin")
     try:
         kube = Kube(settings=api_lab.settings(), attempts=4, retry_limit_s=5)
         kube.load()
@@ -685,7 +675,7 @@ def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled, mode, s
         assert "kubectl get nodes" in err.value.fix
     finally:
         fault(api_lab, "api-flaky", clear=True)
-    wait(lambda: answer_code(api_lab) == 200, timeout=5, what="the outage to end")
+    wait_until(lambda: answer_code(api_lab) == 200, timeout=5, what="the outage to end")
     assert settled.list_nodes()
 
 

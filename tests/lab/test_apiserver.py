@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from labkit import wait_until
 
 from nodegate.lab.config import LabConfig
 from nodegate.lab.profile_files import kubeconfig
@@ -32,17 +33,6 @@ NET = (TEST_NET + 71) % 250      # beside the access tests' server (+61) and ext
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 FOCAL = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\nID=ubuntu\n'
 NOBLE = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\n'
-
-
-def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
 
 
 class FakeLab:
