@@ -451,7 +451,7 @@ class Api:
         merged = self.cluster.admit(res, merged, old=current)
         if request.query.get("dryRun"):  # validated and admitted, never stored
             return json_response(merged)
-        updated = self.store.update(res, merged, expect_rv=rv)
+        updated = self.cluster.finish_update(res, self.store.update(res, merged, expect_rv=rv))
         self.cluster.kick()
         return json_response(updated)
 
@@ -503,7 +503,8 @@ class Api:
         merged = self.cluster.admit(res, merged, old=current)
         if request.query.get("dryRun"):
             return json_response(merged)
-        updated = self.store.update(res, merged, expect_rv=current["metadata"]["resourceVersion"])
+        updated = self.cluster.finish_update(
+            res, self.store.update(res, merged, expect_rv=current["metadata"]["resourceVersion"]))
         self.cluster.kick()
         return json_response(updated)
 

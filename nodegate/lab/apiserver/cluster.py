@@ -482,6 +482,11 @@ class Cluster:
         bound = bool(pod["spec"].get("nodeName"))
         rt = self.runtimes.get(meta["uid"])
         if grace <= 0 or not bound or is_terminal(pod):
+            if meta.get("finalizers"):
+                # The registry only marks it: the object stays, Terminating, until whoever owns
+                # each finalizer removes it (finish_update deletes it then). Its kubelet, if any,
+                # stops its containers on the next pass.
+                return self.store.mark_deleting(PODS, ns, name, grace_s=0)
             self.runtimes.pop(meta["uid"], None)
             gone = self.store.delete(PODS, ns, name)
             return gone
@@ -495,6 +500,16 @@ class Cluster:
             rt.terminate_at = at if rt.terminate_at is None else min(at, rt.terminate_at)
             self.due(rt.terminate_at)
         return out
+
+    def finish_update(self, res, obj: dict) -> dict:
+        """After a write: a terminating pod whose last finalizer was just removed and whose
+        containers are gone (grace 0) is deleted now, as the registry deletes it during the update."""
+        meta = obj["metadata"]
+        if res.kind != "Pod" or not meta.get("deletionTimestamp") or meta.get("finalizers") \
+                or meta.get("deletionGracePeriodSeconds", 0) != 0:
+            return obj
+        self.runtimes.pop(meta["uid"], None)
+        return self.store.delete(PODS, meta["namespace"], meta["name"])
 
     # ------------------------------------------------------------------ eviction
     async def evict(self, namespace: str, name: str, body: dict, *, dry_run: bool = False) -> tuple[int, dict]:
@@ -1056,7 +1071,7 @@ class Cluster:
             if rt.bound_at is None:
                 rt.bound_at = now
             if view.up and view.kubelet_boot_id and rt.boot_id != view.kubelet_boot_id:
-                if rt.started_at is not None:  # the node rebooted under the pod: its containers died
+                if rt.started_at is not None and rt.stopped_at is None:  # the node rebooted under the pod: its containers died
                     for c in pod["spec"]["containers"]:
                         rt.restarts[c["name"]] = rt.restarts.get(c["name"], 0) + 1
                         rt.last_state[c["name"]] = {"terminated": {
@@ -1072,10 +1087,17 @@ class Cluster:
                         float(pod["metadata"].get("deletionGracePeriodSeconds", 0)), TERMINATE_CAP_S))
                     rt.terminate_at = at if rt.terminate_at is None else min(at, rt.terminate_at)
                 if view.up and rt.terminate_at is not None and now >= rt.terminate_at:
-                    self.runtimes.pop(uid, None)
-                    self.store.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
-                    continue
-                if rt.terminate_at is not None:
+                    if not pod["metadata"].get("finalizers"):
+                        self.runtimes.pop(uid, None)
+                        self.store.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                        continue
+                    if rt.stopped_at is None:
+                        # Its containers have ended; the kubelet's final delete (grace 0) cannot
+                        # remove an object with finalizers: it stays Terminating until they go.
+                        rt.stopped_at = now
+                        pod = self.store.mark_deleting(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                                       grace_s=0)
+                elif rt.terminate_at is not None:
                     self.due(rt.terminate_at)
             if view.up and rt.started_at is None and not pod["metadata"].get("deletionTimestamp"):
                 can_run_since = view.changed_at if pod["spec"].get("hostNetwork") else view.ready_since

@@ -68,6 +68,7 @@ class PodRuntime:
     crash: CrashLoop | None = None
     recover_at: float | None = None
     terminate_at: float | None = None
+    stopped_at: float | None = None   # containers ended on deletion; the object waits for its finalizers
     ip: str = ""
     backoff_seen: int = -1            # the crash-loop attempt last reported as a BackOff event
 
@@ -104,6 +105,8 @@ def pod_status(pod: dict, rt: PodRuntime, view: NodeView, now: float, crashing: 
     containers = spec.get("containers") or []
     terminating = bool(pod["metadata"].get("deletionTimestamp"))
     base = {"hostIP": view.node.address, "hostIPs": [{"ip": view.node.address}], "qosClass": "BestEffort"}
+    if rt.stopped_at is not None:
+        return _stopped_status(pod, rt, old, base, ts)
     if rt.started_at is None:
         # Not (yet, or not again) running on this boot.
         phase = old.get("phase") if old.get("phase") == "Running" else "Pending"
@@ -172,4 +175,33 @@ def pod_status(pod: dict, rt: PodRuntime, view: NodeView, now: float, crashing: 
         statuses = old.get("containerStatuses") or statuses
     status = {**base, "phase": "Running", "conditions": conditions, "podIP": rt.ip, "podIPs": [{"ip": rt.ip}],
               "startTime": old.get("startTime") or started_ts, "containerStatuses": statuses}
+    return status
+
+
+def _stopped_status(pod: dict, rt: PodRuntime, old: dict, base: dict, ts: str) -> dict:
+    """A deleted pod whose containers have ended but whose object stays (finalizers): as a 1.25
+    kubelet reports it, phase unchanged, every container terminated, not Ready."""
+    containers = pod["spec"].get("containers") or []
+    finished = now_rfc3339(rt.stopped_at)
+    statuses = []
+    for c in containers:
+        prev = next((s for s in old.get("containerStatuses") or [] if s["name"] == c["name"]), {})
+        started = ((prev.get("state") or {}).get("running") or {}).get("startedAt") or \
+            ((prev.get("state") or {}).get("terminated") or {}).get("startedAt") or finished
+        st = {"name": c["name"], "image": c.get("image", ""), "imageID": prev.get("imageID", ""),
+              "ready": False, "restartCount": rt.restarts.get(c["name"], 0), "started": False,
+              "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started,
+                                       "finishedAt": finished}},
+              "lastState": rt.last_state.get(c["name"], {})}
+        if prev.get("containerID"):
+            st["containerID"] = st["state"]["terminated"]["containerID"] = prev["containerID"]
+        statuses.append(st)
+    unready = f"containers with unready status: [{' '.join(c['name'] for c in containers)}]"
+    status = {**base, "phase": old.get("phase") or "Running", "conditions": [
+        _condition("Initialized", "True", ts, old), _condition("Ready", "False", ts, old, "ContainersNotReady", unready),
+        _condition("ContainersReady", "False", ts, old, "ContainersNotReady", unready),
+        _condition("PodScheduled", "True", ts, old)], "containerStatuses": statuses}
+    for key in ("startTime", "podIP", "podIPs"):
+        if old.get(key):
+            status[key] = old[key]
     return status
