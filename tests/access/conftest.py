@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from apiservertools import standalone_api_server
 
 from nodegate.lab.config import LabConfig
 from nodegate.profile import NodeSpec, SSHSettings
@@ -93,98 +94,9 @@ def lab_ceph():
         ceph.destroy()
 
 
-class ApiLab:
-    """The lab's real API server run on its own over a lab directory whose nodes exist only as
-    state.json files (the supervisor's contract), so node boots and reboots are file writes."""
-
-    def __init__(self, config: LabConfig, proc: subprocess.Popen) -> None:
-        self.config = config
-        self.proc = proc
-        self.kubeconfig = config.dir / "kubeconfig"
-
-    def state(self, name: str) -> dict:
-        import json
-
-        return json.loads((self.config.dir / "nodes" / name / "state.json").read_text())
-
-    def set_state(self, name: str, *, up: bool, boot_id: str | None = None) -> dict:
-        """Write the node's state.json as the supervisor would (atomic rename)."""
-        import json
-        import time
-        import uuid
-
-        old = self.state(name) if (self.config.dir / "nodes" / name / "state.json").exists() else {}
-        new_boot = up and (boot_id is not None or not old or old.get("state") != "up")
-        state = {"name": name, "state": "up" if up else "down", "pid": None,
-                 "boot_id": boot_id or (str(uuid.uuid4()) if new_boot else old.get("boot_id", str(uuid.uuid4()))),
-                 "boot_count": int(old.get("boot_count", 0)) + (1 if new_boot else 0),
-                 "changed_at": time.time()}
-        path = self.config.dir / "nodes" / name / "state.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
-        return state
-
-    def settings(self, **overrides):
-        from nodegate.profile import KubeSettings
-
-        values = dict(kubeconfig=self.kubeconfig, context="nodegate-lab")
-        values.update(overrides)
-        return KubeSettings(**values)
-
-
 @pytest.fixture(scope="session")
 def api_lab():
-    """The lab API server (python -m nodegate.lab.apiserver) on net TEST_NET+61, 4 nodes up."""
-    import shutil
-    import signal
-    import time
-    import urllib.error
-    import urllib.request
-
-    from nodegate.lab.profile_files import kubeconfig
-
-    lab_dir = Path(f"/tmp/nodegate-access-api-net{API_NET}")
-    pidfile = lab_dir / "pids" / "apiserver.pid"
-    if pidfile.exists():  # a previous session's server, stopped by its recorded PID
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
-            time.sleep(0.5)
-        except (ProcessLookupError, ValueError):
-            pass
-    shutil.rmtree(lab_dir, ignore_errors=True)
-    for sub in ("pids", "logs", "nodes"):
-        (lab_dir / sub).mkdir(parents=True)
-    config = LabConfig.new(lab_dir, 4, net=API_NET, ready_delay_s=0.3)
-    config.save()
-    (lab_dir / "kubeconfig").write_text(kubeconfig(config))
-    log = open(lab_dir / "logs" / "apiserver.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(lab_dir)],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
-    lab = ApiLab(config, proc)
-    for node in config.nodes:
-        lab.set_state(node.name, up=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{config.api_url}/version/", timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break  # answering (401 without a token): up
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"API server did not start; see {lab_dir}/logs/apiserver.log")
-            time.sleep(0.1)
-    try:
+    """The lab API server (python -m nodegate.lab.apiserver) on net TEST_NET+61, 4 nodes up, its
+    nodes driven by state.json writes (tests/apiservertools.py)."""
+    with standalone_api_server(Path(f"/tmp/nodegate-access-api-net{API_NET}"), net=API_NET) as lab:
         yield lab
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        pidfile.unlink(missing_ok=True)
-        log.close()

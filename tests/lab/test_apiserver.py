@@ -3,129 +3,37 @@
 One real server (`python -m nodegate.lab.apiserver`) for the module, over a lab directory whose
 nodes exist as the supervisor's state.json files and a root with /etc/os-release: node boots,
 reboots and release upgrades are file writes, exactly what the server reads from a real lab.
-The coupling with real nodes and real Ceph is in test_apiserver_lab.py.
+The coupling with real nodes and real Ceph is in test_apiserver_lab.py; the server is started
+and driven by tests/apiservertools.py (shared with the access tests' `api_lab`).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
+from apiservertools import StandaloneApiServer, standalone_api_server, start_server, stop_server
 from labkit import wait_until
-
-from nodegate.lab.config import LabConfig
-from nodegate.lab.profile_files import kubeconfig
 
 pytestmark = pytest.mark.lab
 
 TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 NET = (TEST_NET + 71) % 250      # beside the access tests' server (+61) and extra labs (+100..)
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 FOCAL = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\nID=ubuntu\n'
 NOBLE = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\n'
 
 
-class FakeLab:
-    def __init__(self, config: LabConfig, proc: subprocess.Popen) -> None:
-        self.config = config
-        self.proc = proc
-        self.kubeconfig = config.dir / "kubeconfig"
-
-    def node_dir(self, name: str) -> Path:
-        return self.config.dir / "nodes" / name
-
-    def set_state(self, name: str, *, up: bool, new_boot: bool = False) -> str:
-        path = self.node_dir(name) / "state.json"
-        old = json.loads(path.read_text()) if path.exists() else {}
-        boot = str(uuid.uuid4()) if (new_boot or not old) else old["boot_id"]
-        data = {"name": name, "state": "up" if up else "down", "pid": None, "boot_id": boot,
-                "boot_count": int(old.get("boot_count", 0)) + (1 if new_boot or not old else 0),
-                "changed_at": time.time()}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
-        return boot
-
-    def set_release(self, name: str, text: str) -> None:
-        (self.node_dir(name) / "root/etc/os-release").write_text(text)
-
-    def set_faults(self, data: dict) -> None:
-        tmp = self.config.dir / "faults.tmp"
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.config.dir / "faults.json")
-
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        result = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
-                                text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-        return result
-
-
 @pytest.fixture(scope="module")
 def fake_lab():
-    lab_dir = Path(f"/tmp/nodegate-test-apiserver-net{NET}")
-    pidfile = lab_dir / "pids" / "apiserver.pid"
-    if pidfile.exists():  # a server left by an interrupted run, stopped by its recorded PID
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
-            time.sleep(0.5)
-        except (ProcessLookupError, ValueError):
-            pass
-    shutil.rmtree(lab_dir, ignore_errors=True)
-    for sub in ("pids", "logs", "nodes"):
-        (lab_dir / sub).mkdir(parents=True)
     # Rook v1.14.12 ships cephcsi v3.11.0: the csi-rbdplugin crash on 24.04 applies.
-    config = LabConfig.new(lab_dir, 4, net=NET, ready_delay_s=0.3, rook_version="v1.14.12")
-    config.save()
-    (lab_dir / "kubeconfig").write_text(kubeconfig(config))
-    lab = FakeLab(config, start_server(config))
-    for node in config.nodes:
-        (lab.node_dir(node.name) / "root/etc").mkdir(parents=True)
-        lab.set_release(node.name, FOCAL)
-        lab.set_state(node.name, up=True)
-    try:
+    with standalone_api_server(Path(f"/tmp/nodegate-test-apiserver-net{NET}"), net=NET, os_release=FOCAL,
+                               rook_version="v1.14.12") as lab:
         yield lab
-    finally:
-        stop_server(lab.proc)
-        pidfile.unlink(missing_ok=True)
-
-
-def start_server(config: LabConfig) -> subprocess.Popen:
-    with open(config.dir / "logs" / "apiserver.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nodegate.lab.apiserver", "--dir", str(config.dir)],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    (config.dir / "pids" / "apiserver.pid").write_text(str(proc.pid))
-
-    def answering() -> bool:
-        try:
-            urllib.request.urlopen(f"{config.api_url}/healthz", timeout=1)
-            return True
-        except OSError:
-            assert proc.poll() is None, f"API server ended; see {config.dir}/logs/apiserver.log"
-            return False
-
-    wait_until(answering, timeout=30, what="API server answering")
-    return proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +65,7 @@ def api_error(call, *args, **kwargs):
     return info.value.status, json.loads(info.value.body)
 
 
-def raw(lab: FakeLab, method: str, path: str, body: object = None,
+def raw(lab: StandaloneApiServer, method: str, path: str, body: object = None,
         ctype: str = "application/json") -> tuple[int, dict]:
     """One request as bytes on the wire (for what the client refuses to send)."""
     data = json.dumps(body).encode() if body is not None else None
@@ -618,7 +526,7 @@ def test_reboot_goes_unknown_then_ready_with_a_new_boot_id(fake_lab, k8s):
     # The Kubespray stand-in records the kubelet it installed (and restarts it): the node reports that version.
     (fake_lab.node_dir("node3") / "root/etc/kubernetes").mkdir(parents=True, exist_ok=True)
     (fake_lab.node_dir("node3") / "root/etc/kubernetes/kubelet-version").write_text("v1.25.16\n")
-    new_boot = fake_lab.set_state("node3", up=True, new_boot=True)
+    new_boot = fake_lab.set_state("node3", up=True, new_boot=True)["boot_id"]
     wait_until(lambda: node_ready(core, "node3") == "True", timeout=5, what="node3 Ready again")
     info = core.read_node("node3").status.node_info
     assert info.boot_id == new_boot != old_boot
