@@ -20,6 +20,7 @@ from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
 HELD_DRIFT_PACKAGE = "containerd.io"
+PENDING_PACKAGE = "lab-tools"     # focal-updates 2.0 over focal 1.9 in the archive stand-in
 
 
 @dataclass(frozen=True)
@@ -262,22 +263,43 @@ def _pending_on(config: LabConfig, node: str, book: FaultBook) -> tuple[dict, st
         "  [ \"$n\" -ge 2 ] && echo \"$p\"; "
         "done; true"   # the loop's status is its last test's: a last package with one version is not an error
     )
-    candidates = run_on_node(config, node, script).stdout.split()
-    for package in candidates:
-        installed, versions = _versions(config, node, package)
-        older = [v for v in versions if v != installed and _version_lt(v, installed)]
-        if installed and older:
-            _install_version(config, node, package, older[0], hold=False)
-            restore = dict(book.data.get("pending-updates", {}).get("restore", {}))
-            restore[node] = {"package": package, "version": installed}
-            return {"restore": restore}, f"{package} {installed} -> {older[0]}; {installed} now pending"
-    raise PermanentError(f"{node}: no ordinary package with an older build in the lab repository "
-                         f"(looked at {', '.join(candidates) or 'none'})")
+    # The archive's lab-tools is built for this fault (aptrepo.LAB_TOOLS), so it is tried first and
+    # the scan is needed only without it: during an upgrade run the docker packages are unheld and
+    # would come first alphabetically, but they are the run's own business, not an ordinary update.
+    looked = [PENDING_PACKAGE]
+    found = _downgrade_one(config, node, PENDING_PACKAGE)
+    if found is None:
+        looked += [p for p in run_on_node(config, node, script).stdout.split() if p != PENDING_PACKAGE]
+        found = next(filter(None, (_downgrade_one(config, node, p) for p in looked[1:])), None)
+    if found is None:
+        raise PermanentError(f"{node}: no ordinary package with an older build in the lab repository "
+                             f"(looked at {', '.join(looked)})")
+    package, installed, older = found
+    restore = dict(book.data.get("pending-updates", {}).get("restore", {}))
+    restore[node] = {"package": package, "version": installed, "pending_from": older}
+    return {"restore": restore}, f"{package} {installed} -> {older}; {installed} now pending"
+
+
+def _downgrade_one(config: LabConfig, node: str, package: str) -> tuple[str, str, str] | None:
+    """(package, installed, older) after installing an older build of it, or None if it has none."""
+    installed, versions = _versions(config, node, package)
+    older = [v for v in versions if v != installed and _version_lt(v, installed)]
+    if not (installed and older):
+        return None
+    _install_version(config, node, package, older[0], hold=False)
+    return package, installed, older[0]
 
 
 def _pending_off(config: LabConfig, node: str, restore: dict | None) -> str:
     if not restore:
         return "nothing recorded to restore"
+    installed, _ = _versions(config, node, restore["package"])
+    still = installed == restore["pending_from"] if "pending_from" in restore else \
+        _version_lt(installed, restore["version"])
+    if installed and not still:
+        # The pending update was installed since (a dist-upgrade, a release upgrade): nothing to
+        # undo, and the recorded build may no longer exist in the node's new release.
+        return f"{restore['package']} is at {installed} already (the pending update was installed)"
     _install_version(config, node, restore["package"], restore["version"], hold=False)
     return f"{restore['package']} back to {restore['version']}"
 
