@@ -1130,10 +1130,16 @@ class Kube:
             if not leaving:
                 return
             if time.monotonic() >= deadline:
+                # Not a PodDisruptionBudget: these were evicted (or already being deleted) and do not
+                # go away; say so, or the operator looks for a budget that is not there.
                 raise DrainError(f"drain of node {node}: pods still terminating after "
-                                 f"{time.monotonic() - started:.0f}s: {', '.join(sorted(leaving))}", result=result(),
-                                 fix="look at those pods (finalizers, a kubelet that does not answer); "
-                                     "the node stays cordoned")
+                                 f"{time.monotonic() - started:.0f}s: {', '.join(sorted(leaving))} (their eviction "
+                                 "was accepted, no PodDisruptionBudget holds them, but they do not go away)",
+                                 result=result(),
+                                 fix="find what keeps them: a finalizer nobody removes (`kubectl get pod -n NS NAME "
+                                     "-o jsonpath='{.metadata.finalizers}'`; only its owner should remove it) or a "
+                                     "kubelet that does not answer; the node stays cordoned; once they are gone, "
+                                     "run the same command again")
             reporter.seen(f"waiting for {len(leaving)} evicted pod(s) to terminate: {', '.join(sorted(leaving))}")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 

@@ -763,6 +763,21 @@ def _wait_package_tools(up: Upgrade) -> None:
              fix="look at what apt/dpkg does on the node (`ps -ef`, /var/log/apt/term.log)")
 
 
+def _pending_now(up: Upgrade) -> str:
+    """What apt would upgrade on the node now, in words for a failure message (do-release-upgrade
+    judges from the same package lists): an update published, or a package downgraded, since the
+    dist-upgrade step."""
+    try:
+        pending = up.host.packages.upgradable()
+    except NodegateError as exc:
+        return f"could not read what is upgradable: {str(exc).splitlines()[0]}"
+    if not pending.names:
+        return "apt lists nothing upgradable now"
+    shown = [f"{p.name} {p.current_version or '?'} -> {p.new_version}" for p in pending.packages]
+    shown += [f"{name} (kept back)" for name in pending.kept_back if name not in {p.name for p in pending.packages}]
+    return "upgradable now: " + ", ".join(shown)
+
+
 def _settle_dpkg(up: Upgrade) -> str:
     """After a lost connection the package run on the node either went on to its end or was cut
     off inside dpkg ("dpkg was interrupted"): wait for it, then finish what dpkg left half done."""
@@ -926,8 +941,11 @@ class ReleaseUpgrade(Step):
             text = exc.result.output
             if "Please install all available updates" in text:
                 raise StepFailed(f"do-release-upgrade on {up.name} refused: Please install all available updates for "
-                                 "your release before upgrading", fix="a package is upgradable (held ones count): "
-                                 "the dist-upgrade step must leave nothing upgradable") from None
+                                 f"your release before upgrading ({_pending_now(up)})",
+                                 fix="run the same command again: its dist-upgrade step finds these updates and "
+                                     "installs them (apt-get dist-upgrade, keeping config files), then the release "
+                                     "upgrade follows; a held package among them must be unheld first (`apt-mark "
+                                     "showhold` on the node)") from None
             if "reboot" in text.lower() and "before upgrading" in text.lower():
                 raise StepFailed(f"do-release-upgrade on {up.name} refused: Please reboot before upgrading",
                                  fix="run again: the reboot step comes first") from None
