@@ -72,6 +72,20 @@ class StandaloneApiServer:
         tmp.write_text(json.dumps(data))
         tmp.replace(self.config.dir / "faults.json")
 
+    def request(self, method: str, path: str, body: object = None, *,
+                content_type: str = "application/json") -> tuple[int, dict]:
+        """One plain HTTP request with the lab's token, as bytes on the wire (set-up nodegate.kube does
+        not offer, and what the official client refuses to send); (status, decoded JSON body)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.config.api_url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.config.token}",
+                                              "Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
     def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         result = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
                                 text=True, timeout=timeout)

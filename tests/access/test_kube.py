@@ -1,14 +1,14 @@
 """nodegate.kube against the lab's real API server over HTTP (the `api_lab` fixture: the server
 alone, its nodes driven by state.json writes as the supervisor would). No mocks: every call
 goes through the official client to the server, and test set-up that kube.py does not offer
-(creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server."""
+(creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server
+(`api_lab.request`)."""
 from __future__ import annotations
 
 import json
 import logging
 import threading
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -33,48 +33,35 @@ def fault(api_lab, name: str, *, node: str | None = None, clear: bool = False, *
         faults.set_fault(api_lab.config, name, node=node, params=params)
 
 
-def raw(api_lab, method: str, path: str, body: dict | None = None, *, content_type: str = "application/json"):
-    """One plain HTTP request to the lab API server (set-up the harness itself never does)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(api_lab.config.api_url + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {api_lab.config.token}",
-                                              "Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
 PDBS = "/apis/policy/v1/namespaces/demo/poddisruptionbudgets"
 
 
 def make_pdb(api_lab, name: str, selector: dict, *, min_available: int) -> None:
-    code, out = raw(api_lab, "POST", PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                                            "metadata": {"name": name, "namespace": "demo"},
-                                            "spec": {"minAvailable": min_available,
-                                                     "selector": {"matchLabels": selector}}})
+    code, out = api_lab.request("POST", PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                               "metadata": {"name": name, "namespace": "demo"},
+                                               "spec": {"minAvailable": min_available,
+                                                        "selector": {"matchLabels": selector}}})
     assert code == 201, out
 
 
 def delete_pdb(api_lab, name: str) -> None:
-    raw(api_lab, "DELETE", f"{PDBS}/{name}")
+    api_lab.request("DELETE", f"{PDBS}/{name}")
 
 
 def set_min_available(api_lab, name: str, value: int) -> None:
-    code, out = raw(api_lab, "PATCH", f"{PDBS}/{name}", {"spec": {"minAvailable": value}},
-                    content_type="application/merge-patch+json")
+    code, out = api_lab.request("PATCH", f"{PDBS}/{name}", {"spec": {"minAvailable": value}},
+                                content_type="application/merge-patch+json")
     assert code == 200, out
 
 
 def min_available(api_lab, name: str) -> int:
-    code, out = raw(api_lab, "GET", f"{PDBS}/{name}")
+    code, out = api_lab.request("GET", f"{PDBS}/{name}")
     assert code == 200, out
     return out["spec"]["minAvailable"]
 
 
 def pdb_allowed(api_lab, name: str) -> int | None:
-    code, out = raw(api_lab, "GET", f"{PDBS}/{name}")
+    code, out = api_lab.request("GET", f"{PDBS}/{name}")
     return (out.get("status") or {}).get("disruptionsAllowed") if code == 200 else None
 
 
@@ -267,7 +254,7 @@ def test_watch_returns_within_a_second_of_ready_with_a_new_boot_id(api_lab, sett
 
     def observe() -> None:
         while not stop.is_set():
-            code, node = raw(api_lab, "GET", "/api/v1/nodes/node3")
+            code, node = api_lab.request("GET", "/api/v1/nodes/node3")
             info, conds = node["status"]["nodeInfo"], node["status"].get("conditions") or []
             if info["bootID"] != before.boot_id and any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
                 seen.setdefault("ready", time.monotonic())
@@ -470,7 +457,7 @@ def test_drain_with_every_flag_empties_the_node(api_lab, settled):
     cache = kube.list_pods(namespace="demo", selector="app=cache")[0]   # emptyDir, from a Deployment
     target = cache.node
     bare = f"scratch-{uuid.uuid4().hex[:6]}"                           # no controller: needs --force
-    code, out = raw(api_lab, "POST", "/api/v1/namespaces/demo/pods", {
+    code, out = api_lab.request("POST", "/api/v1/namespaces/demo/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": bare, "namespace": "demo"},
         "spec": {"nodeName": target, "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "sh", "image": "busybox:1.36", "command": ["sleep", "infinity"]}]}})
@@ -501,7 +488,7 @@ def test_drain_grace_period_and_mirror_pods(api_lab, settled):
     kube = settled
     target = ready_pods(kube, "app=web")[0].node
     mirror = f"static-{uuid.uuid4().hex[:6]}-{target}"   # what the kubelet shows for a static pod
-    code, out = raw(api_lab, "POST", "/api/v1/namespaces/kube-system/pods", {
+    code, out = api_lab.request("POST", "/api/v1/namespaces/kube-system/pods", {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": mirror, "namespace": "kube-system",
                      "annotations": {"kubernetes.io/config.mirror": "abc123", "kubernetes.io/config.source": "file"}},
@@ -521,7 +508,7 @@ def test_drain_grace_period_and_mirror_pods(api_lab, settled):
         assert any(p.name == mirror for p in kube.list_pods(node=target)), "a mirror pod is left alone"
         print(result.evidence())
     finally:
-        raw(api_lab, "DELETE", f"/api/v1/namespaces/kube-system/pods/{mirror}")
+        api_lab.request("DELETE", f"/api/v1/namespaces/kube-system/pods/{mirror}")
         kube.uncordon(target)
     wait_until(lambda: len(ready_pods(kube, "app=web")) == 3, timeout=20, what="web back to 3 ready replicas")
 
@@ -625,7 +612,7 @@ def test_lock_keeper_renews_while_a_long_step_runs(settled, lock_name):
 def answer_code(api_lab) -> int:
     """The status of one plain request, 0 when the connection is dropped."""
     try:
-        return raw(api_lab, "GET", "/api/v1/nodes")[0]
+        return api_lab.request("GET", "/api/v1/nodes")[0]
     except OSError:
         return 0
 

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from apiservertools import StandaloneApiServer, standalone_api_server, start_server, stop_server
+from apiservertools import standalone_api_server, start_server, stop_server
 from labkit import wait_until
 
 pytestmark = pytest.mark.lab
@@ -63,19 +63,6 @@ def api_error(call, *args, **kwargs):
     with pytest.raises(ApiException) as info:
         call(*args, **kwargs)
     return info.value.status, json.loads(info.value.body)
-
-
-def raw(lab: StandaloneApiServer, method: str, path: str, body: object = None,
-        ctype: str = "application/json") -> tuple[int, dict]:
-    """One request as bytes on the wire (for what the client refuses to send)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(lab.config.api_url + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {lab.config.token}", "Content-Type": ctype})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 # -- discovery, version, nodes ------------------------------------------------------------------
@@ -221,7 +208,7 @@ def test_status_bodies_for_errors(fake_lab, k8s):
         "metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
     assert status == 422 and body["reason"] == "Invalid"
     assert body["details"]["causes"][0]["field"] == "metadata.name"
-    status, body = raw(fake_lab, "POST", "/api/v1/namespaces/demo/pods", {"metadata": {"name": "empty"}, "spec": {}})
+    status, body = fake_lab.request("POST", "/api/v1/namespaces/demo/pods", {"metadata": {"name": "empty"}, "spec": {}})
     assert status == 422 and body["message"] == 'Pod "empty" is invalid: spec.containers: Required value'
     status, body = api_error(core.create_namespaced_pod, "nowhere", {
         "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
@@ -261,8 +248,8 @@ def test_patch_strategic_merge_and_json(fake_lab, k8s):
     core.patch_node("node3", {"metadata": {"labels": {"nodegate.io/test": "smp"}}})  # strategic merge
     assert core.read_node("node3").metadata.labels["nodegate.io/test"] == "smp"
     assert core.read_node("node3").metadata.labels["kubernetes.io/hostname"] == "node3"
-    status, _ = raw(fake_lab, "PATCH", "/api/v1/nodes/node3", {"metadata": {"labels": {"nodegate.io/test": None}}},
-                    "application/merge-patch+json")
+    status, _ = fake_lab.request("PATCH", "/api/v1/nodes/node3", {"metadata": {"labels": {"nodegate.io/test": None}}},
+                                 content_type="application/merge-patch+json")
     assert status == 200
     assert "nodegate.io/test" not in core.read_node("node3").metadata.labels
     core.patch_node("node3", [{"op": "add", "path": "/metadata/annotations/nodegate.io~1step", "value": "drain"}])
