@@ -31,34 +31,12 @@ from nodegate.lab.config import LabConfig
 # importable reliably); this folder is put on sys.path explicitly, whatever the import mode.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labkit import wait_until  # noqa: E402  (also the `poll` fixture)
+from labkit import nodegate, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
 
 TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 TEST_LAB_DIR = Path(os.environ.get("NODEGATE_TEST_LAB_DIR", f"/tmp/nodegate-test-lab-net{TEST_NET}"))
 KEEP_LAB = os.environ.get("NODEGATE_KEEP_LAB") == "1"
 EXTRA_NET_BASE = (TEST_NET + 100) % 250
-
-
-def nodegate(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real `nodegate` CLI (as `python -m nodegate`) and return its result."""
-    result = subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"nodegate {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
-def ssh(config: LabConfig, node: str, command: str, *, check: bool = True, timeout: float = 60,
-        multiplex: bool = True) -> subprocess.CompletedProcess:
-    """Run one command on a lab node over real ssh with the lab's ssh/config."""
-    argv = ["ssh", "-F", str(config.dir / "ssh/config")]
-    if not multiplex:
-        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
-    result = subprocess.run([*argv, node, command], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"ssh {node} {command!r} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def _running(lab_dir: Path) -> bool:

@@ -9,12 +9,11 @@ Each lab part these tests need runs on its own address octet, derived from NODEG
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from apiservertools import standalone_api_server
+from labkit import nodegate
 
 from nodegate.lab.config import LabConfig
 from nodegate.profile import NodeSpec, SSHSettings
@@ -23,13 +22,6 @@ TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 NODES_NET = (TEST_NET + 60) % 250
 API_NET = (TEST_NET + 61) % 250
 CEPH_NET = (TEST_NET + 62) % 250
-
-
-def run_nodegate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"nodegate {' '.join(args)}: rc {result.returncode}\n{result.stdout}{result.stderr}"
-    return result
 
 
 def node_specs(config: LabConfig) -> list[NodeSpec]:
@@ -50,12 +42,11 @@ def ssh_settings(lab: LabConfig, *, with_config: bool = True, **overrides) -> SS
 def bare_lab():
     """Two real nodes (sshd as PID 1, dpkg/apt) with no other services; taken down at the end."""
     lab_dir = Path(f"/tmp/nodegate-access-nodes-net{NODES_NET}")
-    run_nodegate("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--net", str(NODES_NET), "--bare",
-                 "--boot-delay", "1")
+    nodegate("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--net", str(NODES_NET), "--bare",
+             "--boot-delay", "1", timeout=300)
     config = LabConfig.load(lab_dir)
     yield config
-    subprocess.run([sys.executable, "-m", "nodegate", "lab", "down", "--dir", str(lab_dir)],
-                   capture_output=True, timeout=120, check=False)
+    nodegate("lab", "down", "--dir", str(lab_dir), timeout=120, check=False)
 
 
 @pytest.fixture(scope="session")

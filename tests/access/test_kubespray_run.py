@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from labkit import nodegate, ssh
 
 from nodegate import kubespray
 from nodegate.errors import UsageError
@@ -25,8 +25,7 @@ PRISTINE_TASKS = Path(__file__).parents[2] / "nodegate/lab/kubespray_tree" / DOC
 
 
 def reset(lab, node: str = "node2") -> None:
-    subprocess.run([sys.executable, "-m", "nodegate", "lab", "reset", node, "--dir", str(lab.dir)],
-                   check=True, capture_output=True, timeout=120)
+    nodegate("lab", "reset", node, "--dir", str(lab.dir), timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,7 @@ def fresh(klab):
 
 
 def on(lab, node: str, command: str) -> str:
-    return subprocess.run(["ssh", "-F", str(lab.dir / "ssh/config"), node, command], capture_output=True, text=True,
-                          check=True, timeout=120).stdout
+    return ssh(lab, node, command, timeout=120).stdout
 
 
 def packages(lab, node: str) -> dict[str, tuple[str, str]]:
@@ -179,14 +177,12 @@ def test_inventory_secrets_are_registered_from_every_vars_file(klab):
 
 
 def test_a_node_that_is_down_is_unreachable_not_a_playbook_bug(klab, profile):
-    subprocess.run([sys.executable, "-m", "nodegate", "lab", "power-off", "node2", "--dir", str(klab.dir)],
-                   check=True, capture_output=True, timeout=60)
+    nodegate("lab", "power-off", "node2", "--dir", str(klab.dir), timeout=60)
     try:
         with pytest.raises(kubespray.KubesprayUnreachable) as caught:
             kubespray.upgrade_node(profile=profile, node="node2", timeout_s=120)
     finally:
-        subprocess.run([sys.executable, "-m", "nodegate", "lab", "power-on", "node2", "--dir", str(klab.dir)],
-                       check=True, capture_output=True, timeout=60)
+        nodegate("lab", "power-on", "node2", "--dir", str(klab.dir), timeout=60)
     error = caught.value
     assert "could not reach node2" in error.message
     assert error.result.node_recap.unreachable == 1
