@@ -296,24 +296,16 @@ def stop_pid(pid: int, *, timeout_s: float = 5.0, sig: int = signal.SIGTERM) -> 
     """Signal one process by PID, escalate to SIGKILL after timeout_s; True once it is gone."""
     if not pid_alive(pid):
         return True
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
+    for signum, wait_s in ((sig, timeout_s), (signal.SIGKILL, 3.0)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
             return True
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.02)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.02)
     raise TransientError(f"process {pid} did not end after SIGKILL")
 
 
