@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodegate.errors import PermanentError, TransientError
+from nodegate.lab.apiserver.nodes import read_os_release
 from nodegate.lab.config import LabConfig, LabNode
 from nodegate.lab.image import base_rootfs
 from nodegate.lab.profile_files import SshFiles
@@ -274,18 +275,9 @@ class NodeRuntime:
         return current
 
     def os_release(self) -> dict[str, str]:
-        """The node's /etc/os-release as the host reads it through the overlay."""
-        path = self.root / "etc/os-release"
-        values = {}
-        try:
-            text = path.read_text()
-        except OSError:
-            return values
-        for line in text.splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, _, value = line.partition("=")
-                values[key.strip()] = value.strip().strip('"')
-        return values
+        """The node's /etc/os-release as the host reads it through the overlay (its symlinks
+        resolved inside the node), read as the API server's kubelet reads it."""
+        return read_os_release(self.root)
 
 
 def new_boot_id() -> str:

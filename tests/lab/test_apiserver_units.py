@@ -58,6 +58,20 @@ def test_os_release_symlink_resolves_inside_the_node_root(tmp_path):
     assert read_os_release(root)["PRETTY_NAME"] == "Ubuntu 22.04.5 LTS"
 
 
+def test_lab_status_reads_the_release_as_the_api_server_does(tmp_path):
+    """`nodegate lab status` (NodeRuntime.os_release) shares the server's reader, symlinks resolved inside."""
+    from nodegate.lab.node import NodeRuntime
+
+    config = LabConfig.new(tmp_path, 1)
+    root = NodeRuntime(config, config.nodes[0]).root
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "usr/lib/os-release").write_text('PRETTY_NAME="Ubuntu 24.04.1 LTS"\nVERSION_ID="24.04"\n')
+    (root / "etc/os-release").symlink_to("/usr/lib/os-release")
+    assert NodeRuntime(config, config.nodes[0]).os_release() == {"PRETTY_NAME": "Ubuntu 24.04.1 LTS",
+                                                                 "VERSION_ID": "24.04"}
+
+
 def test_taints_tolerations_and_node_affinity():
     taint = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
     assert tolerates([{"key": taint["key"], "operator": "Exists", "effect": "NoSchedule"}], taint)
