@@ -181,21 +181,19 @@ def test_multus_fails_with_limit_unless_skipped_and_passes_on_the_whole_cluster(
     assert recap(run.output, "node1")["failed"] == 0 and recap(run.output, "node2")["failed"] == 0
 
 
-def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fresh_node2, on, cli):
+def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fresh_node2, on, cli, poll):
     """The seed's path: unhold, dist-upgrade, do-release-upgrade to jammy, reboot, then Kubespray
     with `force: true` re-adds the docker source for jammy (signed-by) and installs the jammy builds."""
     on("node2", "apt-mark unhold containerd.io docker-ce docker-ce-cli >/dev/null && apt-get -qq update 2>/dev/null; "
                 "DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o Dpkg::Options::=--force-confold dist-upgrade "
                 ">/dev/null && do-release-upgrade -f DistUpgradeViewNonInteractive >/dev/null", timeout=120)
     on("node2", "reboot", check=False)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(1)
+    time.sleep(1)  # the first look once the reboot has begun
+
+    def on_jammy() -> bool:
         state = on("node2", ". /etc/os-release && echo $VERSION_CODENAME", check=False, multiplex=False)
-        if state.returncode == 0 and state.stdout.strip() == "jammy":
-            break
-    else:
-        pytest.fail("node2 did not come back on jammy within 60 s")
+        return state.returncode == 0 and state.stdout.strip() == "jammy"
+    poll(on_jammy, timeout=60, interval=1, what="node2 back on jammy")
     assert "# disabled on upgrade to jammy" in on("node2", "cat /etc/apt/sources.list.d/docker.list").stdout
     apply_force_fix(klab.dir / "kubespray")
     run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
