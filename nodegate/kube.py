@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import tenacity
 
@@ -620,12 +621,32 @@ class Kube:
         configuration.proxy = configuration.proxy
         self.server = configuration.host
         self.origin = f"context {wanted} in {path}"
-        api = client.ApiClient(configuration)
-        self.core = client.CoreV1Api(api)
-        self.policy = client.PolicyV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
-        self.version_api = client.VersionApi(api)
-        return api
+        # The generated API classes (CoreV1Api alone is a 63,000-line module, ~0.5 s to import)
+        # and their pydantic models are built on first use only: reads go through ``_get`` (plain
+        # JSON on this same client: its TLS, auth and proxy settings), so a checks run never
+        # loads them; writes, evictions and the watch use them.
+        return client.ApiClient(configuration)
+
+    def _generated(self, attr: str, cls_name: str) -> Any:
+        api = self._load()
+        found = self.__dict__.get(attr)
+        if found is None:
+            from kubernetes import client
+
+            found = self.__dict__[attr] = getattr(client, cls_name)(api)
+        return found
+
+    @property
+    def core(self) -> Any:
+        return self._generated("_core", "CoreV1Api")
+
+    @property
+    def policy(self) -> Any:
+        return self._generated("_policy", "PolicyV1Api")
+
+    @property
+    def coordination(self) -> Any:
+        return self._generated("_coordination", "CoordinationV1Api")
 
     def close(self) -> None:
         if self._api is not None:
@@ -665,6 +686,46 @@ class Kube:
             reraise=True,
         )
         return retrying(once)
+
+    def _serialize(self, method: str, path: str, query: Sequence[tuple[str, Any]] = ()) -> tuple:
+        """(method, url, headers, body, post_params) for ``path`` (already quoted) with the
+        client's authentication, as a generated method would build them."""
+        return self._load().param_serialize(method=method, resource_path=path, query_params=list(query),
+                                            header_params={"Accept": "application/json"},
+                                            collection_formats={"command": "multi"},
+                                            auth_settings=["BearerToken"])
+
+    def _get(self, what: str, path: str, /, *, query: Sequence[tuple[str, Any]] = (), text: bool = False,
+             attempts: int | None = None) -> Any:
+        """GET ``path`` and return its JSON (``text``: the body as text), with the retries and
+        error translation of ``_call``. No generated class or model is involved: building those
+        costs more than the request on a small cluster."""
+        __tracebackhide__ = True
+
+        def once() -> Any:
+            from kubernetes.client.exceptions import ApiException
+
+            method, url, headers, _, _ = self._serialize("GET", path, query)
+            response = self._api.call_api(method, url, header_params=headers, _request_timeout=self.request_timeout)
+            body = response.read()
+            decoded = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+            if not 200 <= response.status <= 299:
+                raise ApiException.from_response(http_resp=response, body=decoded, data=None)
+            if text:
+                return decoded
+            try:
+                return json.loads(decoded)
+            except ValueError:
+                raise PermanentError(f"the Kubernetes API at {self.server} answered {what} with no JSON: "
+                                     f"{decoded[:200]!r}") from None
+
+        return self._call(what, once, attempts=attempts)
+
+    def _plain(self, obj: Any) -> Mapping[str, Any]:
+        """A generated model (a write's or the watch's answer) as the API's JSON would have it."""
+        if isinstance(obj, Mapping):
+            return obj
+        return self._load().sanitize_for_serialization(obj)
 
     def _translate(self, exc: BaseException, what: str) -> Exception | None:
         """Map a client/urllib3 exception to nodegate's hierarchy (None: not ours, re-raise)."""
@@ -732,8 +793,8 @@ class Kube:
     # -- server -------------------------------------------------------------------------
     def server_version(self, *, attempts: int | None = None) -> str:
         """The API server's gitVersion, e.g. 'v1.25.6'."""
-        info = self._call("read the server version", "version_api.get_code", attempts=attempts)
-        return info.git_version
+        info = self._get("read the server version", "/version", attempts=attempts)
+        return str(info.get("gitVersion") or "")
 
     # -- nodes -----------------------------------------------------------------------------
     def get_node(self, name: str) -> NodeStatus | None:
@@ -746,7 +807,7 @@ class Kube:
     def node(self, name: str) -> NodeStatus:
         """The node's status; NotFoundError (naming the nodes there are) if there is none."""
         try:
-            node = self._call(f"read node {name}", "core.read_node", name)
+            node = self._get(f"read node {name}", f"/api/v1/nodes/{_q(name)}")
         except NotFoundError:
             known = ", ".join(n.name for n in self.list_nodes()) or "(none)"
             raise NotFoundError(f"the cluster has no node {name!r} (nodes: {known})",
@@ -754,9 +815,8 @@ class Kube:
         return self._node_status(node)
 
     def list_nodes(self, *, selector: str | None = None) -> list[NodeStatus]:
-        kwargs = {"label_selector": selector} if selector else {}
-        nodes = self._call("list nodes", "core.list_node", **kwargs)
-        return [self._node_status(n) for n in nodes.items]
+        nodes = self._get("list nodes", "/api/v1/nodes", query=[("labelSelector", selector)] if selector else ())
+        return [self._node_status(n) for n in nodes.get("items") or ()]
 
     def cordon(self, name: str, *, by: str | None = None) -> CordonResult:
         """Mark the node unschedulable (``kubectl cordon``). ``changed`` says whether this call did
@@ -776,7 +836,7 @@ class Kube:
                 done = self._call(f"cordon node {name}", "core.patch_node", name, patch)
             except ConflictError:
                 continue  # the node changed since we read it (the kubelet posts status): read again
-            status = self._node_status(done)
+            status = self._node_status(self._plain(done))
             log.info("cordoned node %s%s", name, f" (recorded as {by})" if by else "")
             return CordonResult(node=name, unschedulable=True, changed=True, cordoned_by=status.cordoned_by)
         raise ConflictError(f"node {name} kept changing while cordoning it (3 tries)")
@@ -844,9 +904,10 @@ class Kube:
                                       "does not come back, reach it out of band (BMC/IPMI console)")
             stream = watch.Watch()
             try:
-                listing = self._call(f"read node {name}", "core.list_node", field_selector=selector, attempts=1)
-                if listing.items:
-                    status = self._node_status(listing.items[0])
+                listing = self._get(f"read node {name}", "/api/v1/nodes", query=[("fieldSelector", selector)],
+                                    attempts=1)
+                if listing.get("items"):
+                    status = self._node_status(listing["items"][0])
                     if until(status):
                         return status
                     reporter.seen(status.describe())
@@ -854,7 +915,7 @@ class Kube:
                     reporter.seen(f"node {name} does not exist")
                 window = max(1, int(min(progress_every, remaining) + 0.999))
                 events = stream.stream(self.core.list_node, field_selector=selector,
-                                       resource_version=listing.metadata.resource_version,
+                                       resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
                                        timeout_seconds=window,
                                        _request_timeout=(self.request_timeout[0], window + 5.0))
                 for event in events:
@@ -863,7 +924,7 @@ class Kube:
                         continue
                     if event["type"] not in ("ADDED", "MODIFIED"):
                         continue
-                    status = self._node_status(event["object"])
+                    status = self._node_status(self._plain(event["object"]))
                     if until(status):
                         return status
                     reporter.seen(status.describe())
@@ -901,53 +962,52 @@ class Kube:
         return self.watch_node(name, until=ready, timeout=timeout, what=what, progress_every=progress_every,
                                on_progress=on_progress)
 
-    def _node_status(self, node: Any) -> NodeStatus:
-        meta, spec, status = node.metadata, node.spec, node.status
-        conditions = tuple(NodeCondition(type=c.type, status=c.status, reason=c.reason or "",
-                                         message=c.message or "",
-                                         last_transition=_stamp(c.last_transition_time))
-                           for c in (status.conditions if status and status.conditions else []))
+    def _node_status(self, node: Mapping[str, Any]) -> NodeStatus:
+        """A Node as the API's JSON has it (camelCase keys) reduced to what the checks decide on."""
+        meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
+        conditions = tuple(NodeCondition(type=c.get("type") or "", status=c.get("status") or "",
+                                         reason=c.get("reason") or "", message=c.get("message") or "",
+                                         last_transition=_stamp(c.get("lastTransitionTime")))
+                           for c in status.get("conditions") or ())
         ready = next((c.status for c in conditions if c.type == "Ready"), "Unknown")
-        info = status.node_info if status else None
+        info = status.get("nodeInfo")
         return NodeStatus(
-            name=meta.name,
+            name=meta.get("name") or "",
             ready=ready,
             conditions=conditions,
-            unschedulable=bool(spec and spec.unschedulable),
-            taints=tuple(Taint(key=t.key, effect=t.effect, value=t.value or "")
-                         for t in (spec.taints if spec and spec.taints else [])),
-            labels=dict(meta.labels or {}),
-            annotations=dict(meta.annotations or {}),
+            unschedulable=bool(spec.get("unschedulable")),
+            taints=tuple(Taint(key=t.get("key") or "", effect=t.get("effect") or "", value=t.get("value") or "")
+                         for t in spec.get("taints") or ()),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
             info=NodeInfo(
-                kubelet_version=info.kubelet_version or "", kube_proxy_version=info.kube_proxy_version or "",
-                os_image=info.os_image or "", kernel_version=info.kernel_version or "",
-                operating_system=info.operating_system or "", architecture=info.architecture or "",
-                container_runtime_version=info.container_runtime_version or "", boot_id=info.boot_id or "",
-                machine_id=info.machine_id or "", system_uuid=info.system_uuid or "",
+                kubelet_version=info.get("kubeletVersion") or "", kube_proxy_version=info.get("kubeProxyVersion") or "",
+                os_image=info.get("osImage") or "", kernel_version=info.get("kernelVersion") or "",
+                operating_system=info.get("operatingSystem") or "", architecture=info.get("architecture") or "",
+                container_runtime_version=info.get("containerRuntimeVersion") or "", boot_id=info.get("bootID") or "",
+                machine_id=info.get("machineID") or "", system_uuid=info.get("systemUUID") or "",
             ) if info is not None else NodeInfo(),
-            addresses=tuple((a.type, a.address) for a in (status.addresses if status and status.addresses else [])),
-            resource_version=meta.resource_version or "",
-            raw=self._api.sanitize_for_serialization(node),
+            addresses=tuple((a.get("type") or "", a.get("address") or "") for a in status.get("addresses") or ()),
+            resource_version=meta.get("resourceVersion") or "",
+            raw=node,
         )
 
     # -- pods ------------------------------------------------------------------------------
     def list_pods(self, *, node: str | None = None, namespace: str | None = None,
                   selector: str | None = None) -> list[PodSummary]:
         """Pods, narrowed on the server: by node (field selector spec.nodeName), namespace, labels."""
-        kwargs: dict[str, Any] = {}
+        query: list[tuple[str, str]] = []
         if node:
-            kwargs["field_selector"] = f"spec.nodeName={node}"
+            query.append(("fieldSelector", f"spec.nodeName={node}"))
         if selector:
-            kwargs["label_selector"] = selector
+            query.append(("labelSelector", selector))
         where = " ".join(filter(None, [f"on node {node}" if node else "",
                                        f"in namespace {namespace}" if namespace else "",
                                        f"matching {selector}" if selector else ""]))
         what = f"list pods {where}".strip()
-        if namespace:
-            pods = self._call(what, "core.list_namespaced_pod", namespace, **kwargs)
-        else:
-            pods = self._call(what, "core.list_pod_for_all_namespaces", **kwargs)
-        return [pod_summary(p) for p in pods.items]
+        path = f"/api/v1/namespaces/{_q(namespace)}/pods" if namespace else "/api/v1/pods"
+        pods = self._get(what, path, query=query)
+        return [pod_summary(p) for p in pods.get("items") or ()]
 
     def evict(self, pod: PodSummary, *, grace_period_s: int | None = None,
               attempts: int | None = None) -> EvictionResult:
@@ -979,16 +1039,15 @@ class Kube:
 
     def list_pdbs(self, *, namespace: str | None = None) -> list[PdbSummary]:
         if namespace:
-            pdbs = self._call(f"list PodDisruptionBudgets in {namespace}",
-                              "policy.list_namespaced_pod_disruption_budget", namespace)
+            pdbs = self._get(f"list PodDisruptionBudgets in {namespace}",
+                             f"/apis/policy/v1/namespaces/{_q(namespace)}/poddisruptionbudgets")
         else:
-            pdbs = self._call("list PodDisruptionBudgets", "policy.list_pod_disruption_budget_for_all_namespaces")
+            pdbs = self._get("list PodDisruptionBudgets", "/apis/policy/v1/poddisruptionbudgets")
         result = []
-        for pdb in pdbs.items:
-            raw = self._api.sanitize_for_serialization(pdb)
-            spec, status = raw.get("spec") or {}, raw.get("status") or {}
+        for raw in pdbs.get("items") or ():
+            meta, spec, status = raw.get("metadata") or {}, raw.get("spec") or {}, raw.get("status") or {}
             result.append(PdbSummary(
-                namespace=pdb.metadata.namespace, name=pdb.metadata.name,
+                namespace=meta.get("namespace") or "", name=meta.get("name") or "",
                 selector=spec.get("selector"),
                 min_available=spec.get("minAvailable"), max_unavailable=spec.get("maxUnavailable"),
                 disruptions_allowed=int(status.get("disruptionsAllowed") or 0),
@@ -997,13 +1056,15 @@ class Kube:
                 expected_pods=int(status.get("expectedPods") or 0)))
         return result
 
-    def pods_blocking_eviction(self, node: str) -> list[EvictionBlocker]:
+    def pods_blocking_eviction(self, node: str, *, pods: Sequence[PodSummary] | None = None,
+                               pdbs: Sequence[PdbSummary] | None = None) -> list[EvictionBlocker]:
         """Pods on ``node`` that a drain would have to evict and that a PodDisruptionBudget
         protects with no disruption allowed now (status.disruptionsAllowed < 1). Read-only:
-        the preflight check asks this instead of trying an eviction."""
-        pods = [p for p in self.list_pods(node=node)
+        the preflight check asks this instead of trying an eviction. ``pods`` (the pods on the
+        node) and ``pdbs`` (every PDB) may be handed in when already read for many nodes."""
+        pods = [p for p in (self.list_pods(node=node) if pods is None else pods)
                 if not (p.daemonset or p.mirror or p.finished or p.deleting)]
-        pdbs = self.list_pdbs() if pods else []
+        pdbs = (self.list_pdbs() if pdbs is None else pdbs) if pods else []
         return [EvictionBlocker(pod=pod, pdb=pdb) for pod in pods for pdb in pdbs
                 if pdb.matches(pod) and pdb.disruptions_allowed < 1]
 
@@ -1171,18 +1232,21 @@ class Kube:
                  progress_every=progress_every, fix=f"drain node {node} again, or look at the pods still there")
 
     def pod_log(self, *, namespace: str, name: str, container: str | None = None, tail: int = 200) -> str:
-        kwargs: dict[str, Any] = {"tail_lines": tail}
+        query: list[tuple[str, Any]] = [("tailLines", tail)]
         if container:
-            kwargs["container"] = container
-        return self._call(f"read the log of pod {namespace}/{name}", "core.read_namespaced_pod_log",
-                          name, namespace, **kwargs)
+            query.insert(0, ("container", container))
+        return self._get(f"read the log of pod {namespace}/{name}",
+                         f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}/log", query=query, text=True)
 
     def csi_rbdplugin(self, node: str, *, namespace: str = "rook-ceph", selector: str = CSI_RBD_SELECTOR,
-                      log_lines: int = 100) -> CsiPluginHealth:
+                      log_lines: int = 100, pods: Sequence[PodSummary] | None = None) -> CsiPluginHealth:
         """The csi-rbdplugin pod on ``node``: Ready, restarts, CrashLoopBackOff, and what its recent
         logs say: the registrar "Still connecting to unix:///csi/csi.sock" (the plugin never came
-        up) and the plugin's own failure to load the rbd module (the rbd.ko.zst symptom)."""
-        pods = [p for p in self.list_pods(node=node, namespace=namespace, selector=selector) if not p.deleting]
+        up) and the plugin's own failure to load the rbd module (the rbd.ko.zst symptom).
+        ``pods``: the plugin pods on the node, when already read (for many nodes at once)."""
+        if pods is None:
+            pods = self.list_pods(node=node, namespace=namespace, selector=selector)
+        pods = [p for p in pods if not p.deleting]
         if not pods:
             return CsiPluginHealth(node=node, pod=None, ready=False, restarts=0, crash_looping=())
         pod = pods[0]
@@ -1211,10 +1275,9 @@ class Kube:
         retried on transient errors (nothing ran yet); a command that does not finish within
         ``timeout`` raises ExecTimeout and is not retried (it may have had effects)."""
         __tracebackhide__ = True
-        self._load()
+        api = self._load()
         import websocket
-        from kubernetes.stream import stream
-        from kubernetes.stream.ws_client import ERROR_CHANNEL
+        from kubernetes.stream.ws_client import ERROR_CHANNEL, websocket_call
 
         command = tuple(command)
         what = f"exec `{' '.join(command)}` in pod {namespace}/{pod}"
@@ -1223,12 +1286,20 @@ class Kube:
         if websocket.getdefaulttimeout() is None:
             websocket.setdefaulttimeout(self.request_timeout[1])
 
+        query: list[tuple[str, Any]] = [("command", list(command))]
+        if container:
+            query.append(("container", container))
+        query += [("stderr", True), ("stdin", False), ("stdout", True), ("tty", False)]
+
         def open_stream() -> Any:
-            kwargs: dict[str, Any] = {"command": list(command), "stderr": True, "stdin": False,
-                                      "stdout": True, "tty": False, "_preload_content": False}
-            if container:
-                kwargs["container"] = container
-            return stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+            # the client's own websocket transport (kubernetes.stream), called with the request a
+            # generated connect_get_namespaced_pod_exec would make, on this client's configuration;
+            # unlike kubernetes.stream.stream it does not swap the shared client's call_api meanwhile
+            _, url, headers, _, _ = self._serialize("GET", f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(pod)}/exec",
+                                                    query)
+            headers = {**headers, "Accept": "*/*"}
+            return websocket_call(api.configuration, "GET", url, headers=headers, _preload_content=False,
+                                  _request_timeout=self.request_timeout)
 
         started = time.monotonic()
         ws = self._call(what, open_stream)
@@ -1261,7 +1332,8 @@ class Kube:
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         """The Lease, or None if there is none."""
         try:
-            lease = self._call(f"read lease {namespace}/{name}", "coordination.read_namespaced_lease", name, namespace)
+            lease = self._get(f"read lease {namespace}/{name}",
+                              f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases/{_q(name)}")
         except NotFoundError:
             return None
         return _lease_info(lease)
@@ -1278,8 +1350,8 @@ class Kube:
             "metadata": {"name": name, "namespace": namespace, "annotations": dict(annotations or {})},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": int(duration_s), "acquireTime": stamp,
                      "renewTime": stamp, "leaseTransitions": 0}})
-        return _lease_info(self._call(f"create lease {namespace}/{name}", "coordination.create_namespaced_lease",
-                                      namespace, body))
+        return _lease_info(self._plain(self._call(f"create lease {namespace}/{name}",
+                                                  "coordination.create_namespaced_lease", namespace, body)))
 
     def replace_lease(self, lease: LeaseInfo, *, holder: str, duration_s: int | None = None,
                       annotations: Mapping[str, str] | None = None) -> LeaseInfo:
@@ -1301,8 +1373,9 @@ class Kube:
                      "acquireTime": now if taken_over or lease.acquire_time is None else _micro(lease.acquire_time),
                      "renewTime": now,
                      "leaseTransitions": lease.transitions + (1 if taken_over and lease.holder else 0)}})
-        return _lease_info(self._call(f"replace lease {lease.namespace}/{lease.name}",
-                                      "coordination.replace_namespaced_lease", lease.name, lease.namespace, body))
+        return _lease_info(self._plain(self._call(f"replace lease {lease.namespace}/{lease.name}",
+                                                  "coordination.replace_namespaced_lease", lease.name,
+                                                  lease.namespace, body)))
 
     def delete_lease(self, namespace: str, name: str, *, resource_version: str | None = None) -> bool:
         """Delete the Lease (only if unchanged since ``resource_version``, when given).
@@ -1442,43 +1515,43 @@ class LockKeeper:
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def pod_summary(pod: Any) -> PodSummary:
-    """A client V1Pod reduced to what drain and health checks decide on."""
-    meta, spec, status = pod.metadata, pod.spec, pod.status
-    owner = next((o for o in (meta.owner_references or []) if o.controller), None)
-    statuses = (status.container_statuses if status and status.container_statuses else [])
+def pod_summary(pod: Mapping[str, Any]) -> PodSummary:
+    """A Pod as the API's JSON has it (camelCase keys) reduced to what drain and health checks decide on."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    owner = next((o for o in meta.get("ownerReferences") or () if o.get("controller")), None)
     containers = []
-    for cs in statuses:
+    for cs in status.get("containerStatuses") or ():
         state, reason = "unknown", ""
-        if cs.state is not None:
-            if cs.state.running is not None:
+        current = cs.get("state")
+        if current:
+            if current.get("running") is not None:
                 state = "running"
-            elif cs.state.waiting is not None:
-                state, reason = "waiting", cs.state.waiting.reason or ""
-            elif cs.state.terminated is not None:
-                state, reason = "terminated", cs.state.terminated.reason or ""
-        containers.append(ContainerSummary(name=cs.name, ready=bool(cs.ready), restarts=int(cs.restart_count or 0),
-                                           state=state, reason=reason, image=cs.image or ""))
-    ready_cond = next((c for c in (status.conditions if status and status.conditions else [])
-                       if c.type == "Ready"), None)
-    annotations = meta.annotations or {}
+            elif current.get("waiting") is not None:
+                state, reason = "waiting", current["waiting"].get("reason") or ""
+            elif current.get("terminated") is not None:
+                state, reason = "terminated", current["terminated"].get("reason") or ""
+        containers.append(ContainerSummary(name=cs.get("name") or "", ready=bool(cs.get("ready")),
+                                           restarts=int(cs.get("restartCount") or 0), state=state, reason=reason,
+                                           image=cs.get("image") or ""))
+    ready_cond = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    annotations = meta.get("annotations") or {}
     return PodSummary(
-        namespace=meta.namespace,
-        name=meta.name,
-        uid=meta.uid or "",
-        node=spec.node_name if spec else None,
-        phase=(status.phase if status and status.phase else "Unknown"),
-        owner_kind=owner.kind if owner else None,
-        owner_name=owner.name if owner else None,
-        daemonset=bool(owner and owner.kind == "DaemonSet"),
+        namespace=meta.get("namespace") or "",
+        name=meta.get("name") or "",
+        uid=meta.get("uid") or "",
+        node=spec.get("nodeName") if spec else None,
+        phase=status.get("phase") or "Unknown",
+        owner_kind=owner.get("kind") if owner else None,
+        owner_name=owner.get("name") if owner else None,
+        daemonset=bool(owner and owner.get("kind") == "DaemonSet"),
         mirror=MIRROR_ANNOTATION in annotations,
-        uses_emptydir=any(v.empty_dir is not None for v in (spec.volumes or [] if spec else [])),
-        ready=bool(ready_cond and ready_cond.status == "True"),
+        uses_emptydir=any(v.get("emptyDir") is not None for v in spec.get("volumes") or ()),
+        ready=bool(ready_cond and ready_cond.get("status") == "True"),
         restarts=sum(c.restarts for c in containers),
-        deleting=meta.deletion_timestamp is not None,
-        labels=dict(meta.labels or {}),
+        deleting=meta.get("deletionTimestamp") is not None,
+        labels=dict(meta.get("labels") or {}),
         containers=tuple(containers),
-        grace_period_s=spec.termination_grace_period_seconds if spec else None,
+        grace_period_s=spec.get("terminationGracePeriodSeconds") if spec else None,
     )
 
 
@@ -1583,17 +1656,17 @@ def _exec_rc(status_text: str, what: str) -> int:
     raise PermanentError(f"{what} failed: {status.get('message') or status_text[:200]}")
 
 
-def _lease_info(lease: Any) -> LeaseInfo:
-    spec = lease.spec
+def _lease_info(lease: Mapping[str, Any]) -> LeaseInfo:
+    meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
     return LeaseInfo(
-        namespace=lease.metadata.namespace, name=lease.metadata.name,
-        holder=(spec.holder_identity or None) if spec else None,
-        duration_s=spec.lease_duration_seconds if spec else None,
-        acquire_time=_aware(spec.acquire_time) if spec and spec.acquire_time else None,
-        renew_time=_aware(spec.renew_time) if spec and spec.renew_time else None,
-        transitions=int(spec.lease_transitions or 0) if spec else 0,
-        resource_version=lease.metadata.resource_version or "",
-        annotations=dict(lease.metadata.annotations or {}))
+        namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+        holder=spec.get("holderIdentity") or None,
+        duration_s=spec.get("leaseDurationSeconds"),
+        acquire_time=_when(spec.get("acquireTime")),
+        renew_time=_when(spec.get("renewTime")),
+        transitions=int(spec.get("leaseTransitions") or 0),
+        resource_version=meta.get("resourceVersion") or "",
+        annotations=dict(meta.get("annotations") or {}))
 
 
 def _lock_held(current: LockInfo, *, node: str, take_over_stale: bool, stale_after_s: float | None) -> LockHeld:
@@ -1612,9 +1685,28 @@ def _lock_held(current: LockInfo, *, node: str, take_over_stale: bool, stale_aft
 
 
 def _stamp(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return ""
+    if isinstance(value, str):   # the API's RFC 3339 text, shown as a parsed datetime shows it
+        value = _when(value) or value
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _when(value: Any) -> dt.datetime | None:
+    """A MicroTime/Time of the API (RFC 3339 text, or a datetime from a generated model), UTC-aware."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return _aware(value)
+
+
+def _q(part: str) -> str:
+    """One path segment of a request (a node, pod or namespace name), quoted as the client quotes it."""
+    return quote(str(part), safe="")
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
