@@ -33,6 +33,9 @@ TARGET = "22.04"
 # hypothesis (a test extra, absent on an operator's machine) can deadlock-import annotated_types
 # against nodegate.reporting's background import of the Kubernetes client (see tests/checks)
 QUIET_PLUGINS = ("-p", "no:hypothesispytest")
+ROOK_NAMESPACE = "rook-ceph"
+ROOK_OPERATOR_PATH = f"/apis/apps/v1/namespaces/{ROOK_NAMESPACE}/deployments/rook-ceph-operator"
+CSI_RBDPLUGIN_PATH = f"/apis/apps/v1/namespaces/{ROOK_NAMESPACE}/daemonsets/csi-rbdplugin"
 _CASE = re.compile(r"test_upgrade\[(?P<node>[^\]]+?)-(?P<n>\d\d)-(?P<step>\w+)\]")
 
 
@@ -96,15 +99,15 @@ class Operator:
         env.pop("NODEGATE_CLUSTER", None)
         return env
 
-    def argv(self, profile: Path, *extra: str) -> tuple[list[str], Path]:
+    def argv(self, profile: Path, *extra: str, target: str = TARGET) -> tuple[list[str], Path]:
         self.count += 1
         junit = self.work / f"junit-{self.count}.xml"
         return ([sys.executable, "-m", "pytest", str(PROCEDURES), "--cluster", str(profile), "--node", NODE,
-                 "--target-release", TARGET, "--execute", "-v", "-rA", "--color=no", "-p", "no:randomly",
+                 "--target-release", target, "--execute", "-v", "-rA", "--color=no", "-p", "no:randomly",
                  "-p", "no:cacheprovider", *QUIET_PLUGINS, f"--junitxml={junit}", *extra], junit)
 
-    def run(self, profile: Path, *extra: str, timeout: float = 900) -> Run:
-        argv, junit = self.argv(profile, *extra)
+    def run(self, profile: Path, *extra: str, timeout: float = 900, target: str = TARGET) -> Run:
+        argv, junit = self.argv(profile, *extra, target=target)
         started = time.monotonic()
         done = subprocess.run(argv, cwd=self.work, env=self.env(), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
@@ -114,9 +117,9 @@ class Operator:
         return Run(rc=done.returncode, text=text, seconds=time.monotonic() - started, outcomes=outcomes,
                    messages=messages)
 
-    def start(self, profile: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
+    def start(self, profile: Path, *extra: str, target: str = TARGET) -> tuple[subprocess.Popen, Path, Path]:
         """The same run in the background (to be interrupted); returns (process, junit, log)."""
-        argv, junit = self.argv(profile, *extra)
+        argv, junit = self.argv(profile, *extra, target=target)
         log = self.work / f"run-{self.count}.log"
         proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 preexec_fn=terminal_signals,
@@ -130,8 +133,8 @@ class Operator:
         return Run(rc=proc.returncode, text=log.read_text(), seconds=time.monotonic() - started, outcomes=outcomes,
                    messages=messages)
 
-    def journal(self) -> list[dict]:
-        path = self.reports / "runs" / "journal" / "nodegate-lab" / f"{NODE}-{TARGET}.jsonl"
+    def journal(self, *, target: str = TARGET) -> list[dict]:
+        path = self.reports / "runs" / "journal" / "nodegate-lab" / f"{NODE}-{target}.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -261,13 +264,17 @@ class Lab:
         evicts (in the lab: Rook's OSD PDB)."""
         pods = [p for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished)]
         assert pods, f"no evictable pod on {NODE}"
-        raw = self._api("GET", f"/api/v1/namespaces/{pods[0].namespace}/pods/{pods[0].name}")
-        labels = raw["metadata"].get("labels", {})
-        for pdb in self._api("GET", f"/apis/policy/v1/namespaces/{pods[0].namespace}/poddisruptionbudgets")["items"]:
-            wanted = pdb["spec"].get("selector", {}).get("matchLabels", {})
-            if wanted and all(labels.get(k) == v for k, v in wanted.items()):
-                return pdb["metadata"]["namespace"], pdb["metadata"]["name"], pdb["spec"]
-        raise AssertionError(f"no PodDisruptionBudget covers {pods[0].ref}")
+        # The scheduler may also have put the demo app's pods there (their PDB has minAvailable,
+        # which set_pdb's maxUnavailable cannot tighten): Rook's OSD budget is the one wanted.
+        covering = []
+        for pod in pods:
+            labels = self._api("GET", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")["metadata"].get("labels", {})
+            for pdb in self._api("GET", f"/apis/policy/v1/namespaces/{pod.namespace}/poddisruptionbudgets")["items"]:
+                wanted = pdb["spec"].get("selector", {}).get("matchLabels", {})
+                if wanted and all(labels.get(k) == v for k, v in wanted.items()) and "maxUnavailable" in pdb["spec"]:
+                    covering.append((pdb["metadata"]["namespace"], pdb["metadata"]["name"], pdb["spec"]))
+        assert covering, f"no PodDisruptionBudget with maxUnavailable covers any of {[p.ref for p in pods]}"
+        return min(covering, key=lambda found: found[1] != "rook-ceph-osd")
 
     def set_pdb(self, namespace: str, name: str, spec_change: dict) -> None:
         """Change a PDB (merge patch), as Rook does when it tightens its OSD budgets."""
@@ -277,6 +284,56 @@ class Lab:
             headers={"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/merge-patch+json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200, response.status
+
+    # -- Rook, as an upgrade or a downgrade of it leaves the cluster -------------------------------
+    def rook_images(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(operator images, csi-rbdplugin images) of the pods as the harness reads them: every
+        pod with the label, terminating ones included."""
+        operator = self.kube.list_pods(namespace=ROOK_NAMESPACE, selector="app=rook-ceph-operator")
+        plugins = self.kube.list_pods(namespace=ROOK_NAMESPACE, selector="app=csi-rbdplugin")
+        return (frozenset(c.image for p in operator for c in p.containers),
+                frozenset(c.image for p in plugins for c in p.containers if c.name == "csi-rbdplugin"))
+
+    def set_rook(self, version: str, *, timeout: float = 120) -> bool:
+        """Move the lab's Rook to `version` as Rook's upgrade guide does it: the
+        operator Deployment gets rook/ceph:<version>, and the operator then rolls the csi-rbdplugin
+        DaemonSet to that release's default cephcsi (ROOK_CEPHCSI). Returns once every operator and
+        plugin pod runs the new images, Ready, with no old pod left; False if nothing had to change."""
+        from nodegate.lab.config import ROOK_CEPHCSI
+        from nodegate.waits import Done, NotYet, wait_for
+
+        operator_image, csi_image = f"rook/ceph:{version}", f"quay.io/cephcsi/cephcsi:{ROOK_CEPHCSI[version]}"
+        changed = False
+        for path, repository, image in ((ROOK_OPERATOR_PATH, "rook/ceph", operator_image),
+                                        (CSI_RBDPLUGIN_PATH, "cephcsi/cephcsi", csi_image)):
+            body = self._api("GET", path)
+            containers = body["spec"]["template"]["spec"]["containers"]
+            mine = [c for c in containers if c["image"].rsplit(":", 1)[0].endswith(repository)]
+            assert mine, f"no {repository} container in {path}"
+            if all(c["image"] == image for c in mine):
+                continue
+            for c in mine:
+                c["image"] = image
+            self._api("PUT", path, body)
+            changed = True
+        if not changed:
+            return False
+        nodes = len(self.config.nodes)
+
+        def probe():
+            operator = self.kube.list_pods(namespace=ROOK_NAMESPACE, selector="app=rook-ceph-operator")
+            plugins = self.kube.list_pods(namespace=ROOK_NAMESPACE, selector="app=csi-rbdplugin")
+            old = sorted({c.image for p in operator for c in p.containers if c.image != operator_image}
+                         | {c.image for p in plugins for c in p.containers
+                            if "cephcsi/cephcsi" in c.image and c.image != csi_image})
+            unready = [p.name for p in [*operator, *plugins] if not p.ready or p.deleting]
+            if old or unready or not operator or len(plugins) != nodes:
+                return NotYet(f"old images {old}, not Ready {unready}, {len(plugins)}/{nodes} csi-rbdplugin pods")
+            return Done(True)
+
+        wait_for(probe, what=f"Rook {version} (cephcsi {ROOK_CEPHCSI[version]}) rolled out", timeout=timeout,
+                 interval=0.5)
+        return True
 
     # -- inside node4, seen from this machine --------------------------------------------------------
     def node_processes(self) -> list[tuple[int, str]]:
@@ -320,11 +377,21 @@ class Lab:
 
         wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
 
+    def _toolbox_running(self):
+        from nodegate.waits import Done, NotYet
+
+        ceph = self.profile.ceph
+        pods = self.kube.list_pods(namespace=ceph.namespace, selector=ceph.toolbox_selector)
+        if any(p.ready and not p.deleting for p in pods):
+            return Done(True)
+        return NotYet(", ".join(f"{p.name} ({p.phase})" for p in pods) or "no toolbox pod")
+
     def restore(self) -> None:
         """node4 as `lab up` left it: root reset (20.04, held packages, legacy key), uncordoned, no
-        noout, no upgrade annotation, no lock, no fault."""
+        noout, no upgrade annotation, no lock, no fault, the lab's Rook and cephcsi."""
         from nodegate.journal import ANNOTATION
         from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.waits import wait_for
 
         active = json.loads((self.config.dir / "faults.json").read_text() or "{}") \
             if (self.config.dir / "faults.json").exists() else {}
@@ -333,10 +400,13 @@ class Lab:
         for pdb in self._api("GET", "/apis/policy/v1/poddisruptionbudgets").get("items", []):
             if pdb["spec"].get("maxUnavailable") == 0 and pdb["metadata"]["name"].startswith("rook-ceph-"):
                 self.set_pdb(pdb["metadata"]["namespace"], pdb["metadata"]["name"], {"maxUnavailable": 1})
+        self.set_rook(self.config.rook_version)   # a scenario may have moved it (Rook downgrade)
         self.cli("reset", NODE)
         self.kube.uncordon(NODE)
         self.kube.set_node_annotation(NODE, key=ANNOTATION, value=None)
         self.kube.set_node_annotation(NODE, key="nodegate.io/cordoned-by", value=None)
+        # the toolbox may not run yet: on a lab that has just come up, or just evicted from node4
+        wait_for(self._toolbox_running, what="the Ceph toolbox running", timeout=120, interval=1.0)
         self.ceph.unset_group_noout(NODE)
         self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
         self.nodes.close()

@@ -2,7 +2,10 @@
 through one fault after another. Each test is one scenario: it sets a fault (or interrupts),
 runs `pytest procedures/ … --execute`, and asserts where the node, the cluster and the journal
 stand — not only the exit code; the next scenario clears the fault and reruns the same command,
-which resumes from the journal. The last one completes the upgrade and checks the end state.
+which resumes from the journal. The ceph-warn scenario completes the upgrade and checks the end
+state. Then issue 5's last leg on the same node4: with Rook downgraded to v1.14.12 (cephcsi
+v3.11.0) the 24.04 target is refused at the gate with nothing changed; with Rook back at v1.15.9
+(cephcsi v3.12.3) node4 goes 22.04 → 24.04, verified on the node (measured: 37 s at load ~3).
 
 The scenarios share one upgrade on purpose (a whole upgrade per scenario would cost minutes
 each): they run in file order and each starts where the previous one left node4. Limits are
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from scenariotools import NODE, Lab, Operator, fixed_checkout, secrets_of, write_profile
+from scenariotools import NODE, TARGET, Lab, Operator, fixed_checkout, secrets_of, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -480,8 +483,147 @@ def test_ceph_warn_during_the_run_is_waited_out_and_the_upgrade_completes(course
         "the jammy builds, uncordoned, no noout, lock free, journal complete, no secret in any report")
 
 
+# --------------------------------------------------------------------------- 13: 22.04 -> 24.04 (issue 5's last leg)
+
+NOBLE = "24.04"
+DOCKER_REPO = "/linux/ubuntu"             # the lab's download.docker.com stand-in
+LEGACY_KEYRING = "/etc/apt/trusted.gpg"
+
+
+def _node_fingerprint(lab: Lab) -> dict[str, str]:
+    """What a run that changes nothing on node4 leaves exactly as it was: its boot, its packages
+    (version and dpkg state, holds included), its apt sources and keyrings, its loaded modules."""
+    def out(command: str) -> str:
+        return lab.ssh(command).stdout
+
+    return {"boot id": out("cat /proc/sys/kernel/random/boot_id"),
+            "packages": out("dpkg-query -W -f='${Package} ${Version} ${Status}\\n'"),
+            "sources": out("grep -r . /etc/apt/sources.list /etc/apt/sources.list.d/ || true"),
+            "keyrings": out(f"ls -l {LEGACY_KEYRING} /etc/apt/keyrings/ 2>&1 || true"),
+            "modules": out("lsmod")}
+
+
+def _run_results(op: Operator, run_started: float) -> Path:
+    """The Allure results folder the last run wrote (its environment.properties says what it read)."""
+    written = [p for p in op.reports.rglob("environment.properties") if p.stat().st_mtime >= run_started]
+    assert written, f"the run wrote no environment.properties under {op.reports}"
+    return max(written, key=lambda p: p.stat().st_mtime).parent
+
+
+def test_24_04_is_refused_at_the_gate_with_rook_v1_14_12(course: Course):
+    """Rook downgraded to v1.14.12 (operator rook/ceph:v1.14.12, its default cephcsi v3.11.0 rolled
+    onto csi-rbdplugin): the 24.04 target is refused at the gate by the cephcsi check (rbd.ko.zst,
+    rook #14431/#14507), naming what it read, and nothing on node4 or in the cluster changes."""
+    op, lab = course.op, course.lab
+    assert lab.set_rook("v1.14.12")
+    try:
+        downgraded = lab.rook_images()
+        assert downgraded == ({"rook/ceph:v1.14.12"}, {"quay.io/cephcsi/cephcsi:v3.11.0"}), downgraded
+        # taken after the downgrade: the operator's new pod may have landed on node4
+        before = lab.standing()
+        assert before.release == TARGET and not before.cordoned and not before.noout, before
+        fingerprint = _node_fingerprint(lab)
+        started = time.time()
+        refused = op.run(course.fixed, target=NOBLE, timeout=300)
+        no_traceback(refused)
+        assert refused.rc == 1, refused.text[-3000:]
+        assert refused.failed_step() == "gate", refused.text[-3000:]
+        assert not refused.passed(), refused.outcomes                 # no step after the gate ran
+        message = refused.message()
+        blocking = set(re.findall(r"(?m)^\s+- (test_\w+)", message))
+        assert blocking == {"test_cephcsi_for_target"}, message        # Rook's cephcsi alone blocks
+        assert re.search(r"cephcsi v3\.11\.0 crash-loops on Ubuntu 24\.04.*v3\.12\.0 or newer is needed", message), message
+        assert "Rook v1.14.12" in message, message
+        results = _run_results(op, started)
+        environment = dict(line.split("=", 1) for line in (results / "environment.properties").read_text().splitlines()
+                           if "=" in line)
+        assert (environment.get("rook.version"), environment.get("cephcsi.version")) == ("v1.14.12", "v3.11.0"), \
+            environment
+        # the check's fix, as the report gives it to the operator
+        assert any("upgrade Rook to v1.15.0" in f.read_text(errors="replace") for f in results.glob("*-result.json")), \
+            f"no result in {results} names the fix"
+        after = lab.standing()
+        assert _node_fingerprint(lab) == fingerprint, "the refused run changed node4"
+        assert (after.release, after.held, after.cordoned, after.noout, after.audit) == \
+            (before.release, before.held, before.cordoned, before.noout, before.audit)
+        assert after.evictable_pods == before.evictable_pods and after.ceph_healthy
+        assert lab.rook_images() == downgraded                        # the run left Rook alone
+        lock_free(lab)
+        journal = op.journal(target=NOBLE)
+        assert (journal[-1]["step"], journal[-1]["status"]) == ("gate", "failed"), journal[-3:]
+    finally:
+        lab.set_rook(lab.config.rook_version)
+    OUTCOMES["24.04 refused with Rook v1.14.12"] = (
+        "gate failed on test_cephcsi_for_target: 'cephcsi v3.11.0 crash-loops on Ubuntu 24.04 … (Rook v1.14.12)', "
+        "fix 'upgrade Rook to v1.15.0'; report environment rook v1.14.12 / cephcsi v3.11.0; node4 unchanged "
+        f"(boot, packages, holds, sources, keyrings), lock free; refused in {refused.seconds:.0f} s")
+
+
+def _step_seconds(op: Operator, run_id: str) -> dict[str, float]:
+    """Per step of one run: from its first `started` record to its last record."""
+    spans: dict[str, list[float]] = {}
+    for record in op.journal(target=NOBLE):
+        if record.get("run_id") == run_id:
+            spans.setdefault(record["step"], []).append(record["at"])
+    return {step: max(at) - min(at) for step, at in spans.items()}
+
+
+def test_node4_goes_from_22_04_to_24_04_with_rook_v1_15_9(course: Course):
+    """Rook back at v1.15.9 (cephcsi v3.12.3): node4 goes 22.04 -> 24.04 with every step and
+    check green, verified on the node itself."""
+    op, lab = course.op, course.lab
+    assert lab.rook_images() == ({"rook/ceph:v1.15.9"}, {"quay.io/cephcsi/cephcsi:v3.12.3"}), lab.rook_images()
+    jammy = lab.standing()
+    assert jammy.release == TARGET and set(jammy.held) == set(HELD), jammy
+    run = op.run(course.fixed, target=NOBLE, timeout=900)
+    no_traceback(run)
+    assert run.rc == 0, run.text[-4000:]
+    assert run.outcomes and all(o in ("passed", "skipped") for o in run.outcomes.values()), run.outcomes
+    for step in ("gate", "release_upgrade", "repair", "kubespray", "hold", "uncordon", "storage_healthy"):
+        assert run.outcomes.get(step) == "passed", (step, run.outcomes)
+    journal = op.journal(target=NOBLE)
+    assert (journal[-1]["step"], journal[-1]["status"]) == ("complete", "done"), journal[-3:]
+
+    host = lab.host()
+    release = host.release.os_release()
+    assert (release.version_id, release.version_codename) == (NOBLE, "noble"), release
+    standing = lab.standing()
+    # held again, at the same builds as on 22.04, now noble's (containerd.io's version names no release)
+    assert set(standing.held) == set(HELD), standing.held
+    assert standing.held == {k: v.replace("ubuntu-jammy", "ubuntu-noble") for k, v in jammy.held.items()}, \
+        (jammy.held, standing.held)
+    assert all("ubuntu-noble" in v for k, v in standing.held.items() if k != "containerd.io"), standing.held
+    assert not standing.cordoned and not standing.noout and standing.audit == "" and standing.annotation is None
+    assert standing.ceph_healthy
+    lock_free(lab)
+    # Docker's source: back on, on noble, signed by a keyring in /etc/apt/keyrings; no legacy keyring
+    files = host.apt.source_files()
+    docker = [s for f in files for s in f.sources if DOCKER_REPO in s.uri]
+    assert docker and all(s.enabled and s.codename == "noble" for s in docker), [s.raw for s in docker]
+    assert all((s.signed_by or "").startswith("/etc/apt/keyrings/") and host.exists(s.signed_by) for s in docker), \
+        [s.raw for s in docker]
+    assert not [s.raw for f in files for s in f.sources if s.disabled_on_upgrade_to]
+    assert not host.exists(LEGACY_KEYRING)
+    update = host.apt.update()
+    assert update.report.clean, update.result.output       # no legacy-keyring warning, no NO_PUBKEY
+    assert host.modules.is_loaded("rbd")
+    assert "rbd" in lab.ssh("cat /etc/modules-load.d/*.conf").stdout.split()
+    csi = lab.kube.csi_rbdplugin(NODE)
+    assert csi.ready and not csi.crash_looping, csi
+    os_image = lab.kube.node(NODE).info.os_image
+    assert os_image.startswith("Ubuntu 24.04"), os_image
+    lab.nodes.close()
+
+    steps = _step_seconds(op, journal[-1]["run_id"])
+    slowest = ", ".join(f"{s} {v:.0f} s" for s, v in sorted(steps.items(), key=lambda kv: -kv[1])[:4])
+    OUTCOMES["22.04 -> 24.04 with Rook v1.15.9"] = (
+        f"completed in {run.seconds:.0f} s (steps {sum(steps.values()):.0f} s, slowest: {slowest}): os-release "
+        "24.04 noble, held at the noble builds, docker source on noble with signed-by, no trusted.gpg, apt-get "
+        "update clean, rbd loaded and persisted, csi-rbdplugin Ready, uncordoned, no noout, HEALTH_OK, lock free")
+
+
 def test_scenario_outcomes_summary(course: Course, record_property):
     for name, outcome in OUTCOMES.items():
         print(f"scenario: {name}: {outcome}")
         record_property(name, outcome)
-    assert len(OUTCOMES) == 14, f"scenarios that did not report: only {sorted(OUTCOMES)}"
+    assert len(OUTCOMES) == 16, f"scenarios that did not report: only {sorted(OUTCOMES)}"
