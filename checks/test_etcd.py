@@ -10,10 +10,10 @@ from nodegate.fixtures import fail_check
 
 @pytest.mark.preflight
 @pytest.mark.postflight
-def test_etcd_healthy(node, host, profile, evidence):
+def test_etcd_healthy(node, reads, profile, evidence):
     if not node.is_etcd:
         pytest.skip(f"{node.name} is not in the inventory's etcd group: it runs no etcd member")
-    health = host.etcd.endpoint_health()
+    health = reads.etcd_health(node.name)
     evidence.table(f"{node.name}: etcd endpoints (etcdctl endpoint health)", ["endpoint", "healthy", "error"],
                    [[e.endpoint, e.healthy, e.error] for e in health.endpoints])
     if not health.read:

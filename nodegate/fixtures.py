@@ -48,7 +48,6 @@ class Access:
 
     def __init__(self, profile: "Profile") -> None:
         self.profile = profile
-        self._ceph_kubes: list["Kube"] = []
 
     @functools.cached_property
     def nodes(self) -> "Nodes":
@@ -67,16 +66,12 @@ class Access:
         return self.new_ceph()
 
     def new_ceph(self) -> "Ceph":
-        """A Ceph with a Kubernetes client of its own (toolbox mode): the official client's exec
-        stream swaps the ApiClient's request function while it runs, so an exec must never share
-        a client with concurrent reads or another exec."""
+        """Another Ceph (one per command running at once), on the run's API client: Kube.exec opens
+        its own websocket per command and leaves the shared client alone, so execs and reads can
+        run side by side on it."""
         from nodegate.ceph import Ceph
-        from nodegate.kube import Kube
 
-        kube = Kube(settings=self.profile.kube) if self.profile.ceph.mode == "toolbox" else None
-        if kube is not None:
-            self._ceph_kubes.append(kube)
-        ceph = Ceph(settings=self.profile.ceph, kube=kube)
+        ceph = Ceph(settings=self.profile.ceph, kube=self.kube if self.profile.ceph.mode == "toolbox" else None)
         first = self.__dict__.get("ceph")
         if first is not None:
             ceph._toolbox_pod = first._toolbox_pod   # found once; a replaced pod is looked up again
@@ -85,8 +80,6 @@ class Access:
     def close(self) -> None:
         if "kube" in self.__dict__:
             self.kube.close()
-        for kube in self._ceph_kubes:
-            kube.close()
         if "nodes" in self.__dict__ and self.profile.ssh.config is None:
             # paramiko transports end with the process anyway; an ssh_config's ControlPersist is
             # the operator's choice (it makes the next run's first command fast), so it is kept.
@@ -134,6 +127,8 @@ class Reads:
         self._ceph_free = threading.Condition(self._lock)
         self._pool: ThreadPoolExecutor | None = None
         self._ceph_pool: ThreadPoolExecutor | None = None
+        # a run over several nodes reads the pods and PDBs of the cluster once, not per node
+        self.fleet = False
 
     def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
         """The cached answer for ``key``, reading it now unless it is read (or being read) already."""
@@ -199,50 +194,77 @@ class Reads:
         host = self.host(name)
         return self._get(("apt-update", name, id(host)), host.apt.update)
 
+    def etcd_health(self, name: str):
+        """`etcdctl endpoint health` on the node (its own etcdctl and /etc/etcd.env)."""
+        host = self.host(name)
+        return self._get(("etcd-health", name, id(host)), host.etcd.endpoint_health)
+
     # -- Kubernetes ------------------------------------------------------------------
     def connect(self) -> "Kube":
-        """The API client, connected and asked its version once (shared by every thread)."""
+        """The API client, connected and asked its version once (shared by every thread). Every
+        read of the API goes through here: a read started before the connection is made waits
+        for it, and fails at once with its error if it failed."""
         return self._get(("connect",), lambda: self.access.kube)
 
     def node_statuses(self) -> dict[str, "NodeStatus"]:
         """Every node of the cluster by name: one list call serves all the node checks."""
-        return self._get(("cluster:nodes",), lambda: {n.name: n for n in self.access.kube.list_nodes()})
+        return self._get(("cluster:nodes",), lambda: {n.name: n for n in self.connect().list_nodes()})
 
     def node_status(self, name: str) -> "NodeStatus | None":
         return self.node_statuses().get(name)
 
     def pods_on(self, name: str) -> list["PodSummary"]:
-        return self._get(("pods-on", name), lambda: self.access.kube.list_pods(node=name))
+        if self.fleet:
+            return self._get(("pods-on", name), lambda: [p for p in self.all_pods() if p.node == name])
+        return self._get(("pods-on", name), lambda: self.connect().list_pods(node=name))
+
+    def all_pods(self) -> list["PodSummary"]:
+        """Every pod of the cluster: for a run over several nodes, one list instead of one per node
+        and purpose (the API server filters by spec.nodeName just as `p.node == name` does)."""
+        return self._get(("cluster:pods-all",), lambda: self.connect().list_pods())
+
+    def pdbs(self):
+        return self._get(("cluster:pdbs",), lambda: self.connect().list_pdbs())
 
     def pods(self, namespace: str, selector: str) -> list["PodSummary"]:
         return self._get(("cluster:pods", namespace, selector),
-                         lambda: self.access.kube.list_pods(namespace=namespace, selector=selector))
+                         lambda: self.connect().list_pods(namespace=namespace, selector=selector))
 
     def eviction_blockers(self, name: str):
-        return self._get(("blockers", name), lambda: self.access.kube.pods_blocking_eviction(name))
+        if self.fleet:
+            return self._get(("blockers", name), lambda: self.connect().pods_blocking_eviction(
+                name, pods=self.pods_on(name), pdbs=self.pdbs()))
+        return self._get(("blockers", name), lambda: self.connect().pods_blocking_eviction(name))
 
     def csi_rbdplugin(self, name: str):
+        from nodegate.kube import CSI_RBD_SELECTOR
+
         namespace = self.access.profile.ceph.namespace
-        return self._get(("csi", name), lambda: self.access.kube.csi_rbdplugin(name, namespace=namespace))
+        if self.fleet:   # the plugin pods of every node in one list (the compatibility check reads it too)
+            return self._get(("csi", name), lambda: self.connect().csi_rbdplugin(
+                name, namespace=namespace, pods=[p for p in self.pods(namespace, CSI_RBD_SELECTOR) if p.node == name]))
+        return self._get(("csi", name), lambda: self.connect().csi_rbdplugin(name, namespace=namespace))
 
     def pod_log(self, namespace: str, name: str, container: str, tail: int = 50) -> str:
         return self._get(("cluster:log", namespace, name, container, tail),
-                         lambda: self.access.kube.pod_log(namespace=namespace, name=name, container=container,
+                         lambda: self.connect().pod_log(namespace=namespace, name=name, container=container,
                                                           tail=tail))
 
     def lock(self):
-        return self._get(("cluster:lock",), self.access.kube.read_lock)
+        return self._get(("cluster:lock",), lambda: self.connect().read_lock())
 
     def server_version(self) -> str:
-        return self._get(("cluster:version",), self.access.kube.server_version)
+        return self._get(("cluster:version",), lambda: self.connect().server_version())
 
     def note_restarts(self, pod_ref: str, restarts: int) -> int:
         """The restart count first seen for a pod in this session (to tell whether it rises)."""
         return self._first_restarts.setdefault(pod_ref, restarts)
 
-    # -- Ceph (up to CEPH_PARALLEL commands at once, each on a client of its own: see Access.new_ceph)
+    # -- Ceph (up to CEPH_PARALLEL commands at once, each on a Ceph of its own: see Access.new_ceph)
     def _ceph(self, read: Callable[[Any], Any]) -> Callable[[], Any]:
         def borrowed() -> Any:
+            if self.access.profile.ceph.mode == "toolbox":
+                self.connect()   # the toolbox is reached through the API
             with self._ceph_free:
                 while not self._ceph_idle and self._ceph_made >= CEPH_PARALLEL:
                     self._ceph_free.wait()
@@ -495,21 +517,30 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
 
     needs_kube = any(_uses(i, _KUBE_FIXTURES) for i in items)
     needs_ssh = bool(run.nodes) and any(_uses(i, _SSH_FIXTURES) for i in items)
+    workerinput = getattr(config, "workerinput", None)
+    # under xdist, the first worker reaches every node before any check runs (xdist starts no
+    # test before every worker has collected); the others read only the nodes dealt to them
+    validating = workerinput is None or workerinput.get("workerid", "gw0") == "gw0"
     reads = reads_for(config)
+    reads.fleet = len(run.nodes) > 1
     if needs_ssh:
         for spec in run.nodes:
             reads.host(spec.name)          # built here, in one thread
     if needs_kube:
         reads.prefetch(reads.connect)   # importing the client and the first request: ~0.5 s
-    if needs_ssh and len(run.nodes) > 1:
+    if needs_ssh and validating and len(run.nodes) > 1:
         reads.prefetch(*[functools.partial(reads.snapshot, spec.name) for spec in run.nodes[1:]])
-    snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh else {}
+    # an xdist worker runs only its share of the checks: reading everything ahead in every
+    # worker would multiply the load on the nodes, the API server and Ceph
+    ahead = workerinput is None
+    if ahead and needs_kube:
+        # the API and Ceph reads start now (each waits for the client, and fails with its error):
+        # the Ceph commands, one ok-to-stop per node, are the longest chain of a fleet's preflight
+        _prefetch(reads, run, items, phases, needs_kube=True, needs_ssh=False)
+    snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh and validating else {}
     for spec in run.nodes:
         if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
             _check_target(spec, snapshots[spec.name], run)
-    # an xdist worker runs only its share of the checks: reading everything ahead in every
-    # worker would multiply the load on the nodes, the API server and Ceph
-    ahead = not hasattr(config, "workerinput")
     if ahead and needs_ssh:
         # the nodes' reads (apt-get update: seconds) start now, while the API client still loads
         _prefetch(reads, run, items, phases, needs_kube=False, needs_ssh=True)
@@ -520,8 +551,6 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
             raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
                              f"{exc.message}",
                              fix=exc.fix or "check the API server address in the kubeconfig") from None
-        if ahead:
-            _prefetch(reads, run, items, phases, needs_kube=True, needs_ssh=False)
 
 
 def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
@@ -555,6 +584,8 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
         wanted += [functools.partial(reads.apt_update, n) for n in names]
     if needs_ssh and "test_nothing_upgradable" in selected:
         wanted += [functools.partial(reads.upgradable, n) for n in names]
+    if needs_ssh and "test_etcd_healthy" in selected:
+        wanted += [functools.partial(reads.etcd_health, spec.name) for spec in run.nodes if spec.is_etcd]
     if wanted:
         reads.prefetch(*wanted)
 

@@ -68,8 +68,18 @@ def test_bmc_named_and_answering(catalogue, broken_profile, lab):
 
 
 def test_other_node_down(catalogue, lab, cli, poll):
+    from nodegate.kube import Kube
+    from nodegate.profile import load_profile
+
     cli("lab", "power-off", "node3", "--dir", str(lab.dir), timeout=120)
     try:
+        # the API marks a node that went down not Ready about a second later (the lab's grace):
+        # a preflight started before that (it takes well under a second now) sees it Ready still
+        kube = Kube.connect(settings=load_profile(lab.dir / "cluster.toml").kube)
+        try:
+            poll(lambda: not kube.node("node3").is_ready, timeout=30, what="node3 not Ready in the API")
+        finally:
+            kube.close()
         run = catalogue("-m", "preflight", "-k", "other_nodes_ready or control_plane")
     finally:
         cli("lab", "power-on", "node3", "--dir", str(lab.dir), timeout=120)
