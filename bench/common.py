@@ -21,6 +21,38 @@ class Timed:
     rc: int
     output: str
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0          # CPU time of the command and the children it waited for (ssh clients …)
+    lab_cpu_s: float | None = None   # CPU time the lab's own processes (nodes, API server, Ceph) spent meanwhile
+
+
+def lab_cpu_s(lab_dir: Path) -> float | None:
+    """CPU seconds used so far by the lab's processes: the supervisor and everything under it
+    (the nodes' sshd and what they run, the API server, Ceph, etcd), reaped children included.
+    On this machine the lab's nodes share the CPUs with nodegate: what they spend is the nodes'
+    own work (apt-get update …), which on a real cluster runs on each node's own CPU."""
+    try:
+        root = int((lab_dir / "supervisor.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / hz   # utime stime cutime cstime
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
 
 
 def lab_profile(lab_dir: Path) -> Path:
@@ -65,8 +97,11 @@ def _tree_rss_kb(root_pid: int) -> int:
 
 
 def timed(argv: list[str], *, env: dict | None = None, cwd: Path = ROOT, sample_memory: bool = False,
-          timeout: float = 1800) -> Timed:
-    """Run a command, return its wall time (and the peak summed RSS of its process tree)."""
+          timeout: float = 1800, lab: Path | None = None) -> Timed:
+    """Run a command, return its wall time and CPU time (and the peak summed RSS of its process
+    tree; with ``lab``, the CPU time the lab spent meanwhile)."""
+    lab_before = lab_cpu_s(lab) if lab is not None else None
+    cpu_before = os.times()
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
@@ -87,10 +122,14 @@ def timed(argv: list[str], *, env: dict | None = None, cwd: Path = ROOT, sample_
         proc.kill()
         output, _ = proc.communicate()
     seconds = time.monotonic() - started
+    cpu_after = os.times()
+    lab_after = lab_cpu_s(lab) if lab is not None else None
     done.set()
     if sampler:
         sampler.join()
-    return Timed(seconds=seconds, rc=proc.returncode, output=output, peak_rss_mb=peak[0] / 1024)
+    cpu = (cpu_after.children_user - cpu_before.children_user) + (cpu_after.children_system - cpu_before.children_system)
+    return Timed(seconds=seconds, rc=proc.returncode, output=output, peak_rss_mb=peak[0] / 1024, cpu_s=cpu,
+                 lab_cpu_s=None if lab_before is None or lab_after is None else lab_after - lab_before)
 
 
 # Plugins of the project's own test tooling (Hypothesis, pytest-randomly) are not part of what an

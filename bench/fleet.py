@@ -29,6 +29,8 @@ def measure(lab: Path, *, sizes: list[int], workers: int = 4, tiny: bool = False
     nodes = lab_nodes(lab)
     sizes = [s for s in sizes if s <= len(nodes)]
     costs: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    lab_cpu: dict[str, float | None] = {}
     memory: dict[str, float] = {}
     results_ok: dict[str, bool] = {}
     counts: dict[str, int] = {}
@@ -38,22 +40,32 @@ def measure(lab: Path, *, sizes: list[int], workers: int = 4, tiny: bool = False
             spec = "all" if size == len(nodes) else ",".join(nodes[len(nodes) - size:])
             parallel = ["-n", str(min(workers, size))] if size > 1 else []
             out = Path(tmp) / f"n{size}"
-            run = timed(preflight_argv(profile, spec, "--alluredir", str(out), *parallel, tiny=tiny), sample_memory=True)
+            run = timed(preflight_argv(profile, spec, "--alluredir", str(out), *parallel, tiny=tiny), sample_memory=True,
+                        lab=lab)
             if run.rc not in (0, 1):
                 raise SystemExit(f"bench: preflight of {size} node(s) did not run (rc {run.rc}):\n{run.output[-2000:]}")
             costs[str(size)] = round(run.seconds, 2)
+            cpu[str(size)] = round(run.cpu_s, 2)
+            lab_cpu[str(size)] = None if run.lab_cpu_s is None else round(run.lab_cpu_s, 2)
             memory[str(size)] = round(run.peak_rss_mb, 1)
             results_ok[str(size)], counts[str(size)] = one_result_per_node_and_check(out)
         # the same largest fleet without xdist, for comparison: on a machine whose cores are busy
         # elsewhere, parallel workers cost more than they save
         spec = "all" if max(sizes) == len(nodes) else ",".join(nodes[len(nodes) - max(sizes):])
-        serial = timed(preflight_argv(profile, spec, "--alluredir", str(Path(tmp) / "serial"), tiny=tiny))
+        serial = timed(preflight_argv(profile, spec, "--alluredir", str(Path(tmp) / "serial"), tiny=tiny), lab=lab)
     largest = str(max(sizes))
     return {
         "fleet_ratio": round(costs[largest] / costs[str(min(sizes))], 2),
         "fleet_nodes": int(largest),
         "fleet_cost_s": costs,
         "fleet_cost_per_node_s": {k: round(v / int(k), 2) for k, v in costs.items()},
+        # where the time goes, independent of the machine's load: nodegate's CPU (pytest, its
+        # workers, the ssh clients) and the lab's (its nodes' own work, the API server, Ceph),
+        # which on this machine share the same CPUs
+        "fleet_cpu_s": cpu,
+        "fleet_lab_cpu_s": lab_cpu,
+        "fleet_serial_cpu_s": round(serial.cpu_s, 2),
+        "fleet_serial_lab_cpu_s": None if serial.lab_cpu_s is None else round(serial.lab_cpu_s, 2),
         "fleet_peak_memory_mb": memory,
         "fleet_memory_mb": memory[largest],
         "fleet_results": counts,

@@ -2,6 +2,7 @@
 figures, their goals, whether each is met) and prints a table.
 
     python -m bench.run                 # starts a 16-node lab in .lab-bench (net 40), takes it down after
+    python -m bench.run --dir /tmp/lab --net 25   # the same, in another folder on another address octet
     python -m bench.run --lab DIR       # uses a running lab (its last node is upgraded!)
     python -m bench.run --tiny --lab DIR --out FILE   # each bench once on a tiny input (make test)
 
@@ -83,6 +84,10 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
                 + f" (xdist -n {figures.get('fleet_workers', '?')})", "", ""))
     out.append(("fleet largest, no xdist", f"{figures.get('fleet_serial_s', '-')} s "
                 f"(ratio {figures.get('fleet_serial_ratio', '-')})", "", ""))
+    cpu, lab_cpu = figures.get("fleet_cpu_s", {}), figures.get("fleet_lab_cpu_s", {})
+    out.append(("fleet CPU nodegate / lab", ", ".join(f"{k}: {cpu[k]} / {lab_cpu.get(k, '-')} s" for k in cpu)
+                + f"; no xdist: {figures.get('fleet_serial_cpu_s', '-')} / {figures.get('fleet_serial_lab_cpu_s', '-')} s",
+                "", ""))
     out.append(("one ceph status (toolbox)", f"{figures.get('health_probe_s', '-')} s", "", ""))
     out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
                 f"{figures.get('procedure_external_s', '-')} s", "", ""))
@@ -94,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", type=Path, help="a running lab to use (default: start one)")
     parser.add_argument("--nodes", type=int, default=16, help="size of the lab started here")
     parser.add_argument("--net", type=int, default=40, help="address octet of the lab started here")
+    parser.add_argument("--dir", type=Path, default=ROOT / ".lab-bench", help="folder of the lab started here")
     parser.add_argument("--keep-lab", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="each bench once on a tiny input")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
-    lab = args.lab or ROOT / ".lab-bench"
+    lab = args.lab or args.dir
     started_here = args.lab is None
     if started_here:
         lab_up(lab, nodes=4 if args.tiny else args.nodes, net=args.net)
