@@ -621,48 +621,22 @@ class Kube:
         configuration.proxy = configuration.proxy
         self.server = configuration.host
         self.origin = f"context {wanted} in {path}"
-        # The generated API classes (CoreV1Api alone is a 63,000-line module, ~0.5 s to import)
-        # and their pydantic models are built on first use only: reads go through ``_get`` (plain
-        # JSON on this same client: its TLS, auth and proxy settings), so a checks run never
-        # loads them; writes, evictions and the watch use them.
+        # No generated API class (CoreV1Api alone is a 63,000-line module, ~0.5 s to import) and
+        # no pydantic model is used: every request goes through ``_raw`` as plain JSON on this
+        # client (its TLS, auth and proxy settings), the exec through the client's websocket
+        # transport. On a small cluster building those costs more than all the requests.
         return client.ApiClient(configuration)
-
-    def _generated(self, attr: str, cls_name: str) -> Any:
-        api = self._load()
-        found = self.__dict__.get(attr)
-        if found is None:
-            from kubernetes import client
-
-            found = self.__dict__[attr] = getattr(client, cls_name)(api)
-        return found
-
-    @property
-    def core(self) -> Any:
-        return self._generated("_core", "CoreV1Api")
-
-    @property
-    def policy(self) -> Any:
-        return self._generated("_policy", "PolicyV1Api")
-
-    @property
-    def coordination(self) -> Any:
-        return self._generated("_coordination", "CoordinationV1Api")
 
     def close(self) -> None:
         if self._api is not None:
             self._api.close()
 
     # -- the one place requests are made -------------------------------------------------
-    def _call(self, what: str, fn: Callable[..., Any] | str, /, *args: Any, attempts: int | None = None,
+    def _call(self, what: str, fn: Callable[..., Any], /, *args: Any, attempts: int | None = None,
               **kwargs: Any) -> Any:
-        """Make one API request with bounded retries on transient errors.
-        ``fn`` is a client method or the name "api.method" of one (resolved after loading)."""
+        """Make one API request (``fn``, e.g. a ``_raw`` call) with bounded retries on transient errors."""
         __tracebackhide__ = True
         self._load()
-        if isinstance(fn, str):  # a client method: bound it in time (closures bound their own requests)
-            holder, _, method = fn.partition(".")
-            fn = getattr(getattr(self, holder), method)
-            kwargs.setdefault("_request_timeout", self.request_timeout)
         tries = attempts or self.attempts
 
         def once() -> Any:
@@ -687,45 +661,58 @@ class Kube:
         )
         return retrying(once)
 
-    def _serialize(self, method: str, path: str, query: Sequence[tuple[str, Any]] = ()) -> tuple:
+    def _serialize(self, method: str, path: str, query: Sequence[tuple[str, Any]] = (), body: Any = None,
+                   content_type: str | None = None) -> tuple:
         """(method, url, headers, body, post_params) for ``path`` (already quoted) with the
         client's authentication, as a generated method would build them."""
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
         return self._load().param_serialize(method=method, resource_path=path, query_params=list(query),
-                                            header_params={"Accept": "application/json"},
+                                            header_params=headers, body=body,
                                             collection_formats={"command": "multi"},
                                             auth_settings=["BearerToken"])
 
+    def _raw(self, method: str, path: str, *, query: Sequence[tuple[str, Any]] = (), body: Any = None,
+             content_type: str | None = None, text: bool = False, stream: bool = False) -> Any:
+        """One request: its JSON answer (``text``: the body as text; ``stream``: the open
+        urllib3 response). A status outside 2xx raises the client's ApiException, as a
+        generated method would."""
+        from kubernetes.client.exceptions import ApiException
+
+        if body is not None and content_type is None:
+            content_type = "application/json"
+        method, url, headers, body, _ = self._serialize(method, path, query, body, content_type)
+        response = self._api.call_api(method, url, header_params=headers, body=body,
+                                      _request_timeout=self.request_timeout)
+        if stream and 200 <= response.status <= 299:
+            return response.response
+        data = response.read()
+        decoded = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=decoded, data=None)
+        if text:
+            return decoded
+        try:
+            return json.loads(decoded) if decoded else {}
+        except ValueError:
+            raise PermanentError(f"the Kubernetes API at {self.server} answered {method} {path} with no JSON: "
+                                 f"{decoded[:200]!r}") from None
+
+    def _request(self, what: str, method: str, path: str, /, *, attempts: int | None = None, **kwargs: Any) -> Any:
+        """``_raw`` with the retries and error translation of ``_call``."""
+        __tracebackhide__ = True
+        return self._call(what, lambda: self._raw(method, path, **kwargs), attempts=attempts)
+
     def _get(self, what: str, path: str, /, *, query: Sequence[tuple[str, Any]] = (), text: bool = False,
              attempts: int | None = None) -> Any:
-        """GET ``path`` and return its JSON (``text``: the body as text), with the retries and
-        error translation of ``_call``. No generated class or model is involved: building those
-        costs more than the request on a small cluster."""
         __tracebackhide__ = True
+        return self._request(what, "GET", path, query=query, text=text, attempts=attempts)
 
-        def once() -> Any:
-            from kubernetes.client.exceptions import ApiException
-
-            method, url, headers, _, _ = self._serialize("GET", path, query)
-            response = self._api.call_api(method, url, header_params=headers, _request_timeout=self.request_timeout)
-            body = response.read()
-            decoded = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
-            if not 200 <= response.status <= 299:
-                raise ApiException.from_response(http_resp=response, body=decoded, data=None)
-            if text:
-                return decoded
-            try:
-                return json.loads(decoded)
-            except ValueError:
-                raise PermanentError(f"the Kubernetes API at {self.server} answered {what} with no JSON: "
-                                     f"{decoded[:200]!r}") from None
-
-        return self._call(what, once, attempts=attempts)
-
-    def _plain(self, obj: Any) -> Mapping[str, Any]:
-        """A generated model (a write's or the watch's answer) as the API's JSON would have it."""
-        if isinstance(obj, Mapping):
-            return obj
-        return self._load().sanitize_for_serialization(obj)
+    def _patch_node(self, what: str, name: str, patch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A strategic merge patch of the Node (what the official client sends for an object patch)."""
+        return self._request(what, "PATCH", f"/api/v1/nodes/{_q(name)}", body=patch,
+                             content_type="application/strategic-merge-patch+json")
 
     def _translate(self, exc: BaseException, what: str) -> Exception | None:
         """Map a client/urllib3 exception to nodegate's hierarchy (None: not ours, re-raise)."""
@@ -833,10 +820,10 @@ class Kube:
             if by is not None:
                 patch["metadata"]["annotations"] = {CORDONED_BY_ANNOTATION: by}
             try:
-                done = self._call(f"cordon node {name}", "core.patch_node", name, patch)
+                done = self._patch_node(f"cordon node {name}", name, patch)
             except ConflictError:
                 continue  # the node changed since we read it (the kubelet posts status): read again
-            status = self._node_status(self._plain(done))
+            status = self._node_status(done)
             log.info("cordoned node %s%s", name, f" (recorded as {by})" if by else "")
             return CordonResult(node=name, unschedulable=True, changed=True, cordoned_by=status.cordoned_by)
         raise ConflictError(f"node {name} kept changing while cordoning it (3 tries)")
@@ -860,7 +847,7 @@ class Kube:
                                   "annotations": {CORDONED_BY_ANNOTATION: None}},
                      "spec": {"unschedulable": None}}
             try:
-                self._call(f"uncordon node {name}", "core.patch_node", name, patch)
+                self._patch_node(f"uncordon node {name}", name, patch)
             except ConflictError:
                 continue
             log.info("uncordoned node %s", name)
@@ -874,7 +861,7 @@ class Kube:
         """Set (or with None remove) one annotation on the node (e.g. nodegate.io/upgrade)."""
         verb = (f"set annotation {key} on node {name}" if value is not None
                 else f"remove annotation {key} from node {name}")
-        self._call(verb, "core.patch_node", name, {"metadata": {"annotations": {key: value}}})
+        self._patch_node(verb, name, {"metadata": {"annotations": {key: value}}})
 
     def watch_node(self, name: str, *, until: Callable[[NodeStatus], bool], timeout: float,
                    what: str | None = None, progress_every: float = 5.0,
@@ -914,7 +901,7 @@ class Kube:
                 else:
                     reporter.seen(f"node {name} does not exist")
                 window = max(1, int(min(progress_every, remaining) + 0.999))
-                events = stream.stream(self.core.list_node, field_selector=selector,
+                events = stream.stream(self._watch_nodes, deserialize=False, field_selector=selector,
                                        resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
                                        timeout_seconds=window,
                                        _request_timeout=(self.request_timeout[0], window + 5.0))
@@ -924,7 +911,7 @@ class Kube:
                         continue
                     if event["type"] not in ("ADDED", "MODIFIED"):
                         continue
-                    status = self._node_status(self._plain(event["object"]))
+                    status = self._node_status(event["object"])
                     if until(status):
                         return status
                     reporter.seen(status.describe())
@@ -945,6 +932,23 @@ class Kube:
                 time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
             finally:
                 stream.stop()
+
+    def _watch_nodes(self, *, field_selector: str, resource_version: str | None, timeout_seconds: int,
+                     _request_timeout: tuple[float, float], watch: bool = True, _preload_content: bool = False) -> Any:
+        """The streaming GET a kubernetes.watch.Watch reads events from (it passes watch and
+        _preload_content itself); the events stay the API's JSON (``deserialize=False``)."""
+        query: list[tuple[str, Any]] = [("fieldSelector", field_selector), ("watch", "true"),
+                                        ("timeoutSeconds", timeout_seconds)]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        method, url, headers, _, _ = self._serialize("GET", "/api/v1/nodes", query)
+        response = self._api.call_api(method, url, header_params=headers, _request_timeout=_request_timeout)
+        if not 200 <= response.status <= 299:
+            from kubernetes.client.exceptions import ApiException
+
+            data = response.read()
+            raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
+        return response.response
 
     def wait_node_ready(self, name: str, *, timeout: float, new_boot_id_than: str | None = None,
                         progress_every: float = 5.0,
@@ -1015,19 +1019,16 @@ class Kube:
         blocked (the PDB named), 404 already gone. A 429 without that cause is throttling and is
         retried like any transient error."""
         self._load()
-        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction",
                                 "metadata": {"name": pod.name, "namespace": pod.namespace}}
         if grace_period_s is not None:
             body["deleteOptions"] = {"gracePeriodSeconds": grace_period_s}
-        eviction = client.V1Eviction.from_dict(body)
 
         def once() -> EvictionResult:
             try:
-                self.core.create_namespaced_pod_eviction(pod.name, pod.namespace, eviction,
-                                                         _request_timeout=self.request_timeout)
+                self._raw("POST", f"/api/v1/namespaces/{_q(pod.namespace)}/pods/{_q(pod.name)}/eviction", body=body)
             except ApiException as exc:
                 refusal = _eviction_refusal(pod, exc.status or 0, exc.body)
                 if refusal is not None:
@@ -1332,8 +1333,7 @@ class Kube:
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         """The Lease, or None if there is none."""
         try:
-            lease = self._get(f"read lease {namespace}/{name}",
-                              f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases/{_q(name)}")
+            lease = self._get(f"read lease {namespace}/{name}", f"{_leases(namespace)}/{_q(name)}")
         except NotFoundError:
             return None
         return _lease_info(lease)
@@ -1341,29 +1341,22 @@ class Kube:
     def create_lease(self, *, namespace: str, name: str, holder: str, duration_s: int,
                      annotations: Mapping[str, str] | None = None) -> LeaseInfo:
         """Create the Lease held by ``holder``; ConflictError if it exists already (409)."""
-        self._load()
-        from kubernetes import client
-
         stamp = _micro(_now())
-        body = client.V1Lease.from_dict({
+        body = ({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": name, "namespace": namespace, "annotations": dict(annotations or {})},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": int(duration_s), "acquireTime": stamp,
                      "renewTime": stamp, "leaseTransitions": 0}})
-        return _lease_info(self._plain(self._call(f"create lease {namespace}/{name}",
-                                                  "coordination.create_namespaced_lease", namespace, body)))
+        return _lease_info(self._request(f"create lease {namespace}/{name}", "POST", _leases(namespace), body=body))
 
     def replace_lease(self, lease: LeaseInfo, *, holder: str, duration_s: int | None = None,
                       annotations: Mapping[str, str] | None = None) -> LeaseInfo:
         """Write the Lease as read in ``lease`` (its resourceVersion guards the write): another
         holder takes it over (acquireTime now, one more transition), the same holder renews it
         (renewTime now). ConflictError if it changed since it was read."""
-        self._load()
-        from kubernetes import client
-
         now = _micro(_now())
         taken_over = holder != lease.holder
-        body = client.V1Lease.from_dict({
+        body = ({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease.name, "namespace": lease.namespace, "resourceVersion": lease.resource_version,
                          "annotations": dict(annotations if annotations is not None else lease.annotations)},
@@ -1373,21 +1366,16 @@ class Kube:
                      "acquireTime": now if taken_over or lease.acquire_time is None else _micro(lease.acquire_time),
                      "renewTime": now,
                      "leaseTransitions": lease.transitions + (1 if taken_over and lease.holder else 0)}})
-        return _lease_info(self._plain(self._call(f"replace lease {lease.namespace}/{lease.name}",
-                                                  "coordination.replace_namespaced_lease", lease.name,
-                                                  lease.namespace, body)))
+        return _lease_info(self._request(f"replace lease {lease.namespace}/{lease.name}", "PUT",
+                                         f"{_leases(lease.namespace)}/{_q(lease.name)}", body=body))
 
     def delete_lease(self, namespace: str, name: str, *, resource_version: str | None = None) -> bool:
         """Delete the Lease (only if unchanged since ``resource_version``, when given).
         False if it was already gone; ConflictError if it changed."""
-        self._load()
-        from kubernetes import client
-
-        options = (client.V1DeleteOptions.from_dict({"preconditions": {"resourceVersion": resource_version}})
-                   if resource_version else None)
+        options = {"preconditions": {"resourceVersion": resource_version}} if resource_version else None
         try:
-            self._call(f"delete lease {namespace}/{name}", "coordination.delete_namespaced_lease", name, namespace,
-                       body=options)
+            self._request(f"delete lease {namespace}/{name}", "DELETE", f"{_leases(namespace)}/{_q(name)}",
+                          body=options)
         except NotFoundError:
             return False
         return True
@@ -1702,6 +1690,10 @@ def _when(value: Any) -> dt.datetime | None:
         except ValueError:
             return None
     return _aware(value)
+
+
+def _leases(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases"
 
 
 def _q(part: str) -> str:

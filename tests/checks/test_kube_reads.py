@@ -1,6 +1,7 @@
-"""The checks' reads of the API (nodegate.kube's plain-JSON GETs, made without the generated
-CoreV1Api and its models, which cost more to load than a checks run spends on requests) must
-give exactly what the official client's typed calls give, on the lab's real API server."""
+"""nodegate.kube's requests are plain JSON on the official client's ApiClient, without the
+generated CoreV1Api and its models (they cost more to load than a run spends on requests): its
+reads must give exactly what the official client's typed calls give, on the lab's real API
+server, and neither reads, writes, a watch nor a toolbox exec may load a generated module."""
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,8 @@ def test_reads_equal_the_official_clients(both):
     assert kube.get_lease("kube-system", "no-such-lease-here") is None
 
 
-def test_a_checks_run_never_loads_the_generated_api(lab):
-    """Reads and a toolbox exec, as a checks run makes them, without importing CoreV1Api or a model."""
+def test_nodegate_never_loads_the_generated_api(lab):
+    """Reads, a toolbox exec, node patches, a lease and a watch, without importing CoreV1Api or a model."""
     probe = f"""
 import sys
 from nodegate.profile import load_profile
@@ -70,6 +71,13 @@ profile = load_profile({str(lab.dir / 'cluster.toml')!r})
 kube = Kube.connect(settings=profile.kube)
 assert kube.list_nodes() and kube.list_pods(node="node4") is not None and kube.list_pdbs() is not None
 assert Ceph(settings=profile.ceph, kube=kube).status().raw
+kube.set_node_annotation("node4", key="perf.nodegate.io/probe", value="1")
+assert kube.node_annotation("node4", key="perf.nodegate.io/probe") == "1"
+kube.set_node_annotation("node4", key="perf.nodegate.io/probe", value=None)
+assert kube.node_annotation("node4", key="perf.nodegate.io/probe") is None
+lock = kube.acquire_lock(holder="probe@test", node="node4", run_id="probe", name="perf-probe-lock")
+assert kube.release_lock(holder="probe@test", name="perf-probe-lock")
+assert kube.wait_node_ready("node4", timeout=30).is_ready
 loaded = sorted(m for m in sys.modules if m.startswith("kubernetes.client.api.") or m.startswith("kubernetes.client.models."))
 print("LOADED", loaded)
 assert not loaded, loaded
