@@ -316,7 +316,12 @@ def _quietly(read: Callable[[], Any]) -> None:
 
 def _phase_matches(config: pytest.Config) -> tuple[bool, bool]:
     """Whether the -m expression selects tests marked only preflight / only postflight."""
-    expression = config.getoption("markexpr", "") or ""
+    return _expression_phases(config.getoption("markexpr", "") or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _expression_phases(expression: str) -> tuple[bool, bool]:
+    # asked for every check (the phase fixture): compiled once per expression, not per check
     if not expression:
         return True, True
     from _pytest.mark.expression import Expression
