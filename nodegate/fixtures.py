@@ -15,8 +15,8 @@ import functools
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -542,6 +542,10 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
         # the API and Ceph reads start now (each waits for the client, and fails with its error):
         # the Ceph commands, one ok-to-stop per node, are the longest chain of a fleet's preflight
         _prefetch(reads, run, items, phases, needs_kube=True, needs_ssh=False)
+    if not ahead:
+        # an xdist worker reads ahead node by node, as the nodes are dealt to it (pytest_runtest_protocol)
+        config.stash[WORKER_AHEAD_KEY] = WorkerAhead(run=run, items=items, phases=phases, needs_kube=needs_kube,
+                                                     needs_ssh=needs_ssh)
     snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh and validating else {}
     for spec in run.nodes:
         if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
@@ -558,11 +562,48 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
                              fix=exc.fix or "check the API server address in the kubeconfig") from None
 
 
+@dataclass
+class WorkerAhead:
+    """What an xdist worker reads ahead, and for which nodes it has started already."""
+    run: NodegateRun
+    items: list[pytest.Item]
+    phases: set[str]
+    needs_kube: bool
+    needs_ssh: bool
+    started: set[str] = field(default_factory=set)
+
+
+WORKER_AHEAD_KEY = pytest.StashKey[WorkerAhead]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Under xdist: when a worker starts a node's first check (and when the next check it holds
+    belongs to another node), that node's reads start side by side, as a run without xdist
+    starts every node's at once. Only the dealt-out nodes are read: no node is read twice."""
+    ahead = item.config.stash.get(WORKER_AHEAD_KEY, None)
+    if ahead is None:
+        return
+    reads = reads_for(item.config)
+    for it in (item, nextitem):
+        spec = getattr(getattr(it, "callspec", None), "params", {}).get("node") if it is not None else None
+        name = getattr(spec, "name", None)
+        if name is None or name in ahead.started:
+            continue
+        ahead.started.add(name)
+        if ahead.needs_ssh:
+            reads.prefetch(functools.partial(reads.snapshot, name))
+        _prefetch(reads, ahead.run, ahead.items, ahead.phases, needs_kube=ahead.needs_kube,
+                  needs_ssh=ahead.needs_ssh, only=[spec])
+
+
 def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: set[str], *,
-              needs_kube: bool, needs_ssh: bool) -> None:
-    """Start what the selected checks will read (by check name, so `-k` on one check stays lean)."""
+              needs_kube: bool, needs_ssh: bool, only: "Sequence[NodeSpec] | None" = None) -> None:
+    """Start what the selected checks will read (by check name, so `-k` on one check stays lean);
+    ``only``: the reads of these nodes (and the cluster's, each taken once)."""
     selected = {getattr(i, "originalname", i.name) for i in items}
-    names = [spec.name for spec in run.nodes]
+    specs = list(only) if only is not None else list(run.nodes)
+    names = [spec.name for spec in specs]
     wanted: list[Callable[[], Any]] = []
     if needs_kube and selected & {"test_node_ready", "test_node_no_pressure", "test_node_schedulable",
                                   "test_kubelet_version", "test_os_release_matches_phase", "test_other_nodes_ready",
@@ -590,7 +631,7 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
     if needs_ssh and "test_nothing_upgradable" in selected:
         wanted += [functools.partial(reads.upgradable, n) for n in names]
     if needs_ssh and "test_etcd_healthy" in selected:
-        wanted += [functools.partial(reads.etcd_health, spec.name) for spec in run.nodes if spec.is_etcd]
+        wanted += [functools.partial(reads.etcd_health, spec.name) for spec in specs if spec.is_etcd]
     if wanted:
         reads.prefetch(*wanted)
 
