@@ -18,20 +18,16 @@ from pathlib import Path
 
 import pytest
 
-# Imported before any in-process pytester run, on purpose: such a run drops the modules it imported
-# from sys.modules afterwards, but cryptography's Rust cipher registry keeps the class objects it saw
-# first. A paramiko connection made inside a run, then one made after it with a re-imported
-# `algorithms.AES`, fails with "cipher AES in CTR mode is not supported" (seen in CI).
-import paramiko  # noqa: F401  (see above)
-from cryptography.hazmat.primitives.ciphers import algorithms as _cipher_algorithms  # noqa: F401
-
 from nodegate.lab.config import LabConfig
 
 # Helpers test modules import by name live in labkit.py beside this file (a conftest is not
 # importable reliably); this folder is put on sys.path explicitly, whatever the import mode.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labkit import nodegate, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
+from labkit import nodegate, preimport_lazy_dependencies, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
+
+# Before any in-process pytester run (tests/plugin): see preimport_lazy_dependencies for why.
+PREIMPORTED = preimport_lazy_dependencies()
 
 TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 TEST_LAB_DIR = Path(os.environ.get("NODEGATE_TEST_LAB_DIR", f"/tmp/nodegate-test-lab-net{TEST_NET}"))

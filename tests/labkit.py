@@ -4,11 +4,20 @@ tests/conftest.py puts this folder on sys.path and offers the same helpers as fi
 `node_ssh`, `poll`)."""
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from nodegate.lab.config import LabConfig
+
+PROJECT = Path(__file__).resolve().parents[1]
+# The harness's own code: what an in-process pytester run (tests/plugin) can reach. The lab is
+# never imported by the harness (architecture.md), so its lazy imports do not matter here.
+HARNESS_CODE = ("nodegate/*.py", "checks/*.py", "procedures/*.py")
 
 
 def nodegate(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,3 +52,49 @@ def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "con
             return last
         time.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def lazy_third_party_imports() -> set[str]:
+    """Modules of other projects that the harness imports inside functions (lazily, to start fast),
+    found by reading its source: every `import x.y` / `from x.y import z` below module level."""
+    found: set[str] = set()
+    for pattern in HARNESS_CODE:
+        for path in sorted(PROJECT.glob(pattern)):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            top_level = set(map(id, tree.body))
+            for node in ast.walk(tree):
+                if id(node) in top_level:
+                    continue
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    # `from kubernetes import watch` imports the submodule kubernetes.watch
+                    names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names
+                                            if _is_module(f"{node.module}.{alias.name}"))]
+                else:
+                    continue
+                found.update(n for n in names if n.split(".")[0] not in sys.stdlib_module_names
+                             and n.split(".")[0] not in ("nodegate", "__future__"))
+    return found
+
+
+def preimport_lazy_dependencies() -> set[str]:
+    """Import now what the harness would import lazily, and return those names.
+
+    Why: an in-process pytester run drops every module it imported from sys.modules when it ends,
+    but libraries keep class objects across that: cryptography's Rust cipher registry kept the
+    first `algorithms.AES` ("cipher AES in CTR mode is not supported" for paramiko afterwards), and
+    a kubernetes client made later raised an `ApiException` class that `pytest.raises` of a
+    re-imported module no longer matched (both seen in CI). Modules already imported before a run
+    stay as they are."""
+    names = lazy_third_party_imports()
+    for name in sorted(names):
+        importlib.import_module(name)
+    return names
