@@ -74,7 +74,7 @@ DEMO_PYTEST := NODEGATE_REPORTS=$(DEMO_REPORTS) $(PY) -m pytest -p no:randomly -
 DOCKER_TASK = $(LAB)/kubespray/roles/container-engine/docker/tasks/main.yml
 
 demo: setup
-	-@test -f $(LAB)/lab.json && .venv/bin/nodegate lab down --dir $(LAB)
+	@if [ -f $(LAB)/lab.json ]; then .venv/bin/nodegate lab down --dir $(LAB); fi
 	@# a fresh lab: the journal of an earlier demo's upgrade no longer describes its nodes
 	rm -rf $(DEMO_REPORTS)/runs/journal/nodegate-lab
 	.venv/bin/nodegate lab up --dir $(LAB) --net $(LAB_NET)
