@@ -35,22 +35,30 @@ def lab_cpu_s(lab_dir: Path) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     hz = os.sysconf("SC_CLK_TCK")
+    # utime stime cutime cstime
+    return _sum_over_tree(root, lambda pid, stat: sum(int(x) for x in stat[11:15]) / hz)
+
+
+def _sum_over_tree(root_pid: int, value_of) -> float:
+    """Sum value_of(pid, its /proc/PID/stat fields after the command name) over a process and all
+    its descendants; a process that ends while it is read counts for nothing."""
     children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
+    values: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
+                stat = f.read().rsplit(b")", 1)[1].split()
+            values[pid] = value_of(pid, stat)
+        except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / hz   # utime stime cutime cstime
-    total, todo = 0.0, [root]
+        children.setdefault(int(stat[1]), []).append(pid)
+    total, todo = 0.0, [root_pid]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
+        total += values.get(pid, 0.0)
         todo += children.get(pid, [])
     return total
 
@@ -72,28 +80,13 @@ def lab_nodes(lab_dir: Path) -> list[str]:
 
 def _tree_rss_kb(root_pid: int) -> int:
     """Resident memory of a process and all its descendants (summed), from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            ppid = int(fields[1])
-            with open(f"/proc/{entry}/statm", "rb") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        pid = int(entry)
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo += children.get(pid, [])
-    return total
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+
+    def rss_kb(pid: int, _stat: list[bytes]) -> int:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * page_kb
+
+    return int(_sum_over_tree(root_pid, rss_kb))
 
 
 def timed(argv: list[str], *, env: dict | None = None, cwd: Path = ROOT, sample_memory: bool = False,
