@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from nodegate.lab.config import LabConfig
-from scenariotools import NODE, Operator
+from scenariotools import NODE, Operator, terminal_signals
 
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
@@ -306,7 +306,7 @@ class Interrupter(Operator):
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
         proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                preexec_fn=_terminal_signals,
+                                preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
 
@@ -393,13 +393,3 @@ def end_session(sid: int) -> None:
         os.killpg(sid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _terminal_signals() -> None:
-    """preexec_fn for an operator's run: SIGINT/SIGQUIT at their defaults, as in a terminal. A
-    command started in the background by a non-interactive shell (make test's second stream, or
-    a CI runner) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-    import signal as _signal
-
-    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGQUIT, _signal.SIG_DFL)

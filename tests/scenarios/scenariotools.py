@@ -449,6 +449,23 @@ def secrets_of(lab: LabConfig) -> dict[str, str]:
     return found
 
 
+def leaked_secrets(lab: LabConfig, op: Operator) -> list[str]:
+    """Each planted secret (secrets_of) found in the operator's reports or in its runs' terminal output."""
+    secrets = secrets_of(lab)
+    files = [*(p for p in op.reports.rglob("*") if p.is_file()), *op.work.glob("run-*.log")]
+    return [f"{what} in {p}" for p in files for what, value in secrets.items()
+            if value in p.read_text(errors="replace")]
+
+
+def no_traceback(run: Run) -> None:
+    assert "Traceback (most recent call last)" not in run.text, run.text[-4000:]
+
+
+def lock_free(lab: Lab) -> None:
+    info = lab.kube.read_lock()
+    assert info is None or not info.held, f"the upgrade lock is still held: {info.describe()}"
+
+
 def terminal_signals() -> None:
     """preexec_fn for an operator's run: SIGINT/SIGQUIT at their defaults, as in a terminal. A
     command started in the background by a non-interactive shell (make test's second stream, or

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from scenariotools import NODE, TARGET, Lab, Operator, fixed_checkout, secrets_of, write_profile
+from scenariotools import (NODE, TARGET, Lab, Operator, fixed_checkout, leaked_secrets, lock_free, no_traceback,
+                           write_profile)
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -81,15 +82,6 @@ def _wait_until_ended(pid: int, *, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still running after {timeout}s")
-
-
-def no_traceback(run) -> None:
-    assert "Traceback (most recent call last)" not in run.text, run.text[-4000:]
-
-
-def lock_free(lab: Lab) -> None:
-    info = lab.kube.read_lock()
-    assert info is None or not info.held, f"the upgrade lock is still held: {info.describe()}"
 
 
 # --------------------------------------------------------------------------- 1: another run holds the lock
@@ -472,11 +464,7 @@ def test_ceph_warn_during_the_run_is_waited_out_and_the_upgrade_completes(course
     journal = op.journal()
     assert journal[-1]["step"] == "complete" and journal[-1]["status"] == "done", journal[-3:]
     assert record
-    secrets = secrets_of(lab.config)
-    leaks = [f"{what} in {p}" for p in op.reports.rglob("*") if p.is_file()
-             for what, value in secrets.items() if value in p.read_text(errors="replace")]
-    leaks += [f"{what} in run logs" for p in op.work.glob("run-*.log") for what, value in secrets.items()
-              if value in p.read_text(errors="replace")]
+    leaks = leaked_secrets(lab.config, op)
     assert not leaks, leaks
     OUTCOMES["ceph-warn during the run, then completion"] = (
         "storage gate waited while HEALTH_WARN, went on within a second of the clear; node4 on 22.04, held at "

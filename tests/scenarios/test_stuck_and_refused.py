@@ -30,7 +30,7 @@ import urllib.request
 
 import pytest
 
-from scenariotools import NODE, Lab, Operator, fixed_checkout, secrets_of, write_profile
+from scenariotools import NODE, Lab, Operator, fixed_checkout, leaked_secrets, lock_free, no_traceback, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -82,15 +82,6 @@ def clear_stuck_pod(lab: Lab) -> None:
     while stuck_pod(lab) is not None:
         assert time.monotonic() < deadline, f"pod {namespace}/{name} still there after its finalizer was removed"
         time.sleep(0.2)
-
-
-def no_traceback(run) -> None:
-    assert "Traceback (most recent call last)" not in run.text, run.text[-4000:]
-
-
-def lock_free(lab: Lab) -> None:
-    info = lab.kube.read_lock()
-    assert info is None or not info.held, f"the upgrade lock is still held: {info.describe()}"
 
 
 def node_state(lab: Lab) -> tuple[str, int]:
@@ -259,9 +250,7 @@ def test_the_same_command_again_installs_the_update_and_completes(course: Course
     # the lab's fault is cleared: the update it made pending is installed, nothing to undo
     cleared = lab.cli("fault", "pending-updates", "--clear", "--node", NODE)
     assert "already" in cleared.stdout + cleared.stderr, cleared.stdout + cleared.stderr
-    secrets = secrets_of(lab.config)
-    leaks = [f"{what} in {p}" for p in op.reports.rglob("*") if p.is_file()
-             for what, value in secrets.items() if value in p.read_text(errors="replace")]
+    leaks = leaked_secrets(lab.config, op)
     assert not leaks, leaks
     OUTCOMES["the same command again after the refusal"] = (
         f"completed ({run.seconds:.0f} s): its dist-upgrade step installed the pending update, then the release "
