@@ -79,6 +79,10 @@ class ConflictError(TransientError):
     """The object changed since it was read, or already exists (HTTP 409): re-read and decide again."""
 
 
+class ApiBusy(TransientError):
+    """The API server answered 429 or 5xx: it is there, but overloaded or flapping; retrying helps."""
+
+
 class ExecTimeout(TransientError):
     """A command run by exec did not finish in time. Not retried: it may have had effects."""
 
@@ -526,14 +530,19 @@ class Kube:
         return kube
 
     def check(self, *, attempts: int = 4) -> str:
-        """Load the kubeconfig and ask the server's version (four quick tries: a flapping API
-        server answering 503 to a third of the requests must not end a run before it starts;
-        an address where nothing listens still fails within ~2 s); return it.
+        """Load the kubeconfig and ask the server's version (four quick tries, so an address where
+        nothing listens fails within ~2 s; a server that answers 429/5xx then gets the usual
+        bounded retries: a flapping API must not end a run before it starts); return it.
         Any failure is a UsageError naming the fix: this runs before anything changes."""
         __tracebackhide__ = True
         self._load()
         try:
-            return self.server_version(attempts=attempts)
+            try:
+                return self.server_version(attempts=attempts)
+            except ApiBusy:
+                # It answers, so the address is right: a flapping server, not a wrong one. Give it
+                # the bounded retries every other request gets before refusing to start.
+                return self.server_version()
         except TransientError as exc:
             raise UsageError(f"the Kubernetes API at {self.server} ({self.origin}) cannot be reached: "
                              f"{_first_line(exc)}",
@@ -765,7 +774,7 @@ class Kube:
                                   fix="the eviction API allows one PodDisruptionBudget per pod: delete or narrow the "
                                       "overlapping PDBs (`kubectl get pdb -A`)")
         if status == 429 or status >= 500:
-            return TransientError(f"{where} answered {said} while trying to {what}", fix=check)
+            return ApiBusy(f"{where} answered {said} while trying to {what}", fix=check)
         if status == 401:
             return PermanentError(f"{where} rejected the credentials while trying to {what} (401 Unauthorized)",
                                   fix="renew the user's token or certificate in the kubeconfig")
