@@ -40,6 +40,7 @@ from urllib.parse import quote
 import tenacity
 
 from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.interrupts import checkpoint
 from nodegate.secrets import register_secret
 from nodegate.waits import Done, NotYet, ProgressReporter, WaitProgress, WaitTimeout, wait_for
 
@@ -649,6 +650,7 @@ class Kube:
         tries = attempts or self.attempts
 
         def once() -> Any:
+            checkpoint()   # a Ctrl-C a finalizer swallowed stops the run before the request
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - translated or re-raised unchanged

@@ -39,6 +39,7 @@ import yaml
 
 from nodegate import knowledge, parsing
 from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.interrupts import checkpoint
 from nodegate.profile import Profile
 from nodegate.secrets import redact, register_secret
 
@@ -324,8 +325,18 @@ def run_playbook(*, profile: Profile, node: str, kube_version: str | None = None
     reader = threading.Thread(target=pump, name=f"kubespray-{node}", daemon=True)
     reader.start()
     timed_out = False
+    deadline = started + timeout_s
     try:
-        rc = proc.wait(timeout=timeout_s)
+        while True:
+            # The playbook runs in a session of its own (the terminal's Ctrl-C reaches only this
+            # process): a Ctrl-C that a finalizer swallowed must still end it within a second.
+            checkpoint()
+            try:
+                rc = proc.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
     except subprocess.TimeoutExpired:
         timed_out = True
         _end_group(proc)

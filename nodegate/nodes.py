@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodegate import parsing
 from nodegate.errors import NodegateError, PermanentError, TransientError, UsageError
+from nodegate.interrupts import checkpoint
 
 if TYPE_CHECKING:
     from nodegate.profile import NodeSpec, SSHSettings
@@ -226,6 +227,7 @@ class NodeHost:
             argv = ["timeout", "-k", "5", f"{timeout:g}", *argv]
         if sudo and self.user != "root":
             argv = ["sudo", "-n", "--", *argv]
+        checkpoint()   # a Ctrl-C a finalizer swallowed stops the run before the command
         started = time.monotonic()
         out = self._execute(shlex.join(argv))
         result = CommandResult(node=self.name, args=tuple(str(a) for a in args), rc=out.rc,

@@ -164,6 +164,28 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
     return NodegateRun(options=options, profile=profile, nodes=nodes)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # After every plugin's pytest_configure, so the hook noting a swallowed Ctrl-C sits in front of
+    # pytest's own unraisable-exception hook (which still reports it) rather than behind it.
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None and run.options.active:
+        from nodegate import interrupts
+
+        interrupts.watch()
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    from nodegate import interrupts
+
+    interrupts.stopping()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from nodegate import interrupts
+
+    interrupts.unwatch()
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.profile is None:

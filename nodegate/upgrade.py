@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nodegate.errors import NodegateError, PermanentError, UsageError
+from nodegate.interrupts import checkpoint
 from nodegate.journal import ANNOTATION, Journal, StepRecord
 from nodegate.knowledge import UbuntuRelease, next_release, ubuntu_release
 from nodegate.waits import Done, NotYet, WaitTimeout, wait_for
@@ -295,6 +296,7 @@ class Upgrade:
         done, skipped, failed, interrupted — is in the journal and mirrored on the Node."""
         step = self.step(name)
         try:
+            checkpoint()   # a Ctrl-C a finalizer swallowed at the last step's end stops the run here
             return self._perform(step)
         except KeyboardInterrupt:
             # The signal may land after the step's end was written (while it is mirrored on the

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import tenacity
 
 from nodegate.errors import PermanentError, TransientError
+from nodegate.interrupts import checkpoint
 
 if TYPE_CHECKING:  # only for type names: waits sits below kube and nodes
     from nodegate.kube import Kube, NodeStatus
@@ -123,6 +124,7 @@ def wait_for(probe: Probe, *, what: str, timeout: float, interval: float = 1.0,
     deadline = time.monotonic() + timeout
 
     def attempt() -> Any:
+        checkpoint()   # a Ctrl-C a finalizer swallowed ends the wait here
         try:
             answer = probe()
         except retry_on as exc:

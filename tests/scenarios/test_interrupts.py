@@ -33,7 +33,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -248,11 +247,11 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
         scene.outcomes.append(Outcome(f"{point.step}: {point.where}", sig.name, where, seconds, rc, live.brief()))
         label = f"{sig.name} aimed at {point.step} ({point.where}), stopped {where}"
         if run.unheeded:
-            # Seen once in ~150 interrupts (a SIGINT as the first reboot began; cause not found yet):
-            # the run went on as if nothing happened. Kept visible — table, warning, report — while the
-            # second signal lets the course go on and every other assertion still applies.
+            # Once in ~150 interrupts, before nodegate.interrupts: the signal landed while a finalizer
+            # ran (at a step's end), Python swallowed the KeyboardInterrupt and the run went on. The
+            # second signal only lets the run end so that everything else is still reported.
             scene.outcomes[-1].stopped_in += " UNHEEDED 1st signal"
-            warnings.warn(f"{label}: the first signal was not heeded; the run went on with {run.unheeded}")
+            problems.append(f"{label}: the first signal was not heeded; the run went on with {run.unheeded}")
             seconds -= 12.0
         if rc == -signal.SIGINT and sig == signal.SIGINT:
             # Ctrl-C reached the process group again while pytest was already ending (after it said
