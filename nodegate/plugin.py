@@ -165,13 +165,14 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # After every plugin's pytest_configure, so the hook noting a swallowed Ctrl-C sits in front of
-    # pytest's own unraisable-exception hook (which still reports it) rather than behind it.
+    # Ctrl-C (and SIGTERM while executing) must stop the run even when Python loses the interrupt in
+    # a finalizer (nodegate.interrupts). After every plugin's pytest_configure, so the hook noting a
+    # swallowed interrupt sits in front of pytest's own unraisable-exception hook, not behind it.
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None and run.options.active:
         from nodegate import interrupts
 
-        interrupts.watch()
+        interrupts.watch(sigterm=run.options.execute)
 
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:

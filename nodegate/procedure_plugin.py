@@ -18,15 +18,15 @@ Design (kept small on purpose):
 - Without ``--execute`` (nodegate.plugin deselects the procedures then), giving --node while
   collecting procedures prints the plan — every step with the exact commands and where they run —
   and writes it to the run's Allure results; nothing is changed.
-- SIGTERM is turned into KeyboardInterrupt while executing, so the journal records the step as
-  interrupted and the fixtures' teardown runs, exactly as for Ctrl-C.
+- SIGTERM is turned into KeyboardInterrupt while executing (nodegate.interrupts, set up by
+  nodegate.plugin), so the journal records the step as interrupted and the fixtures' teardown
+  runs, exactly as for Ctrl-C.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +49,6 @@ log = logging.getLogger("nodegate.procedures")
 PLAN_REQUESTED = pytest.StashKey[bool]()
 PLAN_TEXT = pytest.StashKey[str]()
 FIRST_FAILURE = pytest.StashKey[str]()
-OLD_SIGTERM = pytest.StashKey[Any]()
 CHECKS_TIMEOUT_S = 1800
 
 
@@ -58,10 +57,6 @@ def _executing(run: NodegateRun | None) -> bool:
 
 
 # --------------------------------------------------------------------------- configuration
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
 
 def pytest_configure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
@@ -72,10 +67,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.log_cli_level = "INFO"
         config.option.log_cli_format = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
         config.option.log_cli_date_format = "%H:%M:%S"
-    try:
-        config.stash[OLD_SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
-    except ValueError:   # not the main thread (embedded runs): Ctrl-C handling still applies
-        pass
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -89,12 +80,6 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> N
                or entry._rawentry.tb_lineno is not None]
     if len(entries) != len(excinfo.traceback):
         excinfo.traceback = Traceback(entries)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    old = config.stash.get(OLD_SIGTERM, None)
-    if old is not None:
-        signal.signal(signal.SIGTERM, old)
 
 
 # --------------------------------------------------------------------------- collection
