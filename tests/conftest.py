@@ -6,7 +6,8 @@ NODEGATE_KEEP_LAB=1). Environment:
   NODEGATE_TEST_LAB_DIR  lab directory (default /tmp/nodegate-test-lab-net<NET>)
   NODEGATE_TEST_NET      address octet of that lab (default 0: CI); a developer uses their own
   NODEGATE_KEEP_LAB=1    leave the lab running after the session
-Extra labs (`make_lab`) use nets from NODEGATE_TEST_NET + 100 upwards, so they never collide with it.
+Labs a test brings up beside it (`make_lab`, the access and lab tests) have octets of their own,
+offset from NODEGATE_TEST_NET (labkit.NET_OFFSETS), so they never collide with it.
 """
 from __future__ import annotations
 
@@ -24,15 +25,14 @@ from nodegate.lab.config import LabConfig
 # importable reliably); this folder is put on sys.path explicitly, whatever the import mode.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labkit import nodegate, preimport_lazy_dependencies, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
+from labkit import TEST_NET, net_beside, nodegate, preimport_lazy_dependencies, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
 
 # Before any in-process pytester run (tests/plugin): see preimport_lazy_dependencies for why.
 PREIMPORTED = preimport_lazy_dependencies()
 
-TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
 TEST_LAB_DIR = Path(os.environ.get("NODEGATE_TEST_LAB_DIR", f"/tmp/nodegate-test-lab-net{TEST_NET}"))
 KEEP_LAB = os.environ.get("NODEGATE_KEEP_LAB") == "1"
-EXTRA_NET_BASE = (TEST_NET + 100) % 250
+EXTRA_NET_BASE = net_beside("extra-labs")
 
 
 def _running(lab_dir: Path) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,27 @@ PROJECT = Path(__file__).resolve().parents[1]
 # The harness's own code: what an in-process pytester run (tests/plugin) can reach. The lab is
 # never imported by the harness (architecture.md), so its lazy imports do not matter here.
 HARNESS_CODE = ("nodegate/*.py", "checks/*.py", "procedures/*.py")
+
+# The session's lab runs on address octet TEST_NET (127.0.<net>.x; CI: 0 and 40 side by side, a
+# developer picks their own). Every lab part a test brings up beside it gets its own octet, offset
+# from TEST_NET, all in this one table so that no two collide (nor a developer's labs with CI's).
+TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
+NET_OFFSETS = {
+    "access-nodes": 60,        # tests/access: bare 2-node lab (sshd + apt)
+    "access-api": 61,          # tests/access: standalone API server
+    "access-ceph": 62,         # tests/access: standalone Ceph
+    "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
+    "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
+    "lab-etcd": 65,            # tests/lab/test_etcd.py
+    "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
+    "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
+    "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
+}
+
+
+def net_beside(part: str) -> int:
+    """The address octet of a lab part brought up beside the session's lab (see NET_OFFSETS)."""
+    return (TEST_NET + NET_OFFSETS[part]) % 250
 
 
 def nodegate(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:

@@ -31,7 +31,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field

@@ -1,27 +1,22 @@
 """Fixtures for the access-layer tests (nodes, kube, ceph, waits) against real lab parts.
 
-Each lab part these tests need runs on its own address octet, derived from NODEGATE_TEST_NET
-(default 0) so a developer's labs and CI never collide:
-  bare node lab (2 nodes, sshd + apt only)  net = TEST_NET + 60
-  standalone API server                     net = TEST_NET + 61
-  standalone Ceph                           net = TEST_NET + 62
+Each lab part these tests need runs on its own address octet beside the session's lab
+(labkit.NET_OFFSETS): a bare 2-node lab (sshd + apt only), a standalone API server, a standalone Ceph.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from apiservertools import standalone_api_server
-from labkit import nodegate
+from labkit import net_beside, nodegate
 
 from nodegate.lab.config import LabConfig
 from nodegate.profile import NodeSpec, SSHSettings
 
-TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
-NODES_NET = (TEST_NET + 60) % 250
-API_NET = (TEST_NET + 61) % 250
-CEPH_NET = (TEST_NET + 62) % 250
+NODES_NET = net_beside("access-nodes")
+API_NET = net_beside("access-api")
+CEPH_NET = net_beside("access-ceph")
 
 
 def node_specs(config: LabConfig) -> list[NodeSpec]:
@@ -87,7 +82,7 @@ def lab_ceph():
 
 @pytest.fixture(scope="session")
 def api_lab():
-    """The lab API server (python -m nodegate.lab.apiserver) on net TEST_NET+61, 4 nodes up, its
+    """The lab API server (python -m nodegate.lab.apiserver) on net API_NET, 4 nodes up, its
     nodes driven by state.json writes (tests/apiservertools.py)."""
     with standalone_api_server(Path(f"/tmp/nodegate-access-api-net{API_NET}"), net=API_NET) as lab:
         yield lab

@@ -9,7 +9,6 @@ and driven by tests/apiservertools.py (shared with the access tests' `api_lab`).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -18,12 +17,11 @@ from pathlib import Path
 
 import pytest
 from apiservertools import standalone_api_server, start_server, stop_server
-from labkit import wait_until
+from labkit import net_beside, wait_until
 
 pytestmark = pytest.mark.lab
 
-TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
-NET = (TEST_NET + 71) % 250      # beside the access tests' server (+61) and extra labs (+100..)
+NET = net_beside("lab-apiserver")   # one of the two modules at a time in a session
 FOCAL = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\nID=ubuntu\n'
 NOBLE = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\n'
 

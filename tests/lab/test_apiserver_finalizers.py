@@ -9,18 +9,16 @@ test_apiserver.py (modules run one after the other, each stops its server at its
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 from apiservertools import StandaloneApiServer, standalone_api_server
-from labkit import wait_until
+from labkit import net_beside, wait_until
 
 pytestmark = pytest.mark.lab
 
-TEST_NET = int(os.environ.get("NODEGATE_TEST_NET", "0"))
-NET = (TEST_NET + 71) % 250      # test_apiserver.py's octet: never both at once in one session
+NET = net_beside("lab-apiserver")   # one of the two modules at a time in a session
 FOCAL = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\nID=ubuntu\n'
 FINALIZER = "example.com/never-removed"
 

@@ -12,11 +12,13 @@ import pytest
 
 from nodegate.errors import TransientError, UsageError
 from nodegate.lab.ceph import LabCeph
+from labkit import net_beside
+
 from nodegate.lab.config import LabConfig
 
 pytestmark = pytest.mark.lab
 
-NET = 14
+NET = net_beside("lab-ceph")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_create_refuses_an_existing_cluster(ceph: LabCeph):
 
 def test_one_node_lab_is_healthy_and_destroy_leaves_nothing(tmp_path):
     """A 1-node lab (pool size 1) reaches HEALTH_OK; destroy stops every daemon, removes data."""
-    lab = LabCeph(LabConfig.new(tmp_path, 1, net=NET + 1))
+    lab = LabCeph(LabConfig.new(tmp_path, 1, net=net_beside("lab-ceph-single")))
     try:
         state = lab.create(timeout=120)
         assert state.truly_healthy and state.osds == 1, state.describe()

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from nodegate.errors import UsageError
+from labkit import net_beside
+
 from nodegate.lab.config import LabConfig
 from nodegate.lab.etcd import LabEtcd
 
 pytestmark = pytest.mark.lab
 
-NET = 15
+NET = net_beside("lab-etcd")
 
 
 @pytest.fixture

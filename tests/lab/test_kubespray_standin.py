@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labkit import net_beside
+
 from nodegate.lab.config import LabConfig
 from nodegate.lab.kubespray import DOCKER_TASKS, KUBELET_VERSION_FILE, apply_force_fix, planted_secrets
 from nodegate.profile import load_profile
 
-NET = (int(os.environ.get("NODEGATE_TEST_NET", "0")) + 150) % 250
+NET = net_beside("kubespray-standin")
 DOWNGRADE = "E: Packages were downgraded and -y was used without --allow-downgrades."
 HELD = "E: Held packages were changed and -y was used without --allow-change-held-packages."
 MULTUS = "Failed to template loop_control.label: 'None' has no attribute 'item'"

@@ -22,8 +22,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from nodegate.lab.config import LabConfig
 
 ROOT = Path(__file__).resolve().parents[2]
