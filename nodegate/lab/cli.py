@@ -18,7 +18,7 @@ from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
-                                     stop_lab, supervisor_pid, write_services)
+                                     read_services, stop_lab, supervisor_pid, write_services)
 
 DEFAULT_DIR = ".lab"
 UP_TIMEOUT_S = 300.0
@@ -125,7 +125,7 @@ def create_lab(lab_dir: Path, *, nodes: int, net: int, services: tuple[str, ...]
     for sub in ("nodes", "pids"):
         if (lab_dir / sub).exists():
             shutil.rmtree(lab_dir / sub)
-    for name in ("faults.json", "supervisor-status.json"):
+    for name in ("faults.json", "supervisor-status.json", "seed-layer"):   # seed-layer: seed.SEED_PIN
         (lab_dir / name).unlink(missing_ok=True)
     (lab_dir / "logs").mkdir(exist_ok=True)
     (lab_dir / "pids").mkdir(exist_ok=True)
@@ -344,7 +344,28 @@ def cmd_reset(args) -> int:
         raise PermanentError(f"reset {node.name}: {answer.get('error')}")
     extra = f"; faults cleared: {', '.join(cleared)}" if cleared else ""
     print(f"{node.name} reset and up again in {answer['seconds']:.1f} s{extra}")
+    if "api" in read_services(config.dir):
+        # The API server reports the node Ready ready_delay_s after it is up: a procedure or a
+        # preflight started on the word "reset" would otherwise meet a NotReady node.
+        started, limit = time.monotonic(), config.ready_delay_s + 30
+        while not _node_ready(config, node.name):
+            if time.monotonic() - started > limit:
+                raise TransientError(f"{node.name} is up but not Ready {limit:.0f} s after its reset",
+                                     fix=f"see {config.dir / 'logs'}; then `nodegate lab status`")
+            time.sleep(0.1)
+        print(f"{node.name} Ready {time.monotonic() - started:.1f} s later")
     return 0
+
+
+def _node_ready(config: LabConfig, name: str) -> bool:
+    req = urllib.request.Request(f"{config.api_url}/api/v1/nodes/{name}",
+                                 headers={"Authorization": f"Bearer {config.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=1.0) as resp:
+            conditions = json.load(resp).get("status", {}).get("conditions", [])
+    except (OSError, ValueError):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def cmd_power(args) -> int:

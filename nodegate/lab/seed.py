@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -147,9 +146,25 @@ def is_cached(cache_root: Path = CACHE_ROOT) -> bool:
     return (cache_root / f"seed-{seed_key(repo, cache_root)}" / "complete").exists()
 
 
+SEED_PIN = "seed-layer"   # DIR/seed-layer: the seed layer this lab's nodes start from
+
+
 def seed_layer(config: LabConfig) -> Path:
-    """node.py's hook: the read-only layer every node of this lab starts from."""
-    return ensure_seed()
+    """node.py's hook: the read-only layer every node of this lab starts from. It is the layer
+    cached when the lab came up, kept for the lab's life: once the lab's code changes, the cache
+    holds a newer repository build and seed, but this lab still serves the repository it copied at
+    start (DIR/apt). A node reset onto the newer seed would carry apt lists of another build, and
+    apt would fetch packages whose size and hashes do not match them."""
+    pin = config.dir / SEED_PIN
+    if pin.is_file():
+        layer = Path(pin.read_text().strip())
+        if (layer.parent / "complete").exists():
+            return layer
+        raise PermanentError(f"the seed layer this lab started from ({layer}) is no longer cached",
+                             fix="restart the lab: `nodegate lab down`, then `nodegate lab up`")
+    layer = ensure_seed()
+    pin.write_text(f"{layer}\n")
+    return layer
 
 
 # -- per node -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,26 @@ def test_apt_refuses_to_change_held_or_downgrade(lab, lab_ssh, cli):
         assert lab_ssh(node, "dpkg-query -W -f='${Version}' containerd.io").stdout == "1.6.20-1"
     finally:
         cli("lab", "reset", node, "--dir", str(lab.dir))
+
+
+def test_a_lab_keeps_the_seed_layer_it_started_with(lab, tmp_path):
+    """A node reset after the lab's code changed (the cache then holds a newer repository build and
+    seed) must still start from the seed whose apt lists match the repository this lab serves."""
+    from nodegate.errors import PermanentError
+    from nodegate.lab.config import LabConfig
+
+    pinned = Path((lab.dir / seed.SEED_PIN).read_text().strip())   # written at the first boot
+    assert seed.seed_layer(lab) == pinned and (pinned.parent / "complete").exists()
+
+    other = LabConfig.new(tmp_path / "other", 1, net=lab.net)
+    other.dir.mkdir(parents=True, exist_ok=True)
+    older = tmp_path / "seed-older"
+    (older / "layer").mkdir(parents=True)
+    (older / "complete").touch()
+    (other.dir / seed.SEED_PIN).write_text(f"{older / 'layer'}\n")
+    assert seed.seed_layer(other) == older / "layer"        # not the newest in the cache
+
+    (older / "complete").unlink()                           # its seed left the cache
+    with pytest.raises(PermanentError, match="no longer cached") as refused:
+        seed.seed_layer(other)
+    assert "nodegate lab down" in refused.value.fix

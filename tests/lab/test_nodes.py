@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -92,8 +93,13 @@ def test_reset_puts_node_back_in_seconds(lab, lab_ssh, cli):
     started = time.monotonic()
     result = cli("lab", "reset", node, "--dir", str(lab.dir))
     took = time.monotonic() - started
-    assert f"{node} reset and up again" in result.stdout
+    assert f"{node} reset and up again" in result.stdout and f"{node} Ready" in result.stdout, result.stdout
     assert took < 10, f"reset took {took:.1f} s"
+    # Ready as soon as the command returns: a preflight started on its word meets a Ready node
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node}", headers={"Authorization": f"Bearer {lab.token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        conditions = json.load(response)["status"]["conditions"]
+    assert {"type": "Ready", "status": "True"}.items() <= next(c for c in conditions if c["type"] == "Ready").items()
     out = lab_ssh(node, "ls /root/reset-me /etc/nodegate-test 2>&1; hostname", check=False).stdout
     assert "No such file" in out and node in out
     after = state(lab, node)
