@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nodegate.knowledge import UbuntuRelease
     from nodegate.kube import Kube, NodeStatus, PodSummary
     from nodegate.nodes import NodeHost, Nodes, NodeSnapshot
+    from nodegate.parsing import OsRelease
     from nodegate.profile import NodeSpec, Profile
 
 PHASES = ("preflight", "postflight")
@@ -504,10 +505,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from nodegate.errors import NodegateError
 
     phases = {item_phase(i) for i in items} - {None}
-    if "postflight" in phases and run.options.target_release is None:
-        raise pytest.UsageError(
-            "postflight checks compare the node with the release it was upgraded to, but no --target-release "
-            "was given\n  fix: add --target-release 22.04 or 24.04 (the release the node was upgraded to)")
+    _refuse_postflight_without_target(run, phases)
     try:
         validate_access(config, run, items, phases)
     except NodegateError as exc:
@@ -515,17 +513,79 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     return result
 
 
+def _refuse_postflight_without_target(run: NodegateRun, phases: set[str]) -> None:
+    if "postflight" in phases and run.options.target_release is None:
+        raise pytest.UsageError(
+            "postflight checks compare the node with the release it was upgraded to, but no --target-release "
+            "was given\n  fix: add --target-release 22.04 or 24.04 (the release the node was upgraded to)")
+
+
+def _connect_or_refuse(reads: "Reads", run: NodegateRun) -> None:
+    from nodegate.errors import TransientError, UsageError
+
+    try:
+        reads.connect()
+    except TransientError as exc:
+        raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: {exc.message}",
+                         fix=exc.fix or "check the API server address in the kubeconfig") from None
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """The process that deals the checks out to xdist workers: it collects nothing itself."""
+    return getattr(config, "workerinput", None) is None and config.pluginmanager.has_plugin("dsession")
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own pytest_sessionstart starts the workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist the workers collect, so the checks of validate_access would run there, and a bad
+    input found by a worker ends as an INTERNALERROR (one worker) or as a page of failed checks
+    (several). The controller checks the input first, as a run without xdist does: every selected
+    node answers SSH (address, host key, user key) and runs the release --target-release follows
+    from, and the API server answers."""
+    config = session.config
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.profile is None or not run.nodes or not _xdist_controller(config):
+        return
+    from nodegate.errors import NodegateError
+
+    pre, post = _phase_matches(config)
+    phases = {name for name, chosen in (("preflight", pre), ("postflight", post)) if chosen}
+    _refuse_postflight_without_target(run, phases)
+    reads = reads_for(config)
+    try:
+        hosts = [reads.host(spec.name) for spec in run.nodes]          # built here, in one thread
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodegate-check") as pool:
+            kube = pool.submit(_connect_or_refuse, reads, run)
+            releases = list(pool.map(lambda host: host.release.os_release(), hosts))
+            kube.result()
+        if phases == {"preflight"} and run.target is not None:
+            for spec, release in zip(run.nodes, releases):
+                _check_target(spec, release, run)
+    except NodegateError as exc:
+        raise pytest.UsageError(f"before running any check: {exc}") from None
+    config.stash[CHECKED_BY_CONTROLLER] = True
+
+
+CHECKED_BY_CONTROLLER = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist: tell the workers that the controller has checked the input (see pytest_sessionstart)."""
+    node.workerinput["nodegate_checked"] = node.config.stash.get(CHECKED_BY_CONTROLLER, False)
+
+
 def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.Item], phases: set[str]) -> None:
     """Reach the API server and every selected node once, before any test runs; then start the
     reads the selected checks will make, so they are answered while the first checks run."""
-    from nodegate.errors import TransientError, UsageError
-
     needs_kube = any(_uses(i, _KUBE_FIXTURES) for i in items)
     needs_ssh = bool(run.nodes) and any(_uses(i, _SSH_FIXTURES) for i in items)
     workerinput = getattr(config, "workerinput", None)
-    # under xdist, the first worker reaches every node before any check runs (xdist starts no
-    # test before every worker has collected); the others read only the nodes dealt to them
-    validating = workerinput is None or workerinput.get("workerid", "gw0") == "gw0"
+    # under xdist the controller has checked every node before starting the workers (else the
+    # first worker does: xdist starts no test before every worker has collected); a worker reads
+    # only the nodes dealt to it
+    validating = workerinput is None or (workerinput.get("workerid", "gw0") == "gw0"
+                                         and not workerinput.get("nodegate_checked"))
     reads = reads_for(config)
     reads.fleet = len(run.nodes) > 1
     if needs_ssh:
@@ -549,17 +609,12 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
     snapshots = {spec.name: reads.snapshot(spec.name) for spec in run.nodes} if needs_ssh and validating else {}
     for spec in run.nodes:
         if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
-            _check_target(spec, snapshots[spec.name], run)
+            _check_target(spec, snapshots[spec.name].os_release, run)
     if ahead and needs_ssh:
         # the nodes' reads (apt-get update: seconds) start now, while the API client still loads
         _prefetch(reads, run, items, phases, needs_kube=False, needs_ssh=True)
     if needs_kube:
-        try:
-            reads.connect()
-        except TransientError as exc:
-            raise UsageError(f"the cluster of kubeconfig {run.profile.kube.kubeconfig} is unreachable: "
-                             f"{exc.message}",
-                             fix=exc.fix or "check the API server address in the kubeconfig") from None
+        _connect_or_refuse(reads, run)
 
 
 @dataclass
@@ -636,12 +691,11 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
         reads.prefetch(*wanted)
 
 
-def _check_target(spec: "NodeSpec", snapshot: "NodeSnapshot", run: NodegateRun) -> None:
+def _check_target(spec: "NodeSpec", osr: "OsRelease", run: NodegateRun) -> None:
     """--target-release must be the next LTS after the node's release (do-release-upgrade goes one step)."""
     from nodegate.errors import UsageError
     from nodegate.knowledge import next_release, ubuntu_release
 
-    osr = snapshot.os_release
     target = run.target
     current = ubuntu_release(osr.version_id or "") if (osr.id or "").lower() == "ubuntu" else None
     if current is None:

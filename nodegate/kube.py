@@ -84,6 +84,10 @@ class ApiBusy(TransientError):
     """The API server answered 429 or 5xx: it is there, but overloaded or flapping; retrying helps."""
 
 
+class ClientClosed(PermanentError):
+    """A request on a Kube already closed: the run is ending (a read ahead still retrying stops here)."""
+
+
 class ExecTimeout(TransientError):
     """A command run by exec did not finish in time. Not retried: it may have had effects."""
 
@@ -518,6 +522,7 @@ class Kube:
         self.server = "(not loaded yet)"
         self._api: Any = None
         self._load_lock = threading.Lock()
+        self._closed = False
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -638,6 +643,10 @@ class Kube:
         return client.ApiClient(configuration)
 
     def close(self) -> None:
+        # Reads still running ahead in other threads (a run refused before its first check, with
+        # the API answering 5xx) stop at their next attempt instead of retrying on after the
+        # error was shown, and keeping the process alive until they give up.
+        self._closed = True
         if self._api is not None:
             self._api.close()
 
@@ -651,6 +660,8 @@ class Kube:
 
         def once() -> Any:
             checkpoint()   # a Ctrl-C a finalizer swallowed stops the run before the request
+            if self._closed:
+                raise ClientClosed(f"the Kubernetes API client of this run was closed before: {what}")
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - translated or re-raised unchanged
@@ -667,7 +678,7 @@ class Kube:
             retry=tenacity.retry_if_exception(_retryable),
             stop=tenacity.stop_after_attempt(tries) | tenacity.stop_after_delay(self.retry_limit_s),
             wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=3.0, jitter=0.2),
-            before_sleep=_log_retry(what, tries),
+            before_sleep=_log_retry(what, tries, quiet=lambda: self._closed),
             reraise=True,
         )
         return retrying(once)
@@ -1580,8 +1591,11 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) and not isinstance(exc, (ConflictError, ExecTimeout))
 
 
-def _log_retry(what: str, attempts: int) -> Callable[[tenacity.RetryCallState], None]:
+def _log_retry(what: str, attempts: int, *,
+               quiet: Callable[[], bool] = lambda: False) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
+        if quiet():
+            return
         exc = state.outcome.exception() if state.outcome else None
         log.warning("retrying %s in %.1fs (attempt %d/%d failed: %s)", what,
                     state.next_action.sleep if state.next_action else 0, state.attempt_number,

@@ -848,3 +848,42 @@ def test_lock_staleness_and_exec_status():
         {"reason": "ExitCode", "message": "16"}]}}), "x") == 16
     with pytest.raises(PermanentError, match="container not found"):
         _exec_rc(json.dumps({"status": "Failure", "message": "container not found"}), "x")
+
+
+def test_closing_the_client_stops_a_read_retrying_in_another_thread(api_lab, settled, caplog):
+    """A run refused before its first check closes its client while reads started ahead are still
+    retrying a failing API (a node down: 500 from its kubelet): they stop at their next attempt, with
+    no more "retrying" lines after the error, instead of keeping the process alive for 20 s."""
+    from nodegate.kube import ClientClosed
+
+    fault(api_lab, "api-flaky", ratio=1.0, mode="503")
+    wait_until(lambda: answer_code(api_lab) == 503, timeout=5, what="the outage to begin")
+    kube = Kube(settings=api_lab.settings(), attempts=6, retry_limit_s=30)
+    kube.load()
+    outcome: dict = {}
+
+    def read_ahead() -> None:
+        try:
+            kube.list_nodes()
+        except BaseException as exc:  # noqa: BLE001 - what ended the read is the point
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    try:
+        with caplog.at_level("WARNING", logger="nodegate.kube"):
+            thread = threading.Thread(target=read_ahead, daemon=True)
+            thread.start()
+            wait_until(lambda: any(r.getMessage().startswith("retrying") for r in caplog.records), timeout=10,
+                       what="the read retrying")
+            closed = time.monotonic()
+            kube.close()
+            time.sleep(0.1)   # a retry line being written at that instant is not one after the close
+            retries_before = sum(r.getMessage().startswith("retrying") for r in caplog.records)
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "the read went on retrying after close()"
+            assert outcome["ended"] - closed < 4, outcome["ended"] - closed     # one back-off at most, not 30 s
+            assert isinstance(outcome["error"], ClientClosed), outcome["error"]
+            assert sum(r.getMessage().startswith("retrying") for r in caplog.records) == retries_before
+    finally:
+        fault(api_lab, "api-flaky", clear=True)
+    wait_until(lambda: answer_code(api_lab) == 200, timeout=5, what="the outage to end")

@@ -21,6 +21,11 @@ def assert_usage_error(run, *phrases: str) -> None:
     assert "fix:" in text
 
 
+def _port_2222_for_node4(config: str) -> str:
+    head, sep, rest = config.partition("Host node4\n")
+    return head + sep + rest.replace("Port 22\n", "Port 2222\n", 1)
+
+
 def test_unknown_node_lists_the_known_ones(catalogue):
     run = catalogue("-m", "preflight", node="node9")
     assert_usage_error(run, "unknown node 'node9'", "known nodes: node1, node2, node3, node4")
@@ -71,11 +76,7 @@ def test_postflight_needs_a_target_release(catalogue):
 
 
 def test_ssh_refused(catalogue, broken_profile):
-    def port_2222_for_node4(config: str) -> str:
-        head, sep, rest = config.partition("Host node4\n")
-        return head + sep + rest.replace("Port 22\n", "Port 2222\n", 1)
-
-    run = catalogue("-m", "preflight", cluster=broken_profile(ssh=port_2222_for_node4))
+    run = catalogue("-m", "preflight", cluster=broken_profile(ssh=_port_2222_for_node4))
     assert_usage_error(run, "node4", "refused the SSH connection")
 
 
@@ -100,3 +101,26 @@ def test_ssh_unknown_host_key(catalogue, broken_profile, lab, tmp_path):
 def test_node_missing_where_checks_need_one(catalogue):
     run = catalogue("-m", "preflight", node=None)
     assert_usage_error(run, "no --node was given", "known nodes: node1, node2, node3, node4")
+
+
+@pytest.mark.parametrize("case", ["ssh refused", "target not the next", "postflight without target",
+                                  "cluster unreachable"])
+def test_bad_input_under_xdist_is_one_usage_error_from_the_controller(catalogue, broken_profile, lab, case):
+    """With -n (the workers collect, not the controller), the same bad input must still stop the run
+    before any check with one message and its fix: not an INTERNALERROR from a worker, nor a page of
+    failed checks."""
+    args, cluster, said = ["-m", "preflight", "--target-release", "22.04"], None, ()
+    if case == "ssh refused":
+        cluster, said = broken_profile(ssh=_port_2222_for_node4), ("node4", "refused the SSH connection")
+    elif case == "target not the next":
+        args, said = ["-m", "preflight", "--target-release", "24.04"], ("is not the next release for node4",)
+    elif case == "postflight without target":
+        args, said = ["-m", "postflight"], ("no --target-release was given",)
+    else:
+        dead = f"http://127.{lab.net}.3.9:6443"
+        cluster = broken_profile(kubeconfig=lambda k: k.replace(lab.api_url, dead))
+        said = ("cannot be reached", dead.removeprefix("http://").split(":")[0])
+    run = catalogue(*args, "-n", "2", cluster=cluster)
+    assert_usage_error(run, *said)
+    assert "INTERNALERROR" not in run.text and "[gw" not in run.text, run.text[-3000:]
+    assert run.seconds < 30, f"took {run.seconds:.1f} s"
