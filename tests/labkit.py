@@ -8,6 +8,8 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -120,3 +122,58 @@ def preimport_lazy_dependencies() -> set[str]:
     for name in sorted(names):
         importlib.import_module(name)
     return names
+
+
+class LabAccess:
+    """The lab seen through the harness's own modules (profile, Kubernetes API, Ceph, SSH), plus the
+    lab CLI: what the procedure tests' LabNodes and the scenarios' Lab both start from."""
+
+    def __init__(self, lab: LabConfig) -> None:
+        from nodegate.ceph import Ceph
+        from nodegate.kube import Kube
+        from nodegate.nodes import Nodes
+        from nodegate.profile import load_profile
+
+        self.config = lab
+        self.profile = load_profile(lab.dir / "cluster.toml")
+        self.kube = Kube.connect(settings=self.profile.kube)
+        self.ceph = Ceph(settings=self.profile.ceph, kube=self.kube)
+        self.nodes = Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """`nodegate lab ARGS --dir <this lab>`."""
+        done = subprocess.run([sys.executable, "-m", "nodegate", "lab", *args, "--dir", str(self.config.dir)],
+                              capture_output=True, text=True, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"nodegate lab {' '.join(args)}: rc {done.returncode}\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def wait_healthy(self, timeout: float = 240) -> None:
+        """Every lab node Ready and Ceph healthy in full (bounded)."""
+        from nodegate.waits import Done, NotYet, wait_for
+
+        def probe():
+            not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
+            if not_ready:
+                return NotYet(f"not Ready: {not_ready}")
+            status = self.ceph.status()
+            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
+
+        wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
+
+
+def fixed_kubespray_checkout(lab: LabConfig, where: Path) -> Path:
+    """A copy of the lab's Kubespray checkout in WHERE/kubespray with the operator's fix for
+    kubespray #9114 (`force: true` on the docker package task); the lab's Ansible venv beside it."""
+    checkout = where / "kubespray"
+    shutil.copytree(lab.dir / "kubespray", checkout, symlinks=True)
+    venv = lab.dir / "kubespray-venv"
+    if venv.exists() and not (where / "kubespray-venv").exists():
+        (where / "kubespray-venv").symlink_to(venv)
+    task = checkout / "roles/container-engine/docker/tasks/main.yml"
+    text = task.read_text()
+    # the lab stand-in's task reads a lab-only variable where the operator's fix goes
+    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
+    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
+    task.write_text(fixed)
+    return checkout

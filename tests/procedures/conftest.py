@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from labkit import LabAccess, fixed_kubespray_checkout
 
 from nodegate.lab.config import LabConfig
 
@@ -132,17 +133,7 @@ def procedure(pytester, lab, monkeypatch):
 def fixed_kubespray(lab, tmp_path) -> Path:
     """A profile whose Kubespray checkout carries the operator's fix for kubespray #9114 (`force: true`
     on the docker package task), on a copy of the lab's checkout; returns the profile path."""
-    checkout = tmp_path / "kubespray"
-    shutil.copytree(lab.dir / "kubespray", checkout, symlinks=True)
-    venv = lab.dir / "kubespray-venv"
-    if venv.exists():
-        (tmp_path / "kubespray-venv").symlink_to(venv)
-    task = checkout / "roles/container-engine/docker/tasks/main.yml"
-    text = task.read_text()
-    # the lab stand-in's task reads a lab-only variable where the operator's fix goes
-    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
-    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
-    task.write_text(fixed)
+    checkout = fixed_kubespray_checkout(lab, tmp_path)
     profile = tmp_path / "cluster.toml"
     profile.write_text((lab.dir / "cluster.toml").read_text().replace(str(lab.dir / "kubespray"), str(checkout)))
     return profile
@@ -152,52 +143,21 @@ SEEDED_HOLDS = {"containerd.io": "1.6.4-1", "docker-ce": "5:20.10.20~3-0~ubuntu-
                 "docker-ce-cli": "5:20.10.20~3-0~ubuntu-focal"}
 
 
-class LabNodes:
+class LabNodes(LabAccess):
     """What the tests read from and do to the lab, through the harness's own modules."""
-
-    def __init__(self, lab: LabConfig) -> None:
-        from nodegate.ceph import Ceph
-        from nodegate.kube import Kube
-        from nodegate.nodes import Nodes
-        from nodegate.profile import load_profile
-
-        self.lab = lab
-        self.profile = load_profile(lab.dir / "cluster.toml")
-        self.kube = Kube.connect(settings=self.profile.kube)
-        self.ceph = Ceph(settings=self.profile.ceph, kube=self.kube)
-        self.nodes = Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
 
     def host(self, name: str):
         return self.nodes.reconnect(name)
 
     def boot_count(self, name: str) -> int:
-        return int(json.loads((self.lab.dir / "nodes" / name / "state.json").read_text())["boot_count"])
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "nodegate", "lab", *args, "--dir", str(self.lab.dir)],
-                                capture_output=True, text=True, timeout=300)
-        if check and result.returncode != 0:
-            raise AssertionError(f"nodegate lab {' '.join(args)}: {result.stdout}\n{result.stderr}")
-        return result
-
-    def wait_healthy(self, names: tuple[str, ...] = (), timeout: float = 180) -> None:
-        from nodegate.waits import Done, NotYet, wait_for
-
-        def probe():
-            not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
-            if not_ready:
-                return NotYet(f"not Ready: {not_ready}")
-            status = self.ceph.status()
-            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
-
-        wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
+        return int(json.loads((self.config.dir / "nodes" / name / "state.json").read_text())["boot_count"])
 
     def fresh(self, name: str) -> bool:
         """The node looks as `lab up` left it (cheap reads only)."""
         from nodegate.journal import ANNOTATION
 
         status = self.kube.node(name)
-        faults = self.lab.dir / "faults.json"
+        faults = self.config.dir / "faults.json"
         return (self.host(name).release.os_release().version_id == "20.04" and not status.unschedulable
                 and ANNOTATION not in status.annotations and name not in self.ceph.noout_hosts()
                 and (not faults.exists() or faults.read_text().strip() in ("", "{}")))

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from labkit import LabAccess
 
 from nodegate.lab.config import LabConfig
 
@@ -174,30 +175,11 @@ class Standing:
     ceph_healthy: bool
 
 
-class Lab:
+class Lab(LabAccess):
     """The lab seen through the harness's own modules, plus the lab CLI for faults and resets."""
-
-    def __init__(self, lab: LabConfig) -> None:
-        from nodegate.ceph import Ceph
-        from nodegate.kube import Kube
-        from nodegate.nodes import Nodes
-        from nodegate.profile import load_profile
-
-        self.config = lab
-        self.profile = load_profile(lab.dir / "cluster.toml")
-        self.kube = Kube.connect(settings=self.profile.kube)
-        self.ceph = Ceph(settings=self.profile.ceph, kube=self.kube)
-        self.nodes = Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
 
     def host(self):
         return self.nodes.reconnect(NODE)
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "nodegate", "lab", *args, "--dir", str(self.config.dir)],
-                              capture_output=True, text=True, timeout=300)
-        if check and done.returncode != 0:
-            raise AssertionError(f"nodegate lab {' '.join(args)}: rc {done.returncode}\n{done.stdout}\n{done.stderr}")
-        return done
 
     def fault(self, name: str, *args: str) -> None:
         self.cli("fault", name, *args)
@@ -363,18 +345,6 @@ class Lab:
         return killed
 
     # -- back to the start -----------------------------------------------------------------------------
-    def wait_healthy(self, timeout: float = 240) -> None:
-        from nodegate.waits import Done, NotYet, wait_for
-
-        def probe():
-            not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
-            if not_ready:
-                return NotYet(f"not Ready: {not_ready}")
-            status = self.ceph.status()
-            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
-
-        wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
-
     def _toolbox_running(self):
         from nodegate.waits import Done, NotYet
 
@@ -420,22 +390,6 @@ def write_profile(lab: LabConfig, path: Path, *, kubespray: Path | None = None, 
     text = re.sub(r"(?ms)^\[upgrade\]\n.*?(?=^\[|\Z)", "", text) + "\n[upgrade]\n" + body
     path.write_text(text)
     return path
-
-
-def fixed_checkout(lab: LabConfig, where: Path) -> Path:
-    """A copy of the lab's Kubespray checkout with the operator's fix for kubespray #9114
-    (`force: true` on the docker package task)."""
-    checkout = where / "kubespray"
-    shutil.copytree(lab.dir / "kubespray", checkout, symlinks=True)
-    venv = lab.dir / "kubespray-venv"
-    if venv.exists() and not (where / "kubespray-venv").exists():
-        (where / "kubespray-venv").symlink_to(venv)
-    task = checkout / "roles/container-engine/docker/tasks/main.yml"
-    text = task.read_text()
-    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
-    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
-    task.write_text(fixed)
-    return checkout
 
 
 def secrets_of(lab: LabConfig) -> dict[str, str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from scenariotools import (NODE, TARGET, Lab, Operator, fixed_checkout, leaked_secrets, lock_free, no_traceback,
+from labkit import fixed_kubespray_checkout
+from scenariotools import (NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback,
                            write_profile)
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
@@ -38,7 +39,7 @@ class Course:
         self.lab = lab
         self.op = Operator(work, lab.config)
         self.plain = write_profile(lab.config, work / "plain.toml", **LIMITS)   # the lab's checkout as is
-        self.checkout = fixed_checkout(lab.config, work)
+        self.checkout = fixed_kubespray_checkout(lab.config, work)
         self.fixed = write_profile(lab.config, work / "fixed.toml", kubespray=self.checkout, **LIMITS)
         self.held_before = lab.standing().held
 

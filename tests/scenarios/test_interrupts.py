@@ -40,7 +40,8 @@ import pytest
 
 from interrupttools import (HELD, Interrupter, Live, Reader, Started, attempt, disagreements, end_session,
                             last_status, session_leftovers)
-from scenariotools import fixed_checkout, write_profile
+from labkit import fixed_kubespray_checkout
+from scenariotools import write_profile
 
 LIMITS = dict(reboot_timeout_worker_s=60, storage_timeout_s=60, lock_stale_after_s=60, settle_s=0)
 EXIT_WITHIN_S = 30.0
@@ -72,7 +73,7 @@ class Scene:
         self.lab = scenario_lab
         self.read = Reader(scenario_lab.config)
         self.op = Interrupter(work, scenario_lab.config)
-        checkout = fixed_checkout(scenario_lab.config, work)
+        checkout = fixed_kubespray_checkout(scenario_lab.config, work)
         self.profile = write_profile(scenario_lab.config, work / "fixed.toml", kubespray=checkout, **LIMITS)
         self.before: Live = self.read.live()
         self.outcomes: list[Outcome] = []

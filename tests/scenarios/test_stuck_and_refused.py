@@ -30,7 +30,8 @@ import urllib.request
 
 import pytest
 
-from scenariotools import NODE, Lab, Operator, fixed_checkout, leaked_secrets, lock_free, no_traceback, write_profile
+from labkit import fixed_kubespray_checkout
+from scenariotools import NODE, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -46,7 +47,7 @@ class Course:
     def __init__(self, lab: Lab, work) -> None:
         self.lab = lab
         self.op = Operator(work, lab.config)
-        self.checkout = fixed_checkout(lab.config, work)   # the operator's fix for kubespray #9114
+        self.checkout = fixed_kubespray_checkout(lab.config, work)   # the operator's fix for kubespray #9114
         self.profile = write_profile(lab.config, work / "fixed.toml", kubespray=self.checkout, **LIMITS)
         self.held_before = lab.standing().held
         self.seconds: dict[str, float] = {}
