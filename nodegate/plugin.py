@@ -9,6 +9,7 @@ pytest.UsageError: one message naming the problem and the fix, no traceback.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,15 +177,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-    from nodegate import interrupts
-
-    interrupts.stopping()
+    interrupts = sys.modules.get("nodegate.interrupts")   # loaded only by a nodegate run
+    if interrupts is not None:
+        interrupts.stopping()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from nodegate import interrupts
-
-    interrupts.unwatch()
+    interrupts = sys.modules.get("nodegate.interrupts")
+    if interrupts is not None:
+        interrupts.unwatch()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
