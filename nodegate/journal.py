@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("started", "done", "skipped", "failed", "interrupted")
+STATUSES = ("started", "done", "skipped", "failed", "interrupted", "archived")
 ANNOTATION = "nodegate.io/upgrade"
 
 
@@ -104,6 +104,17 @@ class Journal:
         """True when a run finished the whole upgrade (the final step is done)."""
         last = self.last()
         return last is not None and last.step == "complete" and last.status == "done"
+
+    def archive(self, reason: str) -> Path | None:
+        """Put this journal aside (renamed beside itself, never deleted), its last line saying why;
+        the next record starts a new journal at the same path. Returns where it went (None: no journal)."""
+        if not self.path.exists():
+            return None
+        self.record("journal", "archived", detail=reason[:2000])
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.stem}.archived-{stamp}-{_safe(self.run_id)}.jsonl")
+        os.replace(self.path, kept)
+        return kept
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able state for the Node annotation (no secrets, no command output)."""

@@ -880,6 +880,12 @@ class Kube:
             return CordonResult(node=name, unschedulable=False, changed=current.unschedulable, cordoned_by=None)
         raise ConflictError(f"node {name} kept changing while uncordoning it (3 tries)")
 
+    def namespace_uid(self, name: str) -> str:
+        """The namespace's metadata.uid ("" if it has none): kube-system's identifies the cluster,
+        new whenever a cluster is built again, whatever its name."""
+        found = self._get(f"read namespace {name}", f"/api/v1/namespaces/{_q(name)}")
+        return str((found.get("metadata") or {}).get("uid") or "")
+
     def node_annotation(self, name: str, *, key: str) -> str | None:
         return self.node(name).annotations.get(key)
 

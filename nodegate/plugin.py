@@ -41,12 +41,14 @@ class RunOptions:
     trust_new_host_keys: bool = False
     take_over_stale_lock: bool = False
     drain_timeout_s: float | None = None
+    restart_journal: bool = False
 
     @property
     def active(self) -> bool:
         """Any nodegate option given: then the profile is read and checked up front."""
         return any((self.cluster, self.node, self.target_release, self.execute, self.ticket,
-                    self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None))
+                    self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None,
+                    self.restart_journal))
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="accept SSH host keys not yet in known_hosts (verified against it by default)")
     group.addoption("--take-over-stale-lock", action="store_true", default=False,
                     help="take over the upgrade lock when its holder is gone and it is older than the profile allows")
+    group.addoption("--restart-journal", action="store_true", default=False,
+                    help="keep the node's upgrade journal aside (renamed, never deleted) and start again from the "
+                         "gate: the way out when a journal cannot be resumed")
     group.addoption("--drain-timeout", metavar="SECONDS", default=None,
                     help="give up draining a node after this many seconds (default from the profile)")
 
@@ -132,7 +137,8 @@ def _read_options(config: pytest.Config) -> RunOptions:
         raise pytest.UsageError("--node is empty\n  fix: give --node NAME[,NAME...] or all, workers, control-plane")
     options = RunOptions(cluster=get("cluster"), node=node, target_release=target, execute=bool(get("execute")),
                          ticket=ticket, trust_new_host_keys=bool(get("trust_new_host_keys")),
-                         take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s)
+                         take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s,
+                         restart_journal=bool(get("restart_journal")))
     if options.execute and not options.node:
         raise pytest.UsageError(
             "--execute needs --node: nodegate changes only the nodes it is told to\n"

@@ -163,19 +163,25 @@ def upgrade_access(profile, nodegate_run: NodegateRun):
 @pytest.fixture(scope="session")
 def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upgrade_access: Access) -> "Upgrade":
     """The upgrade of one node (one instance per --node entry), resumed from its journal."""
+    from nodegate.errors import NodegateError
     from nodegate.reporting import run_id
 
     config = request.config
     up = _build_upgrade(config, nodegate_run, node, upgrade_access, run_id(config), with_lock=True)
+    refused = None
     try:
         decided = up.begin()
         log.info("%s", decided)
         up.keep_text("journal", f"{decided}\njournal: {up.journal.path}")
+    except NodegateError as exc:   # a journal the node or the cluster contradicts: nothing was changed
+        refused = f"{up.name}: {exc}\n\nnothing was changed on {up.name}"
     except KeyboardInterrupt:
         # Ctrl-C/SIGTERM while the run was starting: it changed nothing, but say where the node stands
         log.warning("%s: interrupted while the run was starting; it changed nothing. Where it stands: %s", up.name,
                     up.standing())
         raise
+    if refused is not None:   # outside the except: no "During handling of the above exception"
+        pytest.fail(refused, pytrace=False)
     yield up
     if up.lock is not None and up.lock.info is not None:   # also when its keeper could not renew it
         how = up.lock.release()
@@ -214,6 +220,7 @@ def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access
                            stale_after_s=profile.upgrade.lock_stale_after_s)
     options = UpgradeOptions(run_id=run_id, ticket=run.options.ticket or "",
                              take_over_stale_lock=run.options.take_over_stale_lock, previous_node=previous,
+                             restart_journal=run.options.restart_journal,
                              storage_timeout_s=profile.upgrade.storage_timeout_s)
     return Upgrade(profile=profile, node=node, target=target, journal=journal, nodes=access.nodes, kube=access.kube,
                    ceph=access.ceph, lock=lock, options=options,

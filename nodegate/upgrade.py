@@ -29,6 +29,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodegate.cluster.resume import REFUSE, RESTART_OPTION, STALE
+from nodegate.core import postconditions as post
+from nodegate.core.incarnation import INCARNATION_KEY
 from nodegate.errors import NodegateError, PermanentError, UsageError
 from nodegate.interrupts import checkpoint
 from nodegate.journal import ANNOTATION, Journal, StepRecord
@@ -37,6 +40,8 @@ from nodegate.waits import Done, NotYet, WaitTimeout, wait_for
 
 if TYPE_CHECKING:
     from nodegate.ceph import Ceph
+    from nodegate.cluster.resume import Judgement
+    from nodegate.core.incarnation import Agreement, Incarnation
     from nodegate.kube import Kube, PodSummary
     from nodegate.lock import ClusterLock
     from nodegate.nodes import NodeHost, Nodes
@@ -144,6 +149,7 @@ class UpgradeOptions:
     run_id: str
     ticket: str = ""
     take_over_stale_lock: bool = False
+    restart_journal: bool = False        # put the journal aside (renamed) and start from the gate
     previous_node: str | None = None     # in a rolling run: the node upgraded just before this one
     storage_timeout_s: float = STORAGE_TIMEOUT_S
 
@@ -174,6 +180,9 @@ class Upgrade:
         self._evidence: list[EvidenceItem] = []
         self._attempt_from = 0
         self._drifted = False
+        self.agreement: "Agreement | None" = None    # the Node annotation against the journal (resumes only)
+        self.gate_note = ""                           # why the gate ran although the journal records later steps
+        self.gate_proof = ""                          # what proved the node mid-upgrade when the gate was skipped
 
     # -- connections ----------------------------------------------------------------------------
     @property
@@ -209,28 +218,86 @@ class Upgrade:
     # -- the journal, limited to the current attempt ---------------------------------------------
     def begin(self, *, record: bool = True) -> str:
         """Decide whether this run resumes an upgrade in progress or starts one; returns what it decided.
-        With ``record=False`` (plan mode) nothing is written."""
+        A journal is resumed only when it describes the live node and the cluster's record agrees
+        (nodegate.cluster.resume); a stale one is put aside (renamed) and the run starts from the
+        gate. With ``record=False`` (plan mode) nothing is written or renamed."""
         records = self.journal.records()
         last_begin = max((i for i, r in enumerate(records) if r.step == "begin"), default=None)
         current = records[last_begin:] if last_begin is not None else []
         complete = any(r.step == "complete" and r.status == "done" for r in current)
-        if current and not complete:
-            self._attempt_from = last_begin or 0
-            where = self._last_step(current)
-            return (f"resuming the upgrade of {self.name} to {self.target.version} begun in run {current[0].run_id}"
-                    f" (last recorded: {where})")
-        if current and complete:
-            release = self._live_release()
-            if release == self.target.version:
+        resumable = bool(current) and (not complete or self._live_release() == self.target.version)
+        said = ""
+        if self.options.restart_journal and records:
+            said = self._set_aside(f"{RESTART_OPTION} was given", record=record, stale=False) + "; "
+            resumable = False
+        elif resumable or not records:
+            judged = self._judge(current if resumable else None)
+            if judged is not None and judged.verdict == REFUSE:
+                raise StepFailed(judged.text, fix=judged.fix)
+            if judged is not None and judged.verdict == STALE:
+                log.warning("%s", judged.text)
+                said = self._set_aside(judged.text, record=record, stale=True) + "; "
+                resumable = False
+            elif judged is not None:
+                self.agreement = judged.agreement
                 self._attempt_from = last_begin or 0
-                return (f"{self.name} was upgraded to {self.target.version} by run {current[-1].run_id}: "
-                        "every step is re-verified")
-        self._attempt_from = len(records)
+                if complete:
+                    return (f"{self.name} was upgraded to {self.target.version} by run {current[-1].run_id}: "
+                            f"every step is re-verified ({judged.text})")
+                where = self._last_step(current)
+                return (f"resuming the upgrade of {self.name} to {self.target.version} begun in run "
+                        f"{current[0].run_id} (last recorded: {where}); {judged.text}")
+        self._attempt_from = len(self.journal.records()) if record else len(records)
         if not record:
-            return f"would start the upgrade of {self.name} to {self.target.version}"
+            return said + f"would start the upgrade of {self.name} to {self.target.version} from the gate"
+        live = self._live_incarnation()
         self.journal.record("begin", "started", detail=f"upgrade of {self.name} to {self.target.version}",
-                            target=self.target.version, ticket=self.options.ticket)
-        return f"starting the upgrade of {self.name} to {self.target.version} (run {self.options.run_id})"
+                            target=self.target.version, ticket=self.options.ticket,
+                            **{INCARNATION_KEY: live.as_data()})
+        self._attempt_from = len(self.journal.records()) - 1
+        return said + f"starting the upgrade of {self.name} to {self.target.version} (run {self.options.run_id})"
+
+    def _live_incarnation(self) -> "Incarnation":
+        from nodegate.cluster.node_identity import incarnation
+        from nodegate.cluster.resume import wait_for_node
+
+        kube = self.need_kube()
+        live = wait_for_node(self.nodes, self.name, timeout=self.profile.upgrade.reboot_timeout_s(self.node),
+                             read=lambda host: incarnation(host, kube, self.name))
+        missing = live.missing()
+        if missing:
+            raise StepFailed(f"could not read what identifies {self.name}: {', '.join(missing)} (a journal is bound "
+                             "to the node it describes)", fix="make the node and the API answer, then run again")
+        return live
+
+    def _judge(self, current: "Sequence[StepRecord] | None") -> "Judgement | None":
+        """The journal's attempt judged against the live node and the Node annotation; with no
+        journal (``current`` None), a refusal when the annotation shows another journal's upgrade."""
+        from nodegate.cluster.resume import Judgement, foreign_open_upgrade, judge, read_annotation
+
+        if self.kube is None:    # plan mode without the API: nothing to compare with
+            return None
+        annotation = read_annotation(self.kube, self.name)
+        if current is None:
+            foreign = foreign_open_upgrade(annotation, node=self.name, target=self.target.version,
+                                           journal_path=str(self.journal.path))
+            if foreign is None:
+                return None
+            from nodegate.core.incarnation import FOREIGN, Agreement
+
+            return Judgement(REFUSE, foreign, live=None, agreement=Agreement(FOREIGN, foreign),  # type: ignore[arg-type]
+                             fix=f"run the same command from the machine that holds that journal (or copy it to "
+                                 f"{self.journal.path}); or, to start again from the gate here, add {RESTART_OPTION}")
+        return judge(records=current, live=self._live_incarnation(), annotation=annotation, node=self.name,
+                     target=self.target.version, journal_path=str(self.journal.path))
+
+    def _set_aside(self, reason: str, *, record: bool, stale: bool) -> str:
+        what = "the journal is stale" if stale else "the journal is set aside"
+        if not record:
+            return f"{what} ({reason}): the run would keep it aside, renamed, and start from the gate"
+        kept = self.journal.archive(reason)
+        log.warning("%s: %s; kept as %s; starting from the gate", self.name, what, kept)
+        return f"{what} ({reason}); kept as {kept} (renamed, not deleted); starting from the gate"
 
     def _live_release(self) -> str | None:
         try:
@@ -327,22 +394,35 @@ class Upgrade:
         earlier = self.finished(step.name) if not (step.always_run or self._drifted) else None
         if earlier is not None:
             if step.superseded_by and self.finished(step.superseded_by):
-                outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id} "
-                                      f"(its effect was later superseded on purpose by step {step.superseded_by})")
-                self.journal.record(step.name, "skipped", detail=outcome.detail)
-                self._annotate()     # the Node mirrors every end of a step, this one too
-                return outcome
-            try:
-                proof = step.verify(self)
-            except StepFailed as exc:
-                log.warning("step %s was done in run %s but no longer holds (%s): doing it again, and deciding "
-                            "every later step from the live state", step.name, earlier.run_id, str(exc).splitlines()[0])
-                self._drifted = True
-            else:
-                outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id}; still holds", proof)
-                self.journal.record(step.name, "skipped", detail=outcome.detail)
-                self._annotate()
-                return outcome
+                # its own postcondition was undone on purpose by a later step: what must hold now is
+                # that later step's postcondition, seen on the node
+                try:
+                    later = self.step(step.superseded_by).verify(self)
+                except StepFailed as exc:
+                    log.warning("step %s was superseded by step %s, which no longer holds (%s): deciding this and "
+                                "every later step from the live state", step.name, step.superseded_by,
+                                str(exc).splitlines()[0])
+                    self._drifted = True
+                else:
+                    outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id} (its effect was later "
+                                          f"superseded on purpose by step {step.superseded_by}, which holds)", later)
+                    self.journal.record(step.name, "skipped", detail=outcome.detail)
+                    self._annotate()     # the Node mirrors every end of a step, this one too
+                    return outcome
+            if not self._drifted:
+                try:
+                    proof = step.verify(self)
+                except StepFailed as exc:
+                    log.warning("step %s was done in run %s but no longer holds (%s): doing it again, and deciding "
+                                "every later step from the live state", step.name, earlier.run_id,
+                                str(exc).splitlines()[0])
+                    self._drifted = True
+                else:
+                    outcome = StepOutcome(step.name, "skipped", f"done in run {earlier.run_id}; still holds: {proof}",
+                                          proof)
+                    self.journal.record(step.name, "skipped", detail=outcome.detail)
+                    self._annotate()
+                    return outcome
         reason = step.already(self)
         if reason:
             proof = step.verify(self)
@@ -442,6 +522,13 @@ class Step:
         return ""
 
 
+def _holds(verdict: "post.Verdict") -> str:
+    """A postcondition's proof, or StepFailed naming why it does not hold."""
+    if not verdict.holds:
+        raise StepFailed(verdict.text, fix=verdict.fix)
+    return verdict.text
+
+
 def _ssh(up: Upgrade, *args: str) -> Planned:
     return Planned(f"{up.name} (ssh {up.node.user or up.profile.ssh.user}@{up.node.address})", shlex.join(args))
 
@@ -469,13 +556,25 @@ class Gate(Step):
         return cmds
 
     def already(self, up: Upgrade) -> str | None:
-        # A resumed upgrade is past its gate: the node is cordoned, maybe on the new release, so
-        # the preflight (written for an untouched node) no longer applies; each finished step is
-        # re-verified instead, and the postflight judges the end result.
+        # A resumed upgrade is past its gate (the node is cordoned, maybe on the new release: the
+        # preflight, written for an untouched node, no longer applies) only when the live state
+        # proves the node is mid-upgrade by this journal; a record alone never skips the preflight.
         later = [r.step for r in up.records() if r.step not in ("begin", self.name, "lock")]
-        if later:
-            return f"the upgrade is past its gate (recorded: {', '.join(dict.fromkeys(later))}); resuming"
-        return None
+        if not later or up.agreement is None:
+            return None
+        status = up.need_kube().node(up.name)
+        verdict = post.mid_upgrade(up.name, journal_cordoned_by=up.value("cordoned_by"),
+                                   unschedulable=status.unschedulable, live_cordoned_by=status.cordoned_by,
+                                   annotation=up.agreement.kind, annotation_detail=up.agreement.detail,
+                                   target=up.target.version, live_release=up._live_release(),
+                                   release_recorded=up.finished("release_upgrade") is not None)
+        if not verdict.holds:
+            log.warning("%s: the journal records steps past the gate (%s), but %s: the preflight runs first",
+                        up.name, ", ".join(dict.fromkeys(later)), verdict.text)
+            up.gate_note = verdict.text
+            return None
+        up.gate_proof = verdict.text
+        return f"the upgrade is past its gate (recorded: {', '.join(dict.fromkeys(later))}); resuming: {verdict.text}"
 
     def run(self, up: Upgrade) -> str:
         release = up.host.release.os_release()
@@ -492,11 +591,17 @@ class Gate(Step):
             raise GateBlocked(
                 f"the preflight checks for {up.name} did not pass ({result.counts or f'rc {result.rc}'}); nothing was "
                 "changed. Blocking:\n" + "\n".join(f"  - {f}" for f in result.failed[:20]),
-                fix="fix what the failing checks name (their messages say how), then run the same command again")
+                fix="fix what the failing checks name (their messages say how), then run the same command again"
+                    + (f". The journal records steps past the gate, but the gate ran because {up.gate_note}: if "
+                       f"{up.name} is mid-upgrade by run {up.value('cordoned_by')}, cordon it as that run did "
+                       f"(`kubectl cordon {up.name}; kubectl annotate --overwrite node {up.name} "
+                       f"nodegate.io/cordoned-by={up.value('cordoned_by')}`) and run again to resume; or add "
+                       f"{RESTART_OPTION} to start a new journal (this one is kept, renamed)"
+                       if up.gate_note and up.value("cordoned_by") else ""))
         return f"preflight passed ({result.counts})"
 
     def verify(self, up: Upgrade) -> str:
-        return "the preflight checks passed before anything on the node was changed"
+        return up.gate_proof or "the preflight checks passed before anything on the node was changed"
 
 
 def _cluster_gate(up: Upgrade) -> None:
@@ -612,11 +717,7 @@ class Drain(Step):
         kube = up.need_kube()
         status = kube.node(up.name)
         left = [p.ref for p in kube.list_pods(node=up.name) if _evictable(p)]
-        if not status.unschedulable:
-            raise StepFailed(f"{up.name} is not cordoned")
-        if left:
-            raise StepFailed(f"{up.name} still runs evictable pods: {', '.join(left)}")
-        return f"{up.name} is cordoned and runs no evictable pod"
+        return _holds(post.drain(up.name, unschedulable=status.unschedulable, evictable=left))
 
 
 class Noout(Step):
@@ -645,12 +746,10 @@ class Noout(Step):
     def verify(self, up: Upgrade) -> str:
         ceph = up.need_ceph()
         if not ceph.osd_ids_for_host(up.name):
-            return f"CRUSH host {up.name} has no OSDs"
-        flags = ceph.osd_flags()
-        if up.name not in ceph.noout_hosts():
-            raise StepFailed(f"noout is not set for CRUSH host {up.name} (crush node flags: "
-                             f"{dict(flags.value.crush_node_flags)})")
-        return f"noout set for CRUSH host {up.name}"
+            return _holds(post.noout(up.name, has_osds=False, noout_set=False))
+        noout_set = up.name in ceph.noout_hosts()
+        flags = "" if noout_set else str(dict(ceph.osd_flags().value.crush_node_flags))
+        return _holds(post.noout(up.name, has_osds=True, noout_set=noout_set, flags=flags))
 
 
 class Unhold(Step):
@@ -694,11 +793,7 @@ class Unhold(Step):
         return "unheld " + (", ".join(f"{n}={v}" for n, v in sorted(held.items())) or "nothing (none was held)")
 
     def verify(self, up: Upgrade) -> str:
-        held = up.value("held_before") or {}
-        still = sorted(set(held) & set(up.host.packages.held()))
-        if still:
-            raise StepFailed(f"still held on {up.name}: {', '.join(still)}")
-        return "recorded and not held: " + ", ".join(sorted(held))
+        return _holds(post.unhold(up.name, recorded=up.value("held_before"), held_now=up.host.packages.held()))
 
 
 class DistUpgrade(Step):
@@ -736,15 +831,8 @@ class DistUpgrade(Step):
     def verify(self, up: Upgrade) -> str:
         _wait_package_tools(up)   # a package run still going (after a lost connection) is judged when it ends
         audit = up.host.packages.audit()
-        if audit:
-            raise StepFailed(f"dpkg on {up.name} is not consistent (`dpkg --audit`): {audit.splitlines()[0]}",
-                             fix="run the same command again: it finishes dpkg's work with `dpkg --configure -a`")
-        pending = up.host.packages.upgradable()
-        if pending.names:
-            raise StepFailed(f"still upgradable (or kept back) on {up.name} after dist-upgrade: "
-                             + ", ".join(pending.names),
-                             fix="a held package is kept back: check `apt-mark showhold` on the node")
-        return "nothing upgradable"
+        pending = up.host.packages.upgradable().names if not audit else ()
+        return _holds(post.dist_upgrade(up.name, audit=audit, upgradable=list(pending)))
 
 
 PACKAGE_TOOLS = frozenset({"apt-get", "apt", "dpkg", "do-release-upgr", "unattended-upgr"})   # comm, ≤ 15 chars
@@ -808,53 +896,63 @@ class Reboot(Step):
                 Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.name} Ready"))
 
     def run(self, up: Upgrade) -> str:
+        from nodegate.cluster.node_identity import boot_facts
         from nodegate.nodes import SshConnectError
 
         key = f"{self.name}_boot_id_before"
-        before = up.value(key)
-        rebooted_already = False
-        if before:
-            try:
-                rebooted_already = up.nodes.reconnect(up.name).boot.boot_id() != before
-            except SshConnectError:
-                rebooted_already = True   # down right now: the reboot asked for earlier is under way
-            else:
-                if rebooted_already and self._needed_again(up):
-                    log.info("%s rebooted since boot id %s but needs a reboot again: rebooting", up.name, before)
-                    rebooted_already = False
-        if rebooted_already:
-            log.info("%s was already asked to reboot (boot id %s before): waiting for it", up.name, before)
+        before, requested_at = up.value(key), up.value(f"{self.name}_requested_at")
+        try:
+            live = boot_facts(up.nodes.reconnect(up.name)) if before else None
+        except SshConnectError:
+            live = None      # down right now: the reboot asked for earlier is under way
+        action = post.reboot_action(before=before, requested_at=requested_at, live=live,
+                                    pending_matters=self._pending_matters(up)) if before else post.REQUEST
+        if action == post.WAIT:
+            log.info("%s was already asked to reboot (boot id %s before, at %s): waiting for it", up.name, before,
+                     f"{requested_at:.0f}" if requested_at else "?")
         else:
+            if before:
+                log.info("%s: the reboot asked for earlier (boot id %s before) is not proven by the current boot: "
+                         "asking again", up.name, before)
             _wait_package_tools(up)   # never reboot under a running apt/dpkg/do-release-upgrade
-            before = up.host.boot.boot_id()
-            up.note(self.name, **{key: before})
+            facts = boot_facts(up.host)
+            before = facts.boot_id
+            up.note(self.name, **{key: before, f"{self.name}_requested_at": facts.now})
             up.host.boot.request_reboot()
         after = wait_rebooted(up, before)
+        up.note(self.name, **{f"{self.name}_boot_id_after": after})
         return f"rebooted: boot id {before} → {after}"
 
-    def _needed_again(self, up: Upgrade) -> bool:
-        """The first reboot is there so that do-release-upgrade may run: when the node needs one
-        again (a kernel installed since), a rerun reboots again instead of refusing at the next
-        step on every run."""
-        # A node already on the target release (do-release-upgrade got that far before an
-        # interruption) needs the reboot of step reboot_release, not this one again.
-        return (self.name == "reboot" and not up.finished("release_upgrade") and up.host.boot.reboot_required().required
-                and up.host.release.os_release().version_id != up.target.version)
+    def _pending_matters(self, up: Upgrade) -> bool:
+        """Whether a pending reboot (reboot-required) means this step's reboot is still owed. The
+        second reboot is there to boot the new release: nothing may be pending after it. The first
+        is there so that do-release-upgrade may run: once the release upgrade is done (or the node
+        already runs the target, do-release-upgrade having got that far), the reboot pending is the
+        next reboot step's business."""
+        if self.name != "reboot":
+            return True
+        return not up.finished("release_upgrade") and up._live_release() != up.target.version
 
     def verify(self, up: Upgrade) -> str:
-        before = up.value(f"{self.name}_boot_id_before")
-        boot_id = up.host.boot.boot_id()
-        if before and boot_id == before:
-            raise StepFailed(f"{up.name} has not rebooted (boot id still {boot_id})")
-        if self._needed_again(up):
-            packages = ", ".join(up.host.boot.reboot_required().packages) or "reboot-required"
-            raise StepFailed(f"{up.name} needs a reboot again ({packages})",
-                             fix="run the same command again: it reboots the node before do-release-upgrade")
-        if up.kube is not None:
-            status = up.kube.node(up.name)
-            if not status.is_ready:
-                raise StepFailed(f"{up.name} is not Ready after the reboot: {status.describe()}")
-        return f"{up.name} answers over SSH with boot id {boot_id} and is Ready"
+        from nodegate.cluster.node_identity import boot_facts
+
+        live = boot_facts(up.host)
+        status = up.kube.node(up.name) if up.kube is not None else None
+        verdict = post.reboot(up.name, before=up.value(f"{self.name}_boot_id_before"),
+                              requested_at=up.value(f"{self.name}_requested_at"), live=live,
+                              pending_matters=self._pending_matters(up),
+                              ready=status.is_ready if status is not None else None,
+                              kubelet_boot_id=status.boot_id if status is not None else None)
+        if self.name == "reboot_release" and verdict.holds and status is not None:
+            image = post.release(up.name, target=up.target.version, version_id=up.target.version, label="",
+                                 audit="", os_image=status.os_image, kubelet_boot_id=status.boot_id,
+                                 boot_of_release=None)
+            if not image.holds:
+                raise StepFailed(f"{up.name} rebooted into the new release, but {image.text}", fix=image.fix)
+            verdict = post.Verdict.ok(f"{verdict.text}; Node osImage {status.os_image}")
+        if not verdict.holds:
+            raise StepFailed(verdict.text, fix=verdict.fix)
+        return verdict.text
 
 
 def wait_rebooted(up: Upgrade, before: str) -> str:
@@ -915,8 +1013,15 @@ class ReleaseUpgrade(Step):
         _wait_package_tools(up)
         release = up.host.release.os_release()
         if release.version_id == up.target.version and not up.host.packages.audit():
+            self._note_boot(up)
             return f"{up.name} runs {release.label} already"
         return None
+
+    @staticmethod
+    def _note_boot(up: Upgrade) -> None:
+        # the boot during which the node reached the target: until it has rebooted from it, its
+        # kubelet reports the release it read when it started (nodegate.core.postconditions.release)
+        up.note("release_upgrade", release_upgrade_boot_id=up.host.boot.boot_id())
 
     def run(self, up: Upgrade) -> str:
         from nodegate.nodes import CommandFailed
@@ -928,6 +1033,8 @@ class ReleaseUpgrade(Step):
             # package work the way Ubuntu says to (dpkg --configure -a, then apt)
             for argv in (["apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "-f", "install"], list(DIST_UPGRADE)):
                 up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
+            if not up.value("release_upgrade_boot_id"):
+                self._note_boot(up)
             return (f"{repaired}; " if repaired else "") + f"finished the interrupted release upgrade ({release.label})"
         if next_release(release.version_id or "") != up.target:
             raise StepFailed(f"{up.name} runs {release.label}; do-release-upgrade would not reach {up.target.version}")
@@ -953,17 +1060,18 @@ class ReleaseUpgrade(Step):
                                  fix="run again: the reboot step comes first") from None
             raise
         up.keep_command(result)
+        self._note_boot(up)
         return f"do-release-upgrade rc {result.rc} in {result.duration:.0f}s"
 
     def verify(self, up: Upgrade) -> str:
         release = up.host.release.os_release()
-        if release.version_id != up.target.version:
-            raise StepFailed(f"{up.name} runs {release.label}, not {up.target.version}, after do-release-upgrade")
-        audit = up.host.packages.audit()
-        if audit:
-            raise StepFailed(f"dpkg on {up.name} is not consistent after do-release-upgrade: {audit.splitlines()[0]}",
-                             fix="run the same command again: it finishes dpkg's work with `dpkg --configure -a`")
-        return f"/etc/os-release: {release.label}"
+        status = up.need_kube().node(up.name)
+        verdict = post.release(up.name, target=up.target.version, version_id=release.version_id, label=release.label,
+                               audit=up.host.packages.audit(), os_image=status.os_image or None,
+                               kubelet_boot_id=status.boot_id, boot_of_release=up.value("release_upgrade_boot_id"))
+        if not verdict.holds:
+            raise StepFailed(verdict.text, fix=verdict.fix)
+        return verdict.text
 
 
 # The repair runs as one small Python program on the node (python3 is there: Ansible needs it),
@@ -1105,37 +1213,34 @@ class Repair(Step):
         return "; ".join(done) or "nothing needed repair"
 
     def verify(self, up: Upgrade) -> str:
-        problems = self._problems(up, update=True)
-        if problems:
-            raise StepFailed(f"after the release upgrade {up.name} still needs repair:\n"
-                             + "\n".join(f"  - {p}" for p in problems))
-        return "apt-get update clean; no source disabled on upgrade; keys in /etc/apt/keyrings; rbd loaded and persisted"
+        return _holds(self._verdict(up, update=True))
 
     def _problems(self, up: Upgrade, *, update: bool) -> list[str]:
+        verdict = self._verdict(up, update=update)
+        return [] if verdict.holds else [line.strip()[2:] for line in verdict.text.splitlines()[1:]]
+
+    def _verdict(self, up: Upgrade, *, update: bool) -> "post.Verdict":
         host = up.host
-        old = up.value("source_codename")
-        problems = []
-        for f in host.apt.source_files():
-            for s in f.sources:
-                if s.disabled_on_upgrade_to:
-                    problems.append(f"{f.path}: `{s.raw.strip()}` is still disabled on upgrade")
-                elif s.enabled and old and (s.suite == old or s.suite.startswith(old + "-")):
-                    problems.append(f"{f.path}: `{s.raw.strip()}` still points at {old}")
-        if host.exists(LEGACY_KEYRING):
-            problems.append(f"{LEGACY_KEYRING} still exists (legacy keyring)")
-        if not host.modules.is_loaded("rbd"):
-            problems.append("the rbd module is not loaded")
+        lines = [post.SourceLine(path=f.path, raw=s.raw, enabled=s.enabled, suite=s.suite,
+                                 disabled_on_upgrade=bool(s.disabled_on_upgrade_to), signed_by=s.signed_by)
+                 for f in host.apt.source_files() for s in f.sources]
+        named = sorted({s.signed_by for s in lines if s.enabled and s.signed_by})
+        present = [path for path in named if host.exists(path)]
         persisted = host.run(["sh", "-c", "cat /etc/modules-load.d/*.conf 2>/dev/null"], expect=(0, 1)).stdout
-        if "rbd" not in [w.strip() for w in persisted.splitlines()]:
-            problems.append("rbd is not persisted in /etc/modules-load.d/")
+        update_problems = None
         if update:
             result = host.apt.update()
             up.keep_command(result.result)
             report = result.report
-            if not report.clean:
-                problems.append("`apt-get update` is not clean: " + "; ".join(
-                    [*report.errors, *report.warnings, *(f"NO_PUBKEY {k}" for k in report.no_pubkey)][:5]))
-        return problems
+            update_problems = [] if report.clean else [*report.errors, *report.warnings,
+                                                       *(f"NO_PUBKEY {k}" for k in report.no_pubkey)]
+        source = ubuntu_release(up.value("source_release") or "")
+        old = up.value("source_codename") or (source.codename if source is not None else None)
+        return post.repair(up.name, sources=lines, old_codename=old,
+                           legacy_keyring=host.exists(LEGACY_KEYRING), keyrings_present=present,
+                           rbd_loaded=host.modules.is_loaded("rbd"),
+                           rbd_persisted="rbd" in [w.strip() for w in persisted.splitlines()],
+                           update_problems=update_problems)
 
 
 def _repo_url(url: str) -> str:
@@ -1167,13 +1272,9 @@ class Kubespray(Step):
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
         status = kube.node(up.name)
-        want = up.profile.kube_version
-        if not status.is_ready:
-            raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
-        if want and status.kubelet_version and status.kubelet_version != want:
-            raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
-        recap = up.value("kubespray_recap") or ""
-        return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
+        return _holds(post.kubespray(up.name, ready=status.is_ready, describe=status.describe(),
+                                     kubelet_version=status.kubelet_version, want=up.profile.kube_version or "",
+                                     recap=up.value("kubespray_recap") or ""))
 
 
 class Hold(Step):
@@ -1228,17 +1329,8 @@ class Hold(Step):
             f" (installed {', '.join(sorted(wrong))} at those versions first)" if wrong else "")
 
     def verify(self, up: Upgrade) -> str:
-        wanted = self.wanted(up)
-        held = up.host.packages.held()
-        problems = []
-        for name, version in sorted(wanted.items()):
-            if name not in held:
-                problems.append(f"{name} is not held")
-            elif held[name] != version:
-                problems.append(f"{name} is held at {held[name]}, expected {version}")
-        if problems:
-            raise StepFailed(f"held package drift on {up.name}: " + "; ".join(problems))
-        return "held: " + ", ".join(f"{n}={v}" for n, v in sorted(wanted.items()))
+        return _holds(post.hold(up.name, wanted=self.wanted(up), held=up.host.packages.held(),
+                                recorded=up.value("held_before") is not None))
 
 
 class Uncordon(Step):
@@ -1264,9 +1356,8 @@ class Uncordon(Step):
 
     def verify(self, up: Upgrade) -> str:
         status = up.need_kube().node(up.name)
-        if up.value("cordoned_by") and status.unschedulable:
-            raise StepFailed(f"{up.name} is still cordoned")
-        return status.describe()
+        return _holds(post.uncordon(up.name, cordoned_by_us=bool(up.value("cordoned_by")),
+                                    unschedulable=status.unschedulable, describe=status.describe()))
 
 
 class UnsetNoout(Step):
@@ -1287,9 +1378,7 @@ class UnsetNoout(Step):
         return f"`{result.command}` rc {result.rc}"
 
     def verify(self, up: Upgrade) -> str:
-        if up.name in up.need_ceph().noout_hosts():
-            raise StepFailed(f"noout is still set for CRUSH host {up.name}")
-        return f"no noout flag on CRUSH host {up.name}"
+        return _holds(post.unset_noout(up.name, noout_set=up.name in up.need_ceph().noout_hosts()))
 
 
 class StorageHealthy(Step):

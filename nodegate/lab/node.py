@@ -202,6 +202,10 @@ class NodeRuntime:
         root = self.root
         ssh = SshFiles(self.config.dir)
         (root / "etc/hostname").write_text(self.node.name + "\n")
+        # Every installed system has its own machine id, written once at installation or first
+        # boot (machine-id(5)); a node made again (lab up, reset) is a new installation.
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        (root / "etc/machine-id").chmod(0o444)
         hosts = ["127.0.0.1 localhost", f"{self.node.address} {self.node.name}"]
         hosts += [f"{n.address} {n.name}" for n in self.config.nodes if n.name != self.node.name]
         hosts += ["::1 localhost ip6-localhost ip6-loopback"]
@@ -237,13 +241,20 @@ class NodeRuntime:
 
     # -- boot ----------------------------------------------------------------------
     def boot_command(self, boot_id: str) -> list[str]:
-        """argv that boots the node: unshare's child (the node's PID 1) runs the host-side init."""
+        """argv that boots the node: unshare's child (the node's PID 1) runs the host-side init.
+
+        The node gets its own time namespace whose boot clock starts at this boot: a machine's
+        /proc/uptime counts from its boot and /proc/stat's btime is when it booted (proc(5)), and
+        a time namespace's CLOCK_BOOTTIME offset moves both (time_namespaces(7)). The offset is
+        whole seconds (unshare --boottime): the node's boot time reads up to 1 s early, never late."""
         init = _HOST_INIT.format(
             root=_q(self.root), name=_q(self.node.name), boot_dir=_q(self.boot_dir), boot_id=_q(boot_id),
             devices=" ".join(HOST_DEVICES), node_init=_q(NODE_INIT), fallback=_q(FALLBACK_INIT),
         )
-        return ["unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--mount-proc",
-                "--propagation", "private", "/bin/sh", "-c", init, f"nodegate-lab-{self.node.name}"]
+        host_uptime = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+        return ["unshare", "--pid", "--mount", "--uts", "--ipc", "--time", "--boottime", str(-host_uptime),
+                "--fork", "--mount-proc", "--propagation", "private", "/bin/sh", "-c", init,
+                f"nodegate-lab-{self.node.name}"]
 
     def ssh_listening(self) -> bool:
         try:
