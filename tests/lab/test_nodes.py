@@ -31,6 +31,20 @@ def test_every_node_is_its_own_machine(lab, lab_ssh):
     assert len(boot_ids) == len(lab.nodes), "nodes share a boot id"
 
 
+def test_every_node_has_its_own_machine_id_reported_by_its_kubelet(lab, lab_ssh):
+    """machine-id(5): a 32-hex-digit id written once per installed system; the kubelet reports it
+    as status.nodeInfo.machineID."""
+    ids = {}
+    for node in lab.nodes:
+        ids[node.name] = lab_ssh(node.name, "cat /etc/machine-id").stdout.strip()
+        assert len(ids[node.name]) == 32 and int(ids[node.name], 16) >= 0, ids[node.name]
+        request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node.name}",
+                                         headers={"Authorization": f"Bearer {lab.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["status"]["nodeInfo"]["machineID"] == ids[node.name]
+    assert len(set(ids.values())) == len(lab.nodes), ids
+
+
 def test_root_login_is_key_only(lab):
     node = lab.nodes[0]
     # No key offered, password auth requested: the node must refuse.
@@ -57,6 +71,7 @@ def test_reboot_cycle(lab, lab_ssh, node_ssh, poll):
     boot_id = lab_ssh(node, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
     lab_ssh(node, "touch /run/marker-from-last-boot && ls /run/marker-from-last-boot")
     assert boot_id == before.boot_id
+    asked_at = float(lab_ssh(node, "date +%s.%N").stdout)
     started = time.monotonic()
     lab_ssh(node, "nohup reboot >/dev/null 2>&1 &", check=False)
 
@@ -83,6 +98,13 @@ def test_reboot_cycle(lab, lab_ssh, node_ssh, poll):
     assert lab_ssh(node, "ls /run/marker-from-last-boot", check=False).returncode != 0, "/run survived the reboot"
     assert lab_ssh(node, "test -d /run/sshd && test -f /run/nodegate-lab/modules").returncode == 0
     assert down_at < 5 and back_at >= lab.boot_delay_s, (down_at, back_at)
+    # proc(5): /proc/uptime counts from the boot and /proc/stat's btime is when it began; the node
+    # has its own boot clock (a time namespace), so both start again at each of its boots
+    uptime, now, btime = lab_ssh(node, "cut -d' ' -f1 /proc/uptime; date +%s.%N; "
+                                       "awk '/^btime/ {print $2}' /proc/stat").stdout.split()
+    booted = float(now) - float(uptime)
+    assert asked_at < booted <= float(now) and float(uptime) < back_at + 5, (asked_at, booted, uptime)
+    assert abs(int(btime) - booted) <= 2, (btime, booted)
     print(f"reboot cycle: down after {down_at:.2f} s, SSH back after {back_at:.2f} s")
 
 
@@ -90,6 +112,7 @@ def test_reset_puts_node_back_in_seconds(lab, lab_ssh, cli):
     node = lab.nodes[-1].name
     lab_ssh(node, "echo changed > /root/reset-me && mkdir -p /etc/nodegate-test && touch /etc/nodegate-test/x")
     before = state(lab, node)
+    machine_before = lab_ssh(node, "cat /etc/machine-id").stdout.strip()
     started = time.monotonic()
     result = cli("lab", "reset", node, "--dir", str(lab.dir))
     took = time.monotonic() - started
@@ -103,6 +126,8 @@ def test_reset_puts_node_back_in_seconds(lab, lab_ssh, cli):
     out = lab_ssh(node, "ls /root/reset-me /etc/nodegate-test 2>&1; hostname", check=False).stdout
     assert "No such file" in out and node in out
     after = state(lab, node)
+    machine = lab_ssh(node, "cat /etc/machine-id").stdout.strip()
+    assert len(machine) == 32 and machine != machine_before     # reset: a new installation, its own id
     assert after.state == "up" and after.boot_id != before.boot_id
     print(f"reset {node}: {took:.2f} s")
 
