@@ -567,7 +567,8 @@ class Gate(Step):
                                    unschedulable=status.unschedulable, live_cordoned_by=status.cordoned_by,
                                    annotation=up.agreement.kind, annotation_detail=up.agreement.detail,
                                    target=up.target.version, live_release=up._live_release(),
-                                   release_recorded=up.finished("release_upgrade") is not None)
+                                   release_recorded=up.finished("release_upgrade") is not None,
+                                   completed=any(r.step == "complete" and r.status == "done" for r in up.records()))
         if not verdict.holds:
             log.warning("%s: the journal records steps past the gate (%s), but %s: the preflight runs first",
                         up.name, ", ".join(dict.fromkeys(later)), verdict.text)
@@ -911,7 +912,10 @@ class Reboot(Step):
             log.info("%s was already asked to reboot (boot id %s before, at %s): waiting for it", up.name, before,
                      f"{requested_at:.0f}" if requested_at else "?")
         else:
-            if before:
+            if live is not None and live.boot_id != before and live.reboot_required:
+                log.info("%s rebooted since boot id %s but needs a reboot again (%s): rebooting", up.name, before,
+                         ", ".join(live.reboot_packages) or "reboot-required")
+            elif before:
                 log.info("%s: the reboot asked for earlier (boot id %s before) is not proven by the current boot: "
                          "asking again", up.name, before)
             _wait_package_tools(up)   # never reboot under a running apt/dpkg/do-release-upgrade

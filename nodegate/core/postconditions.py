@@ -255,7 +255,7 @@ def repair(node: str, *, sources: Sequence[SourceLine], old_codename: str | None
 
 def mid_upgrade(node: str, *, journal_cordoned_by: str | None, unschedulable: bool, live_cordoned_by: str | None,
                 annotation: str, annotation_detail: str, target: str, live_release: str | None,
-                release_recorded: bool) -> Verdict:
+                release_recorded: bool, completed: bool = False) -> Verdict:
     """The gate may be skipped only when the live state proves the node is mid-upgrade by this
     journal (whose incarnation was checked already), with the Node annotation never naming
     another journal (``annotation`` is a nodegate.core.incarnation agreement kind):
@@ -263,12 +263,16 @@ def mid_upgrade(node: str, *, journal_cordoned_by: str | None, unschedulable: bo
     - the node is cordoned by the run this journal recorded as cordoning it (the annotation
       mirrors the journal, or is absent: every finished step is then proven on the node anyway); or
     - past the uncordon: the node runs the target release the journal recorded upgrading it to,
-      and the annotation mirrors this journal (the cluster's record of the same upgrade)."""
+      and the annotation mirrors this journal (the cluster's record of the same upgrade); or the
+      journal records the whole upgrade complete (which clears the annotation) and the node runs
+      the target: a rerun re-verifies every step."""
     if annotation not in (AGREES, LAGS, ABSENT):
         return Verdict.no(annotation_detail)
     cordon_proof = (journal_cordoned_by and unschedulable and live_cordoned_by == journal_cordoned_by)
     if cordon_proof:
         return Verdict.ok(f"{node} is cordoned by run {journal_cordoned_by} of this journal; {annotation_detail}")
+    if completed and live_release == target:
+        return Verdict.ok(f"{node} runs {target} and this journal records its upgrade complete; {annotation_detail}")
     if release_recorded and live_release == target and annotation in (AGREES, LAGS):
         return Verdict.ok(f"{node} runs {target}, the release this journal upgraded it to; {annotation_detail}")
     if not journal_cordoned_by:

@@ -209,6 +209,11 @@ def test_the_gate_is_skipped_when_the_node_is_cordoned_by_this_journals_run():
 def test_past_the_uncordon_the_target_release_and_an_agreeing_annotation_prove_it():
     assert mid(unschedulable=False, live_release="22.04", release_recorded=True).holds
     assert not mid(unschedulable=False, live_release="22.04", release_recorded=True, annotation=ABSENT).holds
+    # a rerun after the upgrade completed (the annotation is cleared then): every step re-verified
+    assert mid(unschedulable=False, live_release="22.04", release_recorded=True, annotation=ABSENT,
+               completed=True).holds
+    assert not mid(unschedulable=False, live_release="20.04", release_recorded=True, annotation=ABSENT,
+                   completed=True).holds
 
 
 @pytest.mark.parametrize("change, words", [
