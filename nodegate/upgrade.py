@@ -227,18 +227,20 @@ class Upgrade:
         complete = any(r.step == "complete" and r.status == "done" for r in current)
         resumable = bool(current) and (not complete or self._live_release() == self.target.version)
         said = ""
-        if self.options.restart_journal and records:
-            said = self._set_aside(f"{RESTART_OPTION} was given", record=record, stale=False) + "; "
+        if self.options.restart_journal:      # nothing is judged: a new journal starts from the gate
+            if records:
+                said = self._set_aside(f"{RESTART_OPTION} was given", record=record, stale=False) + "; "
             resumable = False
-        elif resumable or not records:
-            judged = self._judge(current if resumable else None)
+        elif current or not records:
+            # a finished attempt is judged too: a stale journal is put aside even when it is not resumed
+            judged = self._judge(current or None)
             if judged is not None and judged.verdict == REFUSE:
                 raise StepFailed(judged.text, fix=judged.fix)
             if judged is not None and judged.verdict == STALE:
                 log.warning("%s", judged.text)
                 said = self._set_aside(judged.text, record=record, stale=True) + "; "
                 resumable = False
-            elif judged is not None:
+            elif judged is not None and resumable:
                 self.agreement = judged.agreement
                 self._attempt_from = last_begin or 0
                 if complete:
