@@ -486,7 +486,8 @@ class Upgrade:
         if holds:
             parts.append("; ".join(holds))
         parts.append("the upgrade lock is released; fix the cause and run the same command again: it resumes "
-                     f"from the journal {self.journal.path}")
+                     f"from the journal {self.journal.path}, proving each finished step on the node (to start "
+                     f"again from the gate instead, add {RESTART_OPTION}: the journal is kept, renamed)")
         return ". ".join(parts)
 
     # -- shared readers ------------------------------------------------------------------------
