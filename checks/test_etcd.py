@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight

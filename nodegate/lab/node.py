@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError
+from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.apiserver.nodes import read_os_release
 from nodegate.lab.config import LabConfig, LabNode
 from nodegate.lab.image import base_rootfs

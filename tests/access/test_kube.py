@@ -1,4 +1,4 @@
-"""nodegate.kube against the lab's real API server over HTTP (the `api_lab` fixture: the server
+"""nodegate.cluster.kube.client against the lab's real API server over HTTP (the `api_lab` fixture: the server
 alone, its nodes driven by state.json writes as the supervisor would). No mocks: every call
 goes through the official client to the server, and test set-up that kube.py does not offer
 (creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server
@@ -14,10 +14,15 @@ import uuid
 import pytest
 from labkit import wait_until
 
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.kube import (CORDONED_BY_ANNOTATION, DrainError, DrainOptions, Kube, LockHeld, LockKeeper,
-                           NotFoundError)
-from nodegate.waits import WaitTimeout
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.cluster.kube.client import (CORDONED_BY_ANNOTATION,
+    DrainError,
+    DrainOptions,
+    Kube,
+    LockHeld,
+    LockKeeper,
+    NotFoundError)
+from nodegate.core.waits import WaitTimeout
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -104,12 +109,12 @@ def test_construction_is_free_and_import_does_not_load_the_client(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; t=time.monotonic(); import nodegate.kube as k; "
-            "from nodegate.profile import KubeSettings; "
+    code = ("import sys, time; t=time.monotonic(); import nodegate.cluster.kube.client as k; "
+            "from nodegate.profile.model import KubeSettings; "
             "k.Kube(settings=KubeSettings(kubeconfig='/nonexistent')); "
             "print('kubernetes' in sys.modules, round(time.monotonic()-t, 3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "False", "importing nodegate.kube (or building a Kube) must not import the kubernetes client"
+    assert out[0] == "False", "importing nodegate.cluster.kube.client (or building a Kube) must not import the kubernetes client"
     assert float(out[1]) < 1.5, "the collect-time budget"
 
 
@@ -621,7 +626,7 @@ def test_flaky_api_is_retried_with_a_log_line_before_each_sleep(api_lab, settled
     """api-flaky "mixed": 429 (throttling, no PDB cause), 500, 503 and dropped connections."""
     fault(api_lab, "api-flaky", ratio=0.4, mode="mixed", for_s=120)
     time.sleep(0.5)  # the server re-reads faults.json within one poll
-    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    caplog.set_level(logging.WARNING, logger="nodegate.cluster.kube.client")
     kinds = {"429": "answered 429", "500": "answered 500", "503": "answered 503", "drop": "broke"}
     seen: set[str] = set()
     requests = 0
@@ -694,7 +699,7 @@ def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
 def test_dropped_connections_are_retried(api_lab, settled, caplog):
     fault(api_lab, "api-flaky", ratio=0.5, mode="drop", for_s=60)
     time.sleep(0.5)
-    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    caplog.set_level(logging.WARNING, logger="nodegate.cluster.kube.client")
     try:
         kube = Kube(settings=api_lab.settings(), attempts=10)
         for _ in range(10):
@@ -763,7 +768,7 @@ def test_exec_opening_is_retried_on_a_flaky_api(api_lab, settled, caplog):
     pod = toolbox(kube)
     fault(api_lab, "api-flaky", ratio=0.5, mode="mixed", for_s=60)
     time.sleep(0.5)
-    caplog.set_level(logging.WARNING, logger="nodegate.kube")
+    caplog.set_level(logging.WARNING, logger="nodegate.cluster.kube.client")
     try:
         for _ in range(6):
             out = kube.exec(namespace="rook-ceph", pod=pod, command=["rados", "--version"], timeout=30)
@@ -782,7 +787,7 @@ def test_exec_into_a_missing_pod_is_not_found(settled):
 # -- pure logic (no server) -------------------------------------------------------------------------
 
 def pod_like(**changes):
-    from nodegate.kube import PodSummary
+    from nodegate.cluster.kube.client import PodSummary
 
     values = dict(namespace="demo", name="p", uid="u", node="node1", phase="Running", owner_kind="ReplicaSet",
                   owner_name="rs", daemonset=False, mirror=False, uses_emptydir=False, ready=True, restarts=0,
@@ -792,7 +797,7 @@ def pod_like(**changes):
 
 
 def test_label_selector_semantics():
-    from nodegate.kube import selector_matches
+    from nodegate.cluster.kube.client import selector_matches
 
     labels = {"app": "web", "tier": "front"}
     assert not selector_matches(None, labels) and selector_matches({}, labels)
@@ -804,7 +809,7 @@ def test_label_selector_semantics():
 
 
 def test_eviction_answers_are_told_apart():
-    from nodegate.kube import _eviction_refusal
+    from nodegate.cluster.kube.client import _eviction_refusal
 
     pdb = json.dumps({"kind": "Status", "status": "Failure", "code": 429, "reason": "TooManyRequests",
                       "message": "Cannot evict pod as it would violate the pod's disruption budget.",
@@ -819,7 +824,7 @@ def test_eviction_answers_are_told_apart():
 
 
 def test_drain_verdicts_follow_kubectl_filters():
-    from nodegate.kube import _drain_verdict
+    from nodegate.cluster.kube.client import _drain_verdict
 
     plain, every = DrainOptions(ignore_daemonsets=False), DrainOptions(delete_emptydir_data=True, force=True)
     assert _drain_verdict(pod_like(daemonset=True, owner_kind="DaemonSet"), plain)[0] == "refuse"
@@ -835,7 +840,7 @@ def test_drain_verdicts_follow_kubectl_filters():
 def test_lock_staleness_and_exec_status():
     import datetime as dt
 
-    from nodegate.kube import LockInfo, _exec_rc
+    from nodegate.cluster.kube.client import LockInfo, _exec_rc
 
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
     lock = LockInfo(namespace="kube-system", name="l", holder="a", node="node4", run_id="r", duration_s=60,
@@ -854,7 +859,7 @@ def test_closing_the_client_stops_a_read_retrying_in_another_thread(api_lab, set
     """A run refused before its first check closes its client while reads started ahead are still
     retrying a failing API (a node down: 500 from its kubelet): they stop at their next attempt, with
     no more "retrying" lines after the error, instead of keeping the process alive for 20 s."""
-    from nodegate.kube import ClientClosed
+    from nodegate.cluster.kube.client import ClientClosed
 
     fault(api_lab, "api-flaky", ratio=1.0, mode="503")
     wait_until(lambda: answer_code(api_lab) == 503, timeout=5, what="the outage to begin")
@@ -870,7 +875,7 @@ def test_closing_the_client_stops_a_read_retrying_in_another_thread(api_lab, set
         outcome["ended"] = time.monotonic()
 
     try:
-        with caplog.at_level("WARNING", logger="nodegate.kube"):
+        with caplog.at_level("WARNING", logger="nodegate.cluster.kube.client"):
             thread = threading.Thread(target=read_ahead, daemon=True)
             thread.start()
             wait_until(lambda: any(r.getMessage().startswith("retrying") for r in caplog.records), timeout=10,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.errors import TransientError, UsageError
+from nodegate.core.errors import TransientError, UsageError
 from nodegate.lab.ceph import LabCeph
 from labkit import net_beside
 

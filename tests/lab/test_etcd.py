@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.errors import UsageError
+from nodegate.core.errors import UsageError
 from labkit import net_beside
 
 from nodegate.lab.config import LabConfig

@@ -154,7 +154,7 @@ class LabNodes(LabAccess):
 
     def fresh(self, name: str) -> bool:
         """The node looks as `lab up` left it (cheap reads only)."""
-        from nodegate.journal import ANNOTATION
+        from nodegate.core.journal import ANNOTATION
 
         status = self.kube.node(name)
         faults = self.config.dir / "faults.json"
@@ -175,8 +175,8 @@ class LabNodes(LabAccess):
     def restore(self, *names: str) -> None:
         """Put nodes back to the lab's starting state: root reset (20.04, held packages, legacy key),
         uncordoned, no noout, no upgrade annotation, no lock, no fault."""
-        from nodegate.journal import ANNOTATION
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.core.journal import ANNOTATION
+        from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE
 
         self.cli("fault", "--clear", check=False)
         for name in names:

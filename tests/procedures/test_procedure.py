@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from nodegate.upgrade import STEP_NAMES
+from nodegate.upgrade.engine import STEP_NAMES
 
 
 FIRST_SIX = STEP_NAMES[:6]

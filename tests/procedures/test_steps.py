@@ -1,4 +1,4 @@
-"""Single steps and the lock, driven through nodegate.upgrade directly against the lab: the cases
+"""Single steps and the lock, driven through nodegate.upgrade.engine directly against the lab: the cases
 that are slow or impossible to reach through a whole run (a PDB that never allows the drain, a
 node that never comes back, a lock held by someone else)."""
 from __future__ import annotations
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from nodegate.journal import Journal
-from nodegate.knowledge import ubuntu_release
-from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE, LockHeld
-from nodegate.lock import ClusterLock
-from nodegate.upgrade import NodeDidNotComeBack, Upgrade, UpgradeOptions
+from nodegate.core.journal import Journal
+from nodegate.core.knowledge import ubuntu_release
+from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE, LockHeld
+from nodegate.cluster.lock import ClusterLock
+from nodegate.upgrade.engine import NodeDidNotComeBack, Upgrade, UpgradeOptions
 
 
 def make_upgrade(lab_nodes, tmp_path, *, node: str = "node4", lock: bool = False, **upgrade_settings) -> Upgrade:

@@ -82,7 +82,7 @@ PROCEDURE = '''
 import pytest
 
 
-class Result:  # the shape of nodegate.nodes.CommandResult
+class Result:  # the shape of nodegate.cluster.nodes.ssh.CommandResult
     def __init__(self, node, args, rc, stdout, stderr):
         self.node, self.args, self.rc, self.stdout, self.stderr, self.duration = node, args, rc, stdout, stderr, 0.25
 
@@ -93,7 +93,7 @@ class Result:  # the shape of nodegate.nodes.CommandResult
 
 @pytest.mark.procedure
 def test_upgrade_node(node, evidence, request):
-    from nodegate.reporting import set_environment
+    from nodegate.plugin.allure import set_environment
 
     set_environment(request.config, "rook.version", "v1.14.8")
     set_environment(request.config, "cephcsi.version", "v3.11.0")

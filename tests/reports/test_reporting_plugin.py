@@ -13,7 +13,7 @@ import pytest
 
 from reportkit import (BEARER_TOKEN, INVENTORY_PASSWORD, TICKET, html_payloads, labels, load_results, only_run,
                       run_suite, write_profile)
-from nodegate.reporting import CATEGORIES, classify
+from nodegate.plugin.allure import CATEGORIES, classify
 
 NODE_ARGS = ("--node", "node3,node4", "--target-release", "22.04")
 
@@ -163,7 +163,7 @@ def test_planted_secrets_reach_no_results_file_and_no_report(suite, tmp_path):
         assert BEARER_TOKEN not in text, f"token in {name}"
         assert INVENTORY_PASSWORD not in text, f"password in {name}"
 
-    from nodegate.report import build_report
+    from nodegate.report.cli import build_report
 
     files = build_report(run_dir=run, out=tmp_path / "report.html", reports=suite.path / "reports")
     everything = [files.html, files.summary, *(suite.path / "reports" / "history").iterdir()]
@@ -210,7 +210,7 @@ def test_category_regexes_mean_the_same_in_javascript():
 
 
 def test_inventory_secrets_are_found_in_yaml_ini_and_vault_tags_but_settings_are_not(tmp_path):
-    from nodegate.reporting import _inventory_secrets
+    from nodegate.plugin.allure import _inventory_secrets
 
     inv = tmp_path / "inventory"
     (inv / "group_vars" / "all").mkdir(parents=True)
@@ -239,7 +239,7 @@ def test_a_check_of_both_phases_is_labelled_with_the_phase_that_ran(suite, tmp_p
     assert found["preflight"]["historyId"] != found["postflight"]["historyId"]
     assert found["preflight"]["testCaseId"] != found["postflight"]["testCaseId"]
 
-    from nodegate.report import build_report
+    from nodegate.report.cli import build_report
 
     html = build_report(run_dir=out, out=tmp_path / "r.html", reports=tmp_path / "reports").html.read_text()
     shown = [json.loads(base64.b64decode(v)) for _, v in re.findall(r'd\("(data/test-results/[^"]+)","([^"]*)"\)', html)]

@@ -30,7 +30,7 @@ PROCEDURES = ROOT / "procedures"
 NODE = "node4"
 TARGET = "22.04"
 # hypothesis (a test extra, absent on an operator's machine) can deadlock-import annotated_types
-# against nodegate.reporting's background import of the Kubernetes client (see tests/checks)
+# against nodegate.plugin.allure's background import of the Kubernetes client (see tests/checks)
 QUIET_PLUGINS = ("-p", "no:hypothesispytest")
 ROOK_NAMESPACE = "rook-ceph"
 ROOK_OPERATOR_PATH = f"/apis/apps/v1/namespaces/{ROOK_NAMESPACE}/deployments/rook-ceph-operator"
@@ -195,7 +195,7 @@ class Lab(LabAccess):
         return done
 
     def standing(self) -> Standing:
-        from nodegate.journal import ANNOTATION
+        from nodegate.core.journal import ANNOTATION
 
         host = self.host()
         status = self.kube.node(NODE)
@@ -213,7 +213,10 @@ class Lab(LabAccess):
 
     # -- the lock, as another operator's run would leave it ---------------------------------------
     def plant_lock(self, *, holder: str, node: str, run_id: str, renewed_s_ago: float) -> None:
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE, LOCK_NODE_ANNOTATION, LOCK_RUN_ANNOTATION
+        from nodegate.cluster.kube.client import (LOCK_NAME,
+            LOCK_NAMESPACE,
+            LOCK_NODE_ANNOTATION,
+            LOCK_RUN_ANNOTATION)
 
         self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
         stamp = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=renewed_s_ago)).strftime(
@@ -280,7 +283,7 @@ class Lab(LabAccess):
         DaemonSet to that release's default cephcsi (ROOK_CEPHCSI). Returns once every operator and
         plugin pod runs the new images, Ready, with no old pod left; False if nothing had to change."""
         from nodegate.lab.config import ROOK_CEPHCSI
-        from nodegate.waits import Done, NotYet, wait_for
+        from nodegate.core.waits import Done, NotYet, wait_for
 
         operator_image, csi_image = f"rook/ceph:{version}", f"quay.io/cephcsi/cephcsi:{ROOK_CEPHCSI[version]}"
         changed = False
@@ -346,7 +349,7 @@ class Lab(LabAccess):
 
     # -- back to the start -----------------------------------------------------------------------------
     def _toolbox_running(self):
-        from nodegate.waits import Done, NotYet
+        from nodegate.core.waits import Done, NotYet
 
         ceph = self.profile.ceph
         pods = self.kube.list_pods(namespace=ceph.namespace, selector=ceph.toolbox_selector)
@@ -357,9 +360,9 @@ class Lab(LabAccess):
     def restore(self) -> None:
         """node4 as `lab up` left it: root reset (20.04, held packages, legacy key), uncordoned, no
         noout, no upgrade annotation, no lock, no fault, the lab's Rook and cephcsi."""
-        from nodegate.journal import ANNOTATION
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
-        from nodegate.waits import wait_for
+        from nodegate.core.journal import ANNOTATION
+        from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.core.waits import wait_for
 
         active = json.loads((self.config.dir / "faults.json").read_text() or "{}") \
             if (self.config.dir / "faults.json").exists() else {}

@@ -302,7 +302,7 @@ def test_hang_on_reboot_then_the_rerun_repairs_dpkg_and_waits_out_of_band(course
     assert op.last("reboot") == "failed"
     lock_free(lab)
     lab.clear("hang-on-reboot", "--node", NODE)     # clearing boots it, like a BMC power cycle
-    from nodegate.waits import Done, NotYet, wait_for
+    from nodegate.core.waits import Done, NotYet, wait_for
 
     wait_for(lambda: Done(True) if lab.kube.node(NODE).is_ready else NotYet("not Ready"), what="node4 back",
              timeout=120, interval=0.5)

@@ -195,7 +195,7 @@ def scene(scenario_lab, tmp_path_factory) -> Scene:
 
 def test_an_interrupt_inside_a_pod_exec_stops_the_run_instead_of_being_retried(scenario_lab):
     """The Kubernetes client's websocket calls (the ceph toolbox exec) turn Ctrl-C/SIGTERM into
-    ApiException(status=0); nodegate.kube must hand the interrupt on, not retry it as a transient error."""
+    ApiException(status=0); nodegate.cluster.kube.client must hand the interrupt on, not retry it as a transient error."""
     from kubernetes.client.exceptions import ApiException
 
     calls = []
@@ -248,7 +248,7 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
         scene.outcomes.append(Outcome(f"{point.step}: {point.where}", sig.name, where, seconds, rc, live.brief()))
         label = f"{sig.name} aimed at {point.step} ({point.where}), stopped {where}"
         if run.unheeded:
-            # Once in ~150 interrupts, before nodegate.interrupts: the signal landed while a finalizer
+            # Once in ~150 interrupts, before nodegate.core.interrupts: the signal landed while a finalizer
             # ran (at a step's end), Python swallowed the KeyboardInterrupt and the run went on. The
             # second signal only lets the run end so that everything else is still reported.
             scene.outcomes[-1].stopped_in += " UNHEEDED 1st signal"

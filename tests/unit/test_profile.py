@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 
 from clusterfiles import DOCKER_VARS_UBUNTU, LAB_HOSTS_YAML, LAB_INVENTORY_INI, write_cluster
-from nodegate.errors import UsageError
-from nodegate.profile import (NodeSpec, Profile, kubespray_version, load_profile, read_inventory,
-                              resolve_profile_path)
+from nodegate.core.errors import UsageError
+from nodegate.profile.model import (NodeSpec,
+    Profile,
+    kubespray_version,
+    load_profile,
+    read_inventory,
+    resolve_profile_path)
 
 
 def names(nodes) -> list[str]:

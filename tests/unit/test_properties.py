@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from clusterfiles import LAB_HOSTS_YAML, write_cluster
-from nodegate import parsing
-from nodegate.errors import UsageError
-from nodegate.knowledge import compare_debian_versions
-from nodegate.profile import Inventory, load_profile, read_inventory
+from nodegate.core import parsing
+from nodegate.core.errors import UsageError
+from nodegate.core.knowledge import compare_debian_versions
+from nodegate.profile.model import Inventory, load_profile, read_inventory
 
 DATA = Path(__file__).parent / "data"
 FAST = settings(max_examples=100, deadline=None, database=None,
@@ -672,7 +672,7 @@ def _lab_profile(factory):
 @example(cluster="..", node="node4", target="22.04")
 @example(cluster=".", node="..", target="/")
 def test_journal_file_stays_under_its_root(cluster, node, target):
-    from nodegate.journal import Journal
+    from nodegate.core.journal import Journal
 
     root = Path("/srv/reports/runs")
     path = Journal(root=root, cluster=cluster, node=node, target=target, run_id="r").path

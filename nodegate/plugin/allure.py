@@ -1,8 +1,8 @@
 """The Allure layer of the plugin: where results go, labels, links, attachments, environment.
 
-Registered as its own pytest11 entry point beside nodegate.plugin. Domain code (nodes, kube,
+Registered as its own pytest11 entry point beside nodegate.plugin.options. Domain code (nodes, kube,
 ceph, the upgrade steps) only logs; checks and procedures hand evidence to the `evidence`
-fixture, and everything that reaches a result file passes through nodegate.secrets.redact —
+fixture, and everything that reaches a result file passes through nodegate.core.secrets.redact —
 once when it is attached, and once more over the whole results folder when the run ends
 (captured stdout/stderr, tracebacks and parameters are written by allure-pytest itself).
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from nodegate.secrets import install_log_redaction, redact, register_secret
+from nodegate.core.secrets import install_log_redaction, redact, register_secret
 
 RUN_ID = pytest.StashKey[str]()
 RUN_DIR = pytest.StashKey[Path]()
@@ -66,7 +66,7 @@ CATEGORIES: list[dict[str, Any]] = [
 CATEGORY_FIXES = {
     "Blocked by a PodDisruptionBudget": "scale the workload or relax its PodDisruptionBudget, then run again "
                                         "(the node stays cordoned until the drain finishes)",
-    "Kubespray known issue": "see the known issue named in the message (nodegate.knowledge) and its fix",
+    "Kubespray known issue": "see the known issue named in the message (nodegate.core.knowledge) and its fix",
     "Held-package drift": "hold the container packages again (`apt-mark hold containerd.io docker-ce docker-ce-cli`) "
                           "at the versions Kubespray expects",
     "Legacy apt keyring": "move the repository key to /etc/apt/keyrings/ and add signed-by= to the source",
@@ -115,7 +115,7 @@ def _is_worker(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before allure-pytest's own pytest_configure reads the option
 def pytest_configure(config: pytest.Config) -> None:
     install_log_redaction()
-    from nodegate.journal import new_run_id
+    from nodegate.core.journal import new_run_id
 
     workerinput = getattr(config, "workerinput", None)
     config.stash[RUN_ID] = (workerinput or {}).get("nodegate_run_id") or new_run_id()
@@ -158,7 +158,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """After every pytest_configure (nodegate.plugin has read the profile by now): remember the
+    """After every pytest_configure (nodegate.plugin.options has read the profile by now): remember the
     cluster's credentials, set the ticket link pattern, note what the run starts from."""
     config = session.config
     profile = getattr(_run(config), "profile", None)
@@ -173,7 +173,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _run(config: pytest.Config):
-    from nodegate.plugin import RUN_KEY
+    from nodegate.plugin.options import RUN_KEY
 
     return config.stash.get(RUN_KEY, None)
 
@@ -211,7 +211,7 @@ def _read_starting_point(config: pytest.Config, profile: Any) -> None:
     target = _opt(config, "target_release")
     if target:
         # a resumed upgrade: the node already runs something newer; its journal kept where it started
-        from nodegate.journal import Journal
+        from nodegate.core.journal import Journal
 
         started = sorted({str(v) for name in names
                           if (v := Journal(root=reports_root(config) / "runs", cluster=profile.name, node=name,
@@ -219,7 +219,7 @@ def _read_starting_point(config: pytest.Config, profile: Any) -> None:
         if started:
             env.setdefault("source.release", ", ".join(started))
     try:
-        from nodegate.kube import Kube
+        from nodegate.cluster.kube.client import Kube
 
         kube = Kube.connect(settings=profile.kube, check=False, attempts=1, retry_limit_s=5.0)
         try:

@@ -11,7 +11,7 @@ Startup cost matters (``pytest --collect-only`` must stay fast), so neither the 
 kubeconfig is loaded on import or construction: ``Kube(settings=…)`` is free, the first request
 (or ``check()``, which the plugin calls once to validate the profile) loads both.
 
-Errors (nodegate.errors):
+Errors (nodegate.core.errors):
 - ``UsageError``: the kubeconfig is missing, unreadable or not YAML, the context is not in it,
   or the cluster cannot be reached when ``check()`` validates it; the message names the fix.
 - ``TransientError``: connection refused/reset, timeouts, 5xx, a 429 that is throttling (no
@@ -21,7 +21,7 @@ Errors (nodegate.errors):
 - ``PermanentError``: 401/403, 404 where an object must exist (``NotFoundError``), 422 and
   every other refusal; a drain refused or timed out (``DrainError``), a lock held by someone
   else (``LockHeld``).
-The bearer token is registered with nodegate.secrets, so no log line or report shows it.
+The bearer token is registered with nodegate.core.secrets, so no log line or report shows it.
 """
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ from urllib.parse import quote
 
 import tenacity
 
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.interrupts import checkpoint
-from nodegate.secrets import register_secret
-from nodegate.waits import Done, NotYet, ProgressReporter, WaitProgress, WaitTimeout, wait_for
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.core.interrupts import checkpoint
+from nodegate.core.secrets import register_secret
+from nodegate.core.waits import Done, NotYet, ProgressReporter, WaitProgress, WaitTimeout, wait_for
 
 if TYPE_CHECKING:
-    from nodegate.profile import KubeSettings
+    from nodegate.profile.model import KubeSettings
 
-log = logging.getLogger("nodegate.kube")
+log = logging.getLogger("nodegate.cluster.kube.client")
 
 # (connect, read) seconds for one ordinary request: the API answers in milliseconds, so a
 # request still open after this is a stuck server, not a slow one.

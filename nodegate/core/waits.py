@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import tenacity
 
-from nodegate.errors import PermanentError, TransientError
-from nodegate.interrupts import checkpoint
+from nodegate.core.errors import PermanentError, TransientError
+from nodegate.core.interrupts import checkpoint
 
 if TYPE_CHECKING:  # only for type names: waits sits below kube and nodes
-    from nodegate.kube import Kube, NodeStatus
-    from nodegate.nodes import NodeHost, Nodes
+    from nodegate.cluster.kube.client import Kube, NodeStatus
+    from nodegate.cluster.nodes.ssh import NodeHost, Nodes
 
-log = logging.getLogger("nodegate.waits")
+log = logging.getLogger("nodegate.core.waits")
 
 T = TypeVar("T")
 

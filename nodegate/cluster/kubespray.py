@@ -37,11 +37,11 @@ from types import MappingProxyType
 
 import yaml
 
-from nodegate import knowledge, parsing
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.interrupts import checkpoint
-from nodegate.profile import Profile
-from nodegate.secrets import redact, register_secret
+from nodegate.core import knowledge, parsing
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.core.interrupts import checkpoint
+from nodegate.profile.model import Profile
+from nodegate.core.secrets import redact, register_secret
 
 log = logging.getLogger(__name__)
 

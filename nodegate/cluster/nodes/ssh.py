@@ -13,7 +13,7 @@ outside ``expect``; connection failures are classified (refused / timed out / au
 unknown or changed host key), each with its own message and fix.
 
 Small classes read one resource each: ``Packages``, ``Apt``, ``Release``, ``Boot``, ``Modules``;
-parsing is nodegate.parsing's.
+parsing is nodegate.core.parsing's.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodegate import parsing
-from nodegate.errors import NodegateError, PermanentError, TransientError, UsageError
-from nodegate.interrupts import checkpoint
+from nodegate.core import parsing
+from nodegate.core.errors import NodegateError, PermanentError, TransientError, UsageError
+from nodegate.core.interrupts import checkpoint
 
 if TYPE_CHECKING:
-    from nodegate.profile import NodeSpec, SSHSettings
+    from nodegate.profile.model import NodeSpec, SSHSettings
 
 CONNECT_TIMEOUT_S = 5
 

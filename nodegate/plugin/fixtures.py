@@ -1,6 +1,6 @@
 """Fixtures that reach the cluster, for checks and procedures: `nodes`/`host` (SSH through
-nodegate.nodes, one reused connection per node, a fresh one after `nodes.reconnect`), `kube`
-(nodegate.kube), `ceph` (nodegate.ceph), and `reads`: the reads the checks share, each taken
+nodegate.cluster.nodes.ssh, one reused connection per node, a fresh one after `nodes.reconnect`), `kube`
+(nodegate.cluster.kube.client), `ceph` (nodegate.cluster.ceph), and `reads`: the reads the checks share, each taken
 once per session (`reads.forget()` drops them after a step changed something).
 
 Registered by the pytest11 entry point `nodegate_fixtures`. Nothing here connects anywhere at
@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nodegate.plugin import RUN_KEY, NodegateRun, _is_ours
+from nodegate.plugin.options import RUN_KEY, NodegateRun, _is_ours
 
 if TYPE_CHECKING:
-    from nodegate.ceph import Ceph
-    from nodegate.knowledge import UbuntuRelease
-    from nodegate.kube import Kube, NodeStatus, PodSummary
-    from nodegate.nodes import NodeHost, Nodes, NodeSnapshot
-    from nodegate.parsing import OsRelease
-    from nodegate.profile import NodeSpec, Profile
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.core.knowledge import UbuntuRelease
+    from nodegate.cluster.kube.client import Kube, NodeStatus, PodSummary
+    from nodegate.cluster.nodes.ssh import NodeHost, Nodes, NodeSnapshot
+    from nodegate.core.parsing import OsRelease
+    from nodegate.profile.model import NodeSpec, Profile
 
 PHASES = ("preflight", "postflight")
 # Ceph commands of the checks run side by side, this many at a time: each is a `ceph` process in
@@ -52,13 +52,13 @@ class Access:
 
     @functools.cached_property
     def nodes(self) -> "Nodes":
-        from nodegate.nodes import Nodes
+        from nodegate.cluster.nodes.ssh import Nodes
 
         return Nodes(settings=self.profile.ssh, nodes=self.profile.nodes)
 
     @functools.cached_property
     def kube(self) -> "Kube":
-        from nodegate.kube import Kube
+        from nodegate.cluster.kube.client import Kube
 
         return Kube.connect(settings=self.profile.kube, check=True)
 
@@ -70,7 +70,7 @@ class Access:
         """Another Ceph (one per command running at once), on the run's API client: Kube.exec opens
         its own websocket per command and leaves the shared client alone, so execs and reads can
         run side by side on it."""
-        from nodegate.ceph import Ceph
+        from nodegate.cluster.ceph import Ceph
 
         ceph = Ceph(settings=self.profile.ceph, kube=self.kube if self.profile.ceph.mode == "toolbox" else None)
         first = self.__dict__.get("ceph")
@@ -182,7 +182,7 @@ class Reads:
 
     def snapshot(self, name: str) -> "NodeSnapshot":
         """Release, packages, audit, pending reboot, kernels, disks, modules, sources: one round trip."""
-        from nodegate.nodes import Snapshot
+        from nodegate.cluster.nodes.ssh import Snapshot
 
         host = self.host(name)
         return self._get(("snapshot", name, id(host)), lambda: Snapshot(host).take())
@@ -238,7 +238,7 @@ class Reads:
         return self._get(("blockers", name), lambda: self.connect().pods_blocking_eviction(name))
 
     def csi_rbdplugin(self, name: str):
-        from nodegate.kube import CSI_RBD_SELECTOR
+        from nodegate.cluster.kube.client import CSI_RBD_SELECTOR
 
         namespace = self.access.profile.ceph.namespace
         if self.fleet:   # the plugin pods of every node in one list (the compatibility check reads it too)
@@ -368,7 +368,7 @@ class ReleasePlan:
 
 
 def previous_release(release: "UbuntuRelease") -> "UbuntuRelease | None":
-    from nodegate.knowledge import UBUNTU_RELEASES
+    from nodegate.core.knowledge import UBUNTU_RELEASES
 
     index = UBUNTU_RELEASES.index(release)
     return UBUNTU_RELEASES[index - 1] if index > 0 else None
@@ -376,7 +376,7 @@ def previous_release(release: "UbuntuRelease") -> "UbuntuRelease | None":
 
 @pytest.fixture
 def releases(node: "NodeSpec", phase: str, target_release: "UbuntuRelease | None", reads: Reads) -> ReleasePlan:
-    from nodegate.knowledge import next_release, ubuntu_release
+    from nodegate.core.knowledge import next_release, ubuntu_release
 
     osr = reads.snapshot(node.name).os_release
     current = ubuntu_release(osr.version_id or "") if (osr.id or "").lower() == "ubuntu" else None
@@ -413,13 +413,13 @@ def nodes(access: Access) -> "Nodes":
 
 @pytest.fixture(scope="session")
 def kube(access: Access) -> "Kube":
-    """The Kubernetes API of the profile's kubeconfig (nodegate.kube.Kube)."""
+    """The Kubernetes API of the profile's kubeconfig (nodegate.cluster.kube.client.Kube)."""
     return access.kube
 
 
 @pytest.fixture(scope="session")
 def ceph(access: Access) -> "Ceph":
-    """The cluster's Ceph, through the toolbox pod or the profile's command (nodegate.ceph.Ceph)."""
+    """The cluster's Ceph, through the toolbox pod or the profile's command (nodegate.cluster.ceph.Ceph)."""
     return access.ceph
 
 
@@ -435,7 +435,7 @@ class _HostFixture:
 
     @pytest.fixture
     def host(self, nodes: "Nodes", node: "NodeSpec") -> "NodeHost":
-        """The node's SSH host (nodegate.nodes.NodeHost; `.testinfra` is the testinfra Host).
+        """The node's SSH host (nodegate.cluster.nodes.ssh.NodeHost; `.testinfra` is the testinfra Host).
         Function-scoped on purpose: after `nodes.reconnect(name)` the next test gets the new one."""
         return nodes.host(node.name)
 
@@ -445,7 +445,7 @@ def notice(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """notice(text): show a non-blocking finding as a warning in the terminal summary and as
     evidence in the report; the check still passes."""
     def emit(text: str) -> None:
-        from nodegate.reporting import Evidence
+        from nodegate.plugin.allure import Evidence
 
         Evidence().text("notice", text)
         # Attributed to the check (not a source line): the summary shows the finding, not code.
@@ -458,7 +458,7 @@ def notice(request: pytest.FixtureRequest) -> Callable[[str], None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_HostFixture(), "nodegate-host-fixture")
-    config.addinivalue_line("filterwarnings", "always::nodegate.fixtures.NodegateNotice")
+    config.addinivalue_line("filterwarnings", "always::nodegate.plugin.fixtures.NodegateNotice")
     run = config.stash.get(RUN_KEY, None)
     if run is not None and run.options.active and config.args_source in (pytest.Config.ArgsSource.TESTPATHS,
                                                                            pytest.Config.ArgsSource.INVOCATION_DIR):
@@ -502,7 +502,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.profile is None or not items or config.option.collectonly:
         return result
-    from nodegate.errors import NodegateError
+    from nodegate.core.errors import NodegateError
 
     phases = {item_phase(i) for i in items} - {None}
     _refuse_postflight_without_target(run, phases)
@@ -521,7 +521,7 @@ def _refuse_postflight_without_target(run: NodegateRun, phases: set[str]) -> Non
 
 
 def _connect_or_refuse(reads: "Reads", run: NodegateRun) -> None:
-    from nodegate.errors import TransientError, UsageError
+    from nodegate.core.errors import TransientError, UsageError
 
     try:
         reads.connect()
@@ -546,7 +546,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.profile is None or not run.nodes or not _xdist_controller(config):
         return
-    from nodegate.errors import NodegateError
+    from nodegate.core.errors import NodegateError
 
     pre, post = _phase_matches(config)
     phases = {name for name, chosen in (("preflight", pre), ("postflight", post)) if chosen}
@@ -693,8 +693,8 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
 
 def _check_target(spec: "NodeSpec", osr: "OsRelease", run: NodegateRun) -> None:
     """--target-release must be the next LTS after the node's release (do-release-upgrade goes one step)."""
-    from nodegate.errors import UsageError
-    from nodegate.knowledge import next_release, ubuntu_release
+    from nodegate.core.errors import UsageError
+    from nodegate.core.knowledge import next_release, ubuntu_release
 
     target = run.target
     current = ubuntu_release(osr.version_id or "") if (osr.id or "").lower() == "ubuntu" else None

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodegate.errors import PermanentError, UsageError
-from nodegate.secrets import redact
+from nodegate.core.errors import PermanentError, UsageError
+from nodegate.core.secrets import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Allure's page template loads Google Analytics; a change report for an on-premises cluster must not
@@ -130,8 +130,8 @@ def known_fix(message: str, category: str | None) -> str | None:
     found = re.search(r"(?im)^\s*fix:\s*(.+)$", message)
     if found:
         return found.group(1).strip()
-    from nodegate.knowledge import KNOWN_ISSUES
-    from nodegate.reporting import CATEGORY_FIXES
+    from nodegate.core.knowledge import KNOWN_ISSUES
+    from nodegate.plugin.allure import CATEGORY_FIXES
 
     for issue in KNOWN_ISSUES:
         if issue.matches(message):
@@ -158,7 +158,7 @@ def _cell(text: str) -> str:
 
 
 def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
-    from nodegate.reporting import classify
+    from nodegate.plugin.allure import classify
 
     lines = read_results(results)
     env = read_environment(results)
@@ -238,7 +238,7 @@ def allure_command(reports: Path) -> list[str]:
 
 
 def _categories(results: Path) -> list:
-    from nodegate.reporting import CATEGORIES
+    from nodegate.plugin.allure import CATEGORIES
 
     path = results / "categories.json"
     try:
@@ -249,7 +249,7 @@ def _categories(results: Path) -> list:
 
 def build_report(*, run_dir: Path | None, out: Path | None, reports: Path | None = None,
                  cluster: str | None = None) -> ReportFiles:
-    from nodegate.reporting import redact_results
+    from nodegate.plugin.allure import redact_results
 
     reports = reports or Path(os.environ.get("NODEGATE_REPORTS", PROJECT_ROOT / "reports"))
     run = find_run_dir(run_dir, reports)

@@ -28,7 +28,7 @@ import threading
 import weakref
 from typing import Any
 
-log = logging.getLogger("nodegate.interrupts")
+log = logging.getLogger("nodegate.core.interrupts")
 
 
 class Interrupt(KeyboardInterrupt):

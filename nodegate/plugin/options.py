@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:   # imported lazily at run time: keep startup cheap
-    from nodegate.knowledge import UbuntuRelease
-    from nodegate.profile import NodeSpec, Profile
+    from nodegate.core.knowledge import UbuntuRelease
+    from nodegate.profile.model import NodeSpec, Profile
 
 MARKERS = {
     "preflight": "read-only check run before a change to a node",
@@ -58,7 +58,7 @@ class NodegateRun:
 
     @property
     def target(self) -> UbuntuRelease | None:
-        from nodegate.knowledge import ubuntu_release
+        from nodegate.core.knowledge import ubuntu_release
 
         return ubuntu_release(self.options.target_release) if self.options.target_release else None
 
@@ -150,8 +150,8 @@ def _read_options(config: pytest.Config) -> RunOptions:
 
 def _load(options: RunOptions, cwd: Path) -> NodegateRun:
     """Read the profile and select the nodes; any problem becomes a pytest.UsageError."""
-    from nodegate.errors import UsageError
-    from nodegate.profile import load_profile, resolve_profile_path
+    from nodegate.core.errors import UsageError
+    from nodegate.profile.model import load_profile, resolve_profile_path
 
     try:
         profile = load_profile(resolve_profile_path(options.cluster, cwd=cwd))
@@ -167,23 +167,23 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Ctrl-C (and SIGTERM while executing) must stop the run even when Python loses the interrupt in
-    # a finalizer (nodegate.interrupts). After every plugin's pytest_configure, so the hook noting a
+    # a finalizer (nodegate.core.interrupts). After every plugin's pytest_configure, so the hook noting a
     # swallowed interrupt sits in front of pytest's own unraisable-exception hook, not behind it.
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None and run.options.active:
-        from nodegate import interrupts
+        from nodegate.core import interrupts
 
         interrupts.watch(sigterm=run.options.execute)
 
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-    interrupts = sys.modules.get("nodegate.interrupts")   # loaded only by a nodegate run
+    interrupts = sys.modules.get("nodegate.core.interrupts")   # loaded only by a nodegate run
     if interrupts is not None:
         interrupts.stopping()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    interrupts = sys.modules.get("nodegate.interrupts")
+    interrupts = sys.modules.get("nodegate.core.interrupts")
     if interrupts is not None:
         interrupts.unwatch()
 
@@ -202,7 +202,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 def _is_ours(fixturedefs) -> bool:
     """True when the closest definition of a fixture comes from nodegate's plugins (this one or
-    nodegate.fixtures); a project's own `node` or `profile` fixture (a conftest's) is left alone."""
+    nodegate.plugin.fixtures); a project's own `node` or `profile` fixture (a conftest's) is left alone."""
     module = getattr(fixturedefs[-1].func, "__module__", None) if fixturedefs else None
     return isinstance(module, str) and module.startswith("nodegate.") and not module.startswith("nodegate.lab")
 
@@ -324,7 +324,7 @@ def target_release(nodegate_run: NodegateRun) -> UbuntuRelease | None:
 
 
 # --------------------------------------------------------------------------- fixtures reaching the cluster
-# Owned by h6 / the lead: the per-node SSH host (nodegate.nodes through pytest-testinfra, one reused
-# connection per node, fresh after a reboot), the Kubernetes client (nodegate.kube) and Ceph
-# (nodegate.ceph). Add them here as session-scoped fixtures built from `profile` and `node`,
+# Owned by h6 / the lead: the per-node SSH host (nodegate.cluster.nodes.ssh through pytest-testinfra, one reused
+# connection per node, fresh after a reboot), the Kubernetes client (nodegate.cluster.kube.client) and Ceph
+# (nodegate.cluster.ceph). Add them here as session-scoped fixtures built from `profile` and `node`,
 # importing those modules inside the fixture body so a plain `pytest` stays fast.

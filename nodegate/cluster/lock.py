@@ -3,7 +3,7 @@
 The lock itself (a coordination.k8s.io Lease ``kube-system/nodegate-upgrade-lock`` naming the
 holder, the node and the run id, with its policy: free → taken; same holder and node → a rerun
 resuming that node; anyone else → refused unless stale and the operator said
-``--take-over-stale-lock``) lives in nodegate.kube (``acquire_lock``/``renew_lock``/
+``--take-over-stale-lock``) lives in nodegate.cluster.kube.client (``acquire_lock``/``renew_lock``/
 ``release_lock``/``LockKeeper``). This module only adds the procedure's side:
 
 - the holder is ``user@machine``: a rerun of the same command from the same machine after a crash
@@ -23,9 +23,9 @@ import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nodegate.kube import Kube, LockInfo, LockKeeper
+    from nodegate.cluster.kube.client import Kube, LockInfo, LockKeeper
 
-log = logging.getLogger("nodegate.lock")
+log = logging.getLogger("nodegate.cluster.lock")
 
 
 def this_holder() -> str:
@@ -59,8 +59,8 @@ class ClusterLock:
         return self.kube.read_lock()
 
     def acquire(self, *, take_over_stale: bool = False) -> str:
-        """Take the lock (LockHeld from nodegate.kube when another run has it); start renewing it."""
-        from nodegate.kube import LockKeeper
+        """Take the lock (LockHeld from nodegate.cluster.kube.client when another run has it); start renewing it."""
+        from nodegate.cluster.kube.client import LockKeeper
 
         before = self.kube.read_lock()
         self.info = self.kube.acquire_lock(holder=self.holder, node=self.node, run_id=self.run_id,

@@ -1,13 +1,13 @@
 """Ceph, read and flagged through its own CLI: the only module that runs `ceph`.
 
 Two ways to reach the cluster, chosen in the profile's [ceph] section:
-- ``toolbox`` (default, what Rook clusters have): ``ceph …`` runs by exec (through nodegate.kube)
+- ``toolbox`` (default, what Rook clusters have): ``ceph …`` runs by exec (through nodegate.cluster.kube.client)
   in the pod matching ``toolbox_selector`` in ``namespace`` (rook-ceph-tools);
 - ``command``: the profile's argument list (e.g. ``["ceph", "--conf", "/etc/ceph/x.conf"]``) runs
   locally, without a shell.
 
 Every answer keeps the command and its raw JSON next to the parsed value (``Reading``), so a
-report can show exactly what Ceph said. Parsing is nodegate.parsing's. All commands exposed here
+report can show exactly what Ceph said. Parsing is nodegate.core.parsing's. All commands exposed here
 are reads or idempotent flag changes, so transient failures (no answer from the mon in time, the
 toolbox pod restarting) are retried a few times within a bound.
 """
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import tenacity
 
-from nodegate import parsing
-from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.core import parsing
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 
 if TYPE_CHECKING:
-    from nodegate.kube import Kube
-    from nodegate.profile import CephSettings
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.profile.model import CephSettings
 
-log = logging.getLogger("nodegate.ceph")
+log = logging.getLogger("nodegate.cluster.ceph")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 15
@@ -140,7 +140,7 @@ class Ceph:
                                  duration=time.monotonic() - started, via="command " + " ".join(prefix))
 
     def _toolbox(self, args: tuple[str, ...]) -> CephCommandResult:
-        from nodegate.kube import NotFoundError
+        from nodegate.cluster.kube.client import NotFoundError
 
         assert self.kube is not None
         ns = self.settings.namespace

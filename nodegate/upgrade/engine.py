@@ -1,6 +1,6 @@
 """The upgrade of one node to the next Ubuntu LTS, as an ordered list of steps.
 
-Each step is a small class over nodegate.nodes / kube / ceph:
+Each step is a small class over nodegate.cluster.nodes.ssh / kube / ceph:
 - ``plan(up)``      the exact commands it would run and where (plan mode, no change);
 - ``already(up)``   reads live state first: a reason when its effect is already there (then it is
                     skipped, after ``verify`` proves it), or None;
@@ -15,7 +15,7 @@ an earlier run is not repeated: it is re-verified (unless a later finished step 
 purpose, e.g. the hold after the unhold) and redone only if its effect has gone. So the same
 command after a failure or an interruption continues where the node really is.
 
-Allure and pytest live in nodegate.procedure_plugin; this module never imports them.
+Allure and pytest live in nodegate.plugin.procedures; this module never imports them.
 """
 from __future__ import annotations
 
@@ -29,20 +29,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodegate.errors import NodegateError, PermanentError, UsageError
-from nodegate.interrupts import checkpoint
-from nodegate.journal import ANNOTATION, Journal, StepRecord
-from nodegate.knowledge import UbuntuRelease, next_release, ubuntu_release
-from nodegate.waits import Done, NotYet, WaitTimeout, wait_for
+from nodegate.core.errors import NodegateError, PermanentError, UsageError
+from nodegate.core.interrupts import checkpoint
+from nodegate.core.journal import ANNOTATION, Journal, StepRecord
+from nodegate.core.knowledge import UbuntuRelease, next_release, ubuntu_release
+from nodegate.core.waits import Done, NotYet, WaitTimeout, wait_for
 
 if TYPE_CHECKING:
-    from nodegate.ceph import Ceph
-    from nodegate.kube import Kube, PodSummary
-    from nodegate.lock import ClusterLock
-    from nodegate.nodes import NodeHost, Nodes
-    from nodegate.profile import NodeSpec, Profile
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.cluster.kube.client import Kube, PodSummary
+    from nodegate.cluster.lock import ClusterLock
+    from nodegate.cluster.nodes.ssh import NodeHost, Nodes
+    from nodegate.profile.model import NodeSpec, Profile
 
-log = logging.getLogger("nodegate.upgrade")
+log = logging.getLogger("nodegate.upgrade.engine")
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "NEEDRESTART_MODE": "a"}
 # Keep every existing config file (the operator's, or Kubespray's) and take the package's
@@ -530,7 +530,7 @@ class Lock(Step):
     always_run = True
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE
 
         return (Planned("Kubernetes API", f"take Lease {LOCK_NAMESPACE}/{LOCK_NAME} (holder <user@machine>, "
                                           f"node {up.name}, run {up.options.run_id}) and renew it while running"),)
@@ -566,7 +566,7 @@ class Drain(Step):
     superseded_by = "uncordon"
 
     def options(self, up: Upgrade) -> Any:
-        from nodegate.kube import DrainOptions
+        from nodegate.cluster.kube.client import DrainOptions
 
         # The procedure's drain is kubectl's `--ignore-daemonsets --delete-emptydir-data --force`
         # with a finite timeout: the node is about to reboot, so emptyDir data and unmanaged pods
@@ -588,7 +588,7 @@ class Drain(Step):
         return None
 
     def run(self, up: Upgrade) -> str:
-        from nodegate.kube import DrainError
+        from nodegate.cluster.kube.client import DrainError
 
         kube = up.need_kube()
         ours = up.value("cordoned_by")
@@ -808,7 +808,7 @@ class Reboot(Step):
                 Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.name} Ready"))
 
     def run(self, up: Upgrade) -> str:
-        from nodegate.nodes import SshConnectError
+        from nodegate.cluster.nodes.ssh import SshConnectError
 
         key = f"{self.name}_boot_id_before"
         before = up.value(key)
@@ -859,7 +859,7 @@ class Reboot(Step):
 
 def wait_rebooted(up: Upgrade, before: str) -> str:
     """Wait (bounded by the node's role) for SSH with a boot id other than ``before``, then Ready."""
-    from nodegate.nodes import CommandFailed
+    from nodegate.cluster.nodes.ssh import CommandFailed
 
     timeout = up.profile.upgrade.reboot_timeout_s(up.node)
     started = time.monotonic()
@@ -919,7 +919,7 @@ class ReleaseUpgrade(Step):
         return None
 
     def run(self, up: Upgrade) -> str:
-        from nodegate.nodes import CommandFailed
+        from nodegate.cluster.nodes.ssh import CommandFailed
 
         repaired = _settle_dpkg(up)
         release = up.host.release.os_release()
@@ -1148,12 +1148,12 @@ class Kubespray(Step):
     title = "Kubespray upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate import kubespray
+        from nodegate.cluster import kubespray
 
         return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
 
     def run(self, up: Upgrade) -> str:
-        from nodegate import kubespray
+        from nodegate.cluster import kubespray
 
         try:
             result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
@@ -1356,7 +1356,7 @@ class Unlock(Step):
     always_run = True
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE
 
         return (Planned("Kubernetes API", f"delete Lease {LOCK_NAMESPACE}/{LOCK_NAME} (if this run holds it)"),)
 

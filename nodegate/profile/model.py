@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodegate.errors import UsageError
+from nodegate.core.errors import UsageError
 
 ROLES = frozenset({"control-plane", "worker", "etcd"})
 NODE_KEYWORDS = ("all", "workers", "control-plane")
@@ -883,7 +883,7 @@ _RELEASE_TEMPLATE = re.compile(r"\{\{\s*ansible_distribution_release\s*\|\s*lowe
 def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) -> dict[str, str]:
     """Expected docker/containerd package versions: the checkout's Ubuntu vars file mapped through
     the configured versions; knowledge.py's table when the checkout has no such file."""
-    from nodegate import knowledge
+    from nodegate.core import knowledge
 
     docker = _plain(gvars.get("docker_version"))
     cli = _plain(gvars.get("docker_cli_version")) or docker
@@ -962,7 +962,7 @@ def _git_tag(checkout: Path) -> str | None:
     matching = [t for t, sha in tags.items() if sha == head and re.match(r"^v?\d+\.\d+", t)]
     if not matching:
         return None
-    from nodegate.knowledge import semver_key
+    from nodegate.core.knowledge import semver_key
 
     return _normalise_tag(max(matching, key=semver_key))
 

@@ -1,11 +1,11 @@
 """The pytest layer of the procedures: ordering, gating, stop-at-first-failure, plan mode, evidence.
 
 Design (kept small on purpose):
-- ``procedures/test_upgrade.py`` is one test parametrized by step (nodegate.upgrade.STEP_NAMES)
+- ``procedures/test_upgrade.py`` is one test parametrized by step (nodegate.upgrade.engine.STEP_NAMES)
   and, through the ``node`` fixture, by node: ``test_upgrade[node4-03-drain]``. Items are ordered
   node-major (the --node selection's rolling order: workers first, control plane last), steps in
   order within a node.
-- The session-scoped ``upgrade`` fixture (one per node) builds a nodegate.upgrade.Upgrade over the
+- The session-scoped ``upgrade`` fixture (one per node) builds a nodegate.upgrade.engine.Upgrade over the
   shared SSH/API/Ceph connections, decides "resume or start" from the journal, and on teardown —
   after a failure or Ctrl-C/SIGTERM too — releases the lock if the run still holds it.
 - Each step test calls ``perform(name)``: one Allure step with the plan of the step, its evidence
@@ -15,11 +15,11 @@ Design (kept small on purpose):
 - The gate and the postflight run the checks catalogue (``checks/ -m preflight|postflight``) as a
   pytest subprocess for the node, writing into the same Allure results directory; its failing
   checks become the step's failure message.
-- Without ``--execute`` (nodegate.plugin deselects the procedures then), giving --node while
+- Without ``--execute`` (nodegate.plugin.options deselects the procedures then), giving --node while
   collecting procedures prints the plan — every step with the exact commands and where they run —
   and writes it to the run's Allure results; nothing is changed.
-- SIGTERM is turned into KeyboardInterrupt while executing (nodegate.interrupts, set up by
-  nodegate.plugin), so the journal records the step as interrupted and the fixtures' teardown
+- SIGTERM is turned into KeyboardInterrupt while executing (nodegate.core.interrupts, set up by
+  nodegate.plugin.options), so the journal records the step as interrupted and the fixtures' teardown
   runs, exactly as for Ctrl-C.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from nodegate.plugin import RUN_KEY, NodegateRun, _is_procedure
+from nodegate.plugin.options import RUN_KEY, NodegateRun, _is_procedure
 
 if TYPE_CHECKING:
-    from nodegate.upgrade import CheckRun, Upgrade
+    from nodegate.upgrade.engine import CheckRun, Upgrade
 
 log = logging.getLogger("nodegate.procedures")
 
@@ -142,9 +142,9 @@ class Access:
 
 @pytest.fixture(scope="session")
 def upgrade_access(profile, nodegate_run: NodegateRun):
-    from nodegate.ceph import Ceph
-    from nodegate.kube import Kube
-    from nodegate.nodes import Nodes
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.nodes.ssh import Nodes
 
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
     failure = None
@@ -163,7 +163,7 @@ def upgrade_access(profile, nodegate_run: NodegateRun):
 @pytest.fixture(scope="session")
 def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upgrade_access: Access) -> "Upgrade":
     """The upgrade of one node (one instance per --node entry), resumed from its journal."""
-    from nodegate.reporting import run_id
+    from nodegate.plugin.allure import run_id
 
     config = request.config
     up = _build_upgrade(config, nodegate_run, node, upgrade_access, run_id(config), with_lock=True)
@@ -190,11 +190,11 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
 
 def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access, run_id: str, *,
                    with_lock: bool) -> "Upgrade":
-    from nodegate.journal import Journal
-    from nodegate.knowledge import next_release
-    from nodegate.lock import ClusterLock
-    from nodegate.reporting import reports_root
-    from nodegate.upgrade import Upgrade, UpgradeOptions
+    from nodegate.core.journal import Journal
+    from nodegate.core.knowledge import next_release
+    from nodegate.cluster.lock import ClusterLock
+    from nodegate.plugin.allure import reports_root
+    from nodegate.upgrade.engine import Upgrade, UpgradeOptions
 
     profile = run.profile
     target = run.target
@@ -225,7 +225,7 @@ def perform(upgrade: "Upgrade", evidence):
     """perform(step_name): run one upgrade step as one Allure step with its plan, evidence and outcome."""
     import allure
 
-    from nodegate.errors import NodegateError
+    from nodegate.core.errors import NodegateError
 
     def _perform(name: str) -> None:
         step = upgrade.step(name)
@@ -282,7 +282,7 @@ def checks_dir(config: pytest.Config) -> Path:
 
 def run_checks(config: pytest.Config, run: NodegateRun, node: str, target: str, phase: str) -> "CheckRun":
     """Run `pytest CHECKS -m PHASE` for one node in a subprocess, into this run's Allure results."""
-    from nodegate.upgrade import CheckRun, heartbeat
+    from nodegate.upgrade.engine import CheckRun, heartbeat
 
     where = checks_dir(config)
     assert run.profile is not None
@@ -361,10 +361,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
-    from nodegate.ceph import Ceph
-    from nodegate.kube import Kube
-    from nodegate.nodes import Nodes
-    from nodegate.reporting import run_id
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.nodes.ssh import Nodes
+    from nodegate.plugin.allure import run_id
 
     profile = run.profile
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
@@ -397,7 +397,7 @@ def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
 
 
 def _write_plan(config: pytest.Config, text: str, plans: dict) -> None:
-    from nodegate.secrets import redact
+    from nodegate.core.secrets import redact
 
     alluredir = getattr(config.option, "allure_report_dir", None)
     if not alluredir:

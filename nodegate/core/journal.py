@@ -8,7 +8,7 @@ step it announces starts, so a crash leaves at worst a `started` line without it
 the rerun treats as "re-verify this step", never as "done".
 
 The same summary is mirrored on the Node as an annotation (by the procedure, through
-nodegate.kube) so another machine can see that a node is mid-upgrade.
+nodegate.cluster.kube.client) so another machine can see that a node is mid-upgrade.
 """
 from __future__ import annotations
 
