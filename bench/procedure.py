@@ -68,8 +68,8 @@ def _clear_upgrade_annotation(profile_path: Path, node: str) -> None:
     """The tiny run starts an upgrade it never finishes (gate only): take its progress mirror off
     the Node again, so that the lab looks untouched to whoever uses it next."""
     from nodegate.cluster.kube.client import Kube
-    from nodegate.profile.model import load_profile
     from nodegate.core.journal import ANNOTATION
+    from nodegate.profile.load import load_profile
 
     kube = Kube.connect(settings=load_profile(profile_path).kube)
     try:
@@ -139,9 +139,8 @@ def overhead(lab: Path, *, node: str, tiny: bool) -> dict:
 def ready_latency(lab: Path, *, node: str) -> float:
     """Reboot the node and wait as the procedure does (SSH with a new boot id, then Ready)."""
     from nodegate.cluster.kube.client import Kube
-    from nodegate.cluster.nodes.ssh import Nodes
-    from nodegate.profile.model import load_profile
-    from nodegate.core.waits import wait_for_ssh
+    from nodegate.cluster.nodes.ssh import Nodes, wait_for_ssh
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(lab_profile(lab))
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
@@ -166,8 +165,8 @@ def health_latency(lab: Path, *, node: str) -> tuple[float, float]:
     """Raise a warning (noout on the node's CRUSH host), then clear it while the storage wait runs."""
     from nodegate.cluster.ceph import Ceph
     from nodegate.cluster.kube.client import Kube
-    from nodegate.profile.model import load_profile
     from nodegate.core.waits import Done, NotYet, wait_for
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(lab_profile(lab))
     kube = Kube.connect(settings=profile.kube)

@@ -64,8 +64,8 @@ def install() -> None:
     import nodegate.cluster.kube.client
     import nodegate.cluster.kubespray
     import nodegate.cluster.nodes.ssh
-    import nodegate.upgrade.engine
     import nodegate.core.waits
+    import nodegate.upgrade.engine
 
     _wrap(nodegate.cluster.nodes.ssh.NodeHost, "_execute", "ssh",
           lambda self, command: (command, {"node": self.name}))
@@ -80,7 +80,7 @@ def install() -> None:
     _wrap(nodegate.cluster.kube.client.Kube, "wait_pods_gone", "wait", lambda self, node, **k: (f"pods gone from {node}", {}))
     _wrap(nodegate.cluster.kube.client.Kube, "drain", "wait", lambda self, name, **k: (f"drain {name}", {}))
     _wrap(nodegate.core.waits, "wait_for", "wait", lambda probe, **k: (k.get("what", "?"), {}))
-    _wrap(nodegate.core.waits, "wait_for_ssh", "wait", lambda nodes, name, **k: (f"ssh on {name}", {"node": name}))
+    _wrap(nodegate.cluster.nodes.ssh, "wait_for_ssh", "wait", lambda nodes, name, **k: (f"ssh on {name}", {"node": name}))
 
 
 def pytest_configure(config) -> None:

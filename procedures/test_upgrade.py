@@ -1,13 +1,13 @@
 """The OS release upgrade of a node: `pytest procedures/ --cluster PROFILE --node node4 --target-release 22.04 --execute`.
 
-One test per step, per node, in order (nodegate.upgrade.engine.STEPS). Each step reads the live state
+One test per step, per node, in order (nodegate.upgrade.STEPS). Each step reads the live state
 first and skips what is already done, records its progress in the node's journal, and is proven
 by its post-condition; the first failure stops the run (nodegate.plugin.procedures). Without
 --execute, nothing runs and the plan is printed instead.
 """
 import pytest
 
-from nodegate.upgrade.engine import STEP_NAMES
+from nodegate.upgrade import STEP_NAMES
 
 pytestmark = pytest.mark.procedure
 

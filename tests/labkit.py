@@ -133,7 +133,7 @@ class LabAccess:
         from nodegate.cluster.ceph import Ceph
         from nodegate.cluster.kube.client import Kube
         from nodegate.cluster.nodes.ssh import Nodes
-        from nodegate.profile.model import load_profile
+        from nodegate.profile.load import load_profile
 
         self.config = lab
         self.profile = load_profile(lab.dir / "cluster.toml")

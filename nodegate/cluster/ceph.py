@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nodegate.cluster.kube.client import Kube
     from nodegate.profile.model import CephSettings
 
-log = logging.getLogger("nodegate.cluster.ceph")
+log = logging.getLogger("nodegate.ceph")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 15
@@ -140,7 +140,7 @@ class Ceph:
                                  duration=time.monotonic() - started, via="command " + " ".join(prefix))
 
     def _toolbox(self, args: tuple[str, ...]) -> CephCommandResult:
-        from nodegate.cluster.kube.client import NotFoundError
+        from nodegate.cluster.kube.errors import NotFoundError
 
         assert self.kube is not None
         ns = self.settings.namespace

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import yaml
-
 from nodegate.core import knowledge, parsing
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
+from nodegate.core.secrets import inventory_secrets, redact, register_secrets
 from nodegate.profile.model import Profile
-from nodegate.core.secrets import redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +47,6 @@ UPGRADE_PLAYBOOK = "upgrade-cluster.yml"
 DEFAULT_TIMEOUT_S = 1800.0     # a real node's upgrade-cluster.yml run takes 5-20 min
 KILL_GRACE_S = 5.0
 _KUBE_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
-_SECRET_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|private_key|key_data|vault)")
-_NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_url")
 # Where operators keep Kubespray's virtualenv (its docs: `kubespray-venv` beside the checkout).
 _VENV_CANDIDATES = ("../kubespray-venv", "venv", ".venv", "../venv")
 
@@ -220,60 +216,10 @@ def _environment() -> dict[str, str]:
 
 # --------------------------------------------------------------------------- secrets
 
-class _TolerantLoader(yaml.SafeLoader):
-    """SafeLoader that reads `!vault` and other tags as plain strings (we only look for secrets)."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node):
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)
-
-
-_TolerantLoader.add_multi_constructor("!", _any_tag)
-
-
 def register_inventory_secrets(inventory: Path) -> int:
     """Register every password/token-like value of the inventory and its group_vars/host_vars
     as a secret, so the playbook's output can never carry one into a log or a report."""
-    files = [inventory]
-    for sub in ("group_vars", "host_vars"):
-        folder = inventory.parent / sub
-        if folder.is_dir():
-            files += sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".yml", ".yaml", ""))
-    count = 0
-
-    def walk(value: object, secret: bool) -> None:
-        nonlocal count
-        if isinstance(value, Mapping):
-            for key, inner in value.items():
-                # ansible_ssh_private_key_file and the like name a file, not a secret
-                named = bool(_SECRET_KEY.search(str(key))) and not str(key).endswith(_NOT_SECRET_SUFFIXES)
-                walk(inner, secret or named)
-        elif isinstance(value, list):
-            for inner in value:
-                walk(inner, secret)
-        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool):
-            text = str(value).strip()
-            if len(text) >= 4 and "{{" not in text:
-                register_secret(text)
-                count += 1
-
-    for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        try:
-            walk(yaml.load(text, Loader=_TolerantLoader), False)
-        except yaml.YAMLError:
-            # INI inventory: key=value pairs on host and [group:vars] lines
-            for key, value in re.findall(r"(\w+)\s*=\s*(\"[^\"]*\"|'[^']*'|\S+)", text):
-                if _SECRET_KEY.search(key):
-                    walk({key: value.strip("'\"")}, False)
-    return count
+    return register_secrets(inventory_secrets(inventory.parent))
 
 
 # --------------------------------------------------------------------------- running

@@ -2,13 +2,17 @@
 
 Every error says whether retrying can help: a UsageError is bad input found before anything
 ran (fix the input), a TransientError may clear by itself (retry within bounds), a
-PermanentError will not (stop, say where the node is).
+PermanentError will not (stop, say where the node is). An error class that stands for one
+report category (nodegate.core.categories) names it in ``category``; the ticket summary files a
+failure of that class under it without reading its message.
 """
 from __future__ import annotations
 
 
 class NodegateError(Exception):
     """Root of every error nodegate raises on purpose."""
+
+    category: str | None = None   # the report category of this kind of failure; None: sorted by its message
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:
         super().__init__(message)

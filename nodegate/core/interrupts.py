@@ -28,7 +28,7 @@ import threading
 import weakref
 from typing import Any
 
-log = logging.getLogger("nodegate.core.interrupts")
+log = logging.getLogger("nodegate.interrupts")
 
 
 class Interrupt(KeyboardInterrupt):

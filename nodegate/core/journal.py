@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,7 @@ class Journal:
 
     def value(self, key: str, default: Any = None) -> Any:
         """The latest value recorded under `key` by any step of any run."""
-        found = default
-        for rec in self.records():
-            if key in rec.data:
-                found = rec.data[key]
-        return found
+        return latest_value(self.records(), key, default)
 
     def last(self) -> StepRecord | None:
         recs = self.records()
@@ -119,3 +116,12 @@ def _safe(text: str) -> str:
     # Names come from the profile; keep them to one path component whatever they contain.
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
     return safe if safe.strip(".") else "_" * max(1, len(safe))   # never '', '.' or '..'
+
+
+def latest_value(records: Iterable[StepRecord], key: str, default: Any = None) -> Any:
+    """The value the last of ``records`` that has ``key`` in its data recorded under it."""
+    found = default
+    for rec in records:
+        if key in rec.data:
+            found = rec.data[key]
+    return found

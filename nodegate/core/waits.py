@@ -25,10 +25,9 @@ from nodegate.core.errors import PermanentError, TransientError
 from nodegate.core.interrupts import checkpoint
 
 if TYPE_CHECKING:  # only for type names: waits sits below kube and nodes
-    from nodegate.cluster.kube.client import Kube, NodeStatus
-    from nodegate.cluster.nodes.ssh import NodeHost, Nodes
+    pass
 
-log = logging.getLogger("nodegate.core.waits")
+log = logging.getLogger("nodegate.waits")
 
 T = TypeVar("T")
 
@@ -162,40 +161,3 @@ def wait_for(probe: Probe, *, what: str, timeout: float, interval: float = 1.0,
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-# -- watch- and SSH-based helpers ----------------------------------------------------------
-
-def wait_node_ready(kube: "Kube", name: str, *, timeout: float, new_boot_id_than: str | None = None,
-                    progress_every: float = 5.0) -> "NodeStatus":
-    """Wait (by watching the Node, not polling) until ``name`` is Ready, and if
-    ``new_boot_id_than`` is given, reports a different bootID (it has rebooted since)."""
-    __tracebackhide__ = True
-
-    def ready(status: "NodeStatus") -> bool:
-        if new_boot_id_than is not None and status.boot_id == new_boot_id_than:
-            return False
-        return status.ready == "True"
-
-    what = f"node {name} Ready" + (" with a new boot id" if new_boot_id_than else "")
-    return kube.watch_node(name, until=ready, timeout=timeout, what=what, progress_every=progress_every)
-
-
-def wait_for_ssh(nodes: "Nodes", name: str, *, timeout: float, new_boot_id_than: str | None = None,
-                 interval: float = 0.5, progress_every: float = 5.0) -> "NodeHost":
-    """Wait until ``name`` answers over SSH (and, if given, with a boot id other than
-    ``new_boot_id_than``). Each attempt builds a fresh connection, because the old one died with
-    the reboot; returns the fresh ``NodeHost``."""
-    __tracebackhide__ = True
-
-    def probe() -> Done | NotYet:
-        host = nodes.reconnect(name)
-        boot_id = host.boot.boot_id()
-        if new_boot_id_than is not None and boot_id == new_boot_id_than:
-            return NotYet(f"SSH answers but boot id is still {boot_id} (not rebooted yet)")
-        return Done(host)
-
-    what = f"SSH on {name}" + (" after a reboot (new boot id)" if new_boot_id_than else "")
-    return wait_for(probe, what=what, timeout=timeout, interval=interval, progress_every=progress_every,
-                    fix=f"if {name} does not come back, reach it out of band (BMC/IPMI console) "
-                        "and check why it did not boot")

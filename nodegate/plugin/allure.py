@@ -23,70 +23,21 @@ from typing import Any
 
 import pytest
 
-from nodegate.core.secrets import install_log_redaction, redact, register_secret
+from nodegate.core.categories import CATEGORIES
+from nodegate.core.results import redact_results
+from nodegate.core.secrets import (
+    install_log_redaction,
+    inventory_secrets,
+    kubeconfig_file_secrets,
+    redact,
+    register_secrets,
+)
 
 RUN_ID = pytest.StashKey[str]()
 RUN_DIR = pytest.StashKey[Path]()
 ENVIRONMENT = pytest.StashKey[dict]()
 PHASES = ("preflight", "postflight", "procedure")
 WORKER_ENV_GLOB = "nodegate-env-*.json"   # environment lines set in xdist workers, merged by the controller
-
-# Failure classes a reviewer sorts by, first match wins (Allure 3 and the ticket summary both take
-# the first). The regexes are written in the common subset of Java, JavaScript and Python syntax
-# ([\s\S] instead of (?s), no inline flags) because Allure 2 reads them with java.util.regex and
-# Allure 3 with JavaScript's RegExp; messages written by checks and steps carry these words.
-CATEGORIES: list[dict[str, Any]] = [
-    {"name": "Blocked by a PodDisruptionBudget", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(disruption budget|PodDisruptionBudget|blocked by PDB|\bPDB\b)[\s\S]*"},
-    {"name": "Kubespray known issue", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(Kubespray known issue|[Kk]ubespray #\d+|loop_control\.label|"
-                     r"Packages were downgraded|Held packages were changed)[\s\S]*"},
-    {"name": "Held-package drift", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*([Hh]eld[ -]package|not held|no longer held|hold drift|apt-mark hold|held at)[\s\S]*"},
-    {"name": "Legacy apt keyring", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(legacy trusted\.gpg|[Ll]egacy (apt )?keyring|/etc/apt/trusted\.gpg)[\s\S]*"},
-    {"name": "CSI crash-loop", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(csi-rbdplugin|csi\.sock|CrashLoopBackOff|cephcsi)[\s\S]*"},
-    {"name": "Node did not come back", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(did not come back|not Ready within|out-of-band|did not boot|hangs? on reboot|"
-                     r"never came back|still down)[\s\S]*"},
-    {"name": "Storage unhealthy", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(HEALTH_WARN|HEALTH_ERR|[Cc]eph|\bOSDs?\b|placement group|\bPGs?\b|noout)[\s\S]*"},
-    {"name": "Another upgrade holds the lock", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*([Ll]ock|Lease)[\s\S]*(held|holds|taken)[\s\S]*"},
-    {"name": "Release upgrade refused", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(do-release-upgrade|Please install all available updates|reboot before upgrading)[\s\S]*"},
-    {"name": "Unsupported versions", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(not supported|unsupported|end of life|\bEOL\b)[\s\S]*"},
-    {"name": "Node not ready for the change", "matchedStatuses": ["failed"], "messageRegex": r"[\s\S]*"},
-    {"name": "Harness or lab error", "matchedStatuses": ["broken"], "messageRegex": r"[\s\S]*"},
-]
-
-# What to do about each class, for the ticket summary when the failure message names no fix itself.
-CATEGORY_FIXES = {
-    "Blocked by a PodDisruptionBudget": "scale the workload or relax its PodDisruptionBudget, then run again "
-                                        "(the node stays cordoned until the drain finishes)",
-    "Kubespray known issue": "see the known issue named in the message (nodegate.core.knowledge) and its fix",
-    "Held-package drift": "hold the container packages again (`apt-mark hold containerd.io docker-ce docker-ce-cli`) "
-                          "at the versions Kubespray expects",
-    "Legacy apt keyring": "move the repository key to /etc/apt/keyrings/ and add signed-by= to the source",
-    "CSI crash-loop": "upgrade Rook/cephcsi to a version that supports the target release before continuing",
-    "Node did not come back": "reach the node out-of-band (BMC console), boot it, then resume the procedure",
-    "Storage unhealthy": "wait for `ceph status` to be HEALTH_OK with all OSDs up and in before the next node",
-    "Another upgrade holds the lock": "wait for the other upgrade to finish, or take over a stale lock with "
-                                      "--take-over-stale-lock",
-    "Release upgrade refused": "install the pending updates and reboot as the message says, then run again",
-    "Unsupported versions": "upgrade the component named in the message before the node's release",
-}
-
-
-def classify(status: str, message: str) -> str | None:
-    """The failure class of a result, by the same rules as categories.json (first match wins)."""
-    for category in CATEGORIES:
-        if status in category["matchedStatuses"] and re.search(category["messageRegex"], message or ""):
-            return category["name"]
-    return None
-
 
 def reports_root(config: pytest.Config) -> Path:
     return Path(os.environ.get("NODEGATE_REPORTS", config.rootpath / "reports"))
@@ -255,159 +206,11 @@ def _image_tag(pods: list, container: str) -> str | None:
 
 # --------------------------------------------------------------------------- secrets
 
-def _kube_secrets(path: Path) -> list[str]:
-    import base64
-
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    found = []
-    for user in (data.get("users") or []) if isinstance(data, dict) else []:
-        entry = (user or {}).get("user") or {}
-        for key in ("token", "password", "client-key-data"):
-            value = entry.get(key)
-            if isinstance(value, str):
-                found.append(value)
-                if key == "client-key-data":
-                    try:
-                        found.append(base64.b64decode(value).decode("utf-8", "replace").strip())
-                    except ValueError:
-                        pass
-        token_file = entry.get("tokenFile")
-        if isinstance(token_file, str):
-            try:
-                found.append(Path(token_file).read_text(encoding="utf-8").strip())
-            except OSError:
-                pass
-    return found
-
-
-_SECRET_KEY = re.compile(r"(?i)(pass|secret|token|vault)")
-# values of such keys that are settings, not secrets (kube_token_auth: "false" …): masking them
-# would blank every "true" in every report
-_NOT_SECRETS = frozenset({"", "true", "false", "yes", "no", "none", "null", "~", "on", "off"})
-_INI_SECRET = re.compile(r"(?i)\b\w*(?:pass|secret|token)\w*\s*=\s*(\"[^\"]*\"|'[^']*'|\S+)")
-
-
-def _inventory_secrets(inventory_dir: Path) -> list[str]:
-    """Values of password/secret/token variables anywhere in the Kubespray inventory (hosts file,
-    group_vars, host_vars). The profile drops them on purpose; here they are only remembered so
-    that they are masked if a command's output or a message ever repeats them."""
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    # Ansible's !vault and !unsafe tags: keep the text, never interpret it
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node)
-                                  if isinstance(node, yaml.ScalarNode) else None)
-    found: list[str] = []
-
-    def walk(value: Any, secret: bool = False) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, secret or bool(_SECRET_KEY.search(str(key))))
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, secret)
-        elif (secret and isinstance(value, (str, int)) and not isinstance(value, bool)
-              and str(value).strip().lower() not in _NOT_SECRETS):
-            found.append(str(value).strip())
-
-    if not inventory_dir.is_dir():
-        return found
-    for path in sorted(inventory_dir.rglob("*")):
-        try:
-            if not path.is_file() or path.stat().st_size > 2_000_000:
-                continue
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        if path.suffix in (".yml", ".yaml", ".json"):
-            try:
-                for doc in yaml.load_all(text, Loader=_Loader):  # noqa: S506 - a SafeLoader subclass
-                    walk(doc)
-            except yaml.YAMLError:
-                pass
-        else:   # INI inventory: host lines and [group:vars] lines
-            found += [v for m in _INI_SECRET.finditer(text) if (v := m.group(1).strip("\"'")).lower() not in _NOT_SECRETS]
-    return found
-
-
 def register_profile_secrets(profile: Any) -> None:
     """Remember the cluster's credentials (kubeconfig tokens, passwords and keys; inventory
     passwords) so that redact() masks them wherever they would be written."""
-    for value in _kube_secrets(Path(profile.kube.kubeconfig)) + _inventory_secrets(profile.kubespray.inventory_dir):
-        register_secret(value)
-
-
-def redact_results(results: Path) -> int:
-    """Mask secrets in every file allure-pytest wrote (results, containers, attachments such as
-    captured stdout/stderr and logs), and show `node` parameters by name. Returns how many files
-    changed."""
-    changed = 0
-    for path in results.iterdir():
-        if not path.is_file() or path.name.endswith((".png", ".jpg", ".gif", ".webm", ".mp4", ".zip")):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        if path.suffix == ".json":
-            try:
-                tree = json.loads(text)
-            except ValueError:
-                tree = None
-            if tree is not None:
-                cleaned_tree = _tidy_parameters(_redact_tree(tree))
-                if cleaned_tree != tree:   # compared parsed: a secret may be JSON-escaped in the text
-                    path.write_text(json.dumps(cleaned_tree, ensure_ascii=False), encoding="utf-8")
-                    changed += 1
-                continue
-        cleaned = redact(text)
-        if cleaned != text:
-            path.write_text(cleaned, encoding="utf-8")
-            changed += 1
-    return changed
-
-
-_NODE_REPR = re.compile(r"^NodeSpec\(name='([^']+)'")
-
-
-def _tidy_parameters(tree: Any) -> Any:
-    """A result's `node` parameter as the node's name: allure-pytest writes the whole NodeSpec repr
-    (address, user, roles …), which hides the one word a reviewer looks for. And a postflight
-    result gets ids of its own: the same check ran as preflight earlier in the run (the gates), and
-    with equal ids Allure would file the postflight result as a mere retry of the preflight one."""
-    if not isinstance(tree, dict):
-        return tree
-    for param in tree.get("parameters") or []:
-        found = _NODE_REPR.match(str(param.get("value", ""))) if isinstance(param, dict) else None
-        if found and param.get("name") == "node":
-            param["value"] = found.group(1)
-    phases = [label.get("value") for label in tree.get("labels") or []
-              if isinstance(label, dict) and label.get("name") == "phase"]
-    if phases and phases[0] == "postflight" and "historyId" in tree and not tree.get("nodegatePhaseIds"):
-        import hashlib
-
-        for key in ("historyId", "testCaseId"):
-            if tree.get(key):
-                tree[key] = hashlib.md5(f"{tree[key]}:postflight".encode()).hexdigest()
-        tree["nodegatePhaseIds"] = True   # marks the rewrite done: sweeps run once per process
-    return tree
-
-
-def _redact_tree(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [_redact_tree(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _redact_tree(v) for k, v in value.items()}
-    return value
+    register_secrets(kubeconfig_file_secrets(Path(profile.kube.kubeconfig)))
+    register_secrets(inventory_secrets(profile.kubespray.inventory_dir))
 
 
 # --------------------------------------------------------------------------- labels and links

@@ -151,7 +151,7 @@ def _read_options(config: pytest.Config) -> RunOptions:
 def _load(options: RunOptions, cwd: Path) -> NodegateRun:
     """Read the profile and select the nodes; any problem becomes a pytest.UsageError."""
     from nodegate.core.errors import UsageError
-    from nodegate.profile.model import load_profile, resolve_profile_path
+    from nodegate.profile.load import load_profile, resolve_profile_path
 
     try:
         profile = load_profile(resolve_profile_path(options.cluster, cwd=cwd))

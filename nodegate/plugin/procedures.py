@@ -33,12 +33,13 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from nodegate.cluster.session import Access
+from nodegate.core.categories import ERROR_CATEGORY_LABEL
 from nodegate.plugin.options import RUN_KEY, NodegateRun, _is_procedure
 
 if TYPE_CHECKING:
@@ -132,32 +133,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 # --------------------------------------------------------------------------- fixtures
 
-@dataclass
-class Access:
-    """The connections every node's upgrade shares (one per run)."""
-    nodes: Any
-    kube: Any
-    ceph: Any
-
-
 @pytest.fixture(scope="session")
 def upgrade_access(profile, nodegate_run: NodegateRun):
-    from nodegate.cluster.ceph import Ceph
-    from nodegate.cluster.kube.client import Kube
-    from nodegate.cluster.nodes.ssh import Nodes
-
-    nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
+    access = Access(profile)
     failure = None
     try:
-        kube = Kube.connect(settings=profile.kube)
+        access.connect_api()
     except Exception as exc:  # noqa: BLE001 - reported as the reason, once, without a traceback
         failure = str(exc)
     if failure is not None:   # outside the except: no "During handling of the above exception" twice
         pytest.fail(failure, pytrace=False)
-    ceph = Ceph(settings=profile.ceph, kube=kube)
-    yield Access(nodes=nodes, kube=kube, ceph=ceph)
-    nodes.close()
-    kube.close()
+    yield access
+    access.close(keep_ssh_masters=False)
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +177,9 @@ def upgrade(request: pytest.FixtureRequest, node, nodegate_run: NodegateRun, upg
 
 def _build_upgrade(config: pytest.Config, run: NodegateRun, node, access: Access, run_id: str, *,
                    with_lock: bool) -> "Upgrade":
+    from nodegate.cluster.lock import ClusterLock
     from nodegate.core.journal import Journal
     from nodegate.core.knowledge import next_release
-    from nodegate.cluster.lock import ClusterLock
     from nodegate.plugin.allure import reports_root
     from nodegate.upgrade.engine import Upgrade, UpgradeOptions
 
@@ -244,6 +231,8 @@ def perform(upgrade: "Upgrade", evidence):
                 if result is not None and hasattr(result, "stdout"):
                     evidence.command(result)
                 failure = f"{exc}\n\nwhere {upgrade.name} stands: {upgrade.standing()}"
+                if exc.category:
+                    allure.dynamic.label(ERROR_CATEGORY_LABEL, exc.category)
             finally:
                 _attach(evidence, upgrade)
             if failure is None:
@@ -361,20 +350,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
-    from nodegate.cluster.ceph import Ceph
-    from nodegate.cluster.kube.client import Kube
-    from nodegate.cluster.nodes.ssh import Nodes
     from nodegate.plugin.allure import run_id
 
-    profile = run.profile
-    nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
-    kube = ceph = None
+    access = Access(run.profile)
     try:
-        kube = Kube.connect(settings=profile.kube)
-        ceph = Ceph(settings=profile.ceph, kube=kube)
+        access.connect_api()
     except Exception as exc:  # noqa: BLE001 - the plan can still be shown without the API
         log.warning("plan without the Kubernetes API: %s", str(exc).splitlines()[0])
-    access = Access(nodes=nodes, kube=kube, ceph=ceph)
+        access.without_api()
     lines = [f"nodegate plan for {', '.join(n.name for n in run.nodes)} (nothing was changed; "
              "run the same command with --execute to do it)"]
     plans: dict[str, list] = {}
@@ -390,9 +373,7 @@ def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
                 for cmd in step.commands:
                     lines.append(f"      {cmd}")
     finally:
-        nodes.close()
-        if kube is not None:
-            kube.close()
+        access.close(keep_ssh_masters=False)
     return "\n".join(lines), plans
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodegate.core.categories import ERROR_CATEGORY_LABEL
 from nodegate.core.errors import PermanentError, UsageError
 from nodegate.core.secrets import redact
 
@@ -48,6 +49,7 @@ class ResultLine:
     message: str
     steps: tuple[StepLine, ...] = ()
     links: tuple[tuple[str, str], ...] = ()      # (name, url)
+    error_category: str | None = None            # the category its typed error named, if any
 
     @property
     def duration_s(self) -> float:
@@ -106,6 +108,7 @@ def read_results(results: Path) -> list[ResultLine]:
             name=raw.get("name", "?"), status=raw.get("status", "unknown"),
             start=raw.get("start", 0) / 1000, stop=raw.get("stop", 0) / 1000,
             node=labels.get("node"), phase=labels.get("phase"), category=labels.get("category"),
+            error_category=labels.get(ERROR_CATEGORY_LABEL),
             message=(raw.get("statusDetails") or {}).get("message", "") or "",
             steps=tuple(_steps(raw.get("steps", []))),
             links=tuple((link.get("name") or link.get("url", ""), link.get("url", ""))
@@ -130,8 +133,8 @@ def known_fix(message: str, category: str | None) -> str | None:
     found = re.search(r"(?im)^\s*fix:\s*(.+)$", message)
     if found:
         return found.group(1).strip()
+    from nodegate.core.categories import CATEGORY_FIXES
     from nodegate.core.knowledge import KNOWN_ISSUES
-    from nodegate.plugin.allure import CATEGORY_FIXES
 
     for issue in KNOWN_ISSUES:
         if issue.matches(message):
@@ -158,7 +161,7 @@ def _cell(text: str) -> str:
 
 
 def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
-    from nodegate.plugin.allure import classify
+    from nodegate.core.categories import classify
 
     lines = read_results(results)
     env = read_environment(results)
@@ -213,7 +216,7 @@ def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
     if failed:
         out += ["", "## What failed", ""]
         for r in failed:
-            category = classify(r.status, r.message)
+            category = classify(r.status, r.message, error_category=r.error_category)
             text = _said(r.message)
             out.append(f"- **{r.name}** ({r.node or 'cluster'}, {r.phase or 'check'}) — {category or r.status}: "
                        + (_cell(" ".join(text[:4]))[:600] if text else "no message"))
@@ -238,7 +241,7 @@ def allure_command(reports: Path) -> list[str]:
 
 
 def _categories(results: Path) -> list:
-    from nodegate.plugin.allure import CATEGORIES
+    from nodegate.core.categories import CATEGORIES
 
     path = results / "categories.json"
     try:
@@ -249,7 +252,7 @@ def _categories(results: Path) -> list:
 
 def build_report(*, run_dir: Path | None, out: Path | None, reports: Path | None = None,
                  cluster: str | None = None) -> ReportFiles:
-    from nodegate.plugin.allure import redact_results
+    from nodegate.core.results import redact_results
 
     reports = reports or Path(os.environ.get("NODEGATE_REPORTS", PROJECT_ROOT / "reports"))
     run = find_run_dir(run_dir, reports)

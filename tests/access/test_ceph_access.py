@@ -12,8 +12,8 @@ import pytest
 
 from nodegate.cluster.ceph import Ceph, CephCommandFailed, CephUnavailable
 from nodegate.core.errors import PermanentError, TransientError, UsageError
-from nodegate.profile.model import CephSettings
 from nodegate.core.waits import Done, NotYet, wait_for
+from nodegate.profile.model import CephSettings
 
 pytestmark = pytest.mark.lab
 

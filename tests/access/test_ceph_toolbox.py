@@ -12,10 +12,11 @@ import urllib.request
 import pytest
 
 from nodegate.cluster.ceph import Ceph, CephCommandFailed
-from nodegate.core.errors import PermanentError
 from nodegate.cluster.kube.client import Kube
-from nodegate.profile.model import CephSettings, load_profile
+from nodegate.core.errors import PermanentError
 from nodegate.core.waits import Done, NotYet, wait_for
+from nodegate.profile.load import load_profile
+from nodegate.profile.model import CephSettings
 
 pytestmark = pytest.mark.lab
 
@@ -99,7 +100,7 @@ def test_a_replaced_toolbox_pod_is_found_again(ceph, kube, lab):
 
 
 def test_exec_that_outlives_its_timeout_stops_waiting(ceph, kube):
-    from nodegate.cluster.kube.client import ExecTimeout
+    from nodegate.cluster.kube.errors import ExecTimeout
 
     pod = ceph.status().result.via.split("/")[-1]
     started = time.monotonic()

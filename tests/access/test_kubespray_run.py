@@ -17,9 +17,9 @@ from labkit import nodegate, ssh
 
 from nodegate.cluster import kubespray
 from nodegate.core.errors import UsageError
-from nodegate.lab.kubespray import DOCKER_TASKS, planted_secrets
-from nodegate.profile.model import load_profile
 from nodegate.core.secrets import redact
+from nodegate.lab.kubespray import DOCKER_TASKS, planted_secrets
+from nodegate.profile.load import load_profile
 
 PRISTINE_TASKS = Path(__file__).parents[2] / "nodegate/lab/kubespray_tree" / DOCKER_TASKS
 

@@ -10,16 +10,18 @@ import time
 
 import pytest
 
-from nodegate.core.errors import PermanentError, TransientError, UsageError
-from nodegate.cluster.nodes.ssh import (CommandFailed,
+from nodegate.cluster.nodes.ssh import (
+    CommandFailed,
     CommandTimeout,
     HostKeyMismatch,
     HostKeyUnknown,
     Nodes,
     SshAuthFailed,
-    SshRefused)
+    SshRefused,
+    wait_for_ssh,
+)
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.profile.model import NodeSpec
-from nodegate.core.waits import wait_for_ssh
 
 pytestmark = pytest.mark.lab
 

@@ -203,8 +203,9 @@ HOSTILE = ["$(touch /tmp/ng-pwned-sec1)", "`touch /tmp/ng-pwned-sec2`", "a; touc
 
 
 def test_hostile_values_arrive_verbatim_on_a_node(lab):
-    from nodegate.cluster.nodes.ssh import NodeHost, run_batch
-    from nodegate.profile.model import load_profile
+    from nodegate.cluster.nodes.snapshot import run_batch
+    from nodegate.cluster.nodes.ssh import NodeHost
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(lab.dir / "cluster.toml")
     host = NodeHost(spec=profile.node("node4"), settings=profile.ssh)

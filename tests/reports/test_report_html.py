@@ -8,8 +8,18 @@ import re
 import subprocess
 import sys
 
-from reportkit import (TICKET, chromium, keep, only_run, report_results, result_steps, run_suite,
-                       tree_leaves, visible_text)
+from reportkit import (
+    TICKET,
+    chromium,
+    keep,
+    only_run,
+    report_results,
+    result_steps,
+    run_suite,
+    tree_leaves,
+    visible_text,
+)
+
 
 def nodegate_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from reportkit import chromium, html_payloads, keep, labels, load_results, report_results, result_steps, visible_text
 
+from nodegate.core.categories import classify
 from nodegate.core.knowledge import cephcsi_for_rook
-from nodegate.plugin.allure import classify
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLANTED_PASSWORD = "Lab-Inv-Secret-4t9QwZ"
@@ -78,7 +78,7 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     assert {statuses[s] for s in ("hold", "uncordon", "unset_noout", "storage_healthy", "postflight", "unlock")} \
         == {"skipped"}
 
-    for name, r in steps.items():
+    for _name, r in steps.items():
         got = labels(r)
         assert got["node"] == ["node4"] and got["phase"] == ["procedure"] and got["category"] == ["upgrade"]
         assert [(link["type"], link["url"]) for link in r["links"]] == [

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from labkit import LabAccess
 
+from nodegate.cluster.lock import read_lock
 from nodegate.lab.config import LabConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ class Operator:
         """The same run in the background (to be interrupted); returns (process, junit, log)."""
         argv, junit = self.argv(profile, *extra, target=target)
         log = self.work / f"run-{self.count}.log"
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL)
         return proc, junit, log
@@ -201,7 +202,7 @@ class Lab(LabAccess):
         status = self.kube.node(NODE)
         pods = tuple(p.ref for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished))
         annotation = status.annotations.get(ANNOTATION)
-        lock = self.kube.read_lock()
+        lock = read_lock(self.kube)
         return Standing(release=host.release.os_release().version_id, held=host.packages.held(),
                         audit=host.packages.audit(), cordoned=bool(status.unschedulable),
                         cordoned_by=status.annotations.get("nodegate.io/cordoned-by"),
@@ -213,10 +214,7 @@ class Lab(LabAccess):
 
     # -- the lock, as another operator's run would leave it ---------------------------------------
     def plant_lock(self, *, holder: str, node: str, run_id: str, renewed_s_ago: float) -> None:
-        from nodegate.cluster.kube.client import (LOCK_NAME,
-            LOCK_NAMESPACE,
-            LOCK_NODE_ANNOTATION,
-            LOCK_RUN_ANNOTATION)
+        from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE, LOCK_NODE_ANNOTATION, LOCK_RUN_ANNOTATION
 
         self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
         stamp = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=renewed_s_ago)).strftime(
@@ -282,8 +280,8 @@ class Lab(LabAccess):
         operator Deployment gets rook/ceph:<version>, and the operator then rolls the csi-rbdplugin
         DaemonSet to that release's default cephcsi (ROOK_CEPHCSI). Returns once every operator and
         plugin pod runs the new images, Ready, with no old pod left; False if nothing had to change."""
-        from nodegate.lab.config import ROOK_CEPHCSI
         from nodegate.core.waits import Done, NotYet, wait_for
+        from nodegate.lab.config import ROOK_CEPHCSI
 
         operator_image, csi_image = f"rook/ceph:{version}", f"quay.io/cephcsi/cephcsi:{ROOK_CEPHCSI[version]}"
         changed = False
@@ -360,8 +358,8 @@ class Lab(LabAccess):
     def restore(self) -> None:
         """node4 as `lab up` left it: root reset (20.04, held packages, legacy key), uncordoned, no
         noout, no upgrade annotation, no lock, no fault, the lab's Rook and cephcsi."""
+        from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE
         from nodegate.core.journal import ANNOTATION
-        from nodegate.cluster.kube.client import LOCK_NAME, LOCK_NAMESPACE
         from nodegate.core.waits import wait_for
 
         active = json.loads((self.config.dir / "faults.json").read_text() or "{}") \
@@ -417,7 +415,7 @@ def no_traceback(run: Run) -> None:
 
 
 def lock_free(lab: Lab) -> None:
-    info = lab.kube.read_lock()
+    info = read_lock(lab.kube)
     assert info is None or not info.held, f"the upgrade lock is still held: {info.describe()}"
 
 

@@ -23,10 +23,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from labkit import fixed_kubespray_checkout
-from scenariotools import (NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback,
-                           write_profile)
+from scenariotools import NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -174,7 +172,7 @@ def test_sigint_inside_the_drain_wait(course: Course):
     try:
         proc.wait(timeout=12)
     except subprocess.TimeoutExpired:
-        warnings.warn("SIGINT was not acted on within 12 s; sent again (known open defect)")
+        warnings.warn("SIGINT was not acted on within 12 s; sent again (known open defect)", stacklevel=2)
         proc.send_signal(signal.SIGINT)
     run = op.finish(proc, junit, log)
     no_traceback(run)

@@ -37,9 +37,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-
-from interrupttools import (HELD, Interrupter, Live, Reader, Started, attempt, disagreements, end_session,
-                            last_status, session_leftovers)
+from interrupttools import (
+    HELD,
+    Interrupter,
+    Live,
+    Reader,
+    Started,
+    attempt,
+    disagreements,
+    end_session,
+    last_status,
+    session_leftovers,
+)
 from labkit import fixed_kubespray_checkout
 from scenariotools import write_profile
 
@@ -204,8 +213,8 @@ def test_an_interrupt_inside_a_pod_exec_stops_the_run_instead_of_being_retried(s
         calls.append(1)
         try:
             raise KeyboardInterrupt("SIGTERM")
-        except (Exception, KeyboardInterrupt, SystemExit) as exc:     # kubernetes/stream/ws_client.py
-            raise ApiException(status=0, reason=str(exc))
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - as kubernetes/stream/ws_client.py does
+            raise ApiException(status=0, reason=str(exc))  # noqa: B904 - the same: the cause is dropped upstream
 
     with pytest.raises(KeyboardInterrupt):
         scenario_lab.kube._call("exec `ceph status` in pod rook-ceph/tools", exec_like)

@@ -29,7 +29,6 @@ import time
 import urllib.request
 
 import pytest
-
 from labkit import fixed_kubespray_checkout
 from scenariotools import NODE, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from nodegate.cluster.nodes.remote import remote_program
 from nodegate.plugin.procedures import _junit_failures
-from nodegate.upgrade.engine import _MOVE_KEYS, _REPAIR_SOURCES, _repo_url
+from nodegate.upgrade.steps.release import _repo_url
+
+_REPAIR_SOURCES = remote_program("repair_sources")
+_MOVE_KEYS = remote_program("move_keys")
 
 
 

@@ -111,11 +111,11 @@ def test_progress_is_logged_with_elapsed_and_limit(caplog):
     def probe():
         return NotYet("HEALTH_WARN OSD_DOWN")
 
-    with caplog.at_level(logging.INFO, logger="nodegate.core.waits"):
+    with caplog.at_level(logging.INFO, logger="nodegate.waits"):
         with pytest.raises(WaitTimeout):
             wait_for(probe, what="ceph healthy", timeout=0.5, interval=0.05, progress_every=0.2,
                      on_progress=seen.append)
-    lines = [r.getMessage() for r in caplog.records if r.name == "nodegate.core.waits"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nodegate.waits"]
     # First report at once, then one per 0.2 s: 2 to 4 lines in 0.5 s, not one per attempt.
     assert 2 <= len(lines) <= 4, lines
     assert lines[0].startswith("waiting for ceph healthy: HEALTH_WARN OSD_DOWN (")

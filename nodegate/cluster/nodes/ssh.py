@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodegate.core import parsing
+from nodegate.cluster.nodes.resources import Apt, Boot, Etcd, Modules, Packages, Release
 from nodegate.core.errors import NodegateError, PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
+from nodegate.core.waits import Done, NotYet, wait_for
 
 if TYPE_CHECKING:
     from nodegate.profile.model import NodeSpec, SSHSettings
@@ -114,38 +115,6 @@ class CommandResult:
         shown = "\n".join("    " + line for line in lines[-tail:])
         more = f"    … {len(lines) - tail} earlier lines\n" if len(lines) > tail else ""
         return f"`{self.command}` on {self.node}: rc {self.rc} after {self.duration:.1f}s\n{more}{shown}"
-
-
-@dataclass(frozen=True)
-class RebootRequired:
-    required: bool
-    packages: tuple[str, ...] = ()        # from /var/run/reboot-required.pkgs
-
-
-@dataclass(frozen=True)
-class DiskFree:
-    path: str
-    mount: str
-    size_bytes: int
-    used_bytes: int
-    avail_bytes: int
-
-    @property
-    def avail_mb(self) -> int:
-        return self.avail_bytes // (1024 * 1024)
-
-
-@dataclass(frozen=True)
-class SourcesFile:
-    path: str
-    text: str
-    sources: tuple[parsing.AptSource, ...]
-
-
-@dataclass(frozen=True)
-class AptUpdate:
-    report: parsing.AptUpdateReport
-    result: CommandResult                 # kept as evidence
 
 
 # -- one node ---------------------------------------------------------------------------------
@@ -267,7 +236,7 @@ class NodeHost:
                     "its sshd was restarted or the network dropped; the command may have gone on or been cut off",
                     fix="run the same command again once the node answers: it checks what was done") from None
             raise classified from None
-        except Exception as exc:  # noqa: BLE001 - paramiko's exceptions, classified below
+        except Exception as exc:   # paramiko's exceptions, classified below
             classified = self._classify_paramiko(exc)
             if classified is None:
                 raise
@@ -506,314 +475,39 @@ class Nodes:
         self._hosts.clear()
 
 
-# -- one class per resource --------------------------------------------------------------------
+# -- waiting for a node to answer again ------------------------------------------------------------
 
-DPKG_FORMAT = "${db:Status-Abbrev} ${Package} ${Version} ${Architecture}\n"
-APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
-
-
-class Packages:
-    """dpkg's view: installed packages, holds, versions, audit; apt-mark holds."""
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def entries(self) -> tuple[parsing.DpkgEntry, ...]:
-        # dpkg-query with a format gives `dpkg -l`'s status columns without its width-truncated names.
-        return parsing.parse_dpkg_l(self.host.run(["dpkg-query", "-W", "-f", DPKG_FORMAT], expect=(0, 1)).stdout)
-
-    def held(self) -> dict[str, str]:
-        """Held package → installed version."""
-        return {e.name: e.version for e in self.entries() if e.held}
-
-    def versions(self, names: Sequence[str] | None = None) -> dict[str, str]:
-        """Installed package → version (only ``names`` when given; missing ones left out)."""
-        wanted = set(names) if names is not None else None
-        return {e.name: e.version for e in self.entries()
-                if e.installed and (wanted is None or e.name in wanted)}
-
-    def upgradable(self) -> parsing.AptUpgradable:
-        """What `apt-get dist-upgrade` would do (simulated): upgrades, and held packages kept back."""
-        out = self.host.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], env=APT_ENV)
-        return parsing.parse_apt_upgradable(out.stdout)
-
-    def audit(self) -> str:
-        """`dpkg --audit` output: empty when the package database is consistent."""
-        return self.host.run(["dpkg", "--audit"], expect=(0, 1)).stdout.strip()
-
-    def hold(self, names: Sequence[str]) -> CommandResult:
-        return self.host.run(["apt-mark", "hold", "--", *names], sudo=True)
-
-    def unhold(self, names: Sequence[str]) -> CommandResult:
-        return self.host.run(["apt-mark", "unhold", "--", *names], sudo=True)
-
-
-class Apt:
-    """apt's view: `apt-get update` (read from its text, since the exit code proves little), sources."""
-
-    SOURCE_PATHS = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def update(self, *, timeout: float = 300) -> AptUpdate:
-        # rc 100 is apt's "errors happened": reported through the parsed text, not raised.
-        result = self.host.run(["apt-get", "update"], expect=(0, 100), sudo=True, env=APT_ENV, timeout=timeout)
-        return AptUpdate(report=parsing.parse_apt_update(result.output), result=result)
-
-    def source_files(self) -> tuple[SourcesFile, ...]:
-        """Every file under sources.list(.d), parsed when it is a .list/.sources file (other files,
-        such as `*.distUpgrade` backups, are returned with no sources)."""
-        listing = self.host.run(["find", *self.SOURCE_PATHS, "-maxdepth", "1", "-type", "f"], expect=(0, 1)).stdout
-        files = []
-        for path in sorted(p for p in listing.splitlines() if p.strip()):
-            text = self.host.read_file(path)
-            parsed = parsing.parse_sources_list(text) if path.endswith((".list", ".sources")) else ()
-            files.append(SourcesFile(path=path, text=text, sources=parsed))
-        return tuple(files)
-
-    def sources(self) -> tuple[parsing.AptSource, ...]:
-        return tuple(s for f in self.source_files() for s in f.sources)
-
-
-class Release:
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def os_release(self) -> parsing.OsRelease:
-        return parsing.parse_os_release(self.host.read_file("/etc/os-release"))
-
-
-class Boot:
-    """Boot identity, pending reboot, kernel, free disk space; and asking for a reboot."""
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def boot_id(self) -> str:
-        return self.host.read_file("/proc/sys/kernel/random/boot_id").strip()
-
-    def reboot_required(self) -> RebootRequired:
-        out = self.host.run(["sh", "-c", "test -e /var/run/reboot-required || exit 1; "
-                                         "cat /var/run/reboot-required.pkgs 2>/dev/null; exit 0"], expect=(0, 1))
-        if out.rc == 1:
-            return RebootRequired(required=False)
-        return RebootRequired(required=True, packages=tuple(p for p in out.stdout.split() if p))
-
-    def running_kernel(self) -> str:
-        return self.host.run(["uname", "-r"]).stdout.strip()
-
-    def disk_free(self, path: str = "/") -> DiskFree:
-        out = self.host.run(["df", "-P", "-B1", "--", path]).stdout.splitlines()
-        # POSIX format: a header, then "Filesystem 1-blocks Used Available Capacity Mounted-on".
-        fields = out[-1].split()
-        if len(fields) < 6:
-            raise PermanentError(f"unreadable `df -P -B1 {path}` output on {self.host.name}: {out!r}")
-        return DiskFree(path=path, mount=fields[5], size_bytes=int(fields[1]), used_bytes=int(fields[2]),
-                        avail_bytes=int(fields[3]))
-
-    def request_reboot(self) -> str:
-        """Ask the node to reboot about a second from now, returning the boot id before it; the
-        delay lets this command's SSH session end cleanly first."""
-        before = self.boot_id()
-        self.host.run(["sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"], sudo=True)
-        return before
-
-
-class Modules:
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def loaded(self) -> frozenset[str]:
-        lines = self.host.run(["lsmod"]).stdout.splitlines()
-        return frozenset(line.split()[0] for line in lines[1:] if line.strip())
-
-    def is_loaded(self, name: str) -> bool:
-        return name in self.loaded()
-
-    def load(self, name: str) -> CommandResult:
-        return self.host.run(["modprobe", "--", name], sudo=True)
-
-
-ETCD_ENV = "/etc/etcd.env"
-_NO_ETCD_ENV, _NO_ETCDCTL = 90, 91
-# Kubespray's /etc/etcd.env holds KEY=value lines (endpoints, and the client certificates with
-# TLS); `set -a` exports them for etcdctl, as Kubespray's own etcdctl.sh does.
-_ETCDCTL_SCRIPT = f"""\
-[ -r {ETCD_ENV} ] || exit {_NO_ETCD_ENV}
-command -v etcdctl >/dev/null 2>&1 || PATH="/usr/local/bin:$PATH"
-command -v etcdctl >/dev/null 2>&1 || exit {_NO_ETCDCTL}
-set -a; . {ETCD_ENV}; set +a
-export ETCDCTL_API="${{ETCDCTL_API:-3}}"
-exec etcdctl --dial-timeout=2s --command-timeout=5s "$@"
-"""
-
-
-class Etcd:
-    """The etcd cluster as this etcd node's etcdctl sees it, with Kubespray's /etc/etcd.env."""
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def etcdctl(self, *args: str, timeout: float = 30) -> CommandResult:
-        """etcdctl with the env file sourced (root: Kubespray's file and certificates are root's).
-        Exit codes 0 and 1 come back (1 = some endpoint unhealthy); no env file or no etcdctl
-        raises a PermanentError naming the fix."""
-        result = self.host.run(["sh", "-c", _ETCDCTL_SCRIPT, "etcdctl", *args], sudo=True, timeout=timeout,
-                               expect=(0, 1, _NO_ETCD_ENV, _NO_ETCDCTL))
-        if result.rc == _NO_ETCD_ENV:
-            raise PermanentError(f"{self.host.name} has no readable {ETCD_ENV}, so its etcdctl cannot reach etcd",
-                                 fix=f"is {self.host.name} in the inventory's etcd group? Kubespray's etcd role "
-                                     f"writes {ETCD_ENV}; run cluster.yml --tags etcd --limit=etcd")
-        if result.rc == _NO_ETCDCTL:
-            raise PermanentError(f"{self.host.name} has no etcdctl (looked in PATH and /usr/local/bin)",
-                                 fix="Kubespray's etcd role installs it in bin_dir (/usr/local/bin); run "
-                                     "cluster.yml --tags etcd --limit=etcd")
-        return result
-
-    def endpoint_health(self) -> parsing.EtcdHealth:
-        """Every endpoint listed in the env file (Kubespray lists all members), healthy or not."""
-        result = self.etcdctl("endpoint", "health", "-w", "json")
-        return parsing.parse_etcd_endpoint_health(result.stdout, result.rc, result.stderr)
-
-
-# -- several reads in one round trip ------------------------------------------------------------
-
-def run_batch(host: NodeHost, commands: Sequence[Sequence[str]]) -> tuple[CommandResult, ...]:
-    """Run several argument-list commands in one SSH round trip, each keeping its own exit code,
-    stdout and stderr. A preflight reads a dozen small things from a node; one connection use
-    instead of a dozen keeps it near the cost of a hand-written shell script. Nothing is raised
-    for a command's exit code: the caller judges each result."""
+def wait_for_boot(nodes: Nodes, name: str, *, timeout: float, new_boot_id_than: str | None = None,
+                  interval: float = 0.5, progress_every: float = 5.0) -> tuple[NodeHost, str]:
+    """Wait until ``name`` answers over SSH (and, if given, with a boot id other than
+    ``new_boot_id_than``); returns the fresh ``NodeHost`` and its boot id. Each attempt builds a
+    fresh connection, because the old one died with the reboot. ssh itself ending with 255 and
+    no message is the connection closing under us while the node goes down or comes up: the
+    same "not yet" as a refused connection."""
     __tracebackhide__ = True
-    import secrets
 
-    if any(isinstance(c, str) for c in commands):
-        raise TypeError("run_batch takes argument lists, not shell strings")
-    argvs = [[str(a) for a in argv] for argv in commands]
-    mark = f"@@nodegate-{secrets.token_hex(8)}"
-    lines = ['d=$(mktemp -d 2>/dev/null) || { echo "mktemp failed" >&2; exit 97; }', "trap 'rm -rf \"$d\"' EXIT"]
-    for i, argv in enumerate(argvs):
-        lines.append(f'({shlex.join(argv)}) </dev/null >"$d/o{i}" 2>"$d/e{i}"; echo $? >"$d/r{i}"')
-    lines.append(f'for i in {" ".join(str(i) for i in range(len(argvs)))}; do '
-                 f'printf "{mark} %s %s %s %s\\n" "$i" "$(cat "$d/r$i")" "$(wc -c <"$d/o$i")" "$(wc -c <"$d/e$i")"; '
-                 'cat "$d/o$i" "$d/e$i"; done')
-    started = time.monotonic()
-    out = host._execute(shlex.join(["sh", "-c", "\n".join(lines)]))
-    duration = time.monotonic() - started
-    data: bytes = out.stdout_bytes
-    results: list[CommandResult] = []
-    pos = 0
-    header = mark.encode() + b" "
-    for argv in argvs:
-        start = data.find(header, pos)
-        end = data.find(b"\n", start) if start >= 0 else -1
-        fields = data[start + len(header):end].split() if end > 0 else []
-        if len(fields) != 4:
-            raise PermanentError(f"unreadable batched output from {host.name} (rc {out.rc}): "
-                                 f"{(out.stderr or '').strip()[:300]}")
-        rc, olen, elen = (int(f) for f in fields[1:])
-        body = end + 1
-        stdout = data[body:body + olen].decode("utf-8", "replace")
-        stderr = data[body + olen:body + olen + elen].decode("utf-8", "replace")
-        pos = body + olen + elen
-        results.append(CommandResult(node=host.name, args=tuple(argv), rc=rc, stdout=stdout, stderr=stderr,
-                                     duration=duration))
-    return tuple(results)
+    def probe() -> Done | NotYet:
+        try:
+            host = nodes.reconnect(name)
+            boot_id = host.boot.boot_id()
+        except CommandFailed as exc:
+            if exc.result.rc == 255:
+                return NotYet("ssh exited 255 without a message (connection closed: the node is going down or "
+                              "coming up)")
+            raise
+        if new_boot_id_than is not None and boot_id == new_boot_id_than:
+            return NotYet(f"SSH answers but boot id is still {boot_id} (not rebooted yet)")
+        return Done((host, boot_id))
+
+    what = f"SSH on {name}" + (" after a reboot (new boot id)" if new_boot_id_than else "")
+    return wait_for(probe, what=what, timeout=timeout, interval=interval, progress_every=progress_every,
+                    fix=f"if {name} does not come back, reach it out of band (BMC/IPMI console) "
+                        "and check why it did not boot")
 
 
-
-@dataclass(frozen=True)
-class NodeSnapshot:
-    """What a preflight reads from a node, taken in one round trip (see ``Snapshot.take``)."""
-    os_release: parsing.OsRelease
-    packages: tuple[parsing.DpkgEntry, ...]
-    audit: str                                  # `dpkg --audit` output, empty when consistent
-    reboot: RebootRequired
-    kernel: str                                 # `uname -r`
-    installed_kernels: tuple[str, ...]          # versions of installed linux-image-* packages' kernels
-    boot_id: str
-    disks: Mapping[str, DiskFree]               # "/" and "/boot"
-    modules: frozenset[str] | None              # loaded (None: lsmod failed)
-    modules_persisted: frozenset[str]           # named in /etc/modules and /etc/modules-load.d/*.conf
-    source_files: tuple[SourcesFile, ...]
-    results: tuple[CommandResult, ...]          # every command with its output, as evidence
-
-    @property
-    def held(self) -> dict[str, str]:
-        return {e.name: e.version for e in self.packages if e.held}
-
-    def version_of(self, package: str) -> str | None:
-        return next((e.version for e in self.packages if e.name == package and e.installed), None)
-
-
-class Snapshot:
-    """The node's release, packages, audit, pending reboot, kernels, free space, modules and apt
-    sources in one SSH round trip; each part parsed as the single-resource readers above do."""
-
-    SOURCES_MARK = "@@nodegate-sources-file "
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-
-    def take(self) -> NodeSnapshot:
-        __tracebackhide__ = True
-        sources = ("for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do [ -f \"$f\" ] || continue; "
-                   f"printf '\\n{self.SOURCES_MARK}%s\\n' \"$f\"; cat \"$f\"; done")
-        persisted = "cat /etc/modules /etc/modules-load.d/*.conf 2>/dev/null; exit 0"
-        commands = [
-            ["cat", "/etc/os-release"],
-            ["dpkg-query", "-W", "-f", DPKG_FORMAT],
-            ["dpkg", "--audit"],
-            ["sh", "-c", "test -e /var/run/reboot-required || exit 1; cat /var/run/reboot-required.pkgs 2>/dev/null; "
-                         "exit 0"],
-            ["uname", "-r"],
-            ["cat", "/proc/sys/kernel/random/boot_id"],
-            ["df", "-P", "-B1", "--", "/", "/boot"],
-            ["lsmod"],
-            ["sh", "-c", persisted],
-            ["sh", "-c", sources],
-        ]
-        (osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src) = run_batch(self.host, commands)
-        entries = parsing.parse_dpkg_l(dpkg.stdout)
-        disks: dict[str, DiskFree] = {}
-        rows = [line.split() for line in df.stdout.splitlines()[1:] if len(line.split()) >= 6]
-        for path, fields in zip(("/", "/boot"), rows):
-            disks[path] = DiskFree(path=path, mount=fields[5], size_bytes=int(fields[1]), used_bytes=int(fields[2]),
-                                   avail_bytes=int(fields[3]))
-        modules = (frozenset(line.split()[0] for line in lsmod.stdout.splitlines()[1:] if line.strip())
-                   if lsmod.rc == 0 else None)
-        named = frozenset(line.split("#", 1)[0].strip() for line in persist.stdout.splitlines()
-                          if line.split("#", 1)[0].strip())
-        kernels = tuple(sorted({m.group(1) for e in entries if e.installed
-                                for m in [re.match(r"^linux-image-(\d\S*)$", e.name)] if m}))
-        return NodeSnapshot(
-            os_release=parsing.parse_os_release(osr.stdout),
-            packages=entries,
-            audit=audit.stdout.strip(),
-            reboot=(RebootRequired(required=True, packages=tuple(reboot.stdout.split())) if reboot.rc == 0
-                    else RebootRequired(required=False)),
-            kernel=kernel.stdout.strip(),
-            installed_kernels=kernels,
-            boot_id=boot_id.stdout.strip(),
-            disks=disks,
-            modules=modules,
-            modules_persisted=named,
-            source_files=self._sources(src.stdout),
-            results=(osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src),
-        )
-
-    def _sources(self, text: str) -> tuple[SourcesFile, ...]:
-        files = []
-        for chunk in text.split("\n" + self.SOURCES_MARK)[1:]:
-            path, _, body = chunk.partition("\n")
-            parsed = parsing.parse_sources_list(body) if path.endswith((".list", ".sources")) else ()
-            files.append(SourcesFile(path=path, text=body, sources=parsed))
-        return tuple(files)
-
-
-__all__ = [
-    "NodeHost", "Nodes", "CommandResult", "CommandFailed", "CommandTimeout", "SshConnectError", "SshRefused",
-    "SshTimeout", "SshConnectionLost", "SshAuthFailed", "HostKeyUnknown", "HostKeyMismatch", "Packages", "Apt",
-    "Release", "Boot", "Modules", "RebootRequired", "DiskFree", "SourcesFile", "AptUpdate", "run_batch",
-    "Snapshot", "NodeSnapshot",
-]
+def wait_for_ssh(nodes: Nodes, name: str, *, timeout: float, new_boot_id_than: str | None = None,
+                 interval: float = 0.5, progress_every: float = 5.0) -> NodeHost:
+    """wait_for_boot, for when only the fresh connection matters."""
+    __tracebackhide__ = True
+    return wait_for_boot(nodes, name, timeout=timeout, new_boot_id_than=new_boot_id_than, interval=interval,
+                         progress_every=progress_every)[0]
