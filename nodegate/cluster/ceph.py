@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import tenacity
-
 from nodegate.core import parsing
 from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.core.retry import CEPH_COMMAND, log_retry
 
 if TYPE_CHECKING:
     from nodegate.cluster.kube.client import Kube
@@ -36,7 +35,6 @@ CONNECT_TIMEOUT_S = 15
 EBUSY = 16          # `osd ok-to-stop` says no: rc 16 with the JSON still on stdout
 ETIMEDOUT = 110
 ENOENT = 2
-ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class Ceph:
     """The cluster's Ceph, through the toolbox pod or a local command."""
 
     def __init__(self, *, settings: "CephSettings", kube: "Kube | None" = None,
-                 timeout: float = 30.0, connect_timeout: int = CONNECT_TIMEOUT_S, attempts: int = ATTEMPTS) -> None:
+                 timeout: float = 30.0, connect_timeout: int = CONNECT_TIMEOUT_S, attempts: int = CEPH_COMMAND.attempts) -> None:
         if settings.mode not in ("toolbox", "command"):
             raise UsageError(f"unknown [ceph] mode {settings.mode!r}",
                              fix='set [ceph] mode = "toolbox" (exec into rook-ceph-tools) or "command"')
@@ -101,14 +99,9 @@ class Ceph:
         """Run ``ceph ARGS`` (retrying when Ceph did not answer); raise on an rc outside ``expect``."""
         __tracebackhide__ = True
         args = tuple(str(a) for a in args)
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
-            before_sleep=lambda s: log.warning("retrying `ceph %s` in %.1fs: %s", " ".join(args),
-                                               s.next_action.sleep if s.next_action else 0,
-                                               str(s.outcome.exception()).splitlines()[0] if s.outcome else "?"),
-            reraise=True)
+        retrying = CEPH_COMMAND.retrying(
+            retry=lambda exc: isinstance(exc, TransientError), attempts=self.attempts,
+            before_sleep=log_retry(log, f"`ceph {' '.join(args)}`", self.attempts))
         return retrying(self._run_once, args, expect)
 
     def _run_once(self, args: tuple[str, ...], expect: Sequence[int]) -> CephCommandResult:

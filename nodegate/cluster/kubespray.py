@@ -14,7 +14,7 @@ Why ansible-playbook as a subprocess and not ansible-runner: the operator's Kube
 own ansible-core (v2.21: 2.12.5) in its own virtualenv, and the playbook must run with *that*
 one; a subprocess runs any ansible-playbook we are pointed at, while ansible-runner's Python
 API would drag the harness's ansible-core into the run. The default callback's text is what the
-operator sees in a terminal, so the evidence reads the same, and parsing.py already parses its
+operator sees in a terminal, so the evidence reads the same, and nodegate.core.parsing already parses its
 recap and failures. Output is forced to plain single-line results (no colour, no pretty JSON).
 """
 from __future__ import annotations

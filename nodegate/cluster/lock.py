@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from nodegate.cluster.kube.errors import ConflictError, _first_line
 from nodegate.cluster.kube.models import LeaseInfo, _aware, _now
+from nodegate.core.retry import CONFLICT_REREADS, LOCK_TAKE_REREADS
 
 log = logging.getLogger("nodegate.lock")
 
@@ -180,7 +181,7 @@ def acquire_lock(kube: "Kube", *, holder: str, node: str, run_id: str, namespace
     win: the loser sees a conflict, reads again and decides again."""
     __tracebackhide__ = True
     marks = {LOCK_NODE_ANNOTATION: node, LOCK_RUN_ANNOTATION: run_id}
-    for _ in range(5):
+    for _ in range(LOCK_TAKE_REREADS):
         lease = kube.get_lease(namespace, name)
         try:
             if lease is None:
@@ -201,13 +202,13 @@ def acquire_lock(kube: "Kube", *, holder: str, node: str, run_id: str, namespace
             continue
         log.info("took %s", lock.describe())
         return lock
-    raise ConflictError(f"lock {namespace}/{name} kept changing while taking it (5 tries)",
+    raise ConflictError(f"lock {namespace}/{name} kept changing while taking it ({LOCK_TAKE_REREADS} tries)",
                         fix="another run is competing for it; wait and run again")
 
 def renew_lock(kube: "Kube", lock: LockInfo) -> LockInfo:
     """Renew our lock (renewTime = now). LockHeld if it is no longer ours."""
     __tracebackhide__ = True
-    for _ in range(3):
+    for _ in range(CONFLICT_REREADS):
         lease = kube.get_lease(lock.namespace, lock.name)
         current = LockInfo.from_lease(lease) if lease is not None else None
         if lease is None or current is None or current.holder != lock.holder or current.node != lock.node:
@@ -222,7 +223,7 @@ def renew_lock(kube: "Kube", lock: LockInfo) -> LockInfo:
 def release_lock(kube: "Kube", *, holder: str, namespace: str = LOCK_NAMESPACE, name: str = LOCK_NAME) -> bool:
     """Release the lock if ``holder`` holds it (deleted, guarded by its resourceVersion).
     Returns False when there was nothing of ours to release (free, or someone else's: left alone)."""
-    for _ in range(3):
+    for _ in range(CONFLICT_REREADS):
         lease = kube.get_lease(namespace, name)
         if lease is None or not lease.holder:
             return False

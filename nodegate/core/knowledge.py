@@ -1,6 +1,6 @@
 """What nodegate knows about versions, support matrices and known issues: pure data and small functions.
 
-Each fact carries where it was read (see shared/field-facts.md). To teach nodegate something
+Each fact carries where it was read upstream (a file at a tag, a release note, an issue). To teach nodegate something
 new, add a row to one of the tables below; the checks and procedures read only these functions.
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ class KubespraySupport:
     source: str
 
 
-# kubernetes-sigs/kubespray README.md at tags (field-facts.md, "Versions"). 20.04's first listing
+# kubernetes-sigs/kubespray README.md at tags. 20.04's first listing
 # predates every version nodegate knows, so its range has no lower bound.
 KUBESPRAY_UBUNTU_SUPPORT = (
     KubespraySupport("20.04", VersionRange(None, "v2.29.0"), "dropped in v2.29.0 (kubespray #12301)"),

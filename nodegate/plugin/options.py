@@ -323,8 +323,4 @@ def target_release(nodegate_run: NodegateRun) -> UbuntuRelease | None:
     return nodegate_run.target
 
 
-# --------------------------------------------------------------------------- fixtures reaching the cluster
-# Owned by h6 / the lead: the per-node SSH host (nodegate.cluster.nodes.ssh through pytest-testinfra, one reused
-# connection per node, fresh after a reboot), the Kubernetes client (nodegate.cluster.kube.client) and Ceph
-# (nodegate.cluster.ceph). Add them here as session-scoped fixtures built from `profile` and `node`,
-# importing those modules inside the fixture body so a plain `pytest` stays fast.
+# The fixtures that reach the cluster (host, nodes, kube, ceph, reads) are nodegate.plugin.fixtures.

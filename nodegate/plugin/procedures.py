@@ -1,7 +1,7 @@
 """The pytest layer of the procedures: ordering, gating, stop-at-first-failure, plan mode, evidence.
 
 Design (kept small on purpose):
-- ``procedures/test_upgrade.py`` is one test parametrized by step (nodegate.upgrade.engine.STEP_NAMES)
+- ``procedures/test_upgrade.py`` is one test parametrized by step (nodegate.upgrade.STEP_NAMES)
   and, through the ``node`` fixture, by node: ``test_upgrade[node4-03-drain]``. Items are ordered
   node-major (the --node selection's rolling order: workers first, control plane last), steps in
   order within a node.

@@ -1,6 +1,6 @@
 """nodegate.cluster.kube.client against the lab's real API server over HTTP (the `api_lab` fixture: the server
 alone, its nodes driven by state.json writes as the supervisor would). No mocks: every call
-goes through the official client to the server, and test set-up that kube.py does not offer
+goes through the official client to the server, and test set-up that nodegate.cluster.kube does not offer
 (creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server
 (`api_lab.request`)."""
 from __future__ import annotations

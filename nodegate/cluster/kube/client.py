@@ -53,6 +53,7 @@ from nodegate.cluster.kube.models import (
 from nodegate.cluster.kube.transport import KubeTransport
 from nodegate.cluster.kube.watch import NodeWatch
 from nodegate.cluster.lock import LOCK_DURATION_S
+from nodegate.core.retry import CONFLICT_REREADS
 
 if TYPE_CHECKING:
     pass
@@ -64,11 +65,8 @@ class Kube(KubeTransport, NodeWatch, DrainCalls, ExecCalls, CsiCalls):
     """One cluster's API server, as named by the profile's kubeconfig and context.
 
     Construction is free; the kubeconfig and the client are loaded at the first request.
-    ``attempts``/``retry_limit_s`` bound the retries of one request on transient errors. Ten
-    attempts with the back-off capped at 1 s take about 8 s, as six capped at 3 s did: a lasting
-    outage fails as soon as before, but a control plane failing 30% of requests no longer fails
-    one call in 1,400 outright (0.3^6; a run makes about a hundred calls while the API flaps, and
-    the SSH-drop scenario failed that way once) but one in 170,000 (0.3^10).
+    ``attempts``/``retry_limit_s`` bound the retries of one request on transient errors (by
+    default nodegate.core.retry.KUBE_REQUEST, which says why ten).
 
     The calls live by concern: KubeTransport (requests, retries, errors), NodeWatch, DrainCalls,
     ExecCalls, CsiCalls; this class adds the reads and writes of nodes, pods and Leases."""
@@ -105,7 +103,7 @@ class Kube(KubeTransport, NodeWatch, DrainCalls, ExecCalls, CsiCalls):
         """Mark the node unschedulable (``kubectl cordon``). ``changed`` says whether this call did
         it; with ``by`` (a run id) the node also records, in the same write, that nodegate did —
         so only nodes nodegate cordoned are uncordoned by it later."""
-        for _ in range(3):
+        for _ in range(CONFLICT_REREADS):
             current = self.node(name)
             if current.unschedulable:
                 return CordonResult(node=name, unschedulable=True, changed=False, cordoned_by=current.cordoned_by,
@@ -127,7 +125,7 @@ class Kube(KubeTransport, NodeWatch, DrainCalls, ExecCalls, CsiCalls):
     def uncordon(self, name: str, *, only_if_cordoned_by: str | None = None) -> CordonResult:
         """Mark the node schedulable (``kubectl uncordon``) and drop the cordoned-by record.
         With ``only_if_cordoned_by``, leave the node alone unless that run cordoned it."""
-        for _ in range(3):
+        for _ in range(CONFLICT_REREADS):
             current = self.node(name)
             if only_if_cordoned_by is not None and current.cordoned_by != only_if_cordoned_by:
                 return CordonResult(node=name, unschedulable=current.unschedulable, changed=False,

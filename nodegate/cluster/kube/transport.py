@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tenacity
-
 from nodegate.cluster.kube.errors import (
     ApiBusy,
     ClientClosed,
@@ -25,6 +23,7 @@ from nodegate.cluster.kube.errors import (
 from nodegate.cluster.kube.models import _q
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
+from nodegate.core.retry import KUBE_CHECK_ATTEMPTS, KUBE_REQUEST, log_retry
 from nodegate.core.secrets import kubeconfig_secrets, register_secret, register_secrets
 
 if TYPE_CHECKING:
@@ -39,25 +38,11 @@ log = logging.getLogger("nodegate.kube")
 REQUEST_TIMEOUT = (5.0, 30.0)
 
 
-def _log_retry(what: str, attempts: int, *,
-               quiet: Callable[[], bool] = lambda: False) -> Callable[[tenacity.RetryCallState], None]:
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        if quiet():
-            return
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("retrying %s in %.1fs (attempt %d/%d failed: %s)", what,
-                    state.next_action.sleep if state.next_action else 0, state.attempt_number,
-                    attempts, _first_line(exc) if exc else "?")
-    return before_sleep
-
-
-
-
-
 class KubeTransport:
     """Connection, requests and error translation; ``Kube`` adds the calls on resources."""
 
-    def __init__(self, *, settings: "KubeSettings", attempts: int = 10, retry_limit_s: float = 30.0,
+    def __init__(self, *, settings: "KubeSettings", attempts: int = KUBE_REQUEST.attempts,
+                 retry_limit_s: float = KUBE_REQUEST.limit_s,
                  request_timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         self.settings = settings
         self.attempts = attempts
@@ -81,7 +66,7 @@ class KubeTransport:
             kube.check()
         return kube
 
-    def check(self, *, attempts: int = 4) -> str:
+    def check(self, *, attempts: int = KUBE_CHECK_ATTEMPTS) -> str:
         """Load the kubeconfig and ask the server's version (four quick tries, so an address where
         nothing listens fails within ~2 s; a server that answers 429/5xx then gets the usual
         bounded retries: a flapping API must not end a run before it starts); return it.
@@ -220,13 +205,8 @@ class KubeTransport:
                     raise
                 raise translated from exc
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_retryable),
-            stop=tenacity.stop_after_attempt(tries) | tenacity.stop_after_delay(self.retry_limit_s),
-            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=1.0, jitter=0.2),
-            before_sleep=_log_retry(what, tries, quiet=lambda: self._closed),
-            reraise=True,
-        )
+        retrying = KUBE_REQUEST.retrying(retry=_retryable, attempts=tries, limit_s=self.retry_limit_s,
+                                         before_sleep=log_retry(log, what, tries, quiet=lambda: self._closed))
         return retrying(once)
 
     def _serialize(self, method: str, path: str, query: Sequence[tuple[str, Any]] = (), body: Any = None,
