@@ -35,10 +35,11 @@ class Access:
     def ceph(self) -> Ceph | None:
         return self.new_ceph()
 
-    def connect_api(self) -> Kube | None:
-        """Reach the Kubernetes API now, so that a bad kubeconfig or an unreachable cluster is one
-        error here rather than in the first step that needs it."""
-        return self.kube
+    def connect_api(self) -> tuple[Kube | None, Ceph | None]:
+        """Reach the Kubernetes API now and set up Ceph on it, so that a bad kubeconfig, an
+        unreachable cluster or a bad [ceph] table is one error here rather than in the first step
+        that needs them."""
+        return self.kube, self.ceph
 
     def without_api(self) -> None:
         """Go on without the Kubernetes API (plan mode when it cannot be reached): ``kube`` and
