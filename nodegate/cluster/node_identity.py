@@ -14,8 +14,8 @@ from nodegate.core.incarnation import Incarnation
 from nodegate.core.postconditions import BootFacts
 
 if TYPE_CHECKING:
-    from nodegate.kube import Kube
-    from nodegate.nodes import NodeHost
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.nodes.ssh import NodeHost
 
 CLUSTER_NAMESPACE = "kube-system"      # its UID stands for the cluster (it exists in every cluster)
 MACHINE_ID = "/etc/machine-id"

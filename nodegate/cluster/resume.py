@@ -13,14 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodegate.core.incarnation import (ABSENT, FOREIGN, INCARNATION_KEY, Agreement, Incarnation,
-                                       annotation_agreement, annotation_names_open_upgrade, boot_history,
-                                       stale_reasons)
-from nodegate.journal import ANNOTATION, StepRecord
+from nodegate.core.incarnation import (
+    ABSENT,
+    FOREIGN,
+    INCARNATION_KEY,
+    Agreement,
+    Incarnation,
+    annotation_agreement,
+    annotation_names_open_upgrade,
+    boot_history,
+    stale_reasons,
+)
+from nodegate.core.journal import ANNOTATION, StepRecord
 
 if TYPE_CHECKING:
-    from nodegate.kube import Kube
-    from nodegate.nodes import Nodes
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.nodes.ssh import Nodes
 
 log = logging.getLogger("nodegate.resume")
 
@@ -96,8 +104,8 @@ def foreign_open_upgrade(annotation: dict[str, Any] | None, *, node: str, target
 def wait_for_node(nodes: "Nodes", node: str, *, timeout: float, read):
     """``read(host)`` once the node answers over SSH (it may be rebooting at the moment a rerun
     starts: the reboot an interrupted run asked for), bounded by the node's reboot limit."""
-    from nodegate.nodes import CommandFailed, SshConnectError
-    from nodegate.waits import Done, NotYet, wait_for
+    from nodegate.cluster.nodes.ssh import CommandFailed, SshConnectError
+    from nodegate.core.waits import Done, NotYet, wait_for
 
     def probe():
         try:

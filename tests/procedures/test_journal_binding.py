@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from nodegate.journal import ANNOTATION, Journal
-from nodegate.knowledge import ubuntu_release
-from nodegate.upgrade import StepFailed, Upgrade, UpgradeOptions
+from nodegate.core.journal import ANNOTATION, Journal
+from nodegate.core.knowledge import ubuntu_release
+from nodegate.upgrade.engine import StepFailed, Upgrade, UpgradeOptions
 
 
 def make(lab_nodes, tmp_path, *, restart: bool = False) -> Upgrade:

@@ -27,7 +27,6 @@ import signal
 import time
 
 import pytest
-
 from labkit import fixed_kubespray_checkout, nodegate
 from scenariotools import NODE, TARGET, Lab, Operator, lock_free, no_traceback, write_profile
 
@@ -125,7 +124,7 @@ def test_a_reboot_required_left_after_the_release_step_is_rebooted_away(course: 
 # --------------------------------------------------------------------------- 2: the annotation removed by hand
 
 def test_the_node_annotation_removed_by_hand_mid_upgrade(course: Course):
-    from nodegate.journal import ANNOTATION
+    from nodegate.core.journal import ANNOTATION
 
     op, lab = course.op, course.lab
     assert lab.standing().annotation is not None
@@ -160,7 +159,6 @@ def test_the_node_annotation_removed_by_hand_mid_upgrade(course: Course):
 
 def test_a_lab_brought_down_and_up_again_makes_the_journal_stale(course: Course, lab):
     op = course.op
-    old = course.lab
     stopped_at = [r for r in op.journal() if r["status"] in ("done", "skipped")][-1]["step"]
     assert stopped_at == "kubespray", stopped_at          # node4 of the first lab stopped after the release upgrade
     old_records = len(op.journal())

@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 
 from nodegate.cluster.resume import REFUSE, RESUME, STALE, judge
-from nodegate.core.incarnation import (ABSENT, AGREES, FOREIGN, LAGS, Incarnation, annotation_agreement,
-                                       boot_history, stale_reasons)
-from nodegate.journal import Journal, StepRecord
+from nodegate.core.incarnation import (
+    ABSENT,
+    AGREES,
+    FOREIGN,
+    LAGS,
+    Incarnation,
+    annotation_agreement,
+    boot_history,
+    stale_reasons,
+)
+from nodegate.core.journal import Journal, StepRecord
 
 LIVE = Incarnation(machine_id="m1", node_uid="u1", cluster_uid="c1", boot_id="b1", boot_time=1000.0)
 

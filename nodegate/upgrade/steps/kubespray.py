@@ -1,0 +1,41 @@
+"""The Kubespray step: upgrade-cluster.yml limited to the node, at the cluster's current version.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nodegate.core import postconditions as post
+from nodegate.upgrade.engine import Planned, Step, Upgrade, holds
+
+if TYPE_CHECKING:
+    pass
+
+
+class Kubespray(Step):
+    name = "kubespray"
+    title = "Kubespray upgrade-cluster.yml limited to the node"
+
+    def plan(self, up: Upgrade) -> Sequence[Planned]:
+        from nodegate.cluster import kubespray
+
+        return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
+
+    def run(self, up: Upgrade) -> str:
+        from nodegate.cluster import kubespray
+
+        try:
+            result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
+        except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
+            up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
+            raise
+        up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
+        up.note(self.name, kubespray_recap=result.recap_line)
+        return result.summary
+
+    def verify(self, up: Upgrade) -> str:
+        kube = up.need_kube()
+        status = kube.node(up.name)
+        return holds(post.kubespray(up.name, ready=status.is_ready, describe=status.describe(),
+                                     kubelet_version=status.kubelet_version, want=up.profile.kube_version or "",
+                                     recap=up.value("kubespray_recap") or ""))
