@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from nodegate.cluster.nodes.remote import remote_program
 from nodegate.core.incarnation import Incarnation
 from nodegate.core.postconditions import BootFacts
 
@@ -18,34 +19,10 @@ if TYPE_CHECKING:
     from nodegate.cluster.nodes.ssh import NodeHost
 
 CLUSTER_NAMESPACE = "kube-system"      # its UID stands for the cluster (it exists in every cluster)
-MACHINE_ID = "/etc/machine-id"
-
-# One read on the node: machine-id, boot id, uptime (the clock that starts at boot; proc(5)),
-# the node's wall clock, and the pending-reboot marker Ubuntu's update-notifier writes.
-_READ_BOOT = r'''
-import json, os, time
-def read(path):
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return None
-up = read("/proc/uptime")
-now = time.time()
-pkgs = read("/var/run/reboot-required.pkgs") or ""
-print(json.dumps({
-    "machine_id": (read("%s") or "").strip(),
-    "boot_id": (read("/proc/sys/kernel/random/boot_id") or "").strip(),
-    "uptime": float(up.split()[0]) if up else None,
-    "now": now,
-    "reboot_required": os.path.exists("/var/run/reboot-required"),
-    "reboot_packages": [p for p in pkgs.split() if p],
-}))
-''' % MACHINE_ID
 
 
 def _read(host: "NodeHost") -> dict[str, Any]:
-    out = host.run(["python3", "-c", _READ_BOOT])
+    out = host.run(["python3", "-c", remote_program("read_boot")])
     return json.loads(out.stdout)
 
 
