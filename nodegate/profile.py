@@ -177,9 +177,22 @@ ENV_VAR = "NODEGATE_CLUSTER"
 DEFAULT_FILE = "nodegate.toml"
 
 
+RUNNING_LAB = "the running lab"
+
+
 def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
                          environ: Mapping[str, str] | None = None) -> Path:
-    """--cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml."""
+    """--cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml, else the running lab's profile."""
+    return find_profile(option, cwd=cwd, environ=environ)[0]
+
+
+def find_profile(option: str | None, *, cwd: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """(path, how it was found): --cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml, else
+    ./.lab/cluster.toml while the lab in ./.lab runs (RUNNING_LAB). A real cluster's profile is
+    only ever one of the first three: the last way finds nothing unless a lab is up right there."""
+    from nodegate.core.running_lab import LAB_DIR, running_lab_profile
+
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     if option:
@@ -188,19 +201,22 @@ def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
         path, source = Path(environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
     else:
         path = cwd / DEFAULT_FILE
-        if not path.is_file():
-            raise UsageError(f"no cluster profile: no --cluster option, ${ENV_VAR} is not set, "
-                             f"and there is no {DEFAULT_FILE} in {cwd}",
-                             fix=f"pass --cluster PATH, set {ENV_VAR}=PATH, or create ./{DEFAULT_FILE} "
-                                 "(see the lab's DIR/cluster.toml for an example)")
-        return path
+        if path.is_file():
+            return path, f"./{DEFAULT_FILE}"
+        lab = running_lab_profile(cwd)
+        if lab is not None:
+            return lab, RUNNING_LAB
+        raise UsageError(f"no cluster profile: no --cluster option, ${ENV_VAR} is not set, "
+                         f"there is no {DEFAULT_FILE} in {cwd}, and no lab is running in ./{LAB_DIR}",
+                         fix=f"pass --cluster PATH, set {ENV_VAR}=PATH, or create ./{DEFAULT_FILE} "
+                             f"(see the lab's DIR/cluster.toml for an example); on the lab: `nodegate lab up`")
     if not path.is_absolute():
         path = cwd / path
     path = path.resolve()
     if not path.is_file():
         raise UsageError(f"cluster profile {path} (from {source}) does not exist or is not a file",
                          fix=f"check the path given by {source}")
-    return path
+    return path, source
 
 
 # --------------------------------------------------------------------------- loading

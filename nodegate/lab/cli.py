@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -85,6 +86,7 @@ def cmd_up(args) -> int:
               f"{len(config.nodes)} nodes, net {config.net}); nothing changed")
         if (args.nodes, args.net) != (len(config.nodes), config.net):
             print(f"  (asked for {args.nodes} nodes on net {args.net}: take the lab down first to change it)")
+        _say_profile(lab_dir)
         return 0
     if not 1 <= args.nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
@@ -108,7 +110,14 @@ def cmd_up(args) -> int:
               file=sys.stderr)
         raise
     print(f"lab ready in {time.monotonic() - started:.1f} s; profile: {lab_dir / 'cluster.toml'}")
+    _say_profile(lab_dir)
     return 0
+
+
+def _say_profile(lab_dir: Path) -> None:
+    """How other shells find this lab's profile (pytest run in the folder holding ./.lab finds it
+    by itself while the lab runs: nodegate.core.running_lab)."""
+    print(f"for other shells: export NODEGATE_CLUSTER={shlex.quote(str(lab_dir / 'cluster.toml'))}")
 
 
 def create_lab(lab_dir: Path, *, nodes: int, net: int, services: tuple[str, ...] = SERVICES,
