@@ -38,6 +38,7 @@ from types import MappingProxyType
 import yaml
 
 from nodegate import knowledge, parsing
+from nodegate.core.kubespray_release import kube_version_problem
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.interrupts import checkpoint
 from nodegate.profile import Profile
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 UPGRADE_PLAYBOOK = "upgrade-cluster.yml"
 DEFAULT_TIMEOUT_S = 1800.0     # a real node's upgrade-cluster.yml run takes 5-20 min
 KILL_GRACE_S = 5.0
-_KUBE_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
 _SECRET_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|private_key|key_data|vault)")
 _NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_url")
 # Where operators keep Kubespray's virtualenv (its docs: `kubespray-venv` beside the checkout).
@@ -164,15 +164,19 @@ def ansible_version(ansible_playbook: str) -> str | None:
 def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = None, skip_multus: bool | None = None,
                   playbook: str = UPGRADE_PLAYBOOK, extra_vars: Mapping[str, str] | None = None,
                   ansible_playbook: Path | str = "ansible-playbook") -> list[str]:
-    """The exact command (validated: known node, kube_version like v1.25.6, playbook present)."""
+    """The exact command (validated: known node, kube_version in the form the release expects, passed
+    back as written; playbook present)."""
     spec = profile.node(node)          # UsageError naming the known nodes
     version = kube_version or profile.kube_version
     if not version:
         raise UsageError("the cluster's Kubernetes version is unknown, so Kubespray cannot be told to keep it",
                          fix="set kube_version in the inventory's group_vars/k8s_cluster/k8s-cluster.yml "
                              "or [kubernetes] kube_version in the profile")
-    if not _KUBE_VERSION.match(version):
-        raise UsageError(f"kube_version {version!r} is not a Kubernetes version", fix="use the form v1.25.6")
+    problem = kube_version_problem(version, profile.kubespray.version)
+    if problem:
+        raise UsageError(problem, fix="write kube_version in the inventory in the form the Kubespray checkout's "
+                                      "release expects (v1.25.6 before v2.28.0, 1.32.5 from v2.28.0): nodegate passes "
+                                      "it to Kubespray as written")
     checkout = profile.kubespray.path
     if not (checkout / playbook).is_file():
         raise UsageError(f"the Kubespray checkout {checkout} has no {playbook}",

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodegate.core.kubespray_release import same_kube_version
 from nodegate.errors import NodegateError, PermanentError, UsageError
 from nodegate.interrupts import checkpoint
 from nodegate.journal import ANNOTATION, Journal, StepRecord
@@ -1170,7 +1171,7 @@ class Kubespray(Step):
         want = up.profile.kube_version
         if not status.is_ready:
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
-        if want and status.kubelet_version and status.kubelet_version != want:
+        if want and status.kubelet_version and not same_kube_version(status.kubelet_version, want):
             raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
         recap = up.value("kubespray_recap") or ""
         return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
+from nodegate.lab import kubespray_releases
 from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
@@ -36,6 +37,9 @@ def add_parser(subparsers) -> None:
     up = with_dir(sub.add_parser("up", help="bring the lab up (nothing changes if it runs already)"))
     up.add_argument("--nodes", type=int, default=4, help=f"number of nodes, 1 to {MAX_NODES} (default 4)")
     up.add_argument("--rook", default=DEFAULT_ROOK, choices=sorted(ROOK_CEPHCSI), help="Rook version the lab claims")
+    up.add_argument("--kubespray", default=kubespray_releases.DEFAULT, choices=kubespray_releases.choices(),
+                    metavar="VERSION", help="the Kubespray release the lab's checkout is laid out as: "
+                                            + ", ".join(kubespray_releases.choices()) + " (default %(default)s)")
     up.add_argument("--boot-delay", type=float, default=3.0, metavar="S", help="seconds a rebooting node stays down")
     up.add_argument("--ready-delay", type=float, default=2.0, metavar="S",
                     help="seconds from node up to Kubernetes Ready")
@@ -86,6 +90,9 @@ def cmd_up(args) -> int:
               f"{len(config.nodes)} nodes, net {config.net}); nothing changed")
         if (args.nodes, args.net) != (len(config.nodes), config.net):
             print(f"  (asked for {args.nodes} nodes on net {args.net}: take the lab down first to change it)")
+        if kubespray_releases.stand_in(args.kubespray).tag != config.kubespray_version:
+            print(f"  (asked for Kubespray {args.kubespray}; it runs {config.kubespray_version}: take the lab down "
+                  "first to change it)")
         _say_profile(lab_dir)
         return 0
     if not 1 <= args.nodes <= MAX_NODES:
@@ -99,6 +106,7 @@ def cmd_up(args) -> int:
     _refuse_busy_addresses(args.net, args.nodes)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
+                        kubespray_version=kubespray_releases.stand_in(args.kubespray).tag,
                         boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
