@@ -38,7 +38,7 @@ from types import MappingProxyType
 import yaml
 
 from nodegate import knowledge, parsing
-from nodegate.core.kubespray_release import kube_version_problem
+from nodegate.core.kubespray_release import facts_playbook, kube_version_problem
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.interrupts import checkpoint
 from nodegate.profile import Profile
@@ -194,6 +194,48 @@ def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = Non
     return argv
 
 
+def facts_argv(profile: Profile, *, ansible_playbook: Path | str = "ansible-playbook") -> list[str]:
+    """Kubespray's documented first run before a --limit run: its facts playbook over every host,
+    without --limit, so facts computed from all hosts (no_proxy, etcd and API addresses) are right.
+    It reads facts only. Where the playbook is depends on the release (facts.yml until v2.21,
+    playbooks/facts.yml from v2.22.0)."""
+    checkout = profile.kubespray.path
+    playbook = facts_playbook(checkout, profile.kubespray.version)
+    if playbook is None:
+        raise UsageError(f"the Kubespray checkout {checkout} has no facts playbook (playbooks/facts.yml or facts.yml)",
+                         fix="point [kubespray] path at a complete Kubespray checkout")
+    return [str(ansible_playbook), playbook, "-b", "-i", str(profile.kubespray.inventory)]
+
+
+def describe_facts(*, profile: Profile) -> str:
+    """The plan line of the facts run (every host, read-only)."""
+    try:
+        playbook = find_ansible_playbook(profile.kubespray.path)
+    except UsageError:
+        playbook = Path("ansible-playbook")
+    return f"in {profile.kubespray.path}: {shlex.join(facts_argv(profile, ansible_playbook=playbook))}"
+
+
+def refresh_facts(*, profile: Profile, node: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  ansible_playbook: Path | str | None = None,
+                  on_line: Callable[[str], None] | None = None) -> PlaybookResult:
+    """Run the facts playbook over every host (before the --limit run for NODE); raise
+    KubesprayFailed unless it ended with rc 0 and no host failed or unreachable."""
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
+    argv = facts_argv(profile, ansible_playbook=executable)
+    result = _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=argv[1],
+                      timeout_s=timeout_s, on_line=on_line)
+    bad = sorted(host for host, line in result.recap.items() if not line.succeeded)
+    if result.rc != 0 or bad or not result.recap:
+        raise KubesprayFailed(f"Kubespray's facts run ({argv[1]}, every host, before the --limit run for {node}) "
+                              f"failed (rc {result.rc})" + (f" on {', '.join(bad)}" if bad else "")
+                              + f"; last output: {_last_line(result.output)}",
+                              fix="every host of the inventory must answer (Kubespray computes settings such as "
+                                  "no_proxy from all of them): bring them up or fix the inventory, then run again",
+                              result=result)
+    return result
+
+
 def describe_upgrade(*, profile: Profile, node: str, kube_version: str | None = None) -> str:
     """The plan line: where and what would run (no secret is part of the command)."""
     checkout = profile.kubespray.path
@@ -302,10 +344,17 @@ def run_playbook(*, profile: Profile, node: str, kube_version: str | None = None
     raises KubesprayTimeout)."""
     if timeout_s <= 0:
         raise UsageError(f"timeout {timeout_s} s is not positive", fix="give the playbook a positive time limit")
-    checkout = profile.kubespray.path
-    executable = find_ansible_playbook(checkout, ansible_playbook)
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
     argv = playbook_argv(profile, node=node, kube_version=kube_version, skip_multus=skip_multus, playbook=playbook,
                          extra_vars=extra_vars, ansible_playbook=executable)
+    return _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=playbook,
+                    timeout_s=timeout_s, on_line=on_line)
+
+
+def _execute(*, profile: Profile, node: str, argv: list[str], executable: Path, playbook: str, timeout_s: float,
+             on_line: Callable[[str], None] | None) -> PlaybookResult:
+    """Run ARGV in the checkout, bounded by timeout_s, and return what happened."""
+    checkout = profile.kubespray.path
     register_inventory_secrets(profile.kubespray.inventory)
     version = ansible_version(str(executable))
     log.info("kubespray: running in %s: %s (ansible-core %s)", checkout, shlex.join(argv), version or "?")

@@ -524,6 +524,7 @@ def environment(config: pytest.Config) -> dict[str, str]:
         "source.release": source,
         "target.release": target,
         "kubespray.version": getattr(getattr(profile, "kubespray", None), "version", "") or "",
+        "kubespray.version.found": getattr(getattr(profile, "kubespray", None), "version_source", "") or "",
         "kube_version": getattr(profile, "kube_version", "") or "",
         "rook.version": extra.pop("rook.version", ""),
         "cephcsi.version": extra.pop("cephcsi.version", ""),
