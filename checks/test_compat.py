@@ -46,8 +46,9 @@ def test_kubespray_supports_releases(node, releases, profile, notice):
                    fix="move the Kubespray checkout to a version that lists the node's release before changing it "
                        "(v2.25.1 to v2.28.x list 20.04, 22.04 and 24.04)")
     if current is not None and current.version == "20.04" and kubespray_supports(version, "20.04"):
-        notice(f"Kubespray {version} still supports Ubuntu 20.04, which {node.name} runs; "
-               f"{kubespray_support_note('20.04')}: move every node off 20.04 before the checkout reaches v2.29.0")
+        notice(f"Kubespray {version} supports Ubuntu 20.04, which {node.name} runs, but its support ends with "
+               f"v2.29.0 ({kubespray_support_note('20.04')}): move every node off 20.04 before the checkout reaches "
+               "v2.29.0")
     if target is not None and kubespray_supports(version, target.version) is False:
         notice(f"Kubespray {version} does not list Ubuntu {target.version} ({kubespray_support_note(target.version)}): "
                f"the procedure's Kubespray run on {node.name} (step 11) uses playbooks not tested there; move the "

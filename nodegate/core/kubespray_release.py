@@ -142,14 +142,13 @@ def defaults_role_dirs(checkout: Path) -> list[Path]:
 
 
 def defaults_files(checkout: Path) -> list[Path]:
-    """The defaults role's variable files in the order Ansible merges them (defaults, then vars)."""
+    """The defaults role's defaults files (main.yaml, or the defaults/main/ folder from v2.24.0)."""
     files: list[Path] = []
     for role in reversed(defaults_role_dirs(checkout)):   # the shim first, so the real role wins
-        for part in ("defaults", "vars"):
-            base = role / part
-            files += [base / name for name in ("main.yaml", "main.yml") if (base / name).is_file()]
-            if (base / "main").is_dir():
-                files += sorted(p for p in (base / "main").iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
+        base = role / "defaults"
+        files += [base / name for name in ("main.yaml", "main.yml") if (base / name).is_file()]
+        if (base / "main").is_dir():
+            files += sorted(p for p in (base / "main").iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
     return files
 
 
