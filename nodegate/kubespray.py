@@ -20,6 +20,7 @@ recap and failures. Output is forced to plain single-line results (no colour, no
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -51,6 +52,17 @@ DEFAULT_TIMEOUT_S = 1800.0     # a real node's upgrade-cluster.yml run takes 5-2
 KILL_GRACE_S = 5.0
 _SECRET_KEY = re.compile(r"(?i)(pass(word|wd)?|secret|token|private_key|key_data|vault)")
 _NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_url")
+# The upgrade role's variables that change what upgrade-cluster.yml does to the node, pinned on the
+# command line (extra vars beat every inventory value) to what nodegate's procedure needs. Read at
+# v2.21.0 and v2.28.1: roles/upgrade/pre-upgrade (upgrade_node_always_cordon, upgrade_node_confirm: a
+# `pause` prompt), roles/upgrade/post-upgrade (upgrade_node_post_upgrade_confirm: a `pause` prompt)
+# and, from v2.23, kubespray-defaults' system_upgrade (its own dist-upgrade and reboot). nodegate
+# cordons, drains and uncordons itself (steps 3 and 13), the release upgrade is its steps 6-9, and
+# no prompt can be answered (the playbook's stdin is closed). JSON, so they stay booleans.
+PINNED_UPGRADE_VARS = {"upgrade_node_always_cordon": False, "upgrade_node_confirm": False,
+                       "upgrade_node_post_upgrade_confirm": False, "system_upgrade": False}
+# What ansible-core's pause prints when a prompt meets a closed stdin.
+_PROMPT_SKIPPED = re.compile(r"Not waiting for response to prompt as stdin is not interactive")
 # Where operators keep Kubespray's virtualenv (its docs: `kubespray-venv` beside the checkout).
 _VENV_CANDIDATES = ("../kubespray-venv", "venv", ".venv", "../venv")
 
@@ -184,7 +196,7 @@ def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = Non
     if skip_multus is None:
         skip_multus = knowledge.needs_skip_multus(profile.kubespray.version)
     argv = [str(ansible_playbook), playbook, "-b", "-i", str(profile.kubespray.inventory), f"--limit={spec.name}",
-            "-e", f"kube_version={version}"]
+            "-e", f"kube_version={version}", "-e", json.dumps(PINNED_UPGRADE_VARS, separators=(",", ":"))]
     for key, value in (extra_vars or {}).items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise UsageError(f"extra variable name {key!r} is not an Ansible variable name", fix="use letters, digits, _")
@@ -483,6 +495,14 @@ def check_result(result: PlaybookResult) -> PlaybookResult:
         raise KubesprayUnreachable(f"Kubespray {playbook} could not reach {result.node}{said}",
                                    fix="check that the node is up and answers SSH with the inventory's settings "
                                        "(ansible_host, user, key, known_hosts), then run again", result=result)
+    prompt = _PROMPT_SKIPPED.search(result.output)
+    if prompt is not None:
+        task = next((f.task for f in result.failures if f.task), None) or "a pause task"
+        raise KubesprayFailed(f"Kubespray {playbook} on {result.node} stopped at a prompt ({task}) that nobody can "
+                              f"answer: stdin is closed{said}",
+                              fix="find the variable that turns this prompt on in the inventory (nodegate already pins "
+                                  + ", ".join(f"{k}=false" for k in PINNED_UPGRADE_VARS) + ") and turn it off",
+                              result=result)
     issue = result.known_issue
     if issue is not None:
         raise KubesprayFailed(

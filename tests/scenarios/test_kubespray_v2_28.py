@@ -3,6 +3,7 @@ goes from Ubuntu 20.04 to 22.04 with the whole procedure, and step 11 runs Kubes
 upgrade docs say and as v2.28 expects it:
 - the facts playbook (playbooks/facts.yml from v2.22.0) over every host, without --limit, first;
 - then upgrade-cluster.yml --limit=node4 with kube_version written as the inventory writes it,
+  and the upgrade role's variables pinned (no cordon or prompt of its own, no system upgrade),
   without the leading 'v' (v2.28.0's roles/validate_inventory refuses 'v1.25.6'; the stand-in's
   validate_inventory does the same and runs in that play), the defaults role being
   roles/kubespray_defaults.
@@ -57,5 +58,8 @@ def test_node4_upgrade_on_kubespray_v2_28(lab28, tmp_path):
     assert "--limit" not in facts.group(0)
     assert facts.start() < limited.start(), "the facts run did not come first"
     assert limited.group(1) == "1.25.6", f"kube_version passed as {limited.group(1)!r}"
-    assert "--skip-tags=multus" not in run.text[limited.start():limited.end() + 200]   # fixed in v2.27.0
+    after = run.text[limited.end():limited.end() + 400]
+    assert "--skip-tags=multus" not in after.split("\n", 1)[0]   # fixed in v2.27.0
+    # the upgrade role's variables pinned (nodegate drains and uncordons; no prompts; no second dist-upgrade)
+    assert '"upgrade_node_confirm":false' in after and '"system_upgrade":false' in after, after
     assert "TASK [validate_inventory : Stop if kube_version has a leading v]" in run.text
