@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from labkit import PROJECT, net_beside, nodegate
 
 NET = net_beside("first-commands")

@@ -16,7 +16,6 @@ import re
 import shutil
 
 import pytest
-
 from labkit import fixed_kubespray_checkout, net_beside, nodegate, ssh
 from scenariotools import Operator, no_traceback, write_profile
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.core.kubespray_release import (galaxy_says, kube_version_problem, release_facts, same_kube_version)
+from nodegate.core.kubespray_release import galaxy_says, kube_version_problem, release_facts, same_kube_version
 
 
 @pytest.mark.parametrize("version, facts_playbook, role, with_v, ansible", [
