@@ -524,7 +524,6 @@ def environment(config: pytest.Config) -> dict[str, str]:
         "source.release": source,
         "target.release": target,
         "kubespray.version": getattr(getattr(profile, "kubespray", None), "version", "") or "",
-        "kubespray.version.found": getattr(getattr(profile, "kubespray", None), "version_source", "") or "",
         "kube_version": getattr(profile, "kube_version", "") or "",
         "rook.version": extra.pop("rook.version", ""),
         "cephcsi.version": extra.pop("cephcsi.version", ""),
@@ -537,6 +536,8 @@ def environment(config: pytest.Config) -> dict[str, str]:
         "python": platform.python_version(),
     }
     env.update(extra)
+    # how the Kubespray version was found, last: the report's first page shows the first rows
+    env["kubespray.version.found"] = getattr(getattr(profile, "kubespray", None), "version_source", "") or ""
     # an unknown value is stated, not left out: a reviewer must see that it was not read
     must = ("cluster", "nodes", "release", "kubespray.version", "kube_version", "rook.version", "cephcsi.version")
     return {k: (v or ("unknown" if k in must else "")) for k, v in env.items() if v or k in must}
