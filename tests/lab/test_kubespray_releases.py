@@ -92,8 +92,8 @@ def test_the_stand_in_has_the_release_layout(labs, tag):
 
 @pytest.mark.parametrize("tag", RELEASES)
 def test_the_harness_reads_the_lab_profile(labs, tag):
-    from nodegate.kubespray import playbook_argv
-    from nodegate.profile import load_profile
+    from nodegate.cluster.kubespray import playbook_argv
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(labs[tag].dir / "cluster.toml")
     assert profile.kubespray.version == tag

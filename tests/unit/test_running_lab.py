@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from nodegate.core.errors import UsageError
 from nodegate.core.running_lab import lab_running, running_lab_profile
-from nodegate.errors import UsageError
-from nodegate.profile import RUNNING_LAB, find_profile
+from nodegate.profile.load import RUNNING_LAB, find_profile
 
 SLEEPER = "import time; time.sleep(120)"
 
@@ -31,6 +32,10 @@ def stand_in():
     def start(*words: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", SLEEPER, *words])
         started.append(proc)
+        # /proc/PID/cmdline reads empty for a moment while the new process is still being set up
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return proc
 
     yield start
