@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def stand_in():
     def start(*words: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", SLEEPER, *words])
         started.append(proc)
+        # /proc/PID/cmdline reads empty for a moment while the new process is still being set up
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return proc
 
     yield start
