@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nodegate.core.incarnation import ABSENT, AGREES, LAGS
+from nodegate.core.kubespray_release import same_kube_version
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def kubespray(node: str, *, ready: bool, describe: str, kubelet_version: str, wa
         return Verdict.no(f"the cluster's kube_version is unknown: cannot tell whether {node}'s kubelet "
                           f"{kubelet_version or '?'} is the one Kubespray installs",
                           fix="set kube_version in the Kubespray inventory (group_vars) the profile names")
-    if kubelet_version != want:
+    if not same_kube_version(kubelet_version, want):
         return Verdict.no(f"{node} runs kubelet {kubelet_version or '(none reported)'}, the cluster's kube_version "
                           f"is {want}")
     return Verdict.ok(f"{node} Ready, kubelet {kubelet_version}" + (f"; recap {recap}" if recap else ""))

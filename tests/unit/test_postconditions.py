@@ -71,6 +71,7 @@ def test_hold_holds_with_every_recorded_package_held_at_its_target_build():
 
 def test_kubespray_holds_ready_at_the_clusters_kube_version_and_never_without_one():
     assert post.kubespray(NODE, ready=True, describe="", kubelet_version="v1.25.6", want="v1.25.6").holds
+    assert post.kubespray(NODE, ready=True, describe="", kubelet_version="v1.25.6", want="1.25.6").holds   # both forms
     assert not post.kubespray(NODE, ready=False, describe="NotReady", kubelet_version="v1.25.6", want="v1.25.6").holds
     assert not post.kubespray(NODE, ready=True, describe="", kubelet_version="v1.24.0", want="v1.25.6").holds
     unknown = post.kubespray(NODE, ready=True, describe="", kubelet_version="v1.25.6", want="")

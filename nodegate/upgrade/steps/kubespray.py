@@ -1,4 +1,5 @@
-"""The Kubespray step: upgrade-cluster.yml limited to the node, at the cluster's current version.
+"""The Kubespray step: its facts playbook over every host, then upgrade-cluster.yml limited to the
+node, at the cluster's current version.
 """
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ if TYPE_CHECKING:
 
 class Kubespray(Step):
     name = "kubespray"
-    title = "Kubespray upgrade-cluster.yml limited to the node"
+    title = "Kubespray: the facts playbook over every host, then upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         from nodegate.cluster import kubespray
 
-        return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
+        return (Planned("local", kubespray.describe_facts(profile=up.profile) + "  (every host, read-only: first)"),
+                Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster import kubespray
 
         try:
+            # Kubespray's upgrade docs: the facts playbook without a limit before a --limit run
+            facts = kubespray.refresh_facts(profile=up.profile, node=up.name)
+            up.keep_text(f"kubespray facts output (rc {facts.rc})", f"$ {facts.command}\n{facts.output}")
             result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
         except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
             up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
