@@ -646,6 +646,25 @@ class Kube:
         # transport. On a small cluster building those costs more than all the requests.
         return client.ApiClient(configuration)
 
+    def _ca_source(self) -> str:
+        """Which CA the loaded kubeconfig context trusts, named as the operator wrote it."""
+        configuration = getattr(self._api, "configuration", None)
+        cafile = getattr(configuration, "ssl_ca_cert", None)
+        if cafile is None:
+            return "the system's CA bundle (the kubeconfig names no certificate-authority)"
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+            ctx_name = self.origin.split(" ", 2)[1]
+            ctx = next(c["context"] for c in data.get("contexts") or [] if c.get("name") == ctx_name)
+            cluster = next(c["cluster"] for c in data.get("clusters") or [] if c.get("name") == ctx.get("cluster"))
+        except (StopIteration, KeyError, TypeError, IndexError, OSError, yaml.YAMLError):
+            return f"the CA file {cafile}"
+        if cluster.get("certificate-authority"):
+            return f"the CA file {cluster['certificate-authority']} (cluster {ctx.get('cluster')} in {self.path})"
+        return f"the certificate-authority-data of cluster {ctx.get('cluster')} in {self.path}"
+
     def close(self) -> None:
         # Reads still running ahead in other threads (a run refused before its first check, with
         # the API answering 5xx) stop at their next attempt instead of retrying on after the
@@ -759,6 +778,13 @@ class Kube:
             return TransientError(f"{where} did not accept a connection in time while trying to {what}", fix=check)
         if isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
             return TransientError(f"{where} did not answer in time while trying to {what}", fix=check)
+        tls = _tls_failure(exc)
+        if tls is not None:
+            return UsageError(f"TLS verification of {where} failed: {tls}; the kubeconfig trusts "
+                              f"{self._ca_source()}",
+                              fix="put the cluster's CA in the kubeconfig (certificate-authority-data from the "
+                                  "control plane's /etc/kubernetes/ssl/ca.crt, or Kubespray's artifacts/admin.conf); "
+                                  "verification stays on")
         if isinstance(exc, (u3.ProtocolError, u3.MaxRetryError, ConnectionError, u3.HTTPError)):
             return TransientError(f"the connection to {where} broke while trying to {what}: {_first_line(exc)}",
                                   fix=check)
@@ -1407,6 +1433,19 @@ class Kube:
         return True
 
     # -- the upgrade lock (policy on a Lease) -------------------------------------------------
+    def may(self, verb: str, resource: str, *, group: str = "", subresource: str = "", namespace: str = "") -> bool:
+        """One SelfSubjectAccessReview: may this kubeconfig's user do that (RBAC's answer)?"""
+        attrs = {"verb": verb, "resource": resource, "group": group}
+        if subresource:
+            attrs["subresource"] = subresource
+        if namespace:
+            attrs["namespace"] = namespace
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attrs}}
+        answer = self._request(f"ask whether this user may {verb} {resource}{'/' + subresource if subresource else ''}",
+                               "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+        return bool((answer.get("status") or {}).get("allowed"))
+
     def read_lock(self, *, namespace: str = LOCK_NAMESPACE, name: str = LOCK_NAME) -> LockInfo | None:
         lease = self.get_lease(namespace, name)
         return LockInfo.from_lease(lease) if lease is not None else None
@@ -1589,6 +1628,26 @@ def _drain_verdict(pod: PodSummary, options: DrainOptions) -> tuple[Literal["ski
             return "refuse", "cannot delete Pods that declare no controller (use --force / force)"
         warnings.append("deleting Pods that declare no controller")
     return "evict", "; ".join(warnings)
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The reason of a failed TLS verification inside a client exception, or None."""
+    import ssl
+
+    import urllib3.exceptions as u3
+
+    seen = exc
+    for _ in range(6):
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, (ssl.SSLError, u3.SSLError)) and "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            text = str(seen)
+            return text[text.find("certificate verify failed"):].split(" (_ssl")[0] or text
+        nxt = getattr(seen, "reason", None) if isinstance(seen, u3.MaxRetryError) else None
+        seen = nxt if isinstance(nxt, BaseException) else (seen.__cause__ or seen.__context__)
+        if seen is None:
+            return None
+    return None
 
 
 def _retryable(exc: BaseException) -> bool:
