@@ -114,8 +114,8 @@ def test_api_permissions(kube, profile, evidence):
                    [[p.name, answers[p], p.why] for p in needed])
     lacking = missing(answers.__getitem__, needed)
     if lacking:
-        fail_check(f"the kubeconfig's user ({kube.origin}) lacks {len(lacking)} of the {len(needed)} API permissions "
-                   "the upgrade uses: " + "; ".join(p.name for p in lacking),
-                   details=[f"{p.name}: needed to {p.why}" for p in lacking],
+        fail_check(f"the kubeconfig's user lacks {len(lacking)} of the {len(needed)} API permissions the upgrade "
+                   "uses: " + "; ".join(p.name for p in lacking),
+                   details=[f"the user of {kube.origin}"] + [f"{p.name}: needed to {p.why}" for p in lacking],
                    fix="bind the user to a role that grants them (or use the cluster's admin kubeconfig, "
                        "Kubespray's artifacts/admin.conf); `kubectl auth can-i --list` shows what it has")

@@ -172,7 +172,7 @@ def test_nodes_accept_ssh_only_through_the_bastion(lab):
     assert through.stdout.split() == ["ubuntu", "0", "sshd"]
     log = (lab.dir / "logs/node2.log").read_text()
     assert f"from {lab.bastion_node.address} port" in log           # the bastion's own address
-    assert f"port {PORT}" in (lab.dir / "nodes/node2/root/etc/ssh/sshd_config.d/00-nodegate-lab.conf").read_text()
+    assert f"{lab.node('node2').address}:{PORT}" in (lab.dir / "nodes/node2/root/etc/ssh/sshd_config.d/00-nodegate-lab.conf").read_text()
 
 
 def test_inventory_says_it_as_kubespray_does(lab):
