@@ -442,8 +442,12 @@ class Step:
         return ""
 
 
-def _ssh(up: Upgrade, *args: str) -> Planned:
-    return Planned(f"{up.name} (ssh {up.node.user or up.profile.ssh.user}@{up.node.address})", shlex.join(args))
+def _ssh(up: Upgrade, *args: str, root: bool = True) -> Planned:
+    """A command on the node; `root`: it needs root, so a non-root login runs it through sudo."""
+    user = up.node.user or up.profile.ssh.user
+    sudo = root and user != up.node.become_user
+    return Planned(f"{up.name} (ssh {user}@{up.node.address}" + (f", as {up.node.become_user} via sudo)" if sudo else ")"),
+                   ("sudo " if sudo else "") + shlex.join(args))
 
 
 def _run_checks(up: Upgrade, phase: str) -> CheckRun:
@@ -668,7 +672,7 @@ class Unhold(Step):
             except NodegateError:
                 held = {n: "?" for n in up.profile.expect.held_packages}
         names = sorted(held) or list(up.profile.expect.held_packages)
-        return (_ssh(up, "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n"),
+        return (_ssh(up, "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n", root=False),
                 _ssh(up, "apt-mark", "unhold", "--", *names))
 
     def already(self, up: Upgrade) -> str | None:

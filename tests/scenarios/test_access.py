@@ -80,13 +80,15 @@ def unchanged(lab: Lab, before) -> None:
     assert not after.cordoned and after.lock_holder is None and after.annotation is None
 
 
-def test_sudo_password_needed_is_refused_before_any_check(access_lab, operator, tmp_path):
+def test_sudo_asking_is_refused_at_preflight(access_lab, operator, tmp_path):
     before = access_lab.standing()
     run = operator.run(profile_with(access_lab.config, tmp_path / "p.toml",
                                     kubeconfig=access_lab.config.dir / "kubeconfig-token"))
-    assert run.rc == 4, run.text[-3000:]
-    assert "before running any check: sudo on node4" in run.text and "asks for a password" in run.text
-    assert "--become-password-env" in run.text and "NOPASSWD" in run.text
+    # the gate's preflight refuses before its first check (rc 4 there): the procedure stops at step 1
+    assert run.rc == 1 and run.failed_step() == "gate" and run.passed() == [], run.text[-3000:]
+    message = run.message()
+    assert "sudo on node4 (127." in message and "user ubuntu) asks for a password" in message, message
+    assert "--become-password-env" in message and "NOPASSWD" in message
     no_traceback(run)
     unchanged(access_lab, before)
 
@@ -138,7 +140,7 @@ def test_wrong_ca_and_changed_bastion_key_are_refused_by_cause(access_lab, opera
     unchanged(access_lab, before)
 
 
-def test_full_upgrade_through_the_bastion_with_sudo_password(access_lab, operator, tmp_path):
+def test_full_upgrade_through_the_bastion_with_become_env(access_lab, operator, tmp_path):
     lab = access_lab.config
     password = planted_secrets(lab.dir)["ansible_become_password"]
     run = _run_with_env(operator, profile_with(lab, tmp_path / "p.toml", kubeconfig=lab.dir / "kubeconfig-token"),
