@@ -4,10 +4,11 @@ PY    := .venv/bin/python
 LAB   ?= .lab
 # Host packages: debootstrap builds the nodes' base image; dpkg-dev/apt-utils/gnupg build and sign
 # the lab's apt repository; ceph-* and etcd-* are the lab's real storage and etcd daemons;
-# openssh-client is how the harness reaches nodes; kubectl comes from kubernetes-client when absent.
+# openssh-client is how the harness reaches nodes; kubectl comes from kubernetes-client when absent;
+# gcc/libc6-dev build the lab bastion's bind library; openssl hashes a lab user's sudo password.
 APT_PACKAGES := debootstrap dpkg-dev apt-utils gnupg zstd openssh-client openssh-server \
 	ceph-mon ceph-mgr ceph-osd ceph-common etcd-server etcd-client psmisc iproute2 \
-	python3-venv chromium
+	python3-venv chromium gcc libc6-dev openssl
 
 .PHONY: setup apt venv image allure test demo bench lab-up lab-down clean
 

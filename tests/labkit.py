@@ -34,6 +34,9 @@ NET_OFFSETS = {
     "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
     "lab-etcd": 65,            # tests/lab/test_etcd.py
+    "lab-access": 66,          # tests/lab/test_lab_access.py: HTTPS, ubuntu, port 2222, bastion
+    "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password
+    "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
@@ -65,6 +68,31 @@ def ssh(config: LabConfig, node: str, command: str, *, check: bool = True, timeo
     if check and result.returncode != 0:
         raise AssertionError(f"ssh {node} {command!r} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def debian_kubectl() -> Path:
+    """Debian's kubectl (package kubernetes-client, 1.20): /usr/bin/kubectl when the package is
+    installed, else unpacked once beside the lab's cache (it conflicts with the image's kubectl,
+    lab-notes.md), fetched with apt-get as `make setup` fetches the lab's packages."""
+    import tempfile
+
+    from nodegate.lab.image import CACHE_ROOT
+
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "kubernetes-client"], capture_output=True, text=True)
+    if "install ok installed" in status.stdout:
+        return Path("/usr/bin/kubectl")
+    unpacked = CACHE_ROOT / "kubernetes-client"
+    kubectl = unpacked / "usr/bin/kubectl"
+    if kubectl.is_file():
+        return kubectl
+    with tempfile.TemporaryDirectory(dir=CACHE_ROOT) as tmp:
+        subprocess.run(["apt-get", "download", "-q", "kubernetes-client"], cwd=tmp, check=True, capture_output=True,
+                       timeout=300)
+        deb = next(Path(tmp).glob("kubernetes-client_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "root")], check=True, timeout=120)
+        if not kubectl.is_file():
+            (Path(tmp) / "root").rename(unpacked)
+    return kubectl
 
 
 def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
-from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
+from nodegate.lab.config import (DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER, MAX_NODES, ROOK_CEPHCSI,
+                                  SSH_USERS, LabConfig)
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -43,6 +44,21 @@ def add_parser(subparsers) -> None:
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
+    api = up.add_mutually_exclusive_group()
+    api.add_argument("--https", dest="api_tls", action="store_true", default=DEFAULT_API_TLS,
+                     help="API over HTTPS with the lab's CA; kubeconfig with a client certificate, plus token, "
+                          "exec-plugin and restricted-user kubeconfigs" + (" (the default)" if DEFAULT_API_TLS else ""))
+    api.add_argument("--plain-http", dest="api_tls", action="store_false",
+                     help="API over plain HTTP with a bearer token (faster)" + ("" if DEFAULT_API_TLS else " (the default)"))
+    up.add_argument("--ssh-user", choices=SSH_USERS, default=DEFAULT_SSH_USER,
+                    help=f"the user the lab's profile and inventory log in as (default {DEFAULT_SSH_USER}); "
+                         f"every node has {LOGIN_USER!r} with sudo")
+    up.add_argument("--ssh-port", type=_port, default=22, help="port of every node's sshd (default 22)")
+    up.add_argument("--sudo-password", action="store_true",
+                    help=f"{LOGIN_USER}'s sudo asks for a password (the inventory's ansible_become_password); "
+                         "implies --ssh-user ubuntu")
+    up.add_argument("--bastion", action="store_true",
+                    help="add a bastion node; the other nodes accept SSH only through it")
     up.set_defaults(func=cmd_up)
 
     down = with_dir(sub.add_parser("down", help="stop everything the lab started and unmount"))
@@ -75,6 +91,16 @@ def add_parser(subparsers) -> None:
     fault.set_defaults(func=cmd_fault)
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return value
+
+
 # -- up ------------------------------------------------------------------------------------------
 def cmd_up(args) -> int:
     lab_dir = Path(args.dir).resolve()
@@ -94,10 +120,13 @@ def cmd_up(args) -> int:
     if lab_mounts(lab_dir) or any((lab_dir / "pids").glob("*.pid")):
         print(f"cleaning up what a previous run left in {lab_dir}")
         stop_lab(lab_dir)
-    _refuse_busy_addresses(args.net, args.nodes)
+    ssh_user = LOGIN_USER if args.sudo_password else args.ssh_user
+    _refuse_busy_addresses(args.net, args.nodes, args.ssh_port, bastion=args.bastion)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
-                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, api_tls=args.api_tls,
+                        ssh_user=ssh_user, ssh_port=args.ssh_port, sudo_password=args.sudo_password,
+                        bastion=args.bastion)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)
@@ -181,7 +210,7 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
                out=print) -> None:
     """Wait, bounded, until every node answers SSH and every present service is ready."""
     deadline = time.monotonic() + timeout_s
-    waiting = {n.name for n in config.nodes}
+    waiting = {n.name for n in config.ssh_hosts}
     has_api = api_server_command(config) is not None
     has_ceph = lab_ceph(config) is not None
     has_etcd = lab_etcd(config) is not None
@@ -224,22 +253,33 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         time.sleep(0.05)
 
 
+def api_tls_context(config: LabConfig):
+    """An ssl context that trusts the lab's CA (None for a plain-HTTP lab)."""
+    if not config.api_tls:
+        return None
+    import ssl
+
+    from nodegate.lab.pki import Pki
+
+    return ssl.create_default_context(cafile=str(Pki.of(config.dir).ca_cert))
+
+
 def _api_answers(config: LabConfig) -> bool:
     req = urllib.request.Request(config.api_url + "/version", headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
+        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
             return resp.status == 200
     except OSError:
         return False
 
 
-def _refuse_busy_addresses(net: int, nodes: int) -> None:
-    for i in range(1, nodes + 1):
-        address = f"127.{net}.1.{i}"
+def _refuse_busy_addresses(net: int, nodes: int, port: int = 22, *, bastion: bool = False) -> None:
+    addresses = [f"127.{net}.1.{i}" for i in range(1, nodes + 1)] + ([f"127.{net}.4.1"] if bastion else [])
+    for address in addresses:
         with socket.socket() as sock:
             sock.settimeout(0.3)
-            if sock.connect_ex((address, 22)) == 0:
-                raise UsageError(f"{address}:22 is already in use (another lab on net {net}?)",
+            if sock.connect_ex((address, port)) == 0:
+                raise UsageError(f"{address}:{port} is already in use (another lab on net {net}?)",
                                  fix="stop that lab or choose another --net")
 
 
@@ -277,7 +317,7 @@ def lab_status(config: LabConfig) -> dict:
     sup = supervisor_pid(config.dir)
     book = lab_faults.FaultBook(config.dir)
     nodes = []
-    for node in config.nodes:
+    for node in config.ssh_hosts:
         runtime = NodeRuntime(config, node)
         state = runtime.read_state() or NodeState(node.name, "down", None, "", 0, 0.0)
         up = sup is not None and state.state == "up"
@@ -361,7 +401,7 @@ def _node_ready(config: LabConfig, name: str) -> bool:
     req = urllib.request.Request(f"{config.api_url}/api/v1/nodes/{name}",
                                  headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
+        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
             conditions = json.load(resp).get("status", {}).get("conditions", [])
     except (OSError, ValueError):
         return False

@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 SUITE = "bookworm"
 MIRROR = os.environ.get("NODEGATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # python3-apt: Ansible's apt module needs it on the node; kmod/procps/iproute2: what an
-# operator's commands expect; openssh-server: the node's PID 1.
+# operator's commands expect; openssh-server: the node's PID 1; sudo: Ubuntu's cloud images
+# log in as a non-root user (`ubuntu`) with sudo, and Kubespray inventories become root with it.
 PACKAGES = (
     "openssh-server", "python3", "python3-apt", "apt-utils", "kmod", "iproute2",
-    "procps", "ca-certificates", "gnupg", "less", "lsb-release",
+    "procps", "ca-certificates", "gnupg", "less", "lsb-release", "sudo",
 )
 CACHE_ROOT = Path(os.environ.get("NODEGATE_CACHE", "/var/cache/nodegate"))
 

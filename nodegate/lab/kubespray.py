@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from nodegate.lab.config import LabConfig
+from nodegate.lab.config import LOGIN_USER, LabConfig
 from nodegate.lab.image import CACHE_ROOT
 from nodegate.lab.profile_files import SshFiles
 
@@ -80,6 +80,21 @@ def _write_inventory(config: LabConfig, inventory: Path) -> None:
     workers = [n.name for n in config.nodes if "worker" in n.roles]
     etcd = [n.name for n in config.etcd_nodes]
     hosts = {n.name: {"ansible_host": n.address, "ip": n.address, "access_ip": n.address} for n in config.nodes}
+    ssh = SshFiles(config.dir)
+    strict = (f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes "
+              "-o IdentitiesOnly=yes -o HostKeyAlgorithms=ssh-ed25519 -o ConnectTimeout=5")
+    bastion = config.bastion_node
+    children: dict = {}
+    if bastion is not None:
+        # Kubespray's layout: a host named `bastion` in the group `bastion`; its ProxyCommand
+        # (roles/bastion-ssh-config) is `ssh -F /dev/null … -W %h:%p -p <port> <user>@<bastion>`,
+        # here with the lab's pinned host keys instead of Kubespray's StrictHostKeyChecking=no.
+        hosts[bastion.name] = {"ansible_host": bastion.address, "ansible_user": LOGIN_USER}
+        children["bastion"] = {"hosts": {bastion.name: None}}
+        proxy = (f"ssh -F /dev/null {strict} -i {ssh.identity} -W %h:%p -p {config.ssh_port} "
+                 f"{LOGIN_USER}@{bastion.address}")
+        for node in config.nodes:
+            hosts[node.name]["ansible_ssh_common_args"] = f"{strict} -o ProxyCommand=\"{proxy}\""
     # Letters and digits only, so the YAML holds them unquoted and a plain grep finds them.
     become_password = "become" + secrets.token_hex(12)
     registry_password = "registry" + secrets.token_hex(12)
@@ -87,6 +102,7 @@ def _write_inventory(config: LabConfig, inventory: Path) -> None:
         "all": {
             "hosts": hosts,
             "children": {
+                **children,
                 "kube_control_plane": {"hosts": {name: None for name in control}},
                 "kube_node": {"hosts": {name: None for name in workers}},
                 "etcd": {"hosts": {name: None for name in etcd}},
@@ -94,15 +110,13 @@ def _write_inventory(config: LabConfig, inventory: Path) -> None:
                 "calico_rr": {"hosts": {}},
             },
             # A planted secret, as operators keep one here: it must never reach nodegate's output.
-            "vars": {"ansible_become_password": become_password},
+            "vars": {"ansible_user": config.ssh_user, "ansible_port": config.ssh_port,
+                     "ansible_become_password": become_password},
         },
     }, mode=0o600)
-    ssh = SshFiles(config.dir)
     _dump(inventory / "group_vars/all/all.yml", "How Ansible reaches the lab nodes (the lab's key and pinned host keys)", {
-        "ansible_user": "root",
         "ansible_ssh_private_key_file": str(ssh.identity),
-        "ansible_ssh_common_args": (f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes "
-                                    "-o IdentitiesOnly=yes -o HostKeyAlgorithms=ssh-ed25519 -o ConnectTimeout=5"),
+        "ansible_ssh_common_args": strict,
         "ansible_python_interpreter": "/usr/bin/python3",
         "retry_stagger": RETRY_STAGGER,
     })

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.apiserver.nodes import read_os_release
-from nodegate.lab.config import LabConfig, LabNode
+from nodegate.lab import access
+from nodegate.lab.config import BASTION_NAME, LabConfig, LabNode
 from nodegate.lab.image import base_rootfs
 from nodegate.lab.profile_files import SshFiles
 
@@ -188,7 +189,7 @@ class NodeRuntime:
         ssh = SshFiles(self.config.dir)
         (root / "etc/hostname").write_text(self.node.name + "\n")
         hosts = ["127.0.0.1 localhost", f"{self.node.address} {self.node.name}"]
-        hosts += [f"{n.address} {n.name}" for n in self.config.nodes if n.name != self.node.name]
+        hosts += [f"{n.address} {n.name}" for n in self.config.ssh_hosts if n.name != self.node.name]
         hosts += ["::1 localhost ip6-localhost ip6-loopback"]
         (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
         key = ssh.host_key(self.node.name)
@@ -202,22 +203,12 @@ class NodeRuntime:
         (dot_ssh / "authorized_keys").chmod(0o600)
         dropin = root / SSHD_DROPIN
         dropin.parent.mkdir(parents=True, exist_ok=True)
-        # First value wins in sshd_config and this file is included first.
-        dropin.write_text("\n".join([
-            "# Written by the nodegate lab: this node's address, key-only root login.",
-            f"ListenAddress {self.node.address}:22",
-            "HostKey /etc/ssh/ssh_host_ed25519_key",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            # No systemd/logind in a node: PAM session modules would only add noise and delay.
-            "UsePAM no",
-            "UseDNS no",
-            # Test suites and Ansible open many connections and sessions at once.
-            "MaxStartups 64:30:128",
-            "MaxSessions 64",
-            "",
-        ]))
+        dropin.write_text("\n".join(access.sshd_settings(self.config, self.node)))
+        access.write_login_user(self.config, root, self.node,
+                                authorized_key=ssh.identity.with_suffix(".pub").read_text())
+        if self.node.name == BASTION_NAME:
+            access.write_bastion_files(self.config, root)
+            return  # not a cluster node: no seed fitting (apt sources, etcd.env)
         seed_prepare(self.config, root)
 
     # -- boot ----------------------------------------------------------------------
@@ -232,7 +223,7 @@ class NodeRuntime:
 
     def ssh_listening(self) -> bool:
         try:
-            with socket.create_connection((self.node.address, 22), timeout=0.5) as sock:
+            with socket.create_connection((self.node.address, self.config.ssh_port), timeout=0.5) as sock:
                 sock.settimeout(1.0)
                 return sock.recv(8).startswith(b"SSH-")
         except OSError:

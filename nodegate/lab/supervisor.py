@@ -300,7 +300,7 @@ class Supervisor:
         self.dir = config.dir
         self.stopping = False
         self.stop_event = asyncio.Event()
-        self.slots = {n.name: NodeSlot(self, n) for n in config.nodes}
+        self.slots = {n.name: NodeSlot(self, n) for n in config.ssh_hosts}   # the bastion too
         self.faults = FaultBook(config.dir)
         self.status = StatusBook(config.dir)
         self.api_proc: asyncio.subprocess.Process | None = None

@@ -287,6 +287,8 @@ def run_checks(config: pytest.Config, run: NodegateRun, node: str, target: str, 
             argv += ["--ticket", run.options.ticket]
         if run.options.trust_new_host_keys:
             argv.append("--trust-new-host-keys")
+        if run.options.become_password_env:
+            argv += ["--become-password-env", run.options.become_password_env]   # the name; the value is inherited
         shown = " ".join(argv[1:])
         log.info("running the %s checks for %s: %s", phase, node, shown)
         started = time.monotonic()

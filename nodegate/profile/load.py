@@ -7,9 +7,11 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from nodegate.core.errors import UsageError
+from nodegate.core.sshroute import JumpHost, RouteError, SshRoute, parse_common_args
 from nodegate.profile.checkout import _cluster_vars, _normalise_tag, _package_versions, kubespray_version
 from nodegate.profile.inventory import (
     CONTROL_PLANE_GROUPS,
@@ -334,6 +336,34 @@ def _find_inventory(value: Path, checkout: Path, profile: Path) -> Path:
                      fix="set [kubespray] inventory to your inventory file, e.g. inventory/mycluster/hosts.yaml")
 
 
+def _access_vars(inventory_path: Path, inventory: Inventory, host: str, hv: Mapping[str, str]) -> dict:
+    """identity_file, route and become_user of one host, as Ansible would connect to it: its
+    ansible_ssh_common_args' ProxyJump/ProxyCommand first, else Kubespray's `bastion` group."""
+    what = f"the Kubespray inventory {inventory_path}: host {host}"
+    key = hv.get("ansible_ssh_private_key_file")
+    become_user = hv.get("ansible_become_user") or "root"
+    if not _USER.match(become_user):
+        raise UsageError(f"{what} has an unusable ansible_become_user", fix="set it to a plain user name (root)")
+    try:
+        route = parse_common_args(hv.get("ansible_ssh_common_args"), what)
+    except RouteError as exc:
+        raise UsageError(str(exc.args[0]), fix=exc.args[1] if len(exc.args) > 1 else
+                         "correct ansible_ssh_common_args") from None
+    bastions = inventory.members("bastion")
+    if route.direct and bastions and host not in bastions:
+        bv = inventory.vars_for(bastions[0])
+        address = bv.get("ansible_host") or bv.get("ansible_ssh_host") or bastions[0]
+        port = bv.get("ansible_port") or bv.get("ansible_ssh_port")
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise UsageError(f"the Kubespray inventory {inventory_path}: the bastion {bastions[0]} has an invalid "
+                             "ansible_port", fix="set ansible_port to a number from 1 to 65535")
+        route = SshRoute(jump=JumpHost(host=address, port=int(port) if port else None,
+                                       user=bv.get("ansible_user") or bv.get("ansible_ssh_user"),
+                                       identity_file=bv.get("ansible_ssh_private_key_file")))
+    return {"identity_file": Path(key).expanduser() if key and "{{" not in key else None, "route": route,
+            "become_user": become_user}
+
+
 def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table: Mapping[str, Mapping[str, object]],
            profile: Path) -> tuple[NodeSpec, ...]:
     roles_of: dict[str, set[str]] = {}
@@ -369,7 +399,7 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
             raise UsageError(f"the Kubespray inventory {inventory_path}: host {host} has an invalid ansible_port",
                              fix="set ansible_port to a number from 1 to 65535")
         nodes.append(NodeSpec(name=host, address=address.strip("[]"), user=user, roles=frozenset(roles_of[host]),
-                              port=int(port_text)))
+                              port=int(port_text), **_access_vars(inventory_path, inventory, host, hv)))
     known = {n.name for n in nodes}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -382,6 +412,5 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if bmc is not None and (not isinstance(bmc, str) or not bmc.strip()):
             raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] bmc must be a non-empty string",
                              fix='e.g. bmc = "10.0.9.14" (the node\'s BMC/IPMI/iRMC address)')
-        result.append(NodeSpec(name=node.name, address=node.address, user=node.user, roles=node.roles,
-                               bmc=bmc.strip() if bmc else None, port=node.port))
+        result.append(replace(node, bmc=bmc.strip() if bmc else None))
     return tuple(result)
