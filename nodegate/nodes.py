@@ -365,8 +365,10 @@ class NodeHost:
         backend = self.testinfra.backend
         if self.uses_ssh_config:
             cmd, cmd_args = backend._build_ssh_command(command)
-            line = backend.get_command(" ".join(cmd), *cmd_args)   # each value quoted, as testinfra runs it
-            done = subprocess.run(line, shell=True, input=stdin.encode(), capture_output=True)  # noqa: S602
+            # testinfra's own ssh line, each value quoted; split here as a shell would split it,
+            # and run without one
+            argv = shlex.split(backend.get_command(" ".join(cmd), *cmd_args))
+            done = subprocess.run(argv, input=stdin.encode(), capture_output=True)
             out = backend.result(done.returncode, backend.encode(command), done.stdout, done.stderr)
             if out.rc == 255:
                 raise RuntimeError(out)
