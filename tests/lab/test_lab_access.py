@@ -272,3 +272,16 @@ def test_sudo_password_lab(tmp_path_factory):
         assert password not in (lab_dir / "logs/node1.log").read_text()
     finally:
         nodegate("lab", "down", "--dir", str(lab_dir))
+
+
+def test_plan_says_which_commands_need_root(lab):
+    """Plan mode (no --execute) on a node logged into as ubuntu: root's commands go through sudo."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "procedures/", "--cluster", str(lab.dir / "cluster.toml"),
+                           "--node", "node2", "--target-release", "22.04", "-p", "no:cacheprovider", "-q"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert f"[node2 (ssh ubuntu@{lab.node('node2').address}, as root via sudo)] sudo apt-mark unhold" in text, text[-3000:]
+    assert f"[node2 (ssh ubuntu@{lab.node('node2').address})] dpkg-query -W" in text
