@@ -38,6 +38,8 @@ NET_OFFSETS = {
     "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password
     "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
+    "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
+    "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
 }
