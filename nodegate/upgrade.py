@@ -966,104 +966,38 @@ class ReleaseUpgrade(Step):
         return f"/etc/os-release: {release.label}"
 
 
-# The repair runs as one small Python program on the node (python3 is there: Ansible needs it),
-# so reading, editing and writing each file is atomic and needs no quoting through a shell.
-_REPAIR_SOURCES = r'''
-import os, re, sys
-old, new = sys.argv[1], sys.argv[2]
-changed = []
-d = "/etc/apt/sources.list.d"
-for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-    path = os.path.join(d, name)
-    if not name.endswith(".list") or not os.path.isfile(path):
-        continue
-    text = open(path).read()
-    out = []
-    for line in text.splitlines():
-        m = re.match(r"^#\s*(deb(?:-src)?\s.*?)\s*#\s*disabled on upgrade to \S+\s*$", line)
-        if m:
-            words = m.group(1).split()
-            i = 1
-            if len(words) > 1 and words[1].startswith("["):
-                while i < len(words) and not words[i].endswith("]"):
-                    i += 1
-                i += 1
-            # words[i] is the URI, words[i+1] the suite: move it to the new codename
-            if i + 1 < len(words):
-                words[i + 1] = re.sub("^" + re.escape(old) + r"(?=$|-)", new, words[i + 1])
-            line = " ".join(words)
-        out.append(line)
-    new_text = "\n".join(out) + ("\n" if text.endswith("\n") else "")
-    if new_text != text:
-        tmp = path + ".nodegate-tmp"
-        open(tmp, "w").write(new_text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        changed.append(path)
-print("\n".join(changed))
-'''
+def _apt_repair(up: "Upgrade", old: str, new: str) -> str:
+    """Run the apt repair program on the node (nodegate.cluster.apt_repair): third-party sources
+    disabled or left on `old` by the release upgrade back on `new` as one-line entries, keys in
+    trusted.gpg.d, the legacy keyring retired. Idempotent: the end state gives an empty plan."""
+    from nodegate.cluster import apt_repair
 
-_MOVE_KEYS = r'''
-import os, re, shutil, sys
-legacy, keyrings = "/etc/apt/trusted.gpg", "/etc/apt/keyrings"
-urls = [u.rstrip("/") for u in sys.argv[1:]]
-if not os.path.isfile(legacy):
-    print("no legacy keyring"); sys.exit(0)
-os.makedirs(keyrings, mode=0o755, exist_ok=True)
-files = ["/etc/apt/sources.list"] + sorted(
-    os.path.join("/etc/apt/sources.list.d", n) for n in os.listdir("/etc/apt/sources.list.d") if n.endswith(".list"))
-done = []
-for path in files:
-    if not os.path.isfile(path):
-        continue
-    text = open(path).read()
-    stem = os.path.basename(path)[:-len(".list")]
-    key = os.path.join(keyrings, stem + ".gpg")
-    out, touched = [], False
-    for line in text.splitlines():
-        words = line.split()
-        if words and words[0] in ("deb", "deb-src"):
-            opts, rest = [], words[1:]
-            if rest and rest[0].startswith("["):
-                while rest:
-                    w = rest.pop(0)
-                    opts.append(w.strip("[]"))
-                    if w.endswith("]"):
-                        break
-            opts = [o for o in opts if o]
-            uri = rest[0].rstrip("/") if rest else ""
-            if any(uri == u or uri.startswith(u + "/") for u in urls) and \
-                    not any(o.startswith("signed-by=") for o in opts):
-                opts.append("signed-by=" + key)
-                line = " ".join([words[0], "[" + " ".join(opts) + "]"] + rest)
-                touched = True
-        out.append(line)
-    if touched:
-        if not os.path.exists(key):
-            shutil.copyfile(legacy, key)
-            os.chmod(key, 0o644)
-        tmp = path + ".nodegate-tmp"
-        open(tmp, "w").write("\n".join(out) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        done.append(path + " -> " + key)
-# Every source that used the legacy keyring now names its own key file: retire the legacy one
-# (kept beside it for the record; apt does not read that name).
-os.replace(legacy, legacy + ".nodegate-moved")
-print("\n".join(done) or "no source used the legacy keyring")
-'''
+    out = up.host.run(["python3", "-c", apt_repair.program(), old, new], sudo=True)
+    up.keep_command(out)
+    return apt_repair.summary(apt_repair.parse_output(out.stdout))
+
+
+def _apt_problems(up: "Upgrade") -> list[str]:
+    """What keeps the node's apt sources from the repair's end state, read from its files."""
+    from nodegate.core import aptrepair
+
+    files = {f.path: f.text for f in up.host.apt.source_files() if f.path.endswith((".list", ".sources"))}
+    problems = aptrepair.end_state_problems(files, up.target.codename)
+    if up.host.exists(LEGACY_KEYRING):
+        problems.append(f"{LEGACY_KEYRING} still exists (legacy keyring)")
+    return problems
 
 
 class Repair(Step):
     name = "repair"
-    title = "repair after the release upgrade: third-party sources, keys to /etc/apt/keyrings, rbd module"
+    title = "repair after the release upgrade: third-party sources, keys to /etc/apt/trusted.gpg.d, rbd module"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         old = (up.value("source_codename") or "<old codename>")
-        return (_ssh(up, "python3", "-c", "<re-enable '# disabled on upgrade to' sources>", old, up.target.codename),
+        return (_ssh(up, "python3", "-c", "<apt repair: third-party sources disabled by the upgrade (one-line or "
+                     "deb822) back on the new codename as Kubespray's own line, keys to /etc/apt/trusted.gpg.d, "
+                     "legacy trusted.gpg retired; Ubuntu's sources untouched>", old, up.target.codename),
                 _ssh(up, *APT_UPDATE),
-                _ssh(up, "python3", "-c", "<add signed-by=/etc/apt/keyrings/<source>.gpg to the sources whose key is in "
-                     "/etc/apt/trusted.gpg; retire that keyring>", "<urls>"),
                 _ssh(up, "modprobe", "--", "rbd"),
                 _ssh(up, "sh", "-c", f"echo rbd > {MODULES_LOAD_FILE}"),
                 _ssh(up, *APT_UPDATE))
@@ -1071,7 +1005,8 @@ class Repair(Step):
     def already(self, up: Upgrade) -> str | None:
         # the cheap reads only: `verify` (run right after) adds the `apt-get update` proof
         if not self._problems(up, update=False):
-            return "no source disabled on upgrade or left on the old codename, no legacy keyring, rbd loaded and persisted"
+            return ("third-party sources enabled on the new codename as one-line entries, no legacy keyring, "
+                    "rbd loaded and persisted")
         return None
 
     def run(self, up: Upgrade) -> str:
@@ -1079,21 +1014,11 @@ class Repair(Step):
         old = up.value("source_codename") or (up.source_release().codename)
         new = up.target.codename
         done = []
-        out = host.run(["python3", "-c", _REPAIR_SOURCES, old, new], sudo=True)
-        up.keep_command(out)
-        if out.stdout.strip():
-            done.append("re-enabled for " + new + ": " + ", ".join(out.stdout.split()))
+        repaired = _apt_repair(up, old, new)
+        if repaired:
+            done.append(repaired)
         update = host.apt.update()
         up.keep_command(update.result)
-        if update.report.legacy_keyring:
-            urls = sorted({_repo_url(u) for u in update.report.legacy_keyring})
-            moved = host.run(["python3", "-c", _MOVE_KEYS, *urls], sudo=True)
-            up.keep_command(moved)
-            done.append("keys moved: " + "; ".join(moved.stdout.splitlines()))
-        elif host.exists(LEGACY_KEYRING):
-            moved = host.run(["python3", "-c", _MOVE_KEYS], sudo=True)
-            up.keep_command(moved)
-            done.append("legacy keyring retired (no source used it)")
         if not host.modules.is_loaded("rbd"):
             up.keep_command(host.modules.load("rbd"))
             done.append("rbd loaded")
@@ -1109,20 +1034,12 @@ class Repair(Step):
         if problems:
             raise StepFailed(f"after the release upgrade {up.name} still needs repair:\n"
                              + "\n".join(f"  - {p}" for p in problems))
-        return "apt-get update clean; no source disabled on upgrade; keys in /etc/apt/keyrings; rbd loaded and persisted"
+        return ("apt-get update clean; third-party sources enabled on the new codename, keys in /etc/apt/trusted.gpg.d; "
+                "rbd loaded and persisted")
 
     def _problems(self, up: Upgrade, *, update: bool) -> list[str]:
         host = up.host
-        old = up.value("source_codename")
-        problems = []
-        for f in host.apt.source_files():
-            for s in f.sources:
-                if s.disabled_on_upgrade_to:
-                    problems.append(f"{f.path}: `{s.raw.strip()}` is still disabled on upgrade")
-                elif s.enabled and old and (s.suite == old or s.suite.startswith(old + "-")):
-                    problems.append(f"{f.path}: `{s.raw.strip()}` still points at {old}")
-        if host.exists(LEGACY_KEYRING):
-            problems.append(f"{LEGACY_KEYRING} still exists (legacy keyring)")
+        problems = _apt_problems(up)
         if not host.modules.is_loaded("rbd"):
             problems.append("the rbd module is not loaded")
         persisted = host.run(["sh", "-c", "cat /etc/modules-load.d/*.conf 2>/dev/null"], expect=(0, 1)).stdout
@@ -1162,7 +1079,13 @@ class Kubespray(Step):
             raise
         up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
         up.note(self.name, kubespray_recap=result.recap_line)
-        return result.summary
+        summary = result.summary
+        # Kubespray's docker role (apt_key, apt_repository) may have put a key back into the legacy
+        # keyring or added its own source line beside another: the repair's end state again.
+        if _apt_problems(up):
+            old = up.value("source_codename") or up.target.codename
+            summary += "; apt repaired after Kubespray: " + (_apt_repair(up, old, up.target.codename) or "nothing to do")
+        return summary
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
@@ -1172,6 +1095,11 @@ class Kubespray(Step):
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
         if want and status.kubelet_version and status.kubelet_version != want:
             raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
+        problems = _apt_problems(up)
+        if problems:
+            raise StepFailed(f"the apt sources of {up.name} are not in the repair's end state after Kubespray:\n"
+                             + "\n".join(f"  - {p}" for p in problems),
+                             fix="run again: the Kubespray step repairs apt after its playbook")
         recap = up.value("kubespray_recap") or ""
         return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
 

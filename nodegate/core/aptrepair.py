@@ -156,6 +156,7 @@ def end_state_problems(files: dict[str, str], new: str) -> list[str]:
     all_entries = [e for path, text in sorted(files.items()) for e in src.entries(path, text)]
     problems = [p.text for p in src.disabled_third_party(all_entries, new)]
     problems += src.signed_by_conflicts(all_entries)
+    problems += src.duplicate_sources(all_entries)
     for e in all_entries:
         if e.enabled and not e.ubuntu_own and "deb" in e.types and new not in e.codenames:
             problems.append(f"{e.path}: {' '.join(e.uris)} {' '.join(e.suites)} is not on {new}")

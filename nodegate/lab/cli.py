@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
-from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
+from nodegate.lab.config import CONTAINER_MANAGERS, DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
                     help="seconds from node up to Kubernetes Ready")
     up.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_LAB_NET", "0")),
                     help="second address octet (127.NET.x.y), so labs can run side by side")
+    up.add_argument("--container-manager", default="docker", choices=CONTAINER_MANAGERS,
+                    help="Kubespray's container_manager in the lab inventory (default docker; containerd "
+                         "nodes have no docker packages)")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
@@ -97,7 +100,7 @@ def cmd_up(args) -> int:
     _refuse_busy_addresses(args.net, args.nodes)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
-                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+                        container_manager=args.container_manager, boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)

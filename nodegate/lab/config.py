@@ -15,6 +15,7 @@ KUBE_VERSION = "v1.25.6"
 KUBESPRAY_VERSION = "v2.21.0"
 DEFAULT_ROOK = "v1.15.9"
 # Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags).
+CONTAINER_MANAGERS = ("docker", "containerd")
 ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3"}
 
 
@@ -44,6 +45,9 @@ class LabConfig:
     rook_version: str = DEFAULT_ROOK
     kube_version: str = KUBE_VERSION
     kubespray_version: str = KUBESPRAY_VERSION
+    # Kubespray's container_manager for the lab's inventory: docker (the seed's story: docker-ce
+    # and containerd.io from apt, held) or containerd (Kubespray's default: no such packages).
+    container_manager: str = "docker"
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret
 
     @property
@@ -89,6 +93,8 @@ class LabConfig:
             raise ValueError(f"a lab has 1 to {MAX_NODES} nodes, not {n_nodes}")
         if settings.get("rook_version", DEFAULT_ROOK) not in ROOK_CEPHCSI:
             raise ValueError(f"unknown Rook version; the lab knows {', '.join(ROOK_CEPHCSI)}")
+        if settings.get("container_manager", "docker") not in CONTAINER_MANAGERS:
+            raise ValueError(f"container manager must be one of {', '.join(CONTAINER_MANAGERS)}")
         net = settings.pop("net", 0)
         return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)

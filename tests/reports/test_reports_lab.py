@@ -114,10 +114,9 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     assert json.loads((results / "categories.json").read_text())[1]["name"] == "Kubespray known issue"
 
     # -- run 2: the documented fix (force: true on the docker package task), the same command again
-    task = lab.dir / "kubespray" / "roles" / "container-engine" / "docker" / "tasks" / "main.yml"
-    text = task.read_text()
-    assert "    update_cache: true\n" in text
-    task.write_text(text.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1))
+    from nodegate.lab.kubespray import apply_force_fix
+
+    assert apply_force_fix(lab.dir / "kubespray")
     second = upgrade(lab, reports)
     assert second.returncode == 0, second.stdout[-4000:]
     run2 = sorted((reports / "runs").glob("2*"))[-1]

@@ -105,13 +105,19 @@ def test_disabled_third_party_flagged_in_both_formats():
                                      *enabled], "noble") == []
 
 
-def test_signed_by_conflict_between_repair_line_and_kubesprays_line():
-    entries = [*src.entries("/etc/apt/sources.list.d/docker.list",
-                            f"deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg] {DOCKER} noble stable\n"),
-               *src.entries("/etc/apt/sources.list.d/download_docker_com_linux_ubuntu.list",
-                            f"deb [arch=amd64] {DOCKER} noble stable\n")]
-    (conflict,) = src.signed_by_conflicts(entries)
-    assert DOCKER in conflict and "noble" in conflict
+def test_signed_by_conflict_and_duplicate_source():
+    repaired = src.entries("/etc/apt/sources.list.d/docker.list",
+                           f"deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg] {DOCKER} noble stable\n")
+    kubespray = src.entries("/etc/apt/sources.list.d/download_docker_com_linux_ubuntu.list",
+                            f"deb [arch=amd64] {DOCKER} noble stable\n")
+    other_key = src.entries("/etc/apt/sources.list.d/x.list",
+                            f"deb [signed-by=/etc/apt/trusted.gpg.d/docker.gpg] {DOCKER} noble stable\n")
+    # apt 2.6.1: a value on one side only is the source twice (a warning), two values an error
+    assert src.signed_by_conflicts([*repaired, *kubespray]) == []
+    (twice,) = src.duplicate_sources([*repaired, *kubespray])
+    assert "configured 2 times" in twice and "download_docker_com_linux_ubuntu.list" in twice
+    (conflict,) = src.signed_by_conflicts([*repaired, *other_key])
+    assert "/etc/apt/keyrings/docker.gpg in /etc/apt/sources.list.d/docker.list" in conflict
 
 
 def test_repair_of_noble_deb822_disabled_source_writes_kubesprays_line():
