@@ -74,11 +74,25 @@ class Expectations:
     package_versions: Mapping[str, str] = field(default_factory=dict)
     min_free_root_mb: int = 2048
     min_free_boot_mb: int = 150
+    # Where held_packages came from: "[expect] held_packages" (the profile) or
+    # "container_manager <name>" (the inventory; only Kubespray's docker role holds packages).
+    held_source: str = "default"
+    container_manager: str = "containerd"      # the inventory's (Kubespray's default when unset)
 
     def version_for(self, package: str, codename: str) -> str | None:
-        """The expected version of `package` on a node running `codename`, or None if unknown."""
+        """The expected version of `package` on a node running `codename`, or None if unknown
+        ('{codename}' and '{version}' in a pin are the node's release codename and number)."""
+        from nodegate.knowledge import ubuntu_release
+
         version = self.package_versions.get(package)
-        return version.replace("{codename}", codename) if version is not None else None
+        if version is None:
+            return None
+        if "{version}" in version:
+            release = ubuntu_release(codename)
+            if release is None:
+                return None
+            version = version.replace("{version}", release.version)
+        return version.replace("{codename}", codename)
 
 
 @dataclass(frozen=True)
@@ -268,7 +282,9 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
     ssh = reader.ssh()
     nodes = _nodes(kubespray.inventory, inventory, ssh.user, reader.table("nodes"), path)
     kube_version = reader.opt_str("kubernetes", "kube_version") or _plain(gvars.get("kube_version"))
-    expect = reader.expect(_package_versions(kubespray, gvars))
+    discovered = dict(_package_versions(kubespray, gvars))
+    discovered["__containerd_package__"] = _plain(gvars.get("containerd_package")) or "containerd.io"
+    expect = reader.expect(discovered, _plain(gvars.get("container_manager")))
     return Profile(
         name=reader.opt_str("cluster", "name") or path.stem,
         path=path,
@@ -423,16 +439,29 @@ class _TomlReader:
                             toolbox_selector=self.opt_str("ceph", "toolbox_selector") or "app=rook-ceph-tools",
                             command=command)
 
-    def expect(self, discovered: Mapping[str, str]) -> Expectations:
+    def expect(self, discovered: Mapping[str, str], container_manager: str | None = None) -> Expectations:
         held = self.get("expect", "held_packages", list, "a list of package names")
+        source = "[expect] held_packages"
         if held is None:
-            held_t = DEFAULT_HELD_PACKAGES
+            # Kubespray holds packages only in its docker role (v2.21.0: the one dpkg_selections
+            # hold in roles/); with containerd (its default) or cri-o nothing is held.
+            manager = container_manager or "containerd"
+            source = f"container_manager {manager}"
+            if manager == "docker":
+                held_t = (discovered.get("__containerd_package__") or "containerd.io", "docker-ce", "docker-ce-cli")
+            elif manager in ("containerd", "crio"):
+                held_t = ()
+            else:
+                raise UsageError(f"the inventory's container_manager {manager!r} is not one Kubespray knows "
+                                 "(docker, containerd, crio)",
+                                 fix="correct container_manager in the inventory's group_vars, or set "
+                                     "[expect] held_packages in the profile")
         else:
             if not all(isinstance(x, str) and _PACKAGE.match(x) for x in held):
                 raise self.fail("[expect] held_packages must be Debian package names",
                                 fix='e.g. held_packages = ["containerd.io", "docker-ce", "docker-ce-cli"]')
             held_t = tuple(dict.fromkeys(held))
-        versions = dict(discovered)
+        versions = {k: v for k, v in discovered.items() if not k.startswith("__")}
         table = self.get("expect", "package_versions", dict, "a table of name = version")
         for name, version in (table or {}).items():
             if not _PACKAGE.match(name) or not isinstance(version, str) or not version.strip():
@@ -440,7 +469,8 @@ class _TomlReader:
                                 fix='e.g. package_versions = { "containerd.io" = "1.6.4-1" }')
             versions[name] = version.strip()
         defaults = Expectations()
-        return Expectations(held_packages=held_t, package_versions=versions,
+        return Expectations(held_packages=held_t, package_versions=versions, held_source=source,
+                            container_manager=container_manager or "containerd",
                             min_free_root_mb=int(self.number("expect", "min_free_root_mb", defaults.min_free_root_mb)),
                             min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)))
 
@@ -878,6 +908,8 @@ def _cluster_vars(kubespray: KubesprayCheckout, inventory: Inventory) -> dict[st
 
 
 _RELEASE_TEMPLATE = re.compile(r"\{\{\s*ansible_distribution_release\s*\|\s*lower\s*\}\}")
+# From v2.25.1 the docker-ce pins carry the Ubuntu version too (roles/container-engine/docker/vars/ubuntu.yml)
+_VERSION_TEMPLATE = re.compile(r"\{\{\s*ansible_distribution_version\s*\}\}")
 
 
 def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) -> dict[str, str]:
@@ -913,6 +945,7 @@ def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) ->
             continue
         spec = re.sub(r"\{\{\s*containerd_package\s*\}\}", containerd_package, spec)
         spec = _RELEASE_TEMPLATE.sub("{codename}", spec)
+        spec = _VERSION_TEMPLATE.sub("{version}", spec)
         name, sep, pinned = spec.partition("=")
         if sep and "{{" not in spec and _PACKAGE.match(name.strip()):
             result[name.strip()] = pinned.strip()

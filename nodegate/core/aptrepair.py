@@ -159,5 +159,5 @@ def end_state_problems(files: dict[str, str], new: str) -> list[str]:
     problems += src.duplicate_sources(all_entries)
     for e in all_entries:
         if e.enabled and not e.ubuntu_own and "deb" in e.types and new not in e.codenames:
-            problems.append(f"{e.path}: {' '.join(e.uris)} {' '.join(e.suites)} is not on {new}")
+            problems.append(f"{e.path}: {' '.join(e.uris)} points at {' '.join(e.suites)}, not {new}")
     return problems

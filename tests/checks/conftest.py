@@ -105,3 +105,15 @@ def broken_profile(lab, tmp_path):
     for socket in control.glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "x"], capture_output=True, timeout=10)
     shutil.rmtree(control, ignore_errors=True)
+
+
+@pytest.fixture
+def fixed_profile(lab, tmp_path) -> Path:
+    """The lab's profile over a copy of its Kubespray checkout with the operator's fix for
+    kubespray #9114 (`force: true` on the docker package task), as a prepared operator has it."""
+    from labkit import fixed_kubespray_checkout
+
+    checkout = fixed_kubespray_checkout(lab, tmp_path)
+    profile = tmp_path / "cluster.toml"
+    profile.write_text((lab.dir / "cluster.toml").read_text().replace(str(lab.dir / "kubespray"), str(checkout)))
+    return profile

@@ -21,6 +21,8 @@ PREFLIGHT_NODE4 = {
     "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
     "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",
     "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]",
+    "test_kubespray_docker_task_has_the_downgrade_fix", "test_release_upgrade_prompt[node4]",
+    "test_no_package_blocks_release_upgrade[node4]",
 }
 
 
@@ -46,14 +48,26 @@ def kube(lab):
 # --------------------------------------------------------------------------- healthy
 
 @pytest.mark.parametrize("target", [(), ("--target-release", "22.04")], ids=["next-release", "target-given"])
-def test_healthy_node_passes_preflight(catalogue, target):
-    run = catalogue("-m", "preflight", *target)
+def test_healthy_node_passes_preflight(catalogue, fixed_profile, target):
+    run = catalogue("-m", "preflight", *target, cluster=fixed_profile)
     assert run.ret == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert run.passed() == PREFLIGHT_NODE4, sorted(run.passed() ^ PREFLIGHT_NODE4)
     # what the procedure itself fixes is shown, named with its step, and does not block
     assert "legacy trusted.gpg keyring" in run.stdout and "step 10" in run.stdout
     assert "pending update" in run.stdout and "step 6" in run.stdout
     print(f"preflight of node4: {run.seconds:.2f} s wall (pytest subprocess)")
+
+
+def test_unfixed_kubespray_checkout_fails_preflight_with_the_line_to_add(catalogue, lab):
+    """The lab's checkout as Kubespray v2.21.0 ships it: the preflight reads its docker package
+    task (package: under module_defaults) and names the file, the task and the exact line."""
+    run = catalogue("-m", "preflight", "-k", "downgrade_fix")
+    assert run.ret == 1 and run.failed() == {"test_kubespray_docker_task_has_the_downgrade_fix"}, run.stdout[-3000:]
+    text = run.section("test_kubespray_docker_task_has_the_downgrade_fix")
+    assert "kubespray #9114" in text and "add `    force: true` to " in text, text
+    assert str(lab.dir / "kubespray/roles/container-engine/docker/tasks/main.yml") in text
+    assert 'task "ensure docker packages are installed", after line 44' in text, text
+    assert "(`state: \"{{ docker_package_info.state | default('present') }}\"`)" in text, text
 
 
 def test_postflight_fails_on_what_preflight_only_warns(catalogue):
