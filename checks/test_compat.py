@@ -128,9 +128,10 @@ def test_kubespray_docker_task_has_the_downgrade_fix(profile, evidence):
                                      f"{verdict.module}: " + (f"fixed ({verdict.fix_arg}: true)" if verdict.fixed
                                                              else "no force/allow_downgrade"))
     if not verdict.fixed:
-        fail_check(f"the Kubespray checkout lacks the fix for kubespray #9114 (apt refuses to downgrade the docker "
-                   f"packages in step 11, after both reboots): add `{verdict.line_to_add}` to {verdict.path}, task "
+        fail_check(f"kubespray #9114 fix missing: add `{verdict.line_to_add}` to {verdict.path}, task "
                    f"\"{verdict.task}\", after line {verdict.add_after_line} (`{verdict.add_after_text.strip()}`)",
+                   details=["without it apt refuses to downgrade the docker packages in step 11, after both reboots, "
+                            "and the node stays cordoned on the new release"],
                    fix=verdict.instruction())
 
 
