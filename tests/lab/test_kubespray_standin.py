@@ -261,3 +261,20 @@ def test_docker_role_leaves_the_repair_end_state_alone(klab, fresh_node2, on):
     assert on("node2", "ls /etc/apt /etc/apt/sources.list.d /etc/apt/trusted.gpg.d; "
                        "cat /etc/apt/sources.list.d/*").stdout == before
     assert "W:" not in on("node2", "apt-get update 2>&1").stdout
+
+
+def test_containerd_lab_nodes_and_role(make_lab, node_ssh):
+    """`lab up --container-manager containerd`: Kubespray's default engine. Its nodes hold no
+    docker packages (Kubespray installs containerd from its download and removes containerd.io),
+    the inventory says containerd, the profile expects no holds, and the playbook runs the
+    containerd role, not the docker one."""
+    config = make_lab.up("--container-manager", "containerd", nodes=2)
+    out = node_ssh(config, "node2", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' " + " ".join(PACKAGES)
+                   + " 2>/dev/null; apt-mark showhold", check=False).stdout
+    assert not [line for line in out.splitlines() if line.startswith(("ii", "hi"))], out
+    assert load_profile(config.dir / "cluster.toml").expect.held_packages == ()
+    run = playbook(config, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
+    assert run.returncode == 0, run.output[-3000:]
+    assert "TASK [container-engine/containerd : containerd | Remove containerd repository]" in run.output
+    assert "container-engine/docker" not in run.output
+    assert node_ssh(config, "node2", "cat /usr/local/bin/containerd.version").stdout == "1.6.15\n"
