@@ -48,8 +48,8 @@ def kube(lab):
 # --------------------------------------------------------------------------- healthy
 
 @pytest.mark.parametrize("target", [(), ("--target-release", "22.04")], ids=["next-release", "target-given"])
-def test_healthy_node_passes_preflight(catalogue, fixed_profile, target):
-    run = catalogue("-m", "preflight", *target, cluster=fixed_profile)
+def test_healthy_node_passes_preflight(catalogue, target):
+    run = catalogue("-m", "preflight", *target)
     assert run.ret == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert run.passed() == PREFLIGHT_NODE4, sorted(run.passed() ^ PREFLIGHT_NODE4)
     # what the procedure itself fixes is shown, named with its step, and does not block
@@ -61,7 +61,7 @@ def test_healthy_node_passes_preflight(catalogue, fixed_profile, target):
 def test_unfixed_kubespray_checkout_fails_preflight_with_the_line_to_add(catalogue, lab):
     """The lab's checkout as Kubespray v2.21.0 ships it: the preflight reads its docker package
     task (package: under module_defaults) and names the file, the task and the exact line."""
-    run = catalogue("-m", "preflight", "-k", "downgrade_fix")
+    run = catalogue("-m", "preflight", "-k", "downgrade_fix", cluster=lab.dir / "cluster.toml")
     assert run.ret == 1 and run.failed() == {"test_kubespray_docker_task_has_the_downgrade_fix"}, run.stdout[-3000:]
     text = run.section("test_kubespray_docker_task_has_the_downgrade_fix")
     assert "kubespray #9114" in text and "add `    force: true` to " in text, text
@@ -85,6 +85,25 @@ def test_postflight_fails_on_what_preflight_only_warns(catalogue):
 
 
 # --------------------------------------------------------------------------- lab faults
+
+def test_release_upgrade_refusals_seen_in_preflight(catalogue, lab_ssh):
+    """What do-release-upgrade refuses on a real machine, named before the window: Prompt=never,
+    and a package held outside the set the procedure unholds (the upgrader keeps it back and
+    refuses with pending updates)."""
+    lab_ssh("node4", "mkdir -p /etc/update-manager && printf '[DEFAULT]\\nPrompt=never\\n' "
+                     "> /etc/update-manager/release-upgrades && apt-mark hold lab-utils >/dev/null")
+    try:
+        run = catalogue("-m", "preflight", "-k", "release_upgrade_prompt or blocks_release_upgrade")
+    finally:
+        lab_ssh("node4", "rm -f /etc/update-manager/release-upgrades && apt-mark unhold lab-utils >/dev/null")
+    assert run.failed() == {"test_release_upgrade_prompt[node4]", "test_no_package_blocks_release_upgrade[node4]"}, \
+        run.stdout[-3000:]
+    assert "Prompt=never in /etc/update-manager/release-upgrades" in run.section("test_release_upgrade_prompt[node4]")
+    assert "fix: set Prompt=lts" in run.section("test_release_upgrade_prompt[node4]")
+    blocking = run.section("test_no_package_blocks_release_upgrade[node4]")
+    assert "lab-utils 1.0 is held and the procedure does not unhold it" in blocking, blocking
+    assert "container_manager docker" in blocking
+
 
 def test_held_version_drift_fails_held_packages(catalogue, lab, cli):
     fault(lab, cli, "held-version-drift", "node4")
