@@ -8,7 +8,6 @@ import ast
 import importlib
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from labkit import fixed_kubespray_checkout
-from scenariotools import NODE, Lab, Operator, lock_free, no_traceback, write_profile
+from scenariotools import Lab, Operator, lock_free, no_traceback, write_profile
 
 from nodegate.core import aptsources
 

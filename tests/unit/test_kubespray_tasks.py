@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.core.kubespray_tasks import TaskFileError, apply_fix, check_checkout, read_docker_task, DOCKER_TASKS
+from nodegate.core.kubespray_tasks import DOCKER_TASKS, TaskFileError, apply_fix, check_checkout, read_docker_task
 
 V2_21_SHAPE = """\
 ---
