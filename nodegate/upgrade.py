@@ -50,8 +50,6 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "NEEDRESTART_MODE
 DPKG_KEEP_CONFIG = ("-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
 DIST_UPGRADE = ("apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "dist-upgrade")
 APT_UPDATE = ("apt-get", "update")
-KEYRINGS_DIR = "/etc/apt/keyrings"
-LEGACY_KEYRING = "/etc/apt/trusted.gpg"
 MODULES_LOAD_FILE = "/etc/modules-load.d/rbd.conf"
 CSI_SELECTOR = "app=csi-rbdplugin"
 STORAGE_TIMEOUT_S = 900.0
@@ -980,6 +978,7 @@ def _apt_repair(up: "Upgrade", old: str, new: str) -> str:
 def _apt_problems(up: "Upgrade") -> list[str]:
     """What keeps the node's apt sources from the repair's end state, read from its files."""
     from nodegate.core import aptrepair
+    from nodegate.core.aptsources import LEGACY_KEYRING
 
     files = {f.path: f.text for f in up.host.apt.source_files() if f.path.endswith((".list", ".sources"))}
     problems = aptrepair.end_state_problems(files, up.target.codename)
