@@ -113,10 +113,12 @@ def _assert_upgraded(lab_nodes, name: str) -> None:
     assert (release.version_id, release.version_codename) == ("22.04", "jammy")
     assert host.packages.held() == {"containerd.io": "1.6.4-1", "docker-ce": "5:20.10.20~3-0~ubuntu-jammy",
                                     "docker-ce-cli": "5:20.10.20~3-0~ubuntu-jammy"}
+    # the repair's end state, which Kubespray's docker role leaves alone: its own one-line entry,
+    # the key in a keyring file of its own (trusted.gpg.d), no legacy keyring
     docker = [s for f in host.apt.source_files() for s in f.sources if "/linux/ubuntu" in s.uri]
-    assert docker and all(s.enabled and s.suite == "jammy" and s.signed_by for s in docker), docker
+    assert len(docker) == 1 and docker[0].enabled and docker[0].suite == "jammy" and not docker[0].signed_by, docker
     assert not host.exists("/etc/apt/trusted.gpg")
-    assert host.exists(docker[0].signed_by)
+    assert host.exists("/etc/apt/trusted.gpg.d/docker.gpg")
     report = host.apt.update().report
     assert report.clean, report
     assert host.modules.is_loaded("rbd") and "rbd" in host.read_file("/etc/modules-load.d/rbd.conf").split()
