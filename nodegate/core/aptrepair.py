@@ -55,74 +55,86 @@ def stem(path: str) -> str:
     return base
 
 
-def _third_party_repos(all_entries, old: str, new: str) -> dict[str, list[src.Entry]]:
-    """URI -> its third-party `deb` entries, for repositories that need the repair."""
-    repos: dict[str, list[src.Entry]] = {}
+def _needy(all_entries, old: str, new: str) -> dict[tuple[str, str], list[src.Entry]]:
+    """(URI, suite on the new codename) -> its third-party `deb` entries, for each source that the
+    upgrade disabled or left on `old`, or that is enabled more than once (Kubespray's own line
+    beside another one). A source enabled once on the new codename is left as it is."""
+    groups: dict[tuple[str, str], list[src.Entry]] = {}
     for e in all_entries:
         if e.ubuntu_own or "deb" not in e.types:
             continue
         for uri in e.uris:
-            repos.setdefault(src.repo_key(uri), []).append(e)
+            for suite in e.suites:
+                groups.setdefault((src.repo_key(uri), src.move_suite(suite, old, new)), []).append(e)
     needy = {}
-    for uri, items in repos.items():
-        enabled_new = [e for e in items if e.enabled and new in e.codenames]
-        wanted = (not enabled_new
-                  or len(enabled_new) > 1
-                  or any(e.format != "one-line" or e.signed_by for e in enabled_new)
-                  or any(e.enabled and old in e.codenames for e in items))
-        touched_by_upgrade = any(not e.enabled or old in e.codenames for e in items)
-        if wanted and (touched_by_upgrade or len(enabled_new) > 1 or any(e.signed_by for e in enabled_new)):
-            needy[uri] = items
+    for key, items in groups.items():
+        enabled = [e for e in items if e.enabled]
+        if len(enabled) == 1 and not any(old in e.codenames for e in enabled) \
+                and all(e.enabled for e in items):
+            continue
+        if len(enabled) == 1 and new in enabled[0].codenames and enabled[0].format == "one-line" \
+                and not enabled[0].signed_by:
+            continue      # already the end state; a disabled leftover beside it is harmless
+        needy[key] = items
     return needy
 
 
-def _canonical(items: list[src.Entry], old: str, new: str) -> tuple[src.Entry, str]:
-    """The entry to keep (moved to `new`, without signed-by) and its one-line text."""
+def _rank(new: str, suite: str):
     def rank(e: src.Entry) -> tuple:
-        # an enabled one-line entry on the new codename with no signed-by (Kubespray's own line)
-        # first; then one-line entries; then anything
-        return (not (e.enabled and new in e.codenames and e.format == "one-line" and not e.signed_by),
+        # an enabled one-line entry for this very suite with no signed-by (Kubespray's own line)
+        # first; then other one-line entries; then anything
+        return (not (e.enabled and e.format == "one-line" and not e.signed_by and e.suites == (suite,)),
                 e.format != "one-line", not e.enabled, e.path, e.index)
-    best = sorted(items, key=rank)[0]
-    options = {src.DEB822_TO_ONE_LINE.get(k, k): v for k, v in best.options.items()
+    return rank
+
+
+def _line(e: src.Entry, uri: str, suite: str) -> str:
+    options = {src.DEB822_TO_ONE_LINE.get(k, k): v for k, v in e.options.items()
                if k in src.DEB822_TO_ONE_LINE and k != "signed-by"}
-    suite = next((src.move_suite(s, old, new) for s in best.suites if src.move_suite(s, old, new).startswith(new)),
-                 src.move_suite(best.suites[0], old, new))
-    line = src.one_line("deb", options, best.uris[0] if len(best.uris) == 1 else best.uris[0], suite, best.components)
-    return best, line
+    return src.one_line("deb", options, uri, suite, e.components)
 
 
 def plan_repair(files: dict[str, str], old: str, new: str) -> RepairPlan:
     """Edits that bring `files` (path under /etc/apt -> text) to the end state described above."""
     plan = RepairPlan()
     all_entries = [e for path, text in sorted(files.items()) for e in src.entries(path, text)]
-    needy = _third_party_repos(all_entries, old, new)
+    needy = _needy(all_entries, old, new)
     if not needy:
         return plan
     one_line_edits: dict[str, dict[int, str | None]] = {}   # path -> line index -> new line (None: drop)
     stanza_drops: dict[str, set[int]] = {}
     additions: dict[str, list[str]] = {}
-    for uri, items in sorted(needy.items()):
-        best, line = _canonical(items, old, new)
+    kept: set[tuple[str, int]] = set()
+    for (uri, suite), items in sorted(needy.items()):
+        best = sorted(items, key=_rank(new, suite))[0]
+        line = _line(best, uri, suite)
         name = stem(best.path) if best.path != src.SOURCES_LIST else _suggest_name(uri)
-        target = best.path if best.format == "one-line" else f"{src.SOURCES_DIR}/{name}.list"
-        if best.format == "one-line":
+        if best.format == "one-line" and (best.path, best.index) not in kept:
+            kept.add((best.path, best.index))
             one_line_edits.setdefault(best.path, {})[best.index] = line
+            target = best.path
         else:
+            target = f"{src.SOURCES_DIR}/{name}.list"
             additions.setdefault(target, []).append(line)
         for e in items:
-            if e is best and e.format == "one-line":
-                pass
-            elif e.format == "one-line":
-                one_line_edits.setdefault(e.path, {})[e.index] = None
-            else:
+            if e.format == "one-line" and (e.path, e.index) not in kept:
+                one_line_edits.setdefault(e.path, {}).setdefault(e.index, None)
+            elif e.format != "one-line":
                 stanza_drops.setdefault(e.path, set()).add(e.index)
             for path in e.signed_by_paths:
                 if path != src.UBUNTU_ARCHIVE_KEYRING and not path.startswith(src.TRUSTED_PARTS + "/"):
                     plan.keys_from.setdefault(key_file(name), path)
             if e.signed_by_inline:
                 plan.inline_keys.setdefault(key_file(name, armored=True), e.signed_by)
-        plan.notes.append(f"{uri}: `{line}` in {target}")
+        plan.notes.append(f"{uri} {suite}: `{line}` in {target}")
+    # a dropped stanza's other sources keep a line each
+    for e in all_entries:
+        if e.format == "deb822" and e.index in stanza_drops.get(e.path, ()) and e.enabled and "deb" in e.types:
+            for uri in e.uris:
+                for suite in e.suites:
+                    if (src.repo_key(uri), src.move_suite(suite, old, new)) not in needy:
+                        additions.setdefault(f"{src.SOURCES_DIR}/{stem(e.path)}.list", []).append(
+                            _line(e, src.repo_key(uri), src.move_suite(suite, old, new)))
     for path, edits in one_line_edits.items():
         lines = files[path].splitlines()
         out = [edits[i] if i in edits else text for i, text in enumerate(lines) if edits.get(i, "") is not None]
@@ -138,7 +150,7 @@ def plan_repair(files: dict[str, str], old: str, new: str) -> RepairPlan:
     for path, lines in additions.items():
         base = plan.files.get(path, files.get(path, "")) or ""
         existing = {" ".join(t.split()) for t in base.splitlines()}
-        new_lines = [line for line in lines if line not in existing]
+        new_lines = list(dict.fromkeys(line for line in lines if line not in existing))
         if new_lines:
             plan.files[path] = (base if not base or base.endswith("\n") else base + "\n") + "\n".join(new_lines) + "\n"
     return plan

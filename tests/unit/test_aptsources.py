@@ -158,3 +158,35 @@ def test_enabled_one_line_left_on_the_old_codename_is_moved():
     files = {"/etc/apt/sources.list.d/tools.list": "deb [arch=amd64] https://apt.example.net/tools focal main\n"}
     plan = aptrepair.plan_repair(files, "focal", "jammy")
     assert plan.files["/etc/apt/sources.list.d/tools.list"] == "deb [arch=amd64] https://apt.example.net/tools jammy main\n"
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import given, strategies as st  # noqa: E402  (the property tests' own imports)
+
+WORD = st.from_regex(r"[a-z0-9][a-z0-9./:_-]{0,12}", fullmatch=True)
+FIELD_LINE = st.builds(lambda n, v: f"{n}: {v}", st.sampled_from(["Types", "URIs", "Suites", "Components",
+                                                                  "Enabled", "Architectures", "X-Repolib-Name"]), WORD)
+CONTINUATION = st.builds(lambda v: f" {v}", st.one_of(WORD, st.just(".")))
+COMMENT = st.builds(lambda v: f"# {v}", WORD)
+PARAGRAPH = st.lists(st.one_of(FIELD_LINE, COMMENT, CONTINUATION), min_size=1, max_size=6).map(
+    lambda lines: lines if not lines[0].startswith(" ") else ["Types: deb", *lines])
+
+
+@given(st.lists(PARAGRAPH, min_size=1, max_size=4), st.lists(st.integers(1, 3), min_size=4, max_size=4),
+       st.booleans())
+def test_deb822_renders_back_byte_for_byte(paragraphs, gaps, newline):
+    text = "".join("\n".join(p) + "\n" * gaps[i] for i, p in enumerate(paragraphs)).rstrip("\n")
+    text += "\n" if newline else ""
+    assert src.Deb822File.parse(text).render() == text
+
+
+@given(st.sampled_from(["focal", "jammy"]), st.sampled_from(["jammy", "noble"]),
+       st.lists(st.sampled_from(["", "-updates", "-security", "-backports"]), min_size=1, max_size=3, unique=True))
+def test_repair_plan_is_idempotent(old, new, pockets):
+    files = {"/etc/apt/sources.list.d/docker.list":
+             "".join(f"# deb [arch=amd64] {DOCKER} {old}{p} stable # disabled on upgrade to {new}\n" for p in pockets)}
+    plan = aptrepair.plan_repair(files, old, new)
+    after = {k: v for k, v in {**files, **plan.files}.items() if v is not None}
+    assert aptrepair.plan_repair(after, old, new).changes is False
+    assert aptrepair.end_state_problems(after, new) == []
