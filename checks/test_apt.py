@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 KEYRING_FIX = ("move the repository key out of /etc/apt/trusted.gpg into a keyring file of its own, "
                "/etc/apt/trusted.gpg.d/<name>.gpg (where Kubespray's apt_key finds it and apt reads it for the "

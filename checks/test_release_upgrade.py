@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 PROMPT_FILE = "/etc/update-manager/release-upgrades"
 

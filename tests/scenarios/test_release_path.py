@@ -12,7 +12,6 @@ docker lab Kubespray's docker role ran over the repair (apt_key, apt_repository)
 from __future__ import annotations
 
 import pytest
-
 from labkit import fixed_kubespray_checkout
 from scenariotools import Lab, Operator, lock_free, no_traceback, write_profile
 

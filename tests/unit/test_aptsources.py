@@ -3,7 +3,11 @@ upgrade (nodegate.core.aptrepair), over files shaped like the ones Ubuntu's rele
 Kubespray leave on a node (the shapes are described in the modules' docstrings)."""
 from __future__ import annotations
 
-from nodegate.core import aptrepair, aptsources as src
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodegate.core import aptrepair
+from nodegate.core import aptsources as src
 
 DOCKER = "https://download.docker.com/linux/ubuntu"
 KEY_BLOCK = ("\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBFit2ioBEADhWpZ8/wvZ6hUTiXOwQHXMAlaFHcPH9hAtr4F1y2+OYdbtMuth\n"
@@ -161,8 +165,6 @@ def test_enabled_one_line_left_on_the_old_codename_is_moved():
 
 
 # --------------------------------------------------------------------------- properties
-
-from hypothesis import given, strategies as st  # noqa: E402  (the property tests' own imports)
 
 WORD = st.from_regex(r"[a-z0-9][a-z0-9./:_-]{0,12}", fullmatch=True)
 FIELD_LINE = st.builds(lambda n, v: f"{n}: {v}", st.sampled_from(["Types", "URIs", "Suites", "Components",

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.procedure_plugin import _junit_failures
 from nodegate.cluster import apt_repair
-from nodegate.upgrade import _repo_url
-
+from nodegate.plugin.procedures import _junit_failures
 
 
 def run_on_scratch_apt(tmp_path: Path, script: str, *args: str) -> str:
@@ -78,11 +76,6 @@ def test_noble_deb822_disabled_source_and_the_legacy_key(tmp_path, apt_dir):
     assert (apt_dir / "sources.list.d" / "ubuntu.sources").read_text() == ubuntu
     again = repair(tmp_path, "jammy", "noble")
     assert (again["files"], again["removed"], again["legacy"]) == ([], [], None)
-
-
-def test_repo_url_is_the_part_before_dists():
-    assert _repo_url("http://127.0.2.1/linux/ubuntu/dists/focal/InRelease") == "http://127.0.2.1/linux/ubuntu"
-    assert _repo_url("http://x/ubuntu") == "http://x/ubuntu"
 
 
 def test_junit_failures_name_each_failing_check(tmp_path):

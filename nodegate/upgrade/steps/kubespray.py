@@ -1,0 +1,56 @@
+"""The Kubespray step: upgrade-cluster.yml limited to the node, at the cluster's current version.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade
+from nodegate.upgrade.steps.release import apt_problems, apt_repair
+
+if TYPE_CHECKING:
+    pass
+
+
+class Kubespray(Step):
+    name = "kubespray"
+    title = "Kubespray upgrade-cluster.yml limited to the node"
+
+    def plan(self, up: Upgrade) -> Sequence[Planned]:
+        from nodegate.cluster import kubespray
+
+        return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
+
+    def run(self, up: Upgrade) -> str:
+        from nodegate.cluster import kubespray
+
+        try:
+            result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
+        except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
+            up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
+            raise
+        up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
+        up.note(self.name, kubespray_recap=result.recap_line)
+        summary = result.summary
+        # Kubespray's docker role (apt_key, apt_repository) may have put a key back into the legacy
+        # keyring or added its own source line beside another: the repair's end state again.
+        if apt_problems(up):
+            old = up.value("source_codename") or up.target.codename
+            summary += "; apt repaired after Kubespray: " + (apt_repair(up, old, up.target.codename) or "nothing to do")
+        return summary
+
+    def verify(self, up: Upgrade) -> str:
+        kube = up.need_kube()
+        status = kube.node(up.name)
+        want = up.profile.kube_version
+        if not status.is_ready:
+            raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
+        if want and status.kubelet_version and status.kubelet_version != want:
+            raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
+        problems = apt_problems(up)
+        if problems:
+            raise StepFailed(f"the apt sources of {up.name} are not in the repair's end state after Kubespray:\n"
+                             + "\n".join(f"  - {p}" for p in problems),
+                             fix="run again: the Kubespray step repairs apt after its playbook")
+        recap = up.value("kubespray_recap") or ""
+        return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
