@@ -87,8 +87,10 @@ demo: setup
 	@echo "== preflight of node4 (read-only)"
 	$(DEMO_PYTEST) checks/ -m preflight || echo "== preflight found the problems above; the procedure fixes the ones it knows"
 	@echo "== the lab's Kubespray v2.21.0 has the known issue kubespray #9114 (preflight named it): apply its"
-	@echo "   documented fix to the checkout, as an operator does before the upgrade: force: true on the docker task"
-	grep -q '^    force: true$$' $(DOCKER_TASK) || sed -i 's/^    update_cache: true$$/&\n    force: true/' $(DOCKER_TASK)
+	@echo "   documented fix to the checkout, as an operator does before the upgrade: force: true as an argument"
+	@echo "   of the package: module of the docker task (after its state: line, not under module_defaults)"
+	grep -q '^    force: true$$' $(DOCKER_TASK) || \
+	  sed -i '/^    state: "{{ docker_package_info.state/a\    force: true' $(DOCKER_TASK)
 	@echo "== upgrade of node4: 20.04 -> 22.04"
 	@status=0; $(DEMO_PYTEST) procedures/ --execute || status=$$?; \
 	NODEGATE_REPORTS=$(DEMO_REPORTS) .venv/bin/nodegate report --out $(DEMO_OUT) || status=$$?; \

@@ -8,7 +8,6 @@ import ast
 import importlib
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -201,10 +200,7 @@ def fixed_kubespray_checkout(lab: LabConfig, where: Path) -> Path:
     venv = lab.dir / "kubespray-venv"
     if venv.exists() and not (where / "kubespray-venv").exists():
         (where / "kubespray-venv").symlink_to(venv)
-    task = checkout / "roles/container-engine/docker/tasks/main.yml"
-    text = task.read_text()
-    # the lab stand-in's task reads a lab-only variable where the operator's fix goes
-    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
-    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
-    task.write_text(fixed)
+    from nodegate.lab.kubespray import apply_force_fix
+
+    apply_force_fix(checkout)
     return checkout

@@ -16,8 +16,8 @@ from pathlib import Path
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
 from nodegate.lab import kubespray_releases
-from nodegate.lab.config import (DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER, MAX_NODES, ROOK_CEPHCSI,
-                                  SSH_USERS, LabConfig)
+from nodegate.lab.config import (CONTAINER_MANAGERS, DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER,
+                                  MAX_NODES, ROOK_CEPHCSI, SSH_USERS, LabConfig)
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -46,6 +46,9 @@ def add_parser(subparsers) -> None:
                     help="seconds from node up to Kubernetes Ready")
     up.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_LAB_NET", "0")),
                     help="second address octet (127.NET.x.y), so labs can run side by side")
+    up.add_argument("--container-manager", default="docker", choices=CONTAINER_MANAGERS,
+                    help="Kubespray's container_manager in the lab inventory (default docker; containerd "
+                         "nodes have no docker packages)")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
@@ -134,6 +137,7 @@ def cmd_up(args) -> int:
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
                         kubespray_version=kubespray_releases.stand_in(args.kubespray).tag,
+                        container_manager=args.container_manager,
                         boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, api_tls=args.api_tls,
                         ssh_user=ssh_user, ssh_port=args.ssh_port, sudo_password=args.sudo_password,
                         bastion=args.bastion)

@@ -24,6 +24,7 @@ LOGIN_USER = "ubuntu"        # Ubuntu cloud images' login user; every lab node h
 SSH_USERS = ("root", LOGIN_USER)
 BASTION_NAME = "bastion"
 # Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags).
+CONTAINER_MANAGERS = ("docker", "containerd")
 ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3"}
 
 
@@ -53,6 +54,9 @@ class LabConfig:
     rook_version: str = DEFAULT_ROOK
     kube_version: str = KUBE_VERSION
     kubespray_version: str = KUBESPRAY_VERSION
+    # Kubespray's container_manager for the lab's inventory: docker (the seed's story: docker-ce
+    # and containerd.io from apt, held) or containerd (Kubespray's default: no such packages).
+    container_manager: str = "docker"
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret
     api_tls: bool = DEFAULT_API_TLS   # HTTPS with the lab's CA (pki.py); False: plain HTTP
     ssh_user: str = DEFAULT_SSH_USER  # the user the lab's profile and inventory log in as
@@ -122,6 +126,8 @@ class LabConfig:
             raise ValueError("an SSH port is 1 to 65535")
         if settings.get("sudo_password") and settings.get("ssh_user", DEFAULT_SSH_USER) == "root":
             raise ValueError(f"a sudo password only matters for a non-root login: use ssh_user {LOGIN_USER!r}")
+        if settings.get("container_manager", "docker") not in CONTAINER_MANAGERS:
+            raise ValueError(f"container manager must be one of {', '.join(CONTAINER_MANAGERS)}")
         net = settings.pop("net", 0)
         return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)

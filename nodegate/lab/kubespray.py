@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import re
 import logging
 import secrets
 import shutil
@@ -128,6 +129,8 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
     _dump(inventory / "group_vars/all/offline.yml", "Package sources: the lab's apt repository", {
         "docker_ubuntu_repo_base_url": f"{config.repo_url}/linux/ubuntu",
         "docker_ubuntu_repo_gpgkey": f"{config.repo_url}/linux/ubuntu/gpg",
+        "docker_ubuntu_repo_repokey": docker_key_fingerprint(),
+        "containerd_ubuntu_repo_base_url": f"{config.repo_url}/linux/ubuntu",
     })
     _dump(inventory / "group_vars/all/docker.yml", "Docker and its containerd.io, as pinned by Kubespray v2.21", {
         "docker_version": DOCKER_VERSION,
@@ -141,12 +144,25 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
     }, mode=0o600)
     _dump(inventory / "group_vars/k8s_cluster/k8s-cluster.yml", "Kubernetes cluster settings", {
         "kube_version": release.kube_version(config.kube_version),   # v2.28+: without the leading 'v'
-        "container_manager": "docker",
+        "container_manager": config.container_manager,
         "kube_network_plugin": "calico",
         "kube_network_plugin_multus": True,
         "kube_config_dir": "/etc/kubernetes",
         "cluster_name": "cluster.local",
     })
+
+
+def docker_key_fingerprint(cache_root: Path = CACHE_ROOT) -> str:
+    """The fingerprint of the lab repository's Docker key (generated with each repository
+    build), which Kubespray's apt_key task names as docker_ubuntu_repo_repokey."""
+    from nodegate.lab.aptrepo import repo_build
+
+    key = repo_build(cache_root).docker_key
+    if not key.exists():
+        return "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"   # Docker's own, until the repository is built
+    out = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys", str(key)], capture_output=True,
+                         text=True, check=True).stdout
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
 
 def planted_secrets(lab_dir: Path) -> dict[str, str]:
@@ -230,19 +246,21 @@ def link_venv(config: LabConfig, *, cache_root: Path = CACHE_ROOT) -> Path | Non
 
 
 DOCKER_TASKS = "roles/container-engine/docker/tasks/main.yml"
-_PACKAGE_TASK = "- name: ensure docker packages are installed\n"
+_STATE_LINE = re.compile(r"(?m)^(    state: \"\{\{ docker_package_info\.state \| default\('present'\) \}\}\"\n)")
 
 
-def apply_force_fix(checkout: Path) -> bool:
-    """Do what the operator does for kubespray #9114: add `force: true` to the docker package
-    task in roles/container-engine/docker/tasks/main.yml. Returns False if it was there already."""
+def apply_force_fix(checkout: Path, argument: str = "force") -> bool:
+    """Do what the operator does for kubespray #9114 on v2.21.0's task shape: add `force: true`
+    (or `allow_downgrade: true`) as an argument of the `package:` module of "ensure docker
+    packages are installed" in roles/container-engine/docker/tasks/main.yml, after its `state:`
+    line (not under module_defaults). Returns False if it was there already."""
     path = Path(checkout) / DOCKER_TASKS
     text = path.read_text()
-    start = text.index(_PACKAGE_TASK)
-    end = text.find("\n- name:", start + 1)
-    task = text[start:] if end < 0 else text[start:end]
-    if "\n    force: true" in task:
+    line = f"    {argument}: true\n"
+    if line in text:
         return False
-    fixed = task.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1)
-    path.write_text(text.replace(task, fixed, 1))
+    fixed, count = _STATE_LINE.subn(lambda m: m.group(1) + line, text, count=1)
+    if count != 1:
+        raise ValueError(f"{path}: no `state:` line of the docker package task to add {line.strip()!r} after")
+    path.write_text(fixed)
     return True

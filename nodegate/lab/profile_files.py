@@ -105,7 +105,8 @@ def write_ssh_files(config: LabConfig) -> SshFiles:
 def cluster_toml(config: LabConfig) -> str:
     d = config.dir
     files = SshFiles(d)
-    held = ", ".join(f'"{p}"' for p in HELD_PACKAGES)
+    manager = config.container_manager
+    held_note = ", ".join(HELD_PACKAGES) if manager == "docker" else "nothing held"
     return f"""\
 # Written by `nodegate lab up`: the profile the harness reads for this lab.
 [cluster]
@@ -131,7 +132,8 @@ namespace = "rook-ceph"
 toolbox_selector = "app=rook-ceph-tools"
 
 [expect]
-held_packages = [{held}]
+# held_packages is not set: the expected holds follow the inventory's container_manager
+# ({manager}: {held_note}), as on an operator's profile that does not override them.
 
 [upgrade]
 settle_s = 2

@@ -173,6 +173,8 @@ def prepare_root(config: LabConfig, root: Path) -> None:
     (the layer was built for net 0) without touching anything that did not change; on an etcd
     node, write Kubespray's /etc/etcd.env for this lab's members."""
     _write_etcd_env(config, root)
+    if getattr(config, "container_manager", "docker") == "containerd":
+        _drop_docker_packages(root)
     old_host = BUILD_ADDRESS
     new_url = config.repo_url
     new_host = new_url.split("://", 1)[1]
@@ -189,6 +191,15 @@ def prepare_root(config: LabConfig, root: Path) -> None:
     prefix = old_host + "_"
     for path in lists.glob(prefix + "*"):
         path.rename(lists / (new_host + "_" + path.name[len(prefix):]))
+
+
+def _drop_docker_packages(root: Path) -> None:
+    """A containerd cluster's node: Kubespray (container_manager containerd, its default) installs
+    containerd from its own download and removes the containerd.io package, so no docker
+    packages are installed or held (v2.21.0 roles/container-engine/containerd/tasks/main.yml).
+    The Docker apt source and its key stay, as on a node that once had them."""
+    subprocess.run(["chroot", str(root), "dpkg", "--force-hold", "--purge", *HELD], check=True,
+                   capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
 
 
 def _write_etcd_env(config: LabConfig, root: Path) -> None:

@@ -328,7 +328,7 @@ def _junit_failures(path: Path) -> tuple[tuple[str, ...], str]:
             if bad is not None:
                 message = (bad.get("message") or bad.text or "").strip().splitlines()
                 first = next((line for line in message if line.strip()), "")
-                failed.append(f"{case.get('name')}: {first[:300]}")
+                failed.append(f"{case.get('name')}: {first[:600]}")
     passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     counts = f"{passed} passed, {total['failures']} failed, {total['errors']} errors, {total['skipped']} skipped"
     return tuple(failed), counts

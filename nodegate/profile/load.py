@@ -22,7 +22,6 @@ from nodegate.profile.inventory import (
     read_inventory,
 )
 from nodegate.profile.model import (
-    DEFAULT_HELD_PACKAGES,
     NAME_PATTERN,
     PACKAGE_PATTERN,
     CephSettings,
@@ -142,7 +141,9 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
         from nodegate.core.kubespray_release import checksum_default_kube_version
 
         kube_version = checksum_default_kube_version(kubespray.path)
-    expect = reader.expect(_package_versions(kubespray, gvars))
+    discovered = dict(_package_versions(kubespray, gvars))
+    discovered["__containerd_package__"] = _plain(gvars.get("containerd_package")) or "containerd.io"
+    expect = reader.expect(discovered, _plain(gvars.get("container_manager")))
     return Profile(
         name=reader.opt_str("cluster", "name") or path.stem,
         path=path,
@@ -299,16 +300,29 @@ class _TomlReader:
                             toolbox_selector=self.opt_str("ceph", "toolbox_selector") or "app=rook-ceph-tools",
                             command=command)
 
-    def expect(self, discovered: Mapping[str, str]) -> Expectations:
+    def expect(self, discovered: Mapping[str, str], container_manager: str | None = None) -> Expectations:
         held = self.get("expect", "held_packages", list, "a list of package names")
+        source = "[expect] held_packages"
         if held is None:
-            held_t = DEFAULT_HELD_PACKAGES
+            # Kubespray holds packages only in its docker role (v2.21.0: the one dpkg_selections
+            # hold in roles/); with containerd (its default) or cri-o nothing is held.
+            manager = container_manager or "containerd"
+            source = f"container_manager {manager}"
+            if manager == "docker":
+                held_t = (discovered.get("__containerd_package__") or "containerd.io", "docker-ce", "docker-ce-cli")
+            elif manager in ("containerd", "crio"):
+                held_t = ()
+            else:
+                raise UsageError(f"the inventory's container_manager {manager!r} is not one Kubespray knows "
+                                 "(docker, containerd, crio)",
+                                 fix="correct container_manager in the inventory's group_vars, or set "
+                                     "[expect] held_packages in the profile")
         else:
             if not all(isinstance(x, str) and PACKAGE_PATTERN.match(x) for x in held):
                 raise self.fail("[expect] held_packages must be Debian package names",
                                 fix='e.g. held_packages = ["containerd.io", "docker-ce", "docker-ce-cli"]')
             held_t = tuple(dict.fromkeys(held))
-        versions = dict(discovered)
+        versions = {k: v for k, v in discovered.items() if not k.startswith("__")}
         table = self.get("expect", "package_versions", dict, "a table of name = version")
         for name, version in (table or {}).items():
             if not PACKAGE_PATTERN.match(name) or not isinstance(version, str) or not version.strip():
@@ -316,7 +330,8 @@ class _TomlReader:
                                 fix='e.g. package_versions = { "containerd.io" = "1.6.4-1" }')
             versions[name] = version.strip()
         defaults = Expectations()
-        return Expectations(held_packages=held_t, package_versions=versions,
+        return Expectations(held_packages=held_t, package_versions=versions, held_source=source,
+                            container_manager=container_manager or "containerd",
                             min_free_root_mb=int(self.number("expect", "min_free_root_mb", defaults.min_free_root_mb)),
                             min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)))
 

@@ -80,11 +80,25 @@ class Expectations:
     package_versions: Mapping[str, str] = field(default_factory=dict)
     min_free_root_mb: int = 2048
     min_free_boot_mb: int = 150
+    # Where held_packages came from: "[expect] held_packages" (the profile) or
+    # "container_manager <name>" (the inventory; only Kubespray's docker role holds packages).
+    held_source: str = "default"
+    container_manager: str = "containerd"      # the inventory's (Kubespray's default when unset)
 
     def version_for(self, package: str, codename: str) -> str | None:
-        """The expected version of `package` on a node running `codename`, or None if unknown."""
+        """The expected version of `package` on a node running `codename`, or None if unknown
+        ('{codename}' and '{version}' in a pin are the node's release codename and number)."""
+        from nodegate.core.knowledge import ubuntu_release
+
         version = self.package_versions.get(package)
-        return version.replace("{codename}", codename) if version is not None else None
+        if version is None:
+            return None
+        if "{version}" in version:
+            release = ubuntu_release(codename)
+            if release is None:
+                return None
+            version = version.replace("{version}", release.version)
+        return version.replace("{codename}", codename)
 
 
 @dataclass(frozen=True)

@@ -583,13 +583,17 @@ def test_node4_goes_from_22_04_to_24_04_with_rook_v1_15_9(course: Course):
     assert not standing.cordoned and not standing.noout and standing.audit == "" and standing.annotation is None
     assert standing.ceph_healthy
     lock_free(lab)
-    # Docker's source: back on, on noble, signed by a keyring in /etc/apt/keyrings; no legacy keyring
+    # Docker's source: back on, on noble, once, as Kubespray's one-line entry, its key in a keyring file
+    # of its own (trusted.gpg.d); nothing left disabled by the upgrade (deb822 Enabled: no on noble)
+    from nodegate.core import aptsources
+
     files = host.apt.source_files()
-    docker = [s for f in files for s in f.sources if DOCKER_REPO in s.uri]
-    assert docker and all(s.enabled and s.codename == "noble" for s in docker), [s.raw for s in docker]
-    assert all((s.signed_by or "").startswith("/etc/apt/keyrings/") and host.exists(s.signed_by) for s in docker), \
-        [s.raw for s in docker]
-    assert not [s.raw for f in files for s in f.sources if s.disabled_on_upgrade_to]
+    entries = [e for f in files if f.path.endswith((".list", ".sources")) for e in aptsources.entries(f.path, f.text)]
+    docker = [e for e in entries if any(DOCKER_REPO in u for u in e.uris)]
+    assert len(docker) == 1 and docker[0].enabled and docker[0].codenames == ("noble",), [e.raw for e in docker]
+    assert docker[0].format == "one-line" and not docker[0].signed_by, docker[0].raw
+    assert host.exists("/etc/apt/trusted.gpg.d/docker.gpg")
+    assert not [e.raw for e in entries if not e.enabled and not e.ubuntu_own]
     assert not host.exists(LEGACY_KEYRING)
     update = host.apt.update()
     assert update.report.clean, update.result.output       # no legacy-keyring warning, no NO_PUBKEY
@@ -605,7 +609,7 @@ def test_node4_goes_from_22_04_to_24_04_with_rook_v1_15_9(course: Course):
     slowest = ", ".join(f"{s} {v:.0f} s" for s, v in sorted(steps.items(), key=lambda kv: -kv[1])[:4])
     OUTCOMES["22.04 -> 24.04 with Rook v1.15.9"] = (
         f"completed in {run.seconds:.0f} s (steps {sum(steps.values()):.0f} s, slowest: {slowest}): os-release "
-        "24.04 noble, held at the noble builds, docker source on noble with signed-by, no trusted.gpg, apt-get "
+        "24.04 noble, held at the noble builds, docker source on noble with its key in trusted.gpg.d, no trusted.gpg, apt-get "
         "update clean, rbd loaded and persisted, csi-rbdplugin Ready, uncordoned, no noout, HEALTH_OK, lock free")
 
 

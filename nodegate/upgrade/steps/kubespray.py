@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from nodegate.core.kubespray_release import same_kube_version
 from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade
+from nodegate.upgrade.steps.release import apt_problems, apt_repair
 
 if TYPE_CHECKING:
     pass
@@ -36,7 +37,13 @@ class Kubespray(Step):
             raise
         up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
         up.note(self.name, kubespray_recap=result.recap_line)
-        return result.summary
+        summary = result.summary
+        # Kubespray's docker role (apt_key, apt_repository) may have put a key back into the legacy
+        # keyring or added its own source line beside another: the repair's end state again.
+        if apt_problems(up):
+            old = up.value("source_codename") or up.target.codename
+            summary += "; apt repaired after Kubespray: " + (apt_repair(up, old, up.target.codename) or "nothing to do")
+        return summary
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
@@ -46,5 +53,10 @@ class Kubespray(Step):
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
         if want and status.kubelet_version and not same_kube_version(status.kubelet_version, want):
             raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
+        problems = apt_problems(up)
+        if problems:
+            raise StepFailed(f"the apt sources of {up.name} are not in the repair's end state after Kubespray:\n"
+                             + "\n".join(f"  - {p}" for p in problems),
+                             fix="run again: the Kubespray step repairs apt after its playbook")
         recap = up.value("kubespray_recap") or ""
         return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
