@@ -33,6 +33,7 @@ NET_OFFSETS = {
     "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
     "lab-etcd": 65,            # tests/lab/test_etcd.py
+    "bench-16": 70,            # tests/bench: the bench's 16-node lab (bare) from a cold seed pin
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py

@@ -25,6 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
+from nodegate.lab import shared_files
 from nodegate.lab.config import LabConfig, LabNode
 from nodegate.lab.faults import FaultBook
 from nodegate.lab.node import NodeRuntime, child_pid, new_boot_id, pid_alive, stop_pid
@@ -46,10 +47,7 @@ def control_socket_path(lab_dir: Path) -> Path:
 
 
 def write_pid_file(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(path)
+    shared_files.write_atomic(path, f"{pid}\n")
 
 
 # -- the other lab parts (each optional until its module exists) ------------------------------
@@ -95,14 +93,17 @@ SERVICES = ("apt", "api", "ceph", "etcd")
 
 def read_services(lab_dir: Path) -> tuple[str, ...]:
     """Which lab services this lab runs besides its nodes (DIR/services.json, written by `lab up`)."""
-    try:
-        return tuple(json.loads((Path(lab_dir) / "services.json").read_text())["services"])
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return SERVICES
+    data = shared_files.read_json(Path(lab_dir) / "services.json")
+    return SERVICES if data is None else tuple(data["services"])
 
 
 def write_services(lab_dir: Path, services: tuple[str, ...]) -> None:
-    (Path(lab_dir) / "services.json").write_text(json.dumps({"services": list(services)}) + "\n")
+    shared_files.write_json(Path(lab_dir) / "services.json", {"services": list(services)}, indent=None)
+
+
+def node_status_key(node: str) -> str:
+    """A node's entry in the status book (present only once a boot of it failed)."""
+    return f"node {node}"
 
 
 class StatusBook:
@@ -114,16 +115,11 @@ class StatusBook:
 
     def set(self, service: str, state: str, detail: str = "") -> None:
         self.data[service] = {"state": state, "detail": detail, "at": time.time()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        shared_files.write_json(self.path, self.data, indent=1)
 
     @staticmethod
     def read(lab_dir: Path) -> dict[str, dict]:
-        try:
-            return json.loads((lab_dir / "supervisor-status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return shared_files.read_json(Path(lab_dir) / "supervisor-status.json", {})
 
 
 class NodeSlot:
@@ -172,7 +168,13 @@ class NodeSlot:
                 self.held_reason = f"boot failed: {exc}"
                 self.end_node()
                 self.write_down()
+                # `lab up` (wait_ready) reads this and stops at once, naming the node and its log.
+                self.sup.status.set(node_status_key(self.name), "failed",
+                                    f"{self.name} failed to boot: {exc}; see {self.runtime.log_file} "
+                                    f"and {self.sup.dir / 'logs' / 'supervisor.log'}")
                 continue
+            if self.sup.status.data.get(node_status_key(self.name), {}).get("state") == "failed":
+                self.sup.status.set(node_status_key(self.name), "up", "booted after a failed boot")
             word = await self.watch()
             await self.after_end(word)
             if self.sup.stopping or self.pending == "reset":
