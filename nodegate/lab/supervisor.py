@@ -169,9 +169,11 @@ class NodeSlot:
                 self.end_node()
                 self.write_down()
                 # `lab up` (wait_ready) reads this and stops at once, naming the node and its log.
+                detail = f"{self.name} failed to boot: {exc}"
+                if str(self.runtime.log_file) not in detail:
+                    detail += f" (its log: {self.runtime.log_file})"
                 self.sup.status.set(node_status_key(self.name), "failed",
-                                    f"{self.name} failed to boot: {exc}; see {self.runtime.log_file} "
-                                    f"and {self.sup.dir / 'logs' / 'supervisor.log'}")
+                                    f"{detail}; the supervisor's log: {self.sup.dir / 'logs' / 'supervisor.log'}")
                 continue
             if self.sup.status.data.get(node_status_key(self.name), {}).get("state") == "failed":
                 self.sup.status.set(node_status_key(self.name), "up", "booted after a failed boot")
