@@ -10,6 +10,7 @@ node is announced in the journal (the journal is never behind).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,8 @@ HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
 UPGRADE_ANNOTATION = "nodegate.io/upgrade"
 CORDONED_BY = "nodegate.io/cordoned-by"
-PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")   # do-release-upgrade: a python3 script in the lab
+PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")
+LEFTOVERS_GRACE_S = 10.0     # how long a process the run started may take to end after the run did   # do-release-upgrade: a python3 script in the lab
 
 
 # --------------------------------------------------------------------------- reading the lab directly
@@ -305,7 +307,10 @@ class Interrupter(Operator):
         argv, junit = self.argv(profile, *extra)
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        # PYTHONFAULTHANDLER: a run that does not end after its signal is sent SIGABRT (stop()), and
+        # Python then writes every thread's stack into its log: where it hangs, not just that it does.
+        proc = subprocess.Popen(argv, cwd=self.work, env=dict(self.env(), PYTHONFAULTHANDLER="1"),
+                                stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
@@ -361,12 +366,23 @@ class Interrupter(Operator):
                         self.send(run, resend)
             run.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            hung = session_leftovers(run.proc.pid)
+            for pid in [run.proc.pid] + [int(p.split()[0]) for p in hung if " -m pytest " in p]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)     # faulthandler: the stacks of every thread into the log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(timeout=10)
             os.killpg(run.proc.pid, signal.SIGKILL)
             run.proc.wait(timeout=30)
-            raise AssertionError(f"the run did not end within {timeout}s of the signal:\n{run.log.read_text()[-3000:]}")
+            raise AssertionError(f"the run did not end within {timeout}s of the signal; its processes then: {hung}; "
+                                 f"log {run.log}:\n{run.log.read_text()[-8000:]}")
         seconds = time.monotonic() - started
-        time.sleep(0.3)
-        return run.proc.returncode, seconds, session_leftovers(run.proc.pid)
+        # What the run started ends with it, but the last of it may take a moment on a busy machine:
+        # a bounded wait for the session to empty, then whatever is still there is reported.
+        deadline = time.monotonic() + LEFTOVERS_GRACE_S
+        while (left := session_leftovers(run.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return run.proc.returncode, seconds, left
 
 
 def session_leftovers(sid: int) -> list[str]:
