@@ -65,8 +65,30 @@ class StandaloneApiServer:
         path.write_text(text)
 
     def set_faults(self, data: dict) -> None:
-        """Replace faults.json as a whole (as `nodegate lab fault` does); the server re-reads it."""
-        shared_files.write_json(self.config.dir / "faults.json", data)
+        """Replace faults.json as a whole (as `nodegate lab fault` does) and return once the server
+        has read it (a condition, not a sleep: a busy machine can take longer than one poll)."""
+        with self.faults_applied():
+            shared_files.write_json(self.config.dir / "faults.json", data)
+
+    @contextmanager
+    def faults_applied(self, timeout: float = 15) -> Iterator[None]:
+        """Wait, after the block changed faults.json, until the server logged the new set of faults
+        (it logs "faults now: …" each time the file's content changed). A block that left the
+        content as it was waits for nothing."""
+        path = self.config.dir / "faults.json"
+        before_data = shared_files.read_json(path, {})
+        seen = self._faults_lines()
+        yield
+        if shared_files.read_json(path, {}) == before_data:
+            return
+        wait_until(lambda: self._faults_lines() > seen, timeout=timeout,
+                   what=f"the API server reading faults.json (log: {self.config.dir}/logs/apiserver.log)")
+
+    def _faults_lines(self) -> int:
+        try:
+            return (self.config.dir / "logs" / "apiserver.log").read_text(errors="replace").count(" faults now: ")
+        except FileNotFoundError:
+            return 0
 
     def request(self, method: str, path: str, body: object = None, *,
                 content_type: str = "application/json") -> tuple[int, dict]:
