@@ -112,3 +112,50 @@ def test_nodegate_raises_the_interrupt_once_the_wrapper_is_registered(tmp_path, 
     assert done.returncode == 2, done.stdout + done.stderr              # pytest's "interrupted"
     assert "KeyboardInterrupt" in done.stdout, done.stdout
     assert "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_read_interrupted_just_after_it_was_registered_still_answers_its_waiters():
+    """The checks' shared reads (nodegate.fixtures.Reads): the first asker registers a Future in the
+    cache and reads; read-ahead threads asking for the same read wait on that Future. A Ctrl-C that
+    landed after the registration but before the read's try left the Future for ever unfinished: a
+    read-ahead thread waiting on it never ended, and the interpreter, which joins those threads at
+    exit, hung after the interrupt. A trace function raises the KeyboardInterrupt at the first
+    instruction with the Future registered and the lock let go, as a SIGINT handled there would."""
+    import threading
+
+    from nodegate.fixtures import Reads
+
+    reads = Reads(access=None)
+    key = ("cluster:pods",)
+
+    def local(frame, event, arg):
+        if event == "opcode" and key in reads._cache and not reads._lock.locked():
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return local
+
+    def global_trace(frame, event, arg):
+        if frame.f_code is Reads._get.__code__:
+            frame.f_trace_opcodes = True
+            return local
+        return None
+
+    sys.settrace(global_trace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reads._get(key, lambda: "pods")
+    finally:
+        sys.settrace(None)
+    answers: list[str] = []
+
+    def read_ahead() -> None:
+        try:
+            answers.append(reads._get(key, lambda: "read again"))
+        except BaseException as exc:   # noqa: BLE001 - what this thread got is the point
+            answers.append(type(exc).__name__)
+
+    thread = threading.Thread(target=read_ahead, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "a read-ahead thread waits for ever on a read the interrupt abandoned"
+    assert answers == ["KeyboardInterrupt"]
