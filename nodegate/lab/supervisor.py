@@ -137,6 +137,7 @@ class NodeSlot:
         self.held_reason: str | None = None  # why a down node is not booted again
         self.wake = asyncio.Event()
         self.up_event = asyncio.Event()
+        self.boot_failed = asyncio.Event()   # the last boot failed (cleared when a boot starts)
         self.task: asyncio.Task | None = None
         previous = self.runtime.read_state()
         if previous is not None:
@@ -174,6 +175,7 @@ class NodeSlot:
                     detail += f" (its log: {self.runtime.log_file})"
                 self.sup.status.set(node_status_key(self.name), "failed",
                                     f"{detail}; the supervisor's log: {self.sup.dir / 'logs' / 'supervisor.log'}")
+                self.boot_failed.set()
                 continue
             if self.sup.status.data.get(node_status_key(self.name), {}).get("state") == "failed":
                 self.sup.status.set(node_status_key(self.name), "up", "booted after a failed boot")
@@ -198,6 +200,7 @@ class NodeSlot:
 
     async def boot(self) -> None:
         runtime = self.runtime
+        self.boot_failed.clear()
         await asyncio.to_thread(runtime.mount)
         self.boot_id = new_boot_id()
         self.boot_count += 1
@@ -267,16 +270,34 @@ class NodeSlot:
         self.up_event.clear()
         if self.pid1 and pid_alive(self.pid1):
             self.end_node()
+        self.boot_failed.clear()
         self.wake.set()
-        await asyncio.wait_for(self.up_event.wait(), timeout=SSH_UP_TIMEOUT_S + 10)
+        await self.until_up()
 
     async def power_on(self) -> None:
         if self.held_reason:
             self.held_reason = None
+            self.boot_failed.clear()
             self.wake.set()
         elif not self.up_event.is_set():
             self.wake.set()  # skip what is left of the boot delay
-        await asyncio.wait_for(self.up_event.wait(), timeout=SSH_UP_TIMEOUT_S + 10)
+        await self.until_up()
+
+    async def until_up(self) -> None:
+        """Wait (bounded) for the node to be up; a boot that fails ends the wait at once, saying why."""
+        up = asyncio.ensure_future(self.up_event.wait())
+        failed = asyncio.ensure_future(self.boot_failed.wait())
+        try:
+            await asyncio.wait([up, failed], timeout=SSH_UP_TIMEOUT_S + 10, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            failed.cancel()
+        if self.up_event.is_set():
+            return
+        entry = self.sup.status.data.get(node_status_key(self.name), {})
+        if self.boot_failed.is_set():
+            raise RuntimeError(entry.get("detail") or f"{self.name} failed to boot; see {self.runtime.log_file}")
+        raise TimeoutError(f"{self.name} was not up within {SSH_UP_TIMEOUT_S + 10:.0f} s; see {self.runtime.log_file}")
 
     async def power_off(self) -> None:
         if self.pid1 and pid_alive(self.pid1):

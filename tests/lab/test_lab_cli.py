@@ -123,7 +123,7 @@ def test_unknown_node_is_refused_by_name(lab, cli):
 def test_a_node_that_cannot_boot_ends_lab_up_with_a_message_naming_it_and_its_log(make_lab, cli):
     """node2's SSH address is taken (a socket bound, not listening: `lab up`'s address check passes,
     the node's sshd cannot bind): `lab up` stops as soon as the boot fails, with a message naming
-    node2 and its log, no traceback; `lab down` then leaves nothing."""
+    node2 and its log, no traceback; so does `lab reset node2`; `lab down` then leaves nothing."""
     import socket
 
     net = make_lab.next_net
@@ -136,6 +136,12 @@ def test_a_node_that_cannot_boot_ends_lab_up_with_a_message_naming_it_and_its_lo
         result = cli("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--net", str(net), "--bare",
                      "--timeout", "120", check=False)
         took = time.monotonic() - started
+        # a reset of that node fails as fast, and says why, instead of waiting out its bound
+        started = time.monotonic()
+        reset = cli("lab", "reset", "node2", "--dir", str(lab_dir), check=False)
+        reset_took = time.monotonic() - started
+    assert reset.returncode == 2 and "node2 failed to boot" in reset.stderr, reset.stdout + reset.stderr
+    assert "Traceback" not in reset.stderr and reset_took < 20, (reset_took, reset.stderr)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "node2 failed to boot" in result.stderr, result.stderr
