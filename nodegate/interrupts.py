@@ -92,9 +92,21 @@ def _suspended(generator: Any) -> bool:
     return inspect.isgenerator(generator) and inspect.getgeneratorstate(generator) == inspect.GEN_SUSPENDED
 
 
+# logging's handlers take their lock with acquire() and only then enter the try that releases it
+# (Handler.handle; the module lock likewise): an interrupt in between leaves the lock held by the main
+# thread for ever, and the first read-ahead thread that logs (a retry warning) blocks on it, and the
+# interpreter that joins it at exit with it.
+_LOCK_TAKERS = {logging.Handler.acquire.__code__: lambda frame: getattr(frame.f_locals.get("self"), "lock", None)}
+if hasattr(logging, "_acquireLock"):
+    _LOCK_TAKERS[logging._acquireLock.__code__] = lambda frame: getattr(logging, "_lock", None)
+
+
 def _between_start_and_registration(frame: Any) -> bool:
     code = frame.f_code
     try:
+        if code in _LOCK_TAKERS:
+            lock = _LOCK_TAKERS[code](frame)
+            return lock is not None and hasattr(lock, "_is_owned") and lock._is_owned()
         if code is _CONTEXT_ENTER:
             return _suspended(getattr(frame.f_locals.get("self"), "gen", None))
         if "pluggy" not in code.co_filename:

@@ -18,6 +18,7 @@ the symptom appears; with nodegate's, the interrupt ends the run cleanly.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -159,3 +160,91 @@ def test_a_read_interrupted_just_after_it_was_registered_still_answers_its_waite
     thread.join(timeout=5)
     assert not thread.is_alive(), "a read-ahead thread waits for ever on a read the interrupt abandoned"
     assert answers == ["KeyboardInterrupt"]
+
+
+def _interrupt_after_the_handler_lock_is_taken(handler_func) -> None:
+    """Log one line with a trace function that delivers SIGINT to ``handler_func`` where CPython 3.11
+    checks for it — at the end of a call into C and at the start of a Python function — from the
+    check right after logging.Handler.acquire took its lock on, until the handler raises."""
+    import dis
+    import logging
+    import signal as signals
+    import threading
+
+    traced = {logging.Handler.acquire.__code__, logging.Handler.handle.__code__}
+    state = {"fired": False, "pending": False, "python_calls": 0}
+    seen: dict[int, tuple[int, int]] = {}      # frame id -> (offset of its last instruction, python_calls then)
+    calls = {code: {i.offset for i in dis.get_instructions(code) if i.opname == "CALL"} for code in traced}
+
+    def deliver(frame) -> bool:
+        again: list[int] = []
+        previous = signals.signal(signals.SIGINT, lambda signum, f: again.append(signum))
+        try:
+            handler_func(signals.SIGINT, frame)
+        finally:
+            signals.signal(signals.SIGINT, previous)
+        return bool(again)
+
+    def local(frame, event, arg):
+        if event == "opcode":
+            before = seen.get(id(frame))
+            seen[id(frame)] = (frame.f_lasti, state["python_calls"])
+            after_c_call = before is not None and before[0] in calls[frame.f_code] \
+                and before[1] == state["python_calls"]
+            if not state["fired"] and frame.f_code is logging.Handler.acquire.__code__ and after_c_call \
+                    and frame.f_locals["self"].lock._is_owned():
+                state["fired"] = state["pending"] = True
+            if state["pending"] and after_c_call:
+                state["pending"] = deliver(frame)
+        return local
+
+    def global_trace(frame, event, arg):
+        state["python_calls"] += 1
+        if state["pending"]:               # the check at the start of a Python function
+            state["pending"] = deliver(frame)
+        if frame.f_code in traced:
+            frame.f_trace_opcodes = True
+            return local
+        return None
+
+    assert threading.current_thread() is threading.main_thread()
+    sys.settrace(global_trace)
+    try:
+        logging.getLogger("nodegate.test-gap").warning("a line logged as Ctrl-C arrives")
+    finally:
+        sys.settrace(None)
+
+
+@pytest.mark.parametrize("handler", ["python", "nodegate"])
+def test_a_logging_lock_taken_as_ctrl_c_arrives(handler, tmp_path):
+    """logging.Handler.handle takes its handler's lock, then enters the try that releases it; an
+    interrupt in between leaves the lock held by the main thread, and the next read-ahead thread that
+    logs (a retry warning) blocks for ever, and with it the interpreter that joins that thread at
+    exit. With Python's handler (control) that is what happens; nodegate's waits for the next check."""
+    import logging
+    import threading
+
+    from nodegate import interrupts
+
+    stream = open(tmp_path / "log", "w")
+    log_handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("nodegate.test-gap")
+    logger.addHandler(log_handler)
+    logger.propagate = False
+    on_sigint = interrupts.on_signal if handler == "nodegate" else signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt_after_the_handler_lock_is_taken(on_sigint)
+        worker = threading.Thread(target=lambda: logger.warning("a read-ahead thread logs"), daemon=True)
+        worker.start()
+        worker.join(timeout=5)
+        held = worker.is_alive()
+    finally:
+        if log_handler.lock._is_owned():
+            log_handler.lock.release()     # let the control case's blocked thread end
+        logger.removeHandler(log_handler)
+        stream.close()
+    if handler == "python":
+        assert held, "the control case should show the lock left held"
+    else:
+        assert not held, "a thread that logs after the interrupt blocks for ever on the handler's lock"
