@@ -30,6 +30,7 @@ LOCK = ("kube-system", "nodegate-upgrade-lock")
 UPGRADE_ANNOTATION = "nodegate.io/upgrade"
 CORDONED_BY = "nodegate.io/cordoned-by"
 PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")
+HERE = Path(__file__).resolve().parent
 LEFTOVERS_GRACE_S = 10.0     # how long a process the run started may take to end after the run did   # do-release-upgrade: a python3 script in the lab
 
 
@@ -307,9 +308,12 @@ class Interrupter(Operator):
         argv, junit = self.argv(profile, *extra)
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
-        # PYTHONFAULTHANDLER: a run that does not end after its signal is sent SIGABRT (stop()), and
-        # Python then writes every thread's stack into its log: where it hangs, not just that it does.
-        proc = subprocess.Popen(argv, cwd=self.work, env=dict(self.env(), PYTHONFAULTHANDLER="1"),
+        # Stack dumps: a run still alive long after its signal is sent SIGUSR1 (the stackdump plugin)
+        # and, past its bound, SIGABRT (PYTHONFAULTHANDLER); both write every thread's stack into its
+        # log: where it hangs, not just that it does.
+        env = dict(self.env(), PYTHONFAULTHANDLER="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([*argv, "-p", "stackdump"], cwd=self.work, env=env,
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -360,9 +364,15 @@ class Interrupter(Operator):
                 try:
                     run.proc.wait(timeout=unheeded_after)
                 except subprocess.TimeoutExpired:
-                    moved = [f"{r['step']} {r['status']}" for r in self.new_records(run)[seen:]]
+                    # a run that records its step as interrupted did heed the signal (a busy machine
+                    # may take a while to end it); only other progress means it went on
+                    moved = [f"{r['step']} {r['status']}" for r in self.new_records(run)[seen:]
+                             if r["status"] != "interrupted"]
                     if moved:
                         run.unheeded = moved
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(run.proc.pid, signal.SIGUSR1)     # its stacks into the log first
+                        time.sleep(1.0)
                         self.send(run, resend)
             run.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
