@@ -118,7 +118,7 @@ def _between_start_and_registration(frame: Any) -> bool:
         if code.co_name == "run_old_style_hookwrapper":
             # itself a generator: before its own first `yield`, the wrapper it started is not yet handed on
             return _suspended(frame.f_locals.get("teardown")) and frame.f_lasti < _first_yield(code)
-    except Exception:   # never let the look itself lose the interrupt
+    except Exception:   # noqa: BLE001 - never let the look itself lose the interrupt
         return False
     return False
 

@@ -33,28 +33,34 @@ def test_sixteen_nodes_booting_at_once_all_get_the_seed_layer_from_a_cold_pin(tm
     for round_ in range(ROUNDS):
         config = LabConfig.new(tmp_path / f"lab{round_}", NODES)
         config.dir.mkdir(parents=True)
-        answers: list[Path] = []
-        errors: list[BaseException] = []
-        go = threading.Event()
-
-        def node() -> None:
-            go.wait()
-            for _ in range(CALLS):
-                try:
-                    answers.append(seed.seed_layer(config))
-                except Exception as exc:   # collected: the assertion below names them all
-                    errors.append(exc)
-
-        threads = [threading.Thread(target=node) for _ in range(NODES)]
-        for thread in threads:
-            thread.start()
-        go.set()
-        for thread in threads:
-            thread.join(timeout=120)
+        answers, errors = boot_at_once(config)
         assert not errors, f"round {round_}: {len(errors)} failed reads, first: {errors[0]}"
         pinned = Path((config.dir / seed.SEED_PIN).read_text().strip())
         assert (pinned.parent / "complete").exists()
         assert len(answers) == NODES * CALLS and set(answers) == {pinned}
+
+
+def boot_at_once(config: LabConfig) -> tuple[list[Path], list[BaseException]]:
+    """NODES threads let go at once, each asking CALLS times for the lab's seed layer."""
+    answers: list[Path] = []
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def node() -> None:
+        go.wait()
+        for _ in range(CALLS):
+            try:
+                answers.append(seed.seed_layer(config))
+            except Exception as exc:   # noqa: BLE001 - collected: the test's assertion names them all
+                errors.append(exc)
+
+    threads = [threading.Thread(target=node) for _ in range(NODES)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    return answers, errors
 
 
 def test_a_damaged_pin_is_refused_by_name(tmp_path):

@@ -221,12 +221,21 @@ def test_a_logging_lock_taken_as_ctrl_c_arrives(handler, tmp_path):
     interrupt in between leaves the lock held by the main thread, and the next read-ahead thread that
     logs (a retry warning) blocks for ever, and with it the interpreter that joins that thread at
     exit. With Python's handler (control) that is what happens; nodegate's waits for the next check."""
+    with open(tmp_path / "log", "w") as stream:
+        held = _log_through_an_interrupt(stream, handler)
+    if handler == "python":
+        assert held, "the control case should show the lock left held"
+    else:
+        assert not held, "a thread that logs after the interrupt blocks for ever on the handler's lock"
+
+
+def _log_through_an_interrupt(stream, handler: str) -> bool:
+    """True when a thread that logs after the interrupt is still blocked 5 s later."""
     import logging
     import threading
 
     from nodegate import interrupts
 
-    stream = open(tmp_path / "log", "w")
     log_handler = logging.StreamHandler(stream)
     logger = logging.getLogger("nodegate.test-gap")
     logger.addHandler(log_handler)
@@ -243,8 +252,4 @@ def test_a_logging_lock_taken_as_ctrl_c_arrives(handler, tmp_path):
         if log_handler.lock._is_owned():
             log_handler.lock.release()     # let the control case's blocked thread end
         logger.removeHandler(log_handler)
-        stream.close()
-    if handler == "python":
-        assert held, "the control case should show the lock left held"
-    else:
-        assert not held, "a thread that logs after the interrupt blocks for ever on the handler's lock"
+    return held
