@@ -146,7 +146,7 @@ class Reads:
                     future = self._cache[key] = Future()
             if owner:
                 future.set_result(read())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for this read
+        except BaseException as exc:  # handed to whoever asks for this read (an interrupt: raised again below)
             if not (owner and future is not None and not future.done()):
                 raise
             future.set_exception(exc)

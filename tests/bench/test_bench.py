@@ -43,8 +43,9 @@ def test_the_bench_lab_boots_all_sixteen_nodes_from_a_cold_seed_pin(tmp_path):
     never booted (the seed pin race, tests/lab/test_shared_files.py). The same start, bare (nodes
     and apt repository: the part that boots nodes), three times in a fresh folder, so every start
     meets a cold pin with 16 nodes booting at once: all 16 up every time, no boot failure logged."""
-    from bench.run import lab_down, lab_up
     from labkit import net_beside, nodegate
+
+    from bench.run import lab_down, lab_up
 
     for attempt in range(3):
         lab_dir = tmp_path / f"bench-lab{attempt}"
