@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,8 +64,11 @@ def lab_running(net: int) -> bool:
 def one_round(number: int, args, out: Path, tally: Tally) -> None:
     junit = out / f"round-{number}.xml"
     log = out / f"round-{number}.log"
+    # each round's own basetemp: the logs of the runs a test started (the interrupt scenario's) stay
+    # beside the round's log instead of being rotated away by the next pytest sessions
     argv = [sys.executable, "-m", "pytest", *args.tests, "-p", "no:randomly", "-q", "-rfE", "--color=no",
-            f"--junitxml={junit}", "-o", f"faulthandler_timeout={args.hang_dump}", *args.pytest_args]
+            f"--junitxml={junit}", f"--basetemp={out / f'round-{number}-tmp'}",
+            "-o", f"faulthandler_timeout={args.hang_dump}", *args.pytest_args]
     env = dict(os.environ, NODEGATE_TEST_NET=str(args.net), NODEGATE_KEEP_LAB="1", PYTHONFAULTHANDLER="1")
     started = time.monotonic()
     with open(log, "w") as fh:
@@ -143,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     args.pytest_args = args.pytest_args.split()
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("round-*"):
-        old.unlink()
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     ran_before = lab_running(args.net)
     tally = Tally()
     try:
