@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
@@ -86,7 +86,7 @@ def test_noout_as_expected(node, reads, phase):
 def test_csi_rbdplugin_healthy(node, reads, profile, evidence):
     """csi-rbdplugin crash-loops on 24.04 with cephcsi < v3.12 (its kmod cannot load rbd.ko.zst);
     the registrar then logs `Still connecting to unix:///csi/csi.sock`."""
-    from nodegate.knowledge import CSI_SOCKET_SYMPTOM
+    from nodegate.core.knowledge import CSI_SOCKET_SYMPTOM
 
     health = reads.csi_rbdplugin(node.name)
     all_plugins = reads.pods(profile.ceph.namespace, "app=csi-rbdplugin")

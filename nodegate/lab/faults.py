@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import shared_files
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
 HELD_DRIFT_PACKAGE = "containerd.io"

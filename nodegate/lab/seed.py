@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from nodegate.errors import PermanentError
 from nodegate.lab import aptrepo, shared_files
+from nodegate.core.errors import PermanentError
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT, base_rootfs, image_key
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.errors import PermanentError
+from nodegate.core.errors import PermanentError
 from nodegate.lab import seed, shared_files
 from nodegate.lab.config import LabConfig
 from nodegate.lab.faults import FaultBook

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nodegate.lab.config import LabConfig
 from scenariotools import NODE, Operator, terminal_signals
+
+from nodegate.lab.config import LabConfig
 
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
@@ -314,7 +315,7 @@ class Interrupter(Operator):
         env = dict(self.env(), PYTHONFAULTHANDLER="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
         proc = subprocess.Popen([*argv, "-p", "stackdump"], cwd=self.work, env=env,
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
@@ -385,7 +386,7 @@ class Interrupter(Operator):
             os.killpg(run.proc.pid, signal.SIGKILL)
             run.proc.wait(timeout=30)
             raise AssertionError(f"the run did not end within {timeout}s of the signal; its processes then: {hung}; "
-                                 f"log {run.log}:\n{run.log.read_text()[-8000:]}")
+                                 f"log {run.log}:\n{run.log.read_text()[-8000:]}") from None
         seconds = time.monotonic() - started
         # What the run started ends with it, but the last of it may take a moment on a busy machine:
         # a bounded wait for the session to empty, then whatever is still there is reported.

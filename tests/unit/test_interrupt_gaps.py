@@ -1,5 +1,5 @@
 """A Ctrl-C that lands between a wrapper's start and its registration does not strand it
-(nodegate.interrupts.on_signal).
+(nodegate.core.interrupts.on_signal).
 
 pluggy starts a hook wrapper (runs it to its `yield`) and then appends it to the teardowns it will
 resume; a `with` statement calls a context manager's __enter__ (which runs its generator to the
@@ -27,7 +27,7 @@ import pytest
 
 CONFTEST = textwrap.dedent(r'''
     import inspect, os, signal, sys
-    from nodegate import interrupts
+    from nodegate.core import interrupts
 
     GAP, MODE = os.environ["GAP"], os.environ["MODE"]
     fired = []
@@ -116,7 +116,7 @@ def test_nodegate_raises_the_interrupt_once_the_wrapper_is_registered(tmp_path, 
 
 
 def test_a_read_interrupted_just_after_it_was_registered_still_answers_its_waiters():
-    """The checks' shared reads (nodegate.fixtures.Reads): the first asker registers a Future in the
+    """The checks' shared reads (nodegate.plugin.reads.Reads): the first asker registers a Future in the
     cache and reads; read-ahead threads asking for the same read wait on that Future. A Ctrl-C that
     landed after the registration but before the read's try left the Future for ever unfinished: a
     read-ahead thread waiting on it never ended, and the interpreter, which joins those threads at
@@ -124,7 +124,7 @@ def test_a_read_interrupted_just_after_it_was_registered_still_answers_its_waite
     instruction with the Future registered and the lock let go, as a SIGINT handled there would."""
     import threading
 
-    from nodegate.fixtures import Reads
+    from nodegate.plugin.reads import Reads
 
     reads = Reads(access=None)
     key = ("cluster:pods",)
@@ -234,7 +234,7 @@ def _log_through_an_interrupt(stream, handler: str) -> bool:
     import logging
     import threading
 
-    from nodegate import interrupts
+    from nodegate.core import interrupts
 
     log_handler = logging.StreamHandler(stream)
     logger = logging.getLogger("nodegate.test-gap")
