@@ -10,7 +10,7 @@ APT_PACKAGES := debootstrap dpkg-dev apt-utils gnupg zstd openssh-client openssh
 	ceph-mon ceph-mgr ceph-osd ceph-common etcd-server etcd-client psmisc iproute2 \
 	python3-venv chromium gcc libc6-dev openssl
 
-.PHONY: setup apt venv image allure test demo bench lab-up lab-down clean
+.PHONY: setup apt venv image allure test soak demo bench lab-up lab-down clean
 
 setup: apt venv image allure
 
@@ -64,6 +64,16 @@ test: setup
 	echo "== stream A exit $$a, stream B exit $$rb"; \
 	exit $$(( a != 0 || rb != 0 ))
 
+# Not part of `make test`: the long streams (procedures, scenarios) run SOAK_COUNT times on one lab
+# (address octet SOAK_NET), then the failure rate per test and the log of every failure.
+# e.g. make soak SOAK_COUNT=20 SOAK_TESTS=tests/scenarios/test_interrupts.py SOAK_NET=29
+SOAK_COUNT ?= 5
+SOAK_TESTS ?= $(TEST_B)
+SOAK_NET ?= $(TEST_NET_A)
+SOAK_ARGS ?=
+soak: setup
+	$(PY) tests/soak.py --count $(SOAK_COUNT) --net $(SOAK_NET) --pytest-args "$(SOAK_ARGS)" $(SOAK_TESTS)
+
 # The whole story on the lab: node4 goes from Ubuntu 20.04 to 22.04 with checks before and after,
 # and ends with the single-file HTML report and the ticket summary. A lab left from an earlier demo
 # is taken down first, so node4 starts at 20.04 again.
@@ -108,8 +118,10 @@ demo: setup
 	echo "  nodegate lab fault pdb-block --node node3$(DEMO_LAB_DIR)"; \
 	exit $$status
 
+# BENCH_NET: the address octet of the bench's 16-node lab (pick one no other lab on the machine uses).
+BENCH_NET ?= 40
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run --net $(BENCH_NET)
 
 lab-down:
 	.venv/bin/nodegate lab down --dir $(LAB)

@@ -36,6 +36,7 @@ NET_OFFSETS = {
     "lab-access": 66,          # tests/lab/test_lab_access.py: HTTPS, ubuntu, port 2222, bastion
     "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password
     "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
+    "bench-16": 70,            # tests/bench: the bench's 16-node lab (bare) from a cold seed pin
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
     "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
     "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
-from nodegate.lab import kubespray_releases
+from nodegate.lab import kubespray_releases, shared_files
 from nodegate.lab.config import (CONTAINER_MANAGERS, DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER,
                                   MAX_NODES, ROOK_CEPHCSI, SSH_USERS, LabConfig)
 from nodegate.lab.node import NodeRuntime, NodeState
@@ -67,24 +68,24 @@ def add_parser(subparsers) -> None:
                          "implies --ssh-user ubuntu")
     up.add_argument("--bastion", action="store_true",
                     help="add a bastion node; the other nodes accept SSH only through it")
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=_said(cmd_up))
 
     down = with_dir(sub.add_parser("down", help="stop everything the lab started and unmount"))
-    down.set_defaults(func=cmd_down)
+    down.set_defaults(func=_said(cmd_down))
 
     status = with_dir(sub.add_parser("status", help="show nodes and services"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=_said(cmd_status))
 
     reset = with_dir(sub.add_parser("reset", help="put one node back to its starting state"))
     reset.add_argument("node")
-    reset.set_defaults(func=cmd_reset)
+    reset.set_defaults(func=_said(cmd_reset))
 
     for name, what in (("power-on", "boot a node that is down (like a BMC)"),
                        ("power-off", "stop a node; it stays down until power-on")):
         p = with_dir(sub.add_parser(name, help=what))
         p.add_argument("node")
-        p.set_defaults(func=cmd_power, power=name)
+        p.set_defaults(func=_said(cmd_power), power=name)
 
     fault = with_dir(sub.add_parser("fault", help="inject or clear a fault"))
     fault.add_argument("name", nargs="?", help="fault name (see --list)")
@@ -96,7 +97,29 @@ def add_parser(subparsers) -> None:
     fault.add_argument("--mode", choices=("503", "drop", "mixed", "outage"),
                        help="api-flaky: answer 503, drop the connection, mixed (429/500/503/drops; the "
                             "default) or outage (every request dropped, whatever --ratio)")
-    fault.set_defaults(func=cmd_fault)
+    fault.set_defaults(func=_said(cmd_fault))
+
+
+def _said(command):
+    """A lab command whose failures end in a message, not a traceback: a program it ran that failed,
+    or a lab file that cannot be read, becomes a PermanentError naming it (`nodegate` prints those)."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except subprocess.CalledProcessError as exc:
+            output = (exc.stderr or exc.output or "")
+            output = output.decode(errors="replace") if isinstance(output, bytes) else output
+            argv = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd))
+            raise PermanentError(f"`{argv}` failed with exit {exc.returncode}"
+                                 + (f":\n{output.strip()[-1500:]}" if output.strip() else ""),
+                                 fix=f"see {Path(args.dir).resolve() / 'logs'}") from None
+        except shared_files.SharedFileError as exc:
+            raise PermanentError(str(exc), fix="`nodegate lab down`, then `nodegate lab up` again") from None
+        except OSError as exc:
+            raise PermanentError(f"lab {args.lab_command}: {exc}",
+                                 fix=f"see {Path(args.dir).resolve() / 'logs'}") from None
+    return run
 
 
 def _port(text: str) -> int:
@@ -253,6 +276,10 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         for service, entry in status.items():
             if entry.get("state") == "failed" and service not in said:
                 said.add(service)
+                if service.startswith("node "):
+                    raise PermanentError(f"the lab did not come up: {entry.get('detail')}",
+                                         fix=f"read that log; then `nodegate lab down --dir {config.dir}` "
+                                             "and `nodegate lab up` again")
                 raise PermanentError(f"lab service {service} failed: {entry.get('detail')}",
                                      fix=f"see {config.dir / 'logs'}")
         if not api_ok and _api_answers(config):
@@ -269,8 +296,10 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         if time.monotonic() > deadline:
             missing = (sorted(waiting) + ([] if api_ok else ["API server"]) + ([] if ceph_ok else ["Ceph"])
                        + ([] if etcd_ok else ["etcd"]))
+            logs = [str(config.dir / "logs" / f"{name}.log") for name in sorted(waiting)[:3]]
+            logs.append(str(config.dir / "logs" / "supervisor.log"))
             raise TransientError(f"the lab was not ready within {timeout_s:.0f} s; still waiting for "
-                                 f"{', '.join(missing)}", fix=f"see {config.dir / 'logs'}")
+                                 f"{', '.join(missing)}", fix=f"see {', '.join(logs)}")
         time.sleep(0.05)
 
 

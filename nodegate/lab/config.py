@@ -5,10 +5,11 @@ so a lab can be inspected and driven from any process.
 """
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from nodegate.lab import shared_files
 
 MAX_NODES = 16
 KUBE_VERSION = "v1.25.6"
@@ -135,15 +136,13 @@ class LabConfig:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
-        path = self.dir / "lab.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.chmod(0o600)  # holds the API token
-        tmp.replace(path)
+        shared_files.write_json(self.dir / "lab.json", data, mode=0o600)  # holds the API token
 
     @classmethod
     def load(cls, dir: Path) -> "LabConfig":
-        data = json.loads((Path(dir) / "lab.json").read_text())
+        data = shared_files.read_json(Path(dir) / "lab.json")
+        if data is None:
+            raise FileNotFoundError(f"no lab.json in {dir}")
         data["dir"] = Path(data["dir"])
         data["nodes"] = tuple(LabNode(n["name"], n["index"], n["address"], tuple(n["roles"]))
                               for n in data["nodes"])

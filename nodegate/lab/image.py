@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from nodegate.lab import shared_files
+
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
@@ -42,6 +44,15 @@ def ensure_base_image(cache_root: Path = CACHE_ROOT) -> Path:
     done = rootfs.parent / "complete"
     if done.exists():
         return rootfs
+    # Engineers' `make setup` runs at once on one machine share this cache: one builds, the others
+    # wait, and nobody removes a tree another build is writing or a lab is using.
+    with shared_files.locked(rootfs.parent):
+        if done.exists():
+            return rootfs
+        return _build(rootfs, done)
+
+
+def _build(rootfs: Path, done: Path) -> Path:
     tmp = rootfs.parent / "rootfs.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -55,7 +66,7 @@ def ensure_base_image(cache_root: Path = CACHE_ROOT) -> Path:
     if rootfs.exists():
         shutil.rmtree(rootfs)
     tmp.rename(rootfs)
-    done.write_text(image_key() + "\n")
+    shared_files.write_atomic(done, image_key() + "\n")
     return rootfs
 
 

@@ -9,7 +9,6 @@ So the node's sshd is PID 1 of its own PID namespace: when it ends, the node has
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodegate.lab import shared_files
 from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.apiserver.nodes import read_os_release
 from nodegate.lab import access
@@ -46,7 +46,8 @@ HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 @dataclass(frozen=True)
 class NodeState:
-    """DIR/nodes/<name>/state.json, written only by the supervisor (atomic rename)."""
+    """DIR/nodes/<name>/state.json, written by the supervisor (and by `lab down` once the
+    supervisor is gone), always whole (shared_files.write_atomic); read by the API server and the CLI."""
 
     name: str
     state: str            # "up" | "down"
@@ -57,19 +58,16 @@ class NodeState:
 
     @classmethod
     def read(cls, path: Path) -> "NodeState | None":
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = shared_files.read_json(path)
+        if data is None:
             return None
         return cls(name=data["name"], state=data["state"], pid=data.get("pid"), boot_id=data.get("boot_id", ""),
                    boot_count=int(data.get("boot_count", 0)), changed_at=float(data.get("changed_at", 0)))
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"name": self.name, "state": self.state, "pid": self.pid,
-                                   "boot_id": self.boot_id, "boot_count": self.boot_count,
-                                   "changed_at": self.changed_at}) + "\n")
-        tmp.replace(path)
+        shared_files.write_json(path, {"name": self.name, "state": self.state, "pid": self.pid,
+                                       "boot_id": self.boot_id, "boot_count": self.boot_count,
+                                       "changed_at": self.changed_at}, indent=None)
 
 
 def lower_layers(config: LabConfig) -> list[Path]:

@@ -6,12 +6,12 @@ would see a real cluster's profile, so everything here uses absolute paths.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
 import yaml
 
+from nodegate.lab import shared_files
 from nodegate.lab.config import LOGIN_USER, LabConfig
 from nodegate.lab.pki import ADMIN_USER, EXEC_API_VERSION, RESTRICTED_USER, Pki, write_pki
 
@@ -206,9 +206,4 @@ def write_profile_files(config: LabConfig) -> None:
 
 
 def _write(path: Path, text: str, *, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    shared_files.write_atomic(path, text, mode=mode)

@@ -192,13 +192,15 @@ def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fre
     on("node2", "apt-mark unhold containerd.io docker-ce docker-ce-cli >/dev/null && apt-get -qq update 2>/dev/null; "
                 "DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o Dpkg::Options::=--force-confold dist-upgrade "
                 ">/dev/null && do-release-upgrade -f DistUpgradeViewNonInteractive >/dev/null", timeout=120)
+    boot_before = on("node2", "cat /proc/sys/kernel/random/boot_id").stdout.strip()
     on("node2", "reboot", check=False)
-    time.sleep(1)  # the first look once the reboot has begun
 
     def on_jammy() -> bool:
-        state = on("node2", ". /etc/os-release && echo $VERSION_CODENAME", check=False, multiplex=False)
-        return state.returncode == 0 and state.stdout.strip() == "jammy"
-    poll(on_jammy, timeout=60, interval=1, what="node2 back on jammy")
+        # a new boot id, not only jammy's os-release: do-release-upgrade wrote that before the reboot
+        state = on("node2", ". /etc/os-release && echo $VERSION_CODENAME; cat /proc/sys/kernel/random/boot_id",
+                   check=False, multiplex=False)
+        return state.returncode == 0 and state.stdout.split()[:1] == ["jammy"] and boot_before not in state.stdout
+    poll(on_jammy, timeout=60, interval=1, what="node2 rebooted and back on jammy")
     assert "# disabled on upgrade to jammy" in on("node2", "cat /etc/apt/sources.list.d/docker.list").stdout
     apply_force_fix(klab.dir / "kubespray")
     run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")

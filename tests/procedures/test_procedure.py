@@ -4,7 +4,8 @@ from the journal, and an interruption in the middle of a reboot wait."""
 from __future__ import annotations
 
 import signal
-import time
+
+from labkit import wait_until
 
 from nodegate.cluster.lock import acquire_lock, read_lock
 from nodegate.upgrade import STEP_NAMES
@@ -141,7 +142,9 @@ def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_k
     try:
         journal_wait(procedure, lambda r: r["step"] == "reboot" and "reboot_boot_id_before" in r["data"],
                          timeout=300, proc=proc)
-        time.sleep(3)            # now inside the bounded wait for SSH with a new boot id
+        # node4 down (and held down by the fault): the run can only be inside its wait for SSH now
+        wait_until(lambda: lab_nodes.node_state("node4") == "down" or proc.poll() is not None, timeout=120,
+                   what="node4 down in its first reboot")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)

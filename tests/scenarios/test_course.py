@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from labkit import fixed_kubespray_checkout
+from labkit import fixed_kubespray_checkout, wait_until
 from scenariotools import NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
@@ -164,7 +164,10 @@ def test_sigint_inside_the_drain_wait(course: Course):
     since = len(op.journal())
     proc, junit, log = op.start(course.fixed, "--drain-timeout", "120")
     op.wait_journal(lambda r: r["step"] == "drain" and r["status"] == "started", proc=proc, timeout=120, since=since)
-    time.sleep(3)                                   # inside the wait: PDB refusals are retried every 5 s
+    # inside the wait: node4 cordoned and its evictions refused by the PDB (retried every 5 s)
+    wait_until(lambda: proc.poll() is not None or lab.kube.node(NODE).unschedulable, timeout=60,
+               what=f"{NODE} cordoned by the drain")
+    time.sleep(1)   # the race this test is about: a signal inside the eviction retries, not at their start
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     # Known open defect: rarely a SIGINT is not acted on. Send it again after 12 s
@@ -272,7 +275,9 @@ def test_ssh_drop_during_dist_upgrade_with_a_flaky_api(course: Course):
     for step in ("drain", "noout", "unhold"):   # done through the flaky API: transient errors retried
         assert run.outcomes.get(step) == "passed", (step, run.text[-3000:])
     assert re.search(r"nodegate\.kube: retrying", run.text), "no API request was retried: was the API flaky?"
-    time.sleep(5)                                   # dpkg, cut off from its output, ends by itself
+    # dpkg, cut off from its output, ends by itself
+    wait_until(lambda: not any("dpkg" in cmd for _, cmd in lab.node_processes()), timeout=60,
+               what=f"dpkg on {NODE} ending after the dropped connection")
     standing = lab.standing()
     assert standing.cordoned and standing.noout and not (set(standing.held) & set(HELD))
     lock_free(lab)
