@@ -4,12 +4,13 @@ PY    := .venv/bin/python
 LAB   ?= .lab
 # Host packages: debootstrap builds the nodes' base image; dpkg-dev/apt-utils/gnupg build and sign
 # the lab's apt repository; ceph-* and etcd-* are the lab's real storage and etcd daemons;
-# openssh-client is how the harness reaches nodes; kubectl comes from kubernetes-client when absent.
+# openssh-client is how the harness reaches nodes; kubectl comes from kubernetes-client when absent;
+# gcc/libc6-dev build the lab bastion's bind library; openssl hashes a lab user's sudo password.
 APT_PACKAGES := debootstrap dpkg-dev apt-utils gnupg zstd openssh-client openssh-server \
 	ceph-mon ceph-mgr ceph-osd ceph-common etcd-server etcd-client psmisc iproute2 \
-	python3-venv chromium
+	python3-venv chromium gcc libc6-dev openssl
 
-.PHONY: setup apt venv image allure test demo bench lab-up lab-down clean
+.PHONY: setup apt venv image allure test soak demo bench lab-up lab-down clean
 
 setup: apt venv image allure
 
@@ -63,6 +64,16 @@ test: setup
 	echo "== stream A exit $$a, stream B exit $$rb"; \
 	exit $$(( a != 0 || rb != 0 ))
 
+# Not part of `make test`: the long streams (procedures, scenarios) run SOAK_COUNT times on one lab
+# (address octet SOAK_NET), then the failure rate per test and the log of every failure.
+# e.g. make soak SOAK_COUNT=20 SOAK_TESTS=tests/scenarios/test_interrupts.py SOAK_NET=29
+SOAK_COUNT ?= 5
+SOAK_TESTS ?= $(TEST_B)
+SOAK_NET ?= $(TEST_NET_A)
+SOAK_ARGS ?=
+soak: setup
+	$(PY) tests/soak.py --count $(SOAK_COUNT) --net $(SOAK_NET) --pytest-args "$(SOAK_ARGS)" $(SOAK_TESTS)
+
 # The whole story on the lab: node4 goes from Ubuntu 20.04 to 22.04 with checks before and after,
 # and ends with the single-file HTML report and the ticket summary. A lab left from an earlier demo
 # is taken down first, so node4 starts at 20.04 again; the journal of that earlier demo's upgrade
@@ -86,8 +97,10 @@ demo: setup
 	@echo "== preflight of node4 (read-only)"
 	$(DEMO_PYTEST) checks/ -m preflight || echo "== preflight found the problems above; the procedure fixes the ones it knows"
 	@echo "== the lab's Kubespray v2.21.0 has the known issue kubespray #9114 (preflight named it): apply its"
-	@echo "   documented fix to the checkout, as an operator does before the upgrade: force: true on the docker task"
-	grep -q '^    force: true$$' $(DOCKER_TASK) || sed -i 's/^    update_cache: true$$/&\n    force: true/' $(DOCKER_TASK)
+	@echo "   documented fix to the checkout, as an operator does before the upgrade: force: true as an argument"
+	@echo "   of the package: module of the docker task (after its state: line, not under module_defaults)"
+	grep -q '^    force: true$$' $(DOCKER_TASK) || \
+	  sed -i '/^    state: "{{ docker_package_info.state/a\    force: true' $(DOCKER_TASK)
 	@echo "== upgrade of node4: 20.04 -> 22.04"
 	@status=0; $(DEMO_PYTEST) procedures/ --execute || status=$$?; \
 	NODEGATE_REPORTS=$(DEMO_REPORTS) .venv/bin/nodegate report --out $(DEMO_OUT) || status=$$?; \
@@ -105,8 +118,10 @@ demo: setup
 	echo "  nodegate lab fault pdb-block --node node3$(DEMO_LAB_DIR)"; \
 	exit $$status
 
+# BENCH_NET: the address octet of the bench's 16-node lab (pick one no other lab on the machine uses).
+BENCH_NET ?= 40
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run --net $(BENCH_NET)
 
 lab-down:
 	.venv/bin/nodegate lab down --dir $(LAB)

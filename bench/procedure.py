@@ -54,14 +54,11 @@ def apply_known_kubespray_fix(lab: Path) -> bool:
     """The lab's Kubespray v2.21.0 fails on a node whose packages were upgraded (kubespray #9114)
     until its docker task gets `force: true`, as an operator does before the upgrade: the bench
     measures the procedure, not the known issue. Returns True if the checkout was changed."""
-    task = lab / "kubespray" / "roles" / "container-engine" / "docker" / "tasks" / "main.yml"
-    if not task.exists():
+    from nodegate.lab.kubespray import DOCKER_TASKS, apply_force_fix
+
+    if not (lab / "kubespray" / DOCKER_TASKS).exists():
         return False
-    text = task.read_text()
-    if "    force: true\n" in text or "    update_cache: true\n" not in text:
-        return False
-    task.write_text(text.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1))
-    return True
+    return apply_force_fix(lab / "kubespray")
 
 
 def _clear_upgrade_annotation(profile_path: Path, node: str) -> None:

@@ -1,7 +1,8 @@
 """All benchmarks on the lab, one after the other; writes bench/results.json (the
 figures, their goals, whether each is met) and prints a table.
 
-    python -m bench.run                 # starts a 16-node lab in .lab-bench (net 40), takes it down after
+    python -m bench.run                 # starts a 16-node lab in .lab-bench (net 40, or
+                                        # $NODEGATE_BENCH_NET), takes it down after
     python -m bench.run --dir /tmp/lab --net 25   # the same, in another folder on another address octet
     python -m bench.run --lab DIR       # uses a running lab (its last node is upgraded!)
     python -m bench.run --tiny --lab DIR --out FILE   # each bench once on a tiny input (make test)
@@ -34,13 +35,43 @@ GOALS = {  # figure: (limit, unit)
 }
 
 
-def lab_up(lab: Path, *, nodes: int, net: int) -> None:
-    subprocess.run([sys.executable, "-m", "nodegate", "lab", "up", "--dir", str(lab), "--nodes", str(nodes),
-                    "--net", str(net)], check=True, cwd=ROOT, timeout=900)
+DEFAULT_NET = 40
+LAB_UP_TIMEOUT_S = 900
+
+
+class LabNotUp(Exception):
+    """The bench's lab did not come up; the message is `nodegate lab up`'s own (it names the node
+    that failed and its log)."""
+
+
+def lab_up(lab: Path, *, nodes: int, net: int, bare: bool = False) -> None:
+    """`nodegate lab up` for the bench (its output streams through). A lab that does not come up
+    is taken down again, whatever `lab up` left running, and LabNotUp says why."""
+    argv = [sys.executable, "-m", "nodegate", "lab", "up", "--dir", str(lab), "--nodes", str(nodes),
+            "--net", str(net)] + (["--bare"] if bare else [])
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+        rc = proc.wait(timeout=LAB_UP_TIMEOUT_S)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        lab_down(lab)
+        raise
+    if rc != 0:
+        lab_down(lab)
+        said = [ln.rstrip() for ln in lines if ln.startswith(("nodegate: error:", "  fix:"))] or \
+            [ln.rstrip() for ln in lines[-5:]]
+        raise LabNotUp(f"the {nodes}-node lab in {lab} did not come up (`nodegate lab up` exit {rc}); "
+                       f"it was taken down again:\n" + "\n".join(said))
 
 
 def lab_down(lab: Path) -> None:
-    subprocess.run([sys.executable, "-m", "nodegate", "lab", "down", "--dir", str(lab)], cwd=ROOT, timeout=300)
+    if (lab / "lab.json").exists():
+        subprocess.run([sys.executable, "-m", "nodegate", "lab", "down", "--dir", str(lab)], cwd=ROOT, timeout=300)
 
 
 def run_all(lab: Path, *, tiny: bool) -> dict:
@@ -98,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lab", type=Path, help="a running lab to use (default: start one)")
     parser.add_argument("--nodes", type=int, default=16, help="size of the lab started here")
-    parser.add_argument("--net", type=int, default=40, help="address octet of the lab started here")
+    parser.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_BENCH_NET", DEFAULT_NET)),
+                        help=f"address octet of the lab started here (default $NODEGATE_BENCH_NET, else {DEFAULT_NET})")
     parser.add_argument("--dir", type=Path, default=ROOT / ".lab-bench", help="folder of the lab started here")
     parser.add_argument("--keep-lab", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="each bench once on a tiny input")
@@ -107,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     lab = args.lab or args.dir
     started_here = args.lab is None
     if started_here:
-        lab_up(lab, nodes=4 if args.tiny else args.nodes, net=args.net)
+        try:
+            lab_up(lab, nodes=4 if args.tiny else args.nodes, net=args.net)
+        except LabNotUp as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
     began = time.time()
     try:
         figures = run_all(lab, tiny=args.tiny)

@@ -5,8 +5,9 @@ import pytest
 
 from nodegate.plugin.fixtures import fail_check
 
-KEYRING_FIX = ("move the repository key out of /etc/apt/trusted.gpg into /etc/apt/keyrings/<name>.gpg and add "
-               "`signed-by=/etc/apt/keyrings/<name>.gpg` to its source line")
+KEYRING_FIX = ("move the repository key out of /etc/apt/trusted.gpg into a keyring file of its own, "
+               "/etc/apt/trusted.gpg.d/<name>.gpg (where Kubespray's apt_key finds it and apt reads it for the "
+               "source), then delete /etc/apt/trusted.gpg")
 
 
 @pytest.mark.preflight
@@ -15,6 +16,13 @@ def test_apt_update_clean(node, reads, phase, notice, evidence):
     update = reads.apt_update(node.name)
     report = update.report
     evidence.command(update.result)
+    conflict = [e for e in report.errors if "Conflicting values set for option Signed-By" in e]
+    if conflict:
+        fail_check(f"apt on {node.name} refuses its sources: two entries of one source name different Signed-By "
+                   "keyrings", details=conflict[:5],
+                   fix="keep one entry per source (Kubespray's apt_repository adds its own line beside a repaired "
+                       "one); procedure steps 10 and 11 leave Kubespray's line with the key in "
+                       "/etc/apt/trusted.gpg.d/<name>.gpg")
     if report.errors or report.no_pubkey:
         details = list(report.errors[:10]) + [f"NO_PUBKEY {key}" for key in report.no_pubkey]
         fail_check(f"`apt-get update` on {node.name} reports {len(report.errors)} error(s) and "
@@ -27,8 +35,8 @@ def test_apt_update_clean(node, reads, phase, notice, evidence):
         text = (f"apt warns on {node.name}: key stored in the legacy trusted.gpg keyring for "
                 f"{', '.join(report.legacy_keyring)}")
         if phase == "preflight":
-            notice(f"{text}. Known and not blocking: the procedure moves the key to /etc/apt/keyrings with "
-                   "signed-by= in step 10, after the release upgrade")
+            notice(f"{text}. Known and not blocking: the procedure moves the key to /etc/apt/trusted.gpg.d "
+                   "in step 10, after the release upgrade")
         else:
             fail_check(text + " (still there after the upgrade)", fix=KEYRING_FIX)
     if other:
@@ -41,26 +49,27 @@ def test_apt_update_clean(node, reads, phase, notice, evidence):
 
 @pytest.mark.postflight
 def test_sources_after_upgrade(node, reads, releases, evidence):
-    """do-release-upgrade comments out third-party sources (`# disabled on upgrade to jammy`); after
-    the procedure they must be enabled again, for the new codename, with signed-by=."""
+    """The release upgrade disables third-party sources: to jammy it comments them out (`# disabled
+    on upgrade to jammy`), to noble it moves them to deb822 with `Enabled: no`. After the procedure
+    each is enabled on the new codename, once, as a one-line entry Kubespray's docker role leaves
+    alone; no two entries of one source disagree on Signed-By. Ubuntu's own sources are the
+    upgrader's and are not judged here (apt-get update judges them)."""
+    from nodegate.core import aptrepair
+
     snapshot = reads.snapshot(node.name)
     target = releases.target
     evidence.text(f"{node.name}: apt sources", "\n\n".join(f"# {f.path}\n{f.text}" for f in snapshot.source_files))
-    problems = []
-    for file in snapshot.source_files:
-        for source in file.sources:
-            if source.disabled_on_upgrade_to:
-                problems.append(f"{file.path}: `{source.raw.strip()}` is still disabled on upgrade to "
-                                f"{source.disabled_on_upgrade_to}")
-                continue
-            if not source.enabled or "/sources.list.d/" not in file.path:
-                continue   # the Ubuntu archive's own entries are do-release-upgrade's to rewrite
-            if target is not None and source.codename != target.codename:
-                problems.append(f"{file.path}: {source.uri} points at {source.suite}, not {target.codename}")
-            if not source.signed_by:
-                problems.append(f"{file.path}: {source.uri} has no signed-by= (its key is in the legacy keyring)")
+    if target is None:
+        fail_check(f"no target release to judge the apt sources of {node.name} against",
+                   fix="pass --target-release")
+    files = {f.path: f.text for f in snapshot.source_files if f.path.endswith((".list", ".sources"))}
+    if not files:
+        fail_check(f"no apt source file found on {node.name} under /etc/apt/sources.list(.d)",
+                   fix="look at the node's apt configuration: a node with no sources cannot be upgraded or repaired")
+    problems = aptrepair.end_state_problems(files, target.codename)
     if problems:
         fail_check(f"{len(problems)} apt source problem(s) on {node.name} after the release upgrade",
                    details=problems,
-                   fix=f"re-enable the third-party sources for {target.codename if target else 'the new codename'} "
-                       "with signed-by=/etc/apt/keyrings/<name>.gpg (procedure step 10), then `apt-get update`")
+                   fix=f"re-enable the third-party sources on {target.codename} as one-line entries, their keys in "
+                       "/etc/apt/trusted.gpg.d/<name>.gpg (procedure step 10 does this, and again after Kubespray "
+                       "in step 11), then `apt-get update`")

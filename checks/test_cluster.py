@@ -97,3 +97,25 @@ def test_pods_evictable(node, reads, evidence):
                    "allows no disruption, so a drain would hang", details=[str(b) for b in blockers],
                    fix="make the PDB's pods healthy elsewhere (scale up, fix the unhealthy replicas) or relax the "
                        "PodDisruptionBudget before draining")
+
+
+@pytest.mark.preflight
+def test_api_permissions(kube, profile, evidence):
+    """One SelfSubjectAccessReview per request the upgrade makes: a user who may cordon but not
+    evict (or exec into the Ceph toolbox, or take the lock) is stopped here, not mid-drain."""
+    from nodegate.cluster.lock import LOCK_NAMESPACE
+    from nodegate.cluster.permissions import missing, required
+
+    needed = required(lock_namespace=LOCK_NAMESPACE,
+                      ceph_toolbox_namespace=profile.ceph.namespace if profile.ceph.mode == "toolbox" else None)
+    answers = {p: kube.may(p.verb, p.resource, group=p.group, subresource=p.subresource, namespace=p.namespace)
+               for p in needed}
+    evidence.table("API permissions of the kubeconfig's user", ["permission", "allowed", "used to"],
+                   [[p.name, answers[p], p.why] for p in needed])
+    lacking = missing(answers.__getitem__, needed)
+    if lacking:
+        fail_check(f"the kubeconfig's user lacks {len(lacking)} of the {len(needed)} API permissions the upgrade "
+                   "uses: " + "; ".join(p.name for p in lacking),
+                   details=[f"the user of {kube.origin}"] + [f"{p.name}: needed to {p.why}" for p in lacking],
+                   fix="bind the user to a role that grants them (or use the cluster's admin kubeconfig, "
+                       "Kubespray's artifacts/admin.conf); `kubectl auth can-i --list` shows what it has")

@@ -127,6 +127,36 @@ def test_known_kubespray_issues(profile, notice, evidence):
                f"({', '.join(issue.references)}); workaround: {issue.fix}")
 
 
+@pytest.mark.preflight
+def test_kubespray_docker_task_has_the_downgrade_fix(profile, evidence):
+    """kubespray #9114, decided from the checkout before anything changes: with container_manager
+    docker, upgrade-cluster.yml reinstalls the pinned docker packages over the node's newer ones,
+    and apt refuses the downgrade unless the package task has `force`/`allow_downgrade` (no
+    Kubespray release has it, v2.20.0 to v2.29.1)."""
+    from nodegate.core.kubespray_tasks import TaskFileError, check_checkout
+
+    manager = profile.expect.container_manager
+    if manager != "docker":
+        evidence.text("kubespray #9114", f"container_manager {manager} (inventory): Kubespray's docker role, "
+                                         "whose package task has the issue, does not run")
+        return
+    try:
+        verdict = check_checkout(profile.kubespray.path)
+    except TaskFileError as exc:
+        fail_check(f"cannot tell whether the Kubespray checkout has the fix for kubespray #9114: {exc}",
+                   fix=f"restore roles/container-engine/docker/tasks/main.yml in {profile.kubespray.path}, or set "
+                       "container_manager in the inventory if the cluster does not run docker")
+    evidence.text("kubespray #9114", f"{verdict.path}: task \"{verdict.task}\" (line {verdict.task_line}), module "
+                                     f"{verdict.module}: " + (f"fixed ({verdict.fix_arg}: true)" if verdict.fixed
+                                                             else "no force/allow_downgrade"))
+    if not verdict.fixed:
+        fail_check(f"kubespray #9114 fix missing: add `{verdict.line_to_add}` to {verdict.path}, task "
+                   f"\"{verdict.task}\", after line {verdict.add_after_line} (`{verdict.add_after_text.strip()}`)",
+                   details=["without it apt refuses to downgrade the docker packages in step 11, after both reboots, "
+                            "and the node stays cordoned on the new release"],
+                   fix=verdict.instruction())
+
+
 def _answers(address: str, ports=(623, 443, 22), timeout: float = 2.0) -> tuple[bool, str]:
     """Whether anything answers at the BMC address: a connection accepted or actively refused
     both prove the controller is up; silence on every port does not."""

@@ -40,7 +40,8 @@ def test_packages_held(node, reads, profile, releases, evidence):
     for package in extra:
         rows.append([package, held[package], "held", "(not expected to be held)"])
         problems.append(f"{package} {held[package]} is held but not in the expected set")
-    evidence.table(f"{node.name}: held packages", ["package", "installed", "hold", "expected"], rows)
+    evidence.table(f"{node.name}: held packages (expected from {profile.expect.held_source})",
+                   ["package", "installed", "hold", "expected"], rows)
     if problems:
         pins = " ".join(f"{p}={profile.expect.version_for(p, codename)}" for p in expected
                         if profile.expect.version_for(p, codename))
@@ -50,7 +51,8 @@ def test_packages_held(node, reads, profile, releases, evidence):
         if extra:
             fix += f"; `apt-mark unhold {' '.join(extra)}` if nothing needs them held"
         fail_check(f"held-package drift on {node.name}: {len(problems)} difference(s) from the expected set "
-                   f"({', '.join(expected)}, versions from the Kubespray inventory)", details=problems, fix=fix)
+                   f"({', '.join(expected) or 'nothing held'}: {profile.expect.held_source}; versions from the "
+                   "Kubespray inventory)", details=problems, fix=fix)
 
 
 @pytest.mark.preflight

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from labkit import wait_until
 
+from nodegate.lab import shared_files
 from nodegate.lab.config import LabConfig
 from nodegate.lab.profile_files import kubeconfig
 
@@ -42,7 +43,7 @@ class StandaloneApiServer:
         return json.loads((self.node_dir(name) / "state.json").read_text())
 
     def set_state(self, name: str, *, up: bool, new_boot: bool | None = None) -> dict:
-        """Write the node's state.json as the supervisor would (atomic rename) and return it. A node
+        """Write the node's state.json as the supervisor does (shared_files.write_json) and return it. A node
         that comes up from down (or is written for the first time) gets a new boot id, as a real boot
         does; new_boot=True forces one, new_boot=False keeps the old one."""
         path = self.node_dir(name) / "state.json"
@@ -54,10 +55,7 @@ class StandaloneApiServer:
                  "boot_id": str(uuid.uuid4()) if new_boot else old["boot_id"],
                  "boot_count": int(old.get("boot_count", 0)) + (1 if new_boot else 0),
                  "changed_at": time.time()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
+        shared_files.write_json(path, state)
         return state
 
     def set_release(self, name: str, text: str) -> None:
@@ -67,10 +65,30 @@ class StandaloneApiServer:
         path.write_text(text)
 
     def set_faults(self, data: dict) -> None:
-        """Replace faults.json as a whole (atomic rename); the server re-reads it."""
-        tmp = self.config.dir / "faults.tmp"
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.config.dir / "faults.json")
+        """Replace faults.json as a whole (as `nodegate lab fault` does) and return once the server
+        has read it (a condition, not a sleep: a busy machine can take longer than one poll)."""
+        with self.faults_applied():
+            shared_files.write_json(self.config.dir / "faults.json", data)
+
+    @contextmanager
+    def faults_applied(self, timeout: float = 15) -> Iterator[None]:
+        """Wait, after the block changed faults.json, until the server logged the new set of faults
+        (it logs "faults now: …" each time the file's content changed). A block that left the
+        content as it was waits for nothing."""
+        path = self.config.dir / "faults.json"
+        before_data = shared_files.read_json(path, {})
+        seen = self._faults_lines()
+        yield
+        if shared_files.read_json(path, {}) == before_data:
+            return
+        wait_until(lambda: self._faults_lines() > seen, timeout=timeout,
+                   what=f"the API server reading faults.json (log: {self.config.dir}/logs/apiserver.log)")
+
+    def _faults_lines(self) -> int:
+        try:
+            return (self.config.dir / "logs" / "apiserver.log").read_text(errors="replace").count(" faults now: ")
+        except FileNotFoundError:
+            return 0
 
     def request(self, method: str, path: str, body: object = None, *,
                 content_type: str = "application/json") -> tuple[int, dict]:

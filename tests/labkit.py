@@ -8,7 +8,6 @@ import ast
 import importlib
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,10 @@ NET_OFFSETS = {
     "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
     "lab-etcd": 65,            # tests/lab/test_etcd.py
+    "lab-access": 66,          # tests/lab/test_lab_access.py: HTTPS, ubuntu, port 2222, bastion
+    "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password
+    "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
+    "bench-16": 70,            # tests/bench: the bench's 16-node lab (bare) from a cold seed pin
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
     "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
     "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout
@@ -67,6 +70,31 @@ def ssh(config: LabConfig, node: str, command: str, *, check: bool = True, timeo
     if check and result.returncode != 0:
         raise AssertionError(f"ssh {node} {command!r} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def debian_kubectl() -> Path:
+    """Debian's kubectl (package kubernetes-client, 1.20): /usr/bin/kubectl when the package is
+    installed, else unpacked once beside the lab's cache (it conflicts with the image's kubectl,
+    lab-notes.md), fetched with apt-get as `make setup` fetches the lab's packages."""
+    import tempfile
+
+    from nodegate.lab.image import CACHE_ROOT
+
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "kubernetes-client"], capture_output=True, text=True)
+    if "install ok installed" in status.stdout:
+        return Path("/usr/bin/kubectl")
+    unpacked = CACHE_ROOT / "kubernetes-client"
+    kubectl = unpacked / "usr/bin/kubectl"
+    if kubectl.is_file():
+        return kubectl
+    with tempfile.TemporaryDirectory(dir=CACHE_ROOT) as tmp:
+        subprocess.run(["apt-get", "download", "-q", "kubernetes-client"], cwd=tmp, check=True, capture_output=True,
+                       timeout=300)
+        deb = next(Path(tmp).glob("kubernetes-client_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "root")], check=True, timeout=120)
+        if not kubectl.is_file():
+            (Path(tmp) / "root").rename(unpacked)
+    return kubectl
 
 
 def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -173,10 +201,7 @@ def fixed_kubespray_checkout(lab: LabConfig, where: Path) -> Path:
     venv = lab.dir / "kubespray-venv"
     if venv.exists() and not (where / "kubespray-venv").exists():
         (where / "kubespray-venv").symlink_to(venv)
-    task = checkout / "roles/container-engine/docker/tasks/main.yml"
-    text = task.read_text()
-    # the lab stand-in's task reads a lab-only variable where the operator's fix goes
-    fixed = re.sub(r"(?m)^(\s+)(?:force|allow_downgrade): .*nodegate_force_packages.*$", r"\1force: true", text)
-    assert fixed != text, "the lab's docker package task has no line where `force: true` goes"
-    task.write_text(fixed)
+    from nodegate.lab.kubespray import apply_force_fix
+
+    apply_force_fix(checkout)
     return checkout

@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -255,6 +256,24 @@ def describe_upgrade(*, profile: Profile, node: str, kube_version: str | None = 
     return f"in {checkout}: {shlex.join(argv)}"
 
 
+BECOME_PASSWORD_VARIABLE = "NODEGATE_ANSIBLE_BECOME_PASSWORD"
+_become_helper_dir: tempfile.TemporaryDirectory | None = None
+
+
+def _become_password_helper() -> Path:
+    """An executable that prints $NODEGATE_ANSIBLE_BECOME_PASSWORD (no secret in the file itself),
+    in a private folder removed when this process ends."""
+    global _become_helper_dir
+    if _become_helper_dir is None:
+        _become_helper_dir = tempfile.TemporaryDirectory(prefix="nodegate-become-")
+    path = Path(_become_helper_dir.name) / "become-password"
+    if not path.exists():
+        path.write_text("#!/bin/sh\n# nodegate: the sudo password given with --become-password-env, from the environment\n"
+                        f'exec printf \'%s\\n\' "${BECOME_PASSWORD_VARIABLE}"\n')
+        path.chmod(0o700)
+    return path
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env.update({
@@ -318,7 +337,15 @@ def _execute(*, profile: Profile, node: str, argv: list[str], executable: Path, 
     log.info("kubespray: running in %s: %s (ansible-core %s)", checkout, shlex.join(argv), version or "?")
     lines: list[str] = []
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=checkout, env=_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    env = _environment()
+    if profile.ssh.become_password:
+        # --become-password-env: Ansible runs an executable --become-password-file and reads its
+        # output; the helper prints the password from the playbook's own environment, so it is
+        # never on disk, in an argument or in the command line shown. The inventory's own
+        # ansible_become_password, if it has one, still wins (Ansible's variable precedence).
+        env[BECOME_PASSWORD_VARIABLE] = profile.ssh.become_password
+        argv = [*argv, f"--become-password-file={_become_password_helper()}"]
+    proc = subprocess.Popen(argv, cwd=checkout, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
 
     def pump() -> None:

@@ -50,7 +50,8 @@ CATEGORY_FIXES = {
     "Kubespray known issue": "see the known issue named in the message (nodegate.core.knowledge) and its fix",
     "Held-package drift": "hold the container packages again (`apt-mark hold containerd.io docker-ce docker-ce-cli`) "
                           "at the versions Kubespray expects",
-    "Legacy apt keyring": "move the repository key to /etc/apt/keyrings/ and add signed-by= to the source",
+    "Legacy apt keyring": "move the repository key into a keyring file of its own in /etc/apt/trusted.gpg.d/ "
+                          "(procedure steps 10 and 11 do this) and delete /etc/apt/trusted.gpg",
     "CSI crash-loop": "upgrade Rook/cephcsi to a version that supports the target release before continuing",
     "Node did not come back": "reach the node out-of-band (BMC console), boot it, then resume the procedure",
     "Storage unhealthy": "wait for `ceph status` to be HEALTH_OK with all OSDs up and in before the next node",

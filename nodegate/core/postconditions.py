@@ -221,14 +221,15 @@ class SourceLine:
     signed_by: str | None = None
 
 
-def repair(node: str, *, sources: Sequence[SourceLine], old_codename: str | None, legacy_keyring: bool,
-           keyrings_present: Sequence[str], rbd_loaded: bool, rbd_persisted: bool,
-           update_problems: Sequence[str] | None) -> Verdict:
+def repair(node: str, *, sources: Sequence[SourceLine] = (), old_codename: str | None = None,
+           legacy_keyring: bool = False, keyrings_present: Sequence[str] = (), rbd_loaded: bool,
+           rbd_persisted: bool, update_problems: Sequence[str] | None,
+           source_problems: Sequence[str] = ()) -> Verdict:
     """The repair holds when the sources and keys are as it left them: no source still disabled on
     upgrade or on the old codename, no legacy keyring, every key file an enabled source names
     there; rbd loaded and persisted; and (when it was run) `apt-get update` clean."""
-    problems = []
-    if not old_codename:
+    problems = list(source_problems)      # what an end-state reader of the source files found
+    if sources and not old_codename:
         problems.append("the journal has no source codename recorded: cannot tell which sources are left behind")
     present = set(keyrings_present)
     for s in sources:

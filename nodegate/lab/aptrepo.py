@@ -21,7 +21,6 @@ away after signing) and a lab copies it into DIR/apt.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import gzip
 import hashlib
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from nodegate.lab import shared_files
 from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT
@@ -107,25 +107,13 @@ def repo_build(cache_root: Path = CACHE_ROOT) -> RepoBuild:
                      docker_key_asc=keys / "docker.asc", archive_key=keys / "ubuntu-archive.gpg")
 
 
-@contextlib.contextmanager
-def cache_lock(path: Path):
-    """An exclusive lock file: labs and tests started at once build a cache entry only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_repo(cache_root: Path = CACHE_ROOT) -> RepoBuild:
     """Return the cached repository, building it first when absent (a few seconds)."""
     build = repo_build(cache_root)
     base = build.root.parent
     if (base / "complete").exists():
         return build
-    with cache_lock(base.with_name(base.name + ".lock")):
+    with shared_files.locked(base):   # labs and tests started at once build it only once
         if (base / "complete").exists():  # built by someone else while we waited
             return build
         for tool in ("dpkg-deb", "dpkg-scanpackages", "apt-ftparchive", "gpg", "gpgconf"):
@@ -157,7 +145,7 @@ def install_repo(config: LabConfig, *, cache_root: Path = CACHE_ROOT) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(build.root, dest, symlinks=True)
-    marker.write_text(stamp + "\n")
+    shared_files.write_atomic(marker, stamp + "\n")
     return dest
 
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodegate.lab import shared_files
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
@@ -96,7 +97,7 @@ def start_daemon(cmd: list[str], *, pidfile: Path, log: Path, marker: str,
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
-    pidfile.write_text(f"{proc.pid}\n")
+    shared_files.write_atomic(pidfile, f"{proc.pid}\n")   # `lab down` may read it at any moment
     # Until exec, /proc shows the forking Python's command line: wait for the daemon's so
     # that a check right after start sees it running.
     deadline = time.monotonic() + 5.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
-from nodegate.lab import kubespray_releases
-from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
+from nodegate.lab import kubespray_releases, shared_files
+from nodegate.lab.config import (CONTAINER_MANAGERS, DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER,
+                                  MAX_NODES, ROOK_CEPHCSI, SSH_USERS, LabConfig)
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -45,27 +47,45 @@ def add_parser(subparsers) -> None:
                     help="seconds from node up to Kubernetes Ready")
     up.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_LAB_NET", "0")),
                     help="second address octet (127.NET.x.y), so labs can run side by side")
+    up.add_argument("--container-manager", default="docker", choices=CONTAINER_MANAGERS,
+                    help="Kubespray's container_manager in the lab inventory (default docker; containerd "
+                         "nodes have no docker packages)")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
-    up.set_defaults(func=cmd_up)
+    api = up.add_mutually_exclusive_group()
+    api.add_argument("--https", dest="api_tls", action="store_true", default=DEFAULT_API_TLS,
+                     help="API over HTTPS with the lab's CA; kubeconfig with a client certificate, plus token, "
+                          "exec-plugin and restricted-user kubeconfigs" + (" (the default)" if DEFAULT_API_TLS else ""))
+    api.add_argument("--plain-http", dest="api_tls", action="store_false",
+                     help="API over plain HTTP with a bearer token (faster)" + ("" if DEFAULT_API_TLS else " (the default)"))
+    up.add_argument("--ssh-user", choices=SSH_USERS, default=DEFAULT_SSH_USER,
+                    help=f"the user the lab's profile and inventory log in as (default {DEFAULT_SSH_USER}); "
+                         f"every node has {LOGIN_USER!r} with sudo")
+    up.add_argument("--ssh-port", type=_port, default=22, help="port of every node's sshd (default 22)")
+    up.add_argument("--sudo-password", action="store_true",
+                    help=f"{LOGIN_USER}'s sudo asks for a password (the inventory's ansible_become_password); "
+                         "implies --ssh-user ubuntu")
+    up.add_argument("--bastion", action="store_true",
+                    help="add a bastion node; the other nodes accept SSH only through it")
+    up.set_defaults(func=_said(cmd_up))
 
     down = with_dir(sub.add_parser("down", help="stop everything the lab started and unmount"))
-    down.set_defaults(func=cmd_down)
+    down.set_defaults(func=_said(cmd_down))
 
     status = with_dir(sub.add_parser("status", help="show nodes and services"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=_said(cmd_status))
 
     reset = with_dir(sub.add_parser("reset", help="put one node back to its starting state"))
     reset.add_argument("node")
-    reset.set_defaults(func=cmd_reset)
+    reset.set_defaults(func=_said(cmd_reset))
 
     for name, what in (("power-on", "boot a node that is down (like a BMC)"),
                        ("power-off", "stop a node; it stays down until power-on")):
         p = with_dir(sub.add_parser(name, help=what))
         p.add_argument("node")
-        p.set_defaults(func=cmd_power, power=name)
+        p.set_defaults(func=_said(cmd_power), power=name)
 
     fault = with_dir(sub.add_parser("fault", help="inject or clear a fault"))
     fault.add_argument("name", nargs="?", help="fault name (see --list)")
@@ -77,7 +97,39 @@ def add_parser(subparsers) -> None:
     fault.add_argument("--mode", choices=("503", "drop", "mixed", "outage"),
                        help="api-flaky: answer 503, drop the connection, mixed (429/500/503/drops; the "
                             "default) or outage (every request dropped, whatever --ratio)")
-    fault.set_defaults(func=cmd_fault)
+    fault.set_defaults(func=_said(cmd_fault))
+
+
+def _said(command):
+    """A lab command whose failures end in a message, not a traceback: a program it ran that failed,
+    or a lab file that cannot be read, becomes a PermanentError naming it (`nodegate` prints those)."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except subprocess.CalledProcessError as exc:
+            output = (exc.stderr or exc.output or "")
+            output = output.decode(errors="replace") if isinstance(output, bytes) else output
+            argv = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd))
+            raise PermanentError(f"`{argv}` failed with exit {exc.returncode}"
+                                 + (f":\n{output.strip()[-1500:]}" if output.strip() else ""),
+                                 fix=f"see {Path(args.dir).resolve() / 'logs'}") from None
+        except shared_files.SharedFileError as exc:
+            raise PermanentError(str(exc), fix="`nodegate lab down`, then `nodegate lab up` again") from None
+        except OSError as exc:
+            raise PermanentError(f"lab {args.lab_command}: {exc}",
+                                 fix=f"see {Path(args.dir).resolve() / 'logs'}") from None
+    return run
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return value
 
 
 # -- up ------------------------------------------------------------------------------------------
@@ -103,11 +155,15 @@ def cmd_up(args) -> int:
     if lab_mounts(lab_dir) or any((lab_dir / "pids").glob("*.pid")):
         print(f"cleaning up what a previous run left in {lab_dir}")
         stop_lab(lab_dir)
-    _refuse_busy_addresses(args.net, args.nodes)
+    ssh_user = LOGIN_USER if args.sudo_password else args.ssh_user
+    _refuse_busy_addresses(args.net, args.nodes, args.ssh_port, bastion=args.bastion)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
                         kubespray_version=kubespray_releases.stand_in(args.kubespray).tag,
-                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+                        container_manager=args.container_manager,
+                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, api_tls=args.api_tls,
+                        ssh_user=ssh_user, ssh_port=args.ssh_port, sudo_password=args.sudo_password,
+                        bastion=args.bastion)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)
@@ -198,7 +254,7 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
                out=print) -> None:
     """Wait, bounded, until every node answers SSH and every present service is ready."""
     deadline = time.monotonic() + timeout_s
-    waiting = {n.name for n in config.nodes}
+    waiting = {n.name for n in config.ssh_hosts}
     has_api = api_server_command(config) is not None
     has_ceph = lab_ceph(config) is not None
     has_etcd = lab_etcd(config) is not None
@@ -220,6 +276,10 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         for service, entry in status.items():
             if entry.get("state") == "failed" and service not in said:
                 said.add(service)
+                if service.startswith("node "):
+                    raise PermanentError(f"the lab did not come up: {entry.get('detail')}",
+                                         fix=f"read that log; then `nodegate lab down --dir {config.dir}` "
+                                             "and `nodegate lab up` again")
                 raise PermanentError(f"lab service {service} failed: {entry.get('detail')}",
                                      fix=f"see {config.dir / 'logs'}")
         if not api_ok and _api_answers(config):
@@ -236,27 +296,40 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         if time.monotonic() > deadline:
             missing = (sorted(waiting) + ([] if api_ok else ["API server"]) + ([] if ceph_ok else ["Ceph"])
                        + ([] if etcd_ok else ["etcd"]))
+            logs = [str(config.dir / "logs" / f"{name}.log") for name in sorted(waiting)[:3]]
+            logs.append(str(config.dir / "logs" / "supervisor.log"))
             raise TransientError(f"the lab was not ready within {timeout_s:.0f} s; still waiting for "
-                                 f"{', '.join(missing)}", fix=f"see {config.dir / 'logs'}")
+                                 f"{', '.join(missing)}", fix=f"see {', '.join(logs)}")
         time.sleep(0.05)
+
+
+def api_tls_context(config: LabConfig):
+    """An ssl context that trusts the lab's CA (None for a plain-HTTP lab)."""
+    if not config.api_tls:
+        return None
+    import ssl
+
+    from nodegate.lab.pki import Pki
+
+    return ssl.create_default_context(cafile=str(Pki.of(config.dir).ca_cert))
 
 
 def _api_answers(config: LabConfig) -> bool:
     req = urllib.request.Request(config.api_url + "/version", headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
+        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
             return resp.status == 200
     except OSError:
         return False
 
 
-def _refuse_busy_addresses(net: int, nodes: int) -> None:
-    for i in range(1, nodes + 1):
-        address = f"127.{net}.1.{i}"
+def _refuse_busy_addresses(net: int, nodes: int, port: int = 22, *, bastion: bool = False) -> None:
+    addresses = [f"127.{net}.1.{i}" for i in range(1, nodes + 1)] + ([f"127.{net}.4.1"] if bastion else [])
+    for address in addresses:
         with socket.socket() as sock:
             sock.settimeout(0.3)
-            if sock.connect_ex((address, 22)) == 0:
-                raise UsageError(f"{address}:22 is already in use (another lab on net {net}?)",
+            if sock.connect_ex((address, port)) == 0:
+                raise UsageError(f"{address}:{port} is already in use (another lab on net {net}?)",
                                  fix="stop that lab or choose another --net")
 
 
@@ -294,7 +367,7 @@ def lab_status(config: LabConfig) -> dict:
     sup = supervisor_pid(config.dir)
     book = lab_faults.FaultBook(config.dir)
     nodes = []
-    for node in config.nodes:
+    for node in config.ssh_hosts:
         runtime = NodeRuntime(config, node)
         state = runtime.read_state() or NodeState(node.name, "down", None, "", 0, 0.0)
         up = sup is not None and state.state == "up"
@@ -378,7 +451,7 @@ def _node_ready(config: LabConfig, name: str) -> bool:
     req = urllib.request.Request(f"{config.api_url}/api/v1/nodes/{name}",
                                  headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
+        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
             conditions = json.load(resp).get("status", {}).get("conditions", [])
     except (OSError, ValueError):
         return False

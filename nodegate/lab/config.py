@@ -5,16 +5,27 @@ so a lab can be inspected and driven from any process.
 """
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from nodegate.lab import shared_files
 
 MAX_NODES = 16
 KUBE_VERSION = "v1.25.6"
 KUBESPRAY_VERSION = "v2.21.0"
 DEFAULT_ROOK = "v1.15.9"
+# How a lab is reached unless `lab up` is told otherwise. The production way (HTTPS with the
+# lab's CA and a client-certificate kubeconfig, SSH as `ubuntu` with sudo) is one flag away:
+# `--https --ssh-user ubuntu`; plain HTTP and root stay the default until the whole suite has
+# run against the other.
+DEFAULT_API_TLS = False
+DEFAULT_SSH_USER = "root"
+LOGIN_USER = "ubuntu"        # Ubuntu cloud images' login user; every lab node has it, with sudo
+SSH_USERS = ("root", LOGIN_USER)
+BASTION_NAME = "bastion"
 # Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags).
+CONTAINER_MANAGERS = ("docker", "containerd")
 ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3"}
 
 
@@ -44,7 +55,28 @@ class LabConfig:
     rook_version: str = DEFAULT_ROOK
     kube_version: str = KUBE_VERSION
     kubespray_version: str = KUBESPRAY_VERSION
+    # Kubespray's container_manager for the lab's inventory: docker (the seed's story: docker-ce
+    # and containerd.io from apt, held) or containerd (Kubespray's default: no such packages).
+    container_manager: str = "docker"
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret
+    api_tls: bool = DEFAULT_API_TLS   # HTTPS with the lab's CA (pki.py); False: plain HTTP
+    ssh_user: str = DEFAULT_SSH_USER  # the user the lab's profile and inventory log in as
+    ssh_port: int = 22                # every node's sshd port (the bastion's too)
+    sudo_password: bool = False       # the login user's sudo asks for its password
+    bastion: bool = False             # nodes accept SSH only through the bastion node
+
+    @property
+    def bastion_node(self) -> LabNode | None:
+        """The jump host (not a cluster node: no Kubernetes Node, no etcd, no OSD)."""
+        if not self.bastion:
+            return None
+        return LabNode(name=BASTION_NAME, index=0, address=f"127.{self.net}.4.1", roles=("bastion",))
+
+    @property
+    def ssh_hosts(self) -> tuple[LabNode, ...]:
+        """Every host with an sshd: the nodes, then the bastion when there is one."""
+        extra = self.bastion_node
+        return self.nodes + ((extra,) if extra is not None else ())
 
     @property
     def cephcsi_version(self) -> str:
@@ -64,7 +96,7 @@ class LabConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_address}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.api_address}:{self.api_port}"
 
     @property
     def repo_url(self) -> str:
@@ -72,7 +104,7 @@ class LabConfig:
         return f"http://{self.repo_address}{port}"
 
     def node(self, name: str) -> LabNode:
-        for node in self.nodes:
+        for node in self.ssh_hosts:
             if node.name == name:
                 return node
         known = ", ".join(n.name for n in self.nodes)
@@ -89,6 +121,14 @@ class LabConfig:
             raise ValueError(f"a lab has 1 to {MAX_NODES} nodes, not {n_nodes}")
         if settings.get("rook_version", DEFAULT_ROOK) not in ROOK_CEPHCSI:
             raise ValueError(f"unknown Rook version; the lab knows {', '.join(ROOK_CEPHCSI)}")
+        if settings.get("ssh_user", DEFAULT_SSH_USER) not in SSH_USERS:
+            raise ValueError(f"the lab's SSH user is one of {', '.join(SSH_USERS)}")
+        if not 1 <= settings.get("ssh_port", 22) <= 65535:
+            raise ValueError("an SSH port is 1 to 65535")
+        if settings.get("sudo_password") and settings.get("ssh_user", DEFAULT_SSH_USER) == "root":
+            raise ValueError(f"a sudo password only matters for a non-root login: use ssh_user {LOGIN_USER!r}")
+        if settings.get("container_manager", "docker") not in CONTAINER_MANAGERS:
+            raise ValueError(f"container manager must be one of {', '.join(CONTAINER_MANAGERS)}")
         net = settings.pop("net", 0)
         return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)
@@ -96,15 +136,13 @@ class LabConfig:
     def save(self) -> None:
         data = asdict(self)
         data["dir"] = str(self.dir)
-        path = self.dir / "lab.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.chmod(0o600)  # holds the API token
-        tmp.replace(path)
+        shared_files.write_json(self.dir / "lab.json", data, mode=0o600)  # holds the API token
 
     @classmethod
     def load(cls, dir: Path) -> "LabConfig":
-        data = json.loads((Path(dir) / "lab.json").read_text())
+        data = shared_files.read_json(Path(dir) / "lab.json")
+        if data is None:
+            raise FileNotFoundError(f"no lab.json in {dir}")
         data["dir"] = Path(data["dir"])
         data["nodes"] = tuple(LabNode(n["name"], n["index"], n["address"], tuple(n["roles"]))
                               for n in data["nodes"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.ceph import pid_alive, read_pid, start_daemon, stop_daemons
+from nodegate.lab import shared_files
 from nodegate.lab.config import LabConfig, LabNode
 
 ETCD = "/usr/bin/etcd"
@@ -98,7 +99,7 @@ class LabEtcd:
         began = time.monotonic()
         self.dir.mkdir(parents=True)
         # A token unique to this cluster keeps members of another lab from joining it.
-        self._token_file.write_text(f"nodegate-lab-{self.config.net}-{uuid.uuid4().hex[:12]}\n")
+        shared_files.write_atomic(self._token_file, f"nodegate-lab-{self.config.net}-{uuid.uuid4().hex[:12]}\n")
         for member in self.config.etcd_nodes:
             self.start_member(member.name)
         self.wait_healthy(timeout)

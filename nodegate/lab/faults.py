@@ -1,7 +1,7 @@
 """Faults the lab can inject, and DIR/faults.json that records which are on.
 
 faults.json: {"<fault-name>": {"nodes": ["node4"], "since": epoch, ...params}}, written by
-`nodegate lab fault` only (atomic rename). Who acts on each fault:
+`nodegate lab fault` and `nodegate lab reset` (whole, under its lock: shared_files). Who acts on each fault:
 - the supervisor: hang-on-reboot (a node that goes down stays down until the fault is cleared);
 - this module, inside the node over SSH: held-version-drift, pending-updates, reboot-required;
 - the API server (reads faults.json): pdb-block, api-flaky, csi-rbd-broken;
@@ -9,13 +9,16 @@ faults.json: {"<fault-name>": {"nodes": ["node4"], "since": epoch, ...params}}, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+from nodegate.lab import shared_files
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
@@ -58,15 +61,18 @@ class FaultBook:
         self.reload()
 
     def reload(self) -> None:
-        try:
-            self.data = json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            self.data = {}
+        self.data = shared_files.read_json(self.path, {})
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.path)
+        shared_files.write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    @contextlib.contextmanager
+    def editing(cls, lab_dir: Path) -> Iterator["FaultBook"]:
+        """The book read under its lock, held until the block ends: two `nodegate lab fault`
+        commands at once (tests on several workers) never lose each other's change."""
+        with shared_files.locked(Path(lab_dir) / "faults.json"):
+            yield cls(lab_dir)
 
     def active(self, name: str) -> bool:
         return name in self.data
@@ -125,71 +131,71 @@ def check_names(config: LabConfig, name: str, node: str | None, *, clearing: boo
 
 def set_fault(config: LabConfig, name: str, *, node: str | None = None, params: dict | None = None) -> FaultChange:
     check_names(config, name, node, clearing=False)
-    book = FaultBook(config.dir)
-    params = dict(params or {})
-    if book.node_has(name, node) if node else book.active(name):
-        return FaultChange(name, node, "set", "already set; nothing changed")
-    detail = ""
-    if name == "held-version-drift":
-        params, detail = _drift_on(config, node, book)
-    elif name == "pending-updates":
-        params, detail = _pending_on(config, node, book)
-    elif name == "reboot-required":
-        detail = _reboot_required_on(config, node)
-    elif name == "ceph-warn":
-        _lab_ceph(config).inject_warning()
-        detail = "Ceph warning injected"
-    elif name == "api-flaky":
-        ratio = float(params.get("ratio", 0.5))
-        if not 0 < ratio <= 1:
-            raise UsageError(f"--ratio must be in (0, 1], not {ratio}")
-        params["ratio"] = ratio
-        if params.get("for_s"):
-            params["until"] = time.time() + float(params["for_s"])
-    book.add(name, node, params)
-    book.save()
-    return FaultChange(name, node, "set", detail)
+    with FaultBook.editing(config.dir) as book:
+        params = dict(params or {})
+        if book.node_has(name, node) if node else book.active(name):
+            return FaultChange(name, node, "set", "already set; nothing changed")
+        detail = ""
+        if name == "held-version-drift":
+            params, detail = _drift_on(config, node, book)
+        elif name == "pending-updates":
+            params, detail = _pending_on(config, node, book)
+        elif name == "reboot-required":
+            detail = _reboot_required_on(config, node)
+        elif name == "ceph-warn":
+            _lab_ceph(config).inject_warning()
+            detail = "Ceph warning injected"
+        elif name == "api-flaky":
+            ratio = float(params.get("ratio", 0.5))
+            if not 0 < ratio <= 1:
+                raise UsageError(f"--ratio must be in (0, 1], not {ratio}")
+            params["ratio"] = ratio
+            if params.get("for_s"):
+                params["until"] = time.time() + float(params["for_s"])
+        book.add(name, node, params)
+        book.save()
+        return FaultChange(name, node, "set", detail)
 
 
 def clear_fault(config: LabConfig, name: str, *, node: str | None = None) -> list[FaultChange]:
     """Clear the fault on one node, or (node None) everywhere it is set."""
     spec = check_names(config, name, node, clearing=True)
-    book = FaultBook(config.dir)
-    if spec.per_node:
-        targets = [node] if node else book.nodes(name)
-        targets = [t for t in targets if book.node_has(name, t)]
-    else:
-        targets = [None] if book.active(name) else []
-    changes = []
-    for target in targets:
-        detail = ""
-        if name == "held-version-drift":
-            detail = _drift_off(config, target, book.data[name].get("restore", {}).get(target))
-        elif name == "pending-updates":
-            detail = _pending_off(config, target, book.data[name].get("restore", {}).get(target))
-        elif name == "reboot-required":
-            detail = _reboot_required_off(config, target)
-        elif name == "ceph-warn":
-            _lab_ceph(config).clear_warning()
-            detail = "Ceph warning cleared"
-        book.remove(name, target)
-        book.save()
-        changes.append(FaultChange(name, target, "cleared", detail))
-    if not changes:
-        changes.append(FaultChange(name, node, "cleared", "was not set; nothing changed"))
-    return changes
+    with FaultBook.editing(config.dir) as book:
+        if spec.per_node:
+            targets = [node] if node else book.nodes(name)
+            targets = [t for t in targets if book.node_has(name, t)]
+        else:
+            targets = [None] if book.active(name) else []
+        changes = []
+        for target in targets:
+            detail = ""
+            if name == "held-version-drift":
+                detail = _drift_off(config, target, book.data[name].get("restore", {}).get(target))
+            elif name == "pending-updates":
+                detail = _pending_off(config, target, book.data[name].get("restore", {}).get(target))
+            elif name == "reboot-required":
+                detail = _reboot_required_off(config, target)
+            elif name == "ceph-warn":
+                _lab_ceph(config).clear_warning()
+                detail = "Ceph warning cleared"
+            book.remove(name, target)
+            book.save()
+            changes.append(FaultChange(name, target, "cleared", detail))
+        if not changes:
+            changes.append(FaultChange(name, node, "cleared", "was not set; nothing changed"))
+        return changes
 
 
 def clear_node_faults(config: LabConfig, node: str) -> list[str]:
     """Forget every per-node fault on `node` (after `lab reset`: its disk is fresh again)."""
-    book = FaultBook(config.dir)
-    cleared = [name for name in list(book.data)
-               if name in FAULTS and FAULTS[name].per_node and book.node_has(name, node)]
-    for name in cleared:
-        book.remove(name, node)
-    if cleared:
-        book.save()
-    return cleared
+    with FaultBook.editing(config.dir) as book:
+        cleared = [name for name in list(book.data)
+                   if name in FAULTS and FAULTS[name].per_node and book.node_has(name, node)]
+        for name in cleared:
+            book.remove(name, node)
+        if cleared:
+            book.save()
+        return cleared
 
 
 # -- node-side faults (real apt inside the node, over real SSH) ----------------------------------

@@ -12,15 +12,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from nodegate.lab import shared_files
+
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("NODEGATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # python3-apt: Ansible's apt module needs it on the node; kmod/procps/iproute2: what an
-# operator's commands expect; openssh-server: the node's PID 1.
+# operator's commands expect; openssh-server: the node's PID 1; sudo: Ubuntu's cloud images
+# log in as a non-root user (`ubuntu`) with sudo, and Kubespray inventories become root with it.
 PACKAGES = (
     "openssh-server", "python3", "python3-apt", "apt-utils", "kmod", "iproute2",
-    "procps", "ca-certificates", "gnupg", "less", "lsb-release",
+    "procps", "ca-certificates", "gnupg", "less", "lsb-release", "sudo",
 )
 CACHE_ROOT = Path(os.environ.get("NODEGATE_CACHE", "/var/cache/nodegate"))
 
@@ -41,6 +44,15 @@ def ensure_base_image(cache_root: Path = CACHE_ROOT) -> Path:
     done = rootfs.parent / "complete"
     if done.exists():
         return rootfs
+    # Engineers' `make setup` runs at once on one machine share this cache: one builds, the others
+    # wait, and nobody removes a tree another build is writing or a lab is using.
+    with shared_files.locked(rootfs.parent):
+        if done.exists():
+            return rootfs
+        return _build(rootfs, done)
+
+
+def _build(rootfs: Path, done: Path) -> Path:
     tmp = rootfs.parent / "rootfs.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -54,7 +66,7 @@ def ensure_base_image(cache_root: Path = CACHE_ROOT) -> Path:
     if rootfs.exists():
         shutil.rmtree(rootfs)
     tmp.rename(rootfs)
-    done.write_text(image_key() + "\n")
+    shared_files.write_atomic(done, image_key() + "\n")
     return rootfs
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import re
 import logging
 import secrets
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from nodegate.lab.config import LabConfig
+from nodegate.lab.config import LOGIN_USER, LabConfig
 from nodegate.lab.image import CACHE_ROOT
 from nodegate.lab.kubespray_releases import StandIn, commit_as_release, lay_out, stand_in
 from nodegate.lab.profile_files import SshFiles
@@ -85,6 +86,21 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
     workers = [n.name for n in config.nodes if "worker" in n.roles]
     etcd = [n.name for n in config.etcd_nodes]
     hosts = {n.name: {"ansible_host": n.address, "ip": n.address, "access_ip": n.address} for n in config.nodes}
+    ssh = SshFiles(config.dir)
+    strict = (f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes "
+              "-o IdentitiesOnly=yes -o HostKeyAlgorithms=ssh-ed25519 -o ConnectTimeout=5")
+    bastion = config.bastion_node
+    children: dict = {}
+    if bastion is not None:
+        # Kubespray's layout: a host named `bastion` in the group `bastion`; its ProxyCommand
+        # (roles/bastion-ssh-config) is `ssh -F /dev/null … -W %h:%p -p <port> <user>@<bastion>`,
+        # here with the lab's pinned host keys instead of Kubespray's StrictHostKeyChecking=no.
+        hosts[bastion.name] = {"ansible_host": bastion.address, "ansible_user": LOGIN_USER}
+        children["bastion"] = {"hosts": {bastion.name: None}}
+        proxy = (f"ssh -F /dev/null {strict} -i {ssh.identity} -W %h:%p -p {config.ssh_port} "
+                 f"{LOGIN_USER}@{bastion.address}")
+        for node in config.nodes:
+            hosts[node.name]["ansible_ssh_common_args"] = f"{strict} -o ProxyCommand=\"{proxy}\""
     # Letters and digits only, so the YAML holds them unquoted and a plain grep finds them.
     become_password = "become" + secrets.token_hex(12)
     registry_password = "registry" + secrets.token_hex(12)
@@ -92,6 +108,7 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
         "all": {
             "hosts": hosts,
             "children": {
+                **children,
                 "kube_control_plane": {"hosts": {name: None for name in control}},
                 "kube_node": {"hosts": {name: None for name in workers}},
                 "etcd": {"hosts": {name: None for name in etcd}},
@@ -99,21 +116,21 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
                 "calico_rr": {"hosts": {}},
             },
             # A planted secret, as operators keep one here: it must never reach nodegate's output.
-            "vars": {"ansible_become_password": become_password},
+            "vars": {"ansible_user": config.ssh_user, "ansible_port": config.ssh_port,
+                     "ansible_become_password": become_password},
         },
     }, mode=0o600)
-    ssh = SshFiles(config.dir)
     _dump(inventory / "group_vars/all/all.yml", "How Ansible reaches the lab nodes (the lab's key and pinned host keys)", {
-        "ansible_user": "root",
         "ansible_ssh_private_key_file": str(ssh.identity),
-        "ansible_ssh_common_args": (f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes "
-                                    "-o IdentitiesOnly=yes -o HostKeyAlgorithms=ssh-ed25519 -o ConnectTimeout=5"),
+        "ansible_ssh_common_args": strict,
         "ansible_python_interpreter": "/usr/bin/python3",
         "retry_stagger": RETRY_STAGGER,
     })
     _dump(inventory / "group_vars/all/offline.yml", "Package sources: the lab's apt repository", {
         "docker_ubuntu_repo_base_url": f"{config.repo_url}/linux/ubuntu",
         "docker_ubuntu_repo_gpgkey": f"{config.repo_url}/linux/ubuntu/gpg",
+        "docker_ubuntu_repo_repokey": docker_key_fingerprint(),
+        "containerd_ubuntu_repo_base_url": f"{config.repo_url}/linux/ubuntu",
     })
     _dump(inventory / "group_vars/all/docker.yml", "Docker and its containerd.io, as pinned by Kubespray v2.21", {
         "docker_version": DOCKER_VERSION,
@@ -127,12 +144,25 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
     }, mode=0o600)
     _dump(inventory / "group_vars/k8s_cluster/k8s-cluster.yml", "Kubernetes cluster settings", {
         "kube_version": release.kube_version(config.kube_version),   # v2.28+: without the leading 'v'
-        "container_manager": "docker",
+        "container_manager": config.container_manager,
         "kube_network_plugin": "calico",
         "kube_network_plugin_multus": True,
         "kube_config_dir": "/etc/kubernetes",
         "cluster_name": "cluster.local",
     })
+
+
+def docker_key_fingerprint(cache_root: Path = CACHE_ROOT) -> str:
+    """The fingerprint of the lab repository's Docker key (generated with each repository
+    build), which Kubespray's apt_key task names as docker_ubuntu_repo_repokey."""
+    from nodegate.lab.aptrepo import repo_build
+
+    key = repo_build(cache_root).docker_key
+    if not key.exists():
+        return "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"   # Docker's own, until the repository is built
+    out = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys", str(key)], capture_output=True,
+                         text=True, check=True).stdout
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
 
 def planted_secrets(lab_dir: Path) -> dict[str, str]:
@@ -216,19 +246,21 @@ def link_venv(config: LabConfig, *, cache_root: Path = CACHE_ROOT) -> Path | Non
 
 
 DOCKER_TASKS = "roles/container-engine/docker/tasks/main.yml"
-_PACKAGE_TASK = "- name: ensure docker packages are installed\n"
+_STATE_LINE = re.compile(r"(?m)^(    state: \"\{\{ docker_package_info\.state \| default\('present'\) \}\}\"\n)")
 
 
-def apply_force_fix(checkout: Path) -> bool:
-    """Do what the operator does for kubespray #9114: add `force: true` to the docker package
-    task in roles/container-engine/docker/tasks/main.yml. Returns False if it was there already."""
+def apply_force_fix(checkout: Path, argument: str = "force") -> bool:
+    """Do what the operator does for kubespray #9114 on v2.21.0's task shape: add `force: true`
+    (or `allow_downgrade: true`) as an argument of the `package:` module of "ensure docker
+    packages are installed" in roles/container-engine/docker/tasks/main.yml, after its `state:`
+    line (not under module_defaults). Returns False if it was there already."""
     path = Path(checkout) / DOCKER_TASKS
     text = path.read_text()
-    start = text.index(_PACKAGE_TASK)
-    end = text.find("\n- name:", start + 1)
-    task = text[start:] if end < 0 else text[start:end]
-    if "\n    force: true" in task:
+    line = f"    {argument}: true\n"
+    if line in text:
         return False
-    fixed = task.replace("    update_cache: true\n", "    update_cache: true\n    force: true\n", 1)
-    path.write_text(text.replace(task, fixed, 1))
+    fixed, count = _STATE_LINE.subn(lambda m: m.group(1) + line, text, count=1)
+    if count != 1:
+        raise ValueError(f"{path}: no `state:` line of the docker package task to add {line.strip()!r} after")
+    path.write_text(fixed)
     return True

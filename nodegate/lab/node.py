@@ -9,7 +9,6 @@ So the node's sshd is PID 1 of its own PID namespace: when it ends, the node has
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -20,9 +19,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodegate.lab import shared_files
 from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.apiserver.nodes import read_os_release
-from nodegate.lab.config import LabConfig, LabNode
+from nodegate.lab import access
+from nodegate.lab.config import BASTION_NAME, LabConfig, LabNode
 from nodegate.lab.image import base_rootfs
 from nodegate.lab.profile_files import SshFiles
 
@@ -45,7 +46,8 @@ HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 @dataclass(frozen=True)
 class NodeState:
-    """DIR/nodes/<name>/state.json, written only by the supervisor (atomic rename)."""
+    """DIR/nodes/<name>/state.json, written by the supervisor (and by `lab down` once the
+    supervisor is gone), always whole (shared_files.write_atomic); read by the API server and the CLI."""
 
     name: str
     state: str            # "up" | "down"
@@ -56,19 +58,16 @@ class NodeState:
 
     @classmethod
     def read(cls, path: Path) -> "NodeState | None":
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = shared_files.read_json(path)
+        if data is None:
             return None
         return cls(name=data["name"], state=data["state"], pid=data.get("pid"), boot_id=data.get("boot_id", ""),
                    boot_count=int(data.get("boot_count", 0)), changed_at=float(data.get("changed_at", 0)))
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"name": self.name, "state": self.state, "pid": self.pid,
-                                   "boot_id": self.boot_id, "boot_count": self.boot_count,
-                                   "changed_at": self.changed_at}) + "\n")
-        tmp.replace(path)
+        shared_files.write_json(path, {"name": self.name, "state": self.state, "pid": self.pid,
+                                       "boot_id": self.boot_id, "boot_count": self.boot_count,
+                                       "changed_at": self.changed_at}, indent=None)
 
 
 def lower_layers(config: LabConfig) -> list[Path]:
@@ -192,7 +191,7 @@ class NodeRuntime:
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         (root / "etc/machine-id").chmod(0o444)
         hosts = ["127.0.0.1 localhost", f"{self.node.address} {self.node.name}"]
-        hosts += [f"{n.address} {n.name}" for n in self.config.nodes if n.name != self.node.name]
+        hosts += [f"{n.address} {n.name}" for n in self.config.ssh_hosts if n.name != self.node.name]
         hosts += ["::1 localhost ip6-localhost ip6-loopback"]
         (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
         key = ssh.host_key(self.node.name)
@@ -206,22 +205,12 @@ class NodeRuntime:
         (dot_ssh / "authorized_keys").chmod(0o600)
         dropin = root / SSHD_DROPIN
         dropin.parent.mkdir(parents=True, exist_ok=True)
-        # First value wins in sshd_config and this file is included first.
-        dropin.write_text("\n".join([
-            "# Written by the nodegate lab: this node's address, key-only root login.",
-            f"ListenAddress {self.node.address}:22",
-            "HostKey /etc/ssh/ssh_host_ed25519_key",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            # No systemd/logind in a node: PAM session modules would only add noise and delay.
-            "UsePAM no",
-            "UseDNS no",
-            # Test suites and Ansible open many connections and sessions at once.
-            "MaxStartups 64:30:128",
-            "MaxSessions 64",
-            "",
-        ]))
+        dropin.write_text("\n".join(access.sshd_settings(self.config, self.node)))
+        access.write_login_user(self.config, root, self.node,
+                                authorized_key=ssh.identity.with_suffix(".pub").read_text())
+        if self.node.name == BASTION_NAME:
+            access.write_bastion_files(self.config, root)
+            return  # not a cluster node: no seed fitting (apt sources, etcd.env)
         seed_prepare(self.config, root)
 
     # -- boot ----------------------------------------------------------------------
@@ -243,7 +232,7 @@ class NodeRuntime:
 
     def ssh_listening(self) -> bool:
         try:
-            with socket.create_connection((self.node.address, 22), timeout=0.5) as sock:
+            with socket.create_connection((self.node.address, self.config.ssh_port), timeout=0.5) as sock:
                 sock.settimeout(1.0)
                 return sock.recv(8).startswith(b"SSH-")
         except OSError:

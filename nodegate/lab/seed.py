@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from nodegate.lab import aptrepo, shared_files
 from nodegate.core.errors import PermanentError
-from nodegate.lab import aptrepo
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT, base_rootfs, image_key
 
@@ -106,7 +106,7 @@ def ensure_seed(cache_root: Path = CACHE_ROOT) -> Path:
     layer = top / "layer"
     if (top / "complete").exists():
         return layer
-    with aptrepo.cache_lock(top.with_name(top.name + ".lock")):
+    with shared_files.locked(top):
         if (top / "complete").exists():
             return layer
         tmp = top.with_name(top.name + ".tmp")
@@ -154,17 +154,33 @@ def seed_layer(config: LabConfig) -> Path:
     cached when the lab came up, kept for the lab's life: once the lab's code changes, the cache
     holds a newer repository build and seed, but this lab still serves the repository it copied at
     start (DIR/apt). A node reset onto the newer seed would carry apt lists of another build, and
-    apt would fetch packages whose size and hashes do not match them."""
+    apt would fetch packages whose size and hashes do not match them.
+
+    Up to 16 nodes boot at once (a thread each in the supervisor), so the pin is created once under
+    its lock and written whole (shared_files): a node never reads a pin that is being written."""
     pin = config.dir / SEED_PIN
-    if pin.is_file():
-        layer = Path(pin.read_text().strip())
-        if (layer.parent / "complete").exists():
-            return layer
-        raise PermanentError(f"the seed layer this lab started from ({layer}) is no longer cached",
+    layer = _read_pin(pin)
+    if layer is None:
+        with shared_files.locked(pin):
+            layer = _read_pin(pin)
+            if layer is None:
+                layer = ensure_seed()
+                shared_files.write_atomic(pin, f"{layer}\n")
+    if (layer.parent / "complete").exists():
+        return layer
+    raise PermanentError(f"the seed layer this lab started from ({layer}) is no longer cached",
+                         fix="restart the lab: `nodegate lab down`, then `nodegate lab up`")
+
+
+def _read_pin(pin: Path) -> Path | None:
+    try:
+        text = pin.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text.startswith("/"):
+        raise PermanentError(f"the seed pin {pin} does not name a layer (it holds {text[:80]!r})",
                              fix="restart the lab: `nodegate lab down`, then `nodegate lab up`")
-    layer = ensure_seed()
-    pin.write_text(f"{layer}\n")
-    return layer
+    return Path(text)
 
 
 # -- per node -------------------------------------------------------------------------------
@@ -173,6 +189,8 @@ def prepare_root(config: LabConfig, root: Path) -> None:
     (the layer was built for net 0) without touching anything that did not change; on an etcd
     node, write Kubespray's /etc/etcd.env for this lab's members."""
     _write_etcd_env(config, root)
+    if getattr(config, "container_manager", "docker") == "containerd":
+        _drop_docker_packages(root)
     old_host = BUILD_ADDRESS
     new_url = config.repo_url
     new_host = new_url.split("://", 1)[1]
@@ -189,6 +207,15 @@ def prepare_root(config: LabConfig, root: Path) -> None:
     prefix = old_host + "_"
     for path in lists.glob(prefix + "*"):
         path.rename(lists / (new_host + "_" + path.name[len(prefix):]))
+
+
+def _drop_docker_packages(root: Path) -> None:
+    """A containerd cluster's node: Kubespray (container_manager containerd, its default) installs
+    containerd from its own download and removes the containerd.io package, so no docker
+    packages are installed or held (v2.21.0 roles/container-engine/containerd/tasks/main.yml).
+    The Docker apt source and its key stay, as on a node that once had them."""
+    subprocess.run(["chroot", str(root), "dpkg", "--force-hold", "--purge", *HELD], check=True,
+                   capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
 
 
 def _write_etcd_env(config: LabConfig, root: Path) -> None:

@@ -25,6 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
+from nodegate.lab import shared_files
 from nodegate.lab.config import LabConfig, LabNode
 from nodegate.lab.faults import FaultBook
 from nodegate.lab.node import NodeRuntime, child_pid, new_boot_id, pid_alive, stop_pid
@@ -46,10 +47,7 @@ def control_socket_path(lab_dir: Path) -> Path:
 
 
 def write_pid_file(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(path)
+    shared_files.write_atomic(path, f"{pid}\n")
 
 
 # -- the other lab parts (each optional until its module exists) ------------------------------
@@ -95,14 +93,17 @@ SERVICES = ("apt", "api", "ceph", "etcd")
 
 def read_services(lab_dir: Path) -> tuple[str, ...]:
     """Which lab services this lab runs besides its nodes (DIR/services.json, written by `lab up`)."""
-    try:
-        return tuple(json.loads((Path(lab_dir) / "services.json").read_text())["services"])
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return SERVICES
+    data = shared_files.read_json(Path(lab_dir) / "services.json")
+    return SERVICES if data is None else tuple(data["services"])
 
 
 def write_services(lab_dir: Path, services: tuple[str, ...]) -> None:
-    (Path(lab_dir) / "services.json").write_text(json.dumps({"services": list(services)}) + "\n")
+    shared_files.write_json(Path(lab_dir) / "services.json", {"services": list(services)}, indent=None)
+
+
+def node_status_key(node: str) -> str:
+    """A node's entry in the status book (present only once a boot of it failed)."""
+    return f"node {node}"
 
 
 class StatusBook:
@@ -114,16 +115,11 @@ class StatusBook:
 
     def set(self, service: str, state: str, detail: str = "") -> None:
         self.data[service] = {"state": state, "detail": detail, "at": time.time()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        shared_files.write_json(self.path, self.data, indent=1)
 
     @staticmethod
     def read(lab_dir: Path) -> dict[str, dict]:
-        try:
-            return json.loads((lab_dir / "supervisor-status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return shared_files.read_json(Path(lab_dir) / "supervisor-status.json", {})
 
 
 class NodeSlot:
@@ -141,6 +137,7 @@ class NodeSlot:
         self.held_reason: str | None = None  # why a down node is not booted again
         self.wake = asyncio.Event()
         self.up_event = asyncio.Event()
+        self.boot_failed = asyncio.Event()   # the last boot failed (cleared when a boot starts)
         self.task: asyncio.Task | None = None
         previous = self.runtime.read_state()
         if previous is not None:
@@ -172,7 +169,16 @@ class NodeSlot:
                 self.held_reason = f"boot failed: {exc}"
                 self.end_node()
                 self.write_down()
+                # `lab up` (wait_ready) reads this and stops at once, naming the node and its log.
+                detail = f"{self.name} failed to boot: {exc}"
+                if str(self.runtime.log_file) not in detail:
+                    detail += f" (its log: {self.runtime.log_file})"
+                self.sup.status.set(node_status_key(self.name), "failed",
+                                    f"{detail}; the supervisor's log: {self.sup.dir / 'logs' / 'supervisor.log'}")
+                self.boot_failed.set()
                 continue
+            if self.sup.status.data.get(node_status_key(self.name), {}).get("state") == "failed":
+                self.sup.status.set(node_status_key(self.name), "up", "booted after a failed boot")
             word = await self.watch()
             await self.after_end(word)
             if self.sup.stopping or self.pending == "reset":
@@ -194,6 +200,7 @@ class NodeSlot:
 
     async def boot(self) -> None:
         runtime = self.runtime
+        self.boot_failed.clear()
         await asyncio.to_thread(runtime.mount)
         self.boot_id = new_boot_id()
         self.boot_count += 1
@@ -263,16 +270,34 @@ class NodeSlot:
         self.up_event.clear()
         if self.pid1 and pid_alive(self.pid1):
             self.end_node()
+        self.boot_failed.clear()
         self.wake.set()
-        await asyncio.wait_for(self.up_event.wait(), timeout=SSH_UP_TIMEOUT_S + 10)
+        await self.until_up()
 
     async def power_on(self) -> None:
         if self.held_reason:
             self.held_reason = None
+            self.boot_failed.clear()
             self.wake.set()
         elif not self.up_event.is_set():
             self.wake.set()  # skip what is left of the boot delay
-        await asyncio.wait_for(self.up_event.wait(), timeout=SSH_UP_TIMEOUT_S + 10)
+        await self.until_up()
+
+    async def until_up(self) -> None:
+        """Wait (bounded) for the node to be up; a boot that fails ends the wait at once, saying why."""
+        up = asyncio.ensure_future(self.up_event.wait())
+        failed = asyncio.ensure_future(self.boot_failed.wait())
+        try:
+            await asyncio.wait([up, failed], timeout=SSH_UP_TIMEOUT_S + 10, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            failed.cancel()
+        if self.up_event.is_set():
+            return
+        entry = self.sup.status.data.get(node_status_key(self.name), {})
+        if self.boot_failed.is_set():
+            raise RuntimeError(entry.get("detail") or f"{self.name} failed to boot; see {self.runtime.log_file}")
+        raise TimeoutError(f"{self.name} was not up within {SSH_UP_TIMEOUT_S + 10:.0f} s; see {self.runtime.log_file}")
 
     async def power_off(self) -> None:
         if self.pid1 and pid_alive(self.pid1):
@@ -300,7 +325,7 @@ class Supervisor:
         self.dir = config.dir
         self.stopping = False
         self.stop_event = asyncio.Event()
-        self.slots = {n.name: NodeSlot(self, n) for n in config.nodes}
+        self.slots = {n.name: NodeSlot(self, n) for n in config.ssh_hosts}   # the bastion too
         self.faults = FaultBook(config.dir)
         self.status = StatusBook(config.dir)
         self.api_proc: asyncio.subprocess.Process | None = None

@@ -265,6 +265,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodegate-check") as pool:
             kube = pool.submit(_connect_or_refuse, reads, run)
             releases = list(pool.map(lambda host: host.release.os_release(), hosts))
+            list(pool.map(lambda host: host.privilege(), hosts))
             kube.result()
         if phases == {"preflight"} and run.target is not None:
             for spec, release in zip(run.nodes, releases):

@@ -8,6 +8,7 @@ pytest.UsageError: one message naming the problem and the fix, no traceback.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -42,13 +43,14 @@ class RunOptions:
     take_over_stale_lock: bool = False
     drain_timeout_s: float | None = None
     restart_journal: bool = False
+    become_password_env: str | None = None   # the NAME of the variable, never its value
 
     @property
     def active(self) -> bool:
         """Any nodegate option given: then the profile is read and checked up front."""
         return any((self.cluster, self.node, self.target_release, self.execute, self.ticket,
                     self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None,
-                    self.restart_journal))
+                    self.restart_journal, self.become_password_env))
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="change ticket recorded in the journal, the lock and the report")
     group.addoption("--trust-new-host-keys", action="store_true", default=False,
                     help="accept SSH host keys not yet in known_hosts (verified against it by default)")
+    group.addoption("--become-password-env", metavar="NAME", default=None,
+                    help="read the nodes' sudo password from environment variable NAME (passed to sudo on stdin, "
+                         "never logged); without it, sudo must not ask for a password")
     group.addoption("--take-over-stale-lock", action="store_true", default=False,
                     help="take over the upgrade lock when its holder is gone and it is older than the profile allows")
     group.addoption("--restart-journal", action="store_true", default=False,
@@ -137,10 +142,21 @@ def _read_options(config: pytest.Config) -> RunOptions:
     node = get("node")
     if node is not None and not node.strip():
         raise pytest.UsageError("--node is empty\n  fix: give --node NAME[,NAME...] or all, workers, control-plane")
+    become_env = get("become_password_env")
+    if become_env is not None:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", become_env):
+            raise pytest.UsageError(
+                f"--become-password-env {become_env!r} is not an environment variable name\n"
+                "  fix: give the variable's NAME (e.g. --become-password-env NODEGATE_BECOME_PASSWORD), not the password")
+        if not os.environ.get(become_env):
+            raise pytest.UsageError(
+                f"--become-password-env {become_env}: the environment variable {become_env} is not set or empty\n"
+                f"  fix: export {become_env} with the nodes' sudo password (e.g. `read -s {become_env}; export "
+                f"{become_env}`), or drop the option if sudo needs no password")
     options = RunOptions(cluster=get("cluster"), node=node, target_release=target, execute=bool(get("execute")),
                          ticket=ticket, trust_new_host_keys=bool(get("trust_new_host_keys")),
                          take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s,
-                         restart_journal=bool(get("restart_journal")))
+                         restart_journal=bool(get("restart_journal")), become_password_env=become_env)
     if options.execute and not options.node:
         raise pytest.UsageError(
             "--execute needs --node: nodegate changes only the nodes it is told to\n"
@@ -171,6 +187,12 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
         profile = replace(profile, ssh=replace(profile.ssh, trust_new_host_keys=True))
     if options.drain_timeout_s is not None:
         profile = replace(profile, upgrade=replace(profile.upgrade, drain_timeout_s=options.drain_timeout_s))
+    if options.become_password_env:
+        from nodegate.core.secrets import register_secret
+
+        password = os.environ[options.become_password_env]
+        register_secret(password)   # before anything can print it
+        profile = replace(profile, ssh=replace(profile.ssh, become_password=password))
     return NodegateRun(options=options, profile=profile, nodes=nodes, profile_source=source)
 
 

@@ -294,6 +294,8 @@ def run_checks(config: pytest.Config, run: NodegateRun, node: str, target: str, 
             argv += ["--ticket", run.options.ticket]
         if run.options.trust_new_host_keys:
             argv.append("--trust-new-host-keys")
+        if run.options.become_password_env:
+            argv += ["--become-password-env", run.options.become_password_env]   # the name; the value is inherited
         shown = " ".join(argv[1:])
         log.info("running the %s checks for %s: %s", phase, node, shown)
         started = time.monotonic()
@@ -333,7 +335,7 @@ def _junit_failures(path: Path) -> tuple[tuple[str, ...], str]:
             if bad is not None:
                 message = (bad.get("message") or bad.text or "").strip().splitlines()
                 first = next((line for line in message if line.strip()), "")
-                failed.append(f"{case.get('name')}: {first[:300]}")
+                failed.append(f"{case.get('name')}: {first[:600]}")
     passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     counts = f"{passed} passed, {total['failures']} failed, {total['errors']} errors, {total['skipped']} skipped"
     return tuple(failed), counts

@@ -51,16 +51,22 @@ class Reads:
     def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
         """The cached answer for ``key``, reading it now unless it is read (or being read) already."""
         __tracebackhide__ = True
-        with self._lock:
-            future = self._cache.get(key)
-            owner = future is None
+        owner, future = False, None
+        # One try from the registration on: a Ctrl-C that lands anywhere after the Future is in the
+        # cache (even as the lock is let go) still completes it, or the read-ahead threads waiting
+        # for it would wait for ever and the interpreter, which joins them at exit, would hang.
+        try:
+            with self._lock:
+                future = self._cache.get(key)
+                owner = future is None
+                if owner:
+                    future = self._cache[key] = Future()
             if owner:
-                future = self._cache[key] = Future()
-        if owner:
-            try:
                 future.set_result(read())
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for this read
-                future.set_exception(exc)
+        except BaseException as exc:  # handed to whoever asks for this read (an interrupt: raised again below)
+            if not (owner and future is not None and not future.done()):
+                raise
+            future.set_exception(exc)
         return future.result()
 
     def prefetch(self, *reads: Callable[[], Any], ceph: bool = False) -> None:
@@ -183,26 +189,32 @@ class Reads:
         def borrowed() -> Any:
             if self.access.profile.ceph.mode == "toolbox":
                 self.connect()   # the toolbox is reached through the API
-            with self._ceph_free:
-                while not self._ceph_idle and self._ceph_made >= CEPH_PARALLEL:
-                    self._ceph_free.wait()
-                ceph = self._ceph_idle.pop() if self._ceph_idle else None
-                if ceph is None:
-                    self._ceph_made += 1
-                    first = self._ceph_made == 1
-            if ceph is None:
-                try:
-                    ceph = self.access.ceph if first else self.access.new_ceph()
-                except BaseException:
-                    with self._ceph_free:
-                        self._ceph_made -= 1
-                        self._ceph_free.notify()
-                    raise
+            # Whatever happens once a Ceph is taken (or a new one counted), an interrupt included,
+            # it is given back (or uncounted): a reader waiting for a free one must not wait for ever.
+            taken: list = []          # [ceph] once taken; [] while only counted
+            counted = False
             try:
-                return read(ceph)
+                with self._ceph_free:
+                    while not self._ceph_idle and self._ceph_made >= CEPH_PARALLEL:
+                        self._ceph_free.wait()
+                    if self._ceph_idle:
+                        # no call between the two (Python checks for signals at the end of calls),
+                        # so an interrupt finds the Ceph either still idle or taken
+                        taken[:] = self._ceph_idle[-1:]
+                        del self._ceph_idle[-1]
+                    else:
+                        self._ceph_made += 1
+                        counted = True
+                        first = self._ceph_made == 1
+                if not taken:
+                    taken.append(self.access.ceph if first else self.access.new_ceph())
+                return read(taken[0])
             finally:
                 with self._ceph_free:
-                    self._ceph_idle.append(ceph)
+                    if taken:
+                        self._ceph_idle.append(taken[0])
+                    elif counted:
+                        self._ceph_made -= 1
                     self._ceph_free.notify()
         return borrowed
 

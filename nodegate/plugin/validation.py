@@ -90,6 +90,11 @@ def validate_access(config: pytest.Config, run: NodegateRun, items: list[pytest.
     for spec in run.nodes:
         if spec.name in snapshots and phases == {"preflight"} and run.target is not None:
             _check_target(spec, snapshots[spec.name].os_release, run)
+    if needs_ssh and validating:
+        # root's commands go through sudo: one that asks for a password and was given none is
+        # refused here, naming the node and the fix, before any check or step needs it
+        for spec in run.nodes:
+            reads.host(spec.name).privilege()
     if ahead and needs_ssh:
         # the nodes' reads (apt-get update: seconds) start now, while the API client still loads
         _prefetch(reads, run, items, phases, needs_kube=False, needs_ssh=True)

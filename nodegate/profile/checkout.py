@@ -71,6 +71,8 @@ def _cluster_vars(kubespray: KubesprayCheckout, inventory: Inventory) -> dict[st
 
 
 _RELEASE_TEMPLATE = re.compile(r"\{\{\s*ansible_distribution_release\s*\|\s*lower\s*\}\}")
+# From v2.25.1 the docker-ce pins carry the Ubuntu version too (roles/container-engine/docker/vars/ubuntu.yml)
+_VERSION_TEMPLATE = re.compile(r"\{\{\s*ansible_distribution_version\s*\}\}")
 
 
 def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) -> dict[str, str]:
@@ -106,6 +108,7 @@ def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) ->
             continue
         spec = re.sub(r"\{\{\s*containerd_package\s*\}\}", containerd_package, spec)
         spec = _RELEASE_TEMPLATE.sub("{codename}", spec)
+        spec = _VERSION_TEMPLATE.sub("{version}", spec)
         name, sep, pinned = spec.partition("=")
         if sep and "{{" not in spec and PACKAGE_PATTERN.match(name.strip()):
             result[name.strip()] = pinned.strip()

@@ -15,6 +15,7 @@ from nodegate.core.errors import UsageError
 # ansible_become_password, vault blobs, …) is dropped while parsing, so no secret is ever held.
 INVENTORY_VARS = frozenset({
     "ansible_host", "ansible_ssh_host", "ansible_user", "ansible_ssh_user", "ansible_port", "ansible_ssh_port",
+    "ansible_ssh_private_key_file", "ansible_ssh_common_args", "ansible_become", "ansible_become_user",
     "kube_version", "container_manager", "containerd_package", "containerd_version",
     "docker_version", "docker_cli_version", "docker_containerd_version",
 })

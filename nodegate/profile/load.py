@@ -7,9 +7,11 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from nodegate.core.errors import UsageError
+from nodegate.core.sshroute import JumpHost, RouteError, SshRoute, parse_common_args
 from nodegate.profile.checkout import _cluster_vars, _package_versions
 from nodegate.profile.inventory import (
     CONTROL_PLANE_GROUPS,
@@ -20,7 +22,6 @@ from nodegate.profile.inventory import (
     read_inventory,
 )
 from nodegate.profile.model import (
-    DEFAULT_HELD_PACKAGES,
     NAME_PATTERN,
     PACKAGE_PATTERN,
     CephSettings,
@@ -140,7 +141,9 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
         from nodegate.core.kubespray_release import checksum_default_kube_version
 
         kube_version = checksum_default_kube_version(kubespray.path)
-    expect = reader.expect(_package_versions(kubespray, gvars))
+    discovered = dict(_package_versions(kubespray, gvars))
+    discovered["__containerd_package__"] = _plain(gvars.get("containerd_package")) or "containerd.io"
+    expect = reader.expect(discovered, _plain(gvars.get("container_manager")))
     return Profile(
         name=reader.opt_str("cluster", "name") or path.stem,
         path=path,
@@ -297,16 +300,29 @@ class _TomlReader:
                             toolbox_selector=self.opt_str("ceph", "toolbox_selector") or "app=rook-ceph-tools",
                             command=command)
 
-    def expect(self, discovered: Mapping[str, str]) -> Expectations:
+    def expect(self, discovered: Mapping[str, str], container_manager: str | None = None) -> Expectations:
         held = self.get("expect", "held_packages", list, "a list of package names")
+        source = "[expect] held_packages"
         if held is None:
-            held_t = DEFAULT_HELD_PACKAGES
+            # Kubespray holds packages only in its docker role (v2.21.0: the one dpkg_selections
+            # hold in roles/); with containerd (its default) or cri-o nothing is held.
+            manager = container_manager or "containerd"
+            source = f"container_manager {manager}"
+            if manager == "docker":
+                held_t = (discovered.get("__containerd_package__") or "containerd.io", "docker-ce", "docker-ce-cli")
+            elif manager in ("containerd", "crio"):
+                held_t = ()
+            else:
+                raise UsageError(f"the inventory's container_manager {manager!r} is not one Kubespray knows "
+                                 "(docker, containerd, crio)",
+                                 fix="correct container_manager in the inventory's group_vars, or set "
+                                     "[expect] held_packages in the profile")
         else:
             if not all(isinstance(x, str) and PACKAGE_PATTERN.match(x) for x in held):
                 raise self.fail("[expect] held_packages must be Debian package names",
                                 fix='e.g. held_packages = ["containerd.io", "docker-ce", "docker-ce-cli"]')
             held_t = tuple(dict.fromkeys(held))
-        versions = dict(discovered)
+        versions = {k: v for k, v in discovered.items() if not k.startswith("__")}
         table = self.get("expect", "package_versions", dict, "a table of name = version")
         for name, version in (table or {}).items():
             if not PACKAGE_PATTERN.match(name) or not isinstance(version, str) or not version.strip():
@@ -314,7 +330,8 @@ class _TomlReader:
                                 fix='e.g. package_versions = { "containerd.io" = "1.6.4-1" }')
             versions[name] = version.strip()
         defaults = Expectations()
-        return Expectations(held_packages=held_t, package_versions=versions,
+        return Expectations(held_packages=held_t, package_versions=versions, held_source=source,
+                            container_manager=container_manager or "containerd",
                             min_free_root_mb=int(self.number("expect", "min_free_root_mb", defaults.min_free_root_mb)),
                             min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)))
 
@@ -363,6 +380,34 @@ def _find_inventory(value: Path, checkout: Path, profile: Path) -> Path:
                      fix="set [kubespray] inventory to your inventory file, e.g. inventory/mycluster/hosts.yaml")
 
 
+def _access_vars(inventory_path: Path, inventory: Inventory, host: str, hv: Mapping[str, str]) -> dict:
+    """identity_file, route and become_user of one host, as Ansible would connect to it: its
+    ansible_ssh_common_args' ProxyJump/ProxyCommand first, else Kubespray's `bastion` group."""
+    what = f"the Kubespray inventory {inventory_path}: host {host}"
+    key = hv.get("ansible_ssh_private_key_file")
+    become_user = hv.get("ansible_become_user") or "root"
+    if not _USER.match(become_user):
+        raise UsageError(f"{what} has an unusable ansible_become_user", fix="set it to a plain user name (root)")
+    try:
+        route = parse_common_args(hv.get("ansible_ssh_common_args"), what)
+    except RouteError as exc:
+        raise UsageError(str(exc.args[0]), fix=exc.args[1] if len(exc.args) > 1 else
+                         "correct ansible_ssh_common_args") from None
+    bastions = inventory.members("bastion")
+    if route.direct and bastions and host not in bastions:
+        bv = inventory.vars_for(bastions[0])
+        address = bv.get("ansible_host") or bv.get("ansible_ssh_host") or bastions[0]
+        port = bv.get("ansible_port") or bv.get("ansible_ssh_port")
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise UsageError(f"the Kubespray inventory {inventory_path}: the bastion {bastions[0]} has an invalid "
+                             "ansible_port", fix="set ansible_port to a number from 1 to 65535")
+        route = SshRoute(jump=JumpHost(host=address, port=int(port) if port else None,
+                                       user=bv.get("ansible_user") or bv.get("ansible_ssh_user"),
+                                       identity_file=bv.get("ansible_ssh_private_key_file")))
+    return {"identity_file": Path(key).expanduser() if key and "{{" not in key else None, "route": route,
+            "become_user": become_user}
+
+
 def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table: Mapping[str, Mapping[str, object]],
            profile: Path) -> tuple[NodeSpec, ...]:
     roles_of: dict[str, set[str]] = {}
@@ -398,7 +443,7 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
             raise UsageError(f"the Kubespray inventory {inventory_path}: host {host} has an invalid ansible_port",
                              fix="set ansible_port to a number from 1 to 65535")
         nodes.append(NodeSpec(name=host, address=address.strip("[]"), user=user, roles=frozenset(roles_of[host]),
-                              port=int(port_text)))
+                              port=int(port_text), **_access_vars(inventory_path, inventory, host, hv)))
     known = {n.name for n in nodes}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -411,6 +456,5 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if bmc is not None and (not isinstance(bmc, str) or not bmc.strip()):
             raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] bmc must be a non-empty string",
                              fix='e.g. bmc = "10.0.9.14" (the node\'s BMC/IPMI/iRMC address)')
-        result.append(NodeSpec(name=node.name, address=node.address, user=node.user, roles=node.roles,
-                               bmc=bmc.strip() if bmc else None, port=node.port))
+        result.append(replace(node, bmc=bmc.strip() if bmc else None))
     return tuple(result)

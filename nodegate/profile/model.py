@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodegate.core.errors import UsageError
+from nodegate.core.sshroute import SshRoute
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 PACKAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
@@ -30,6 +31,9 @@ class NodeSpec:
     roles: frozenset[str]           # subset of ROLES
     bmc: str | None = None          # out-of-band address (BMC/IPMI/iRMC) from [nodes.<name>]
     port: int = 22                  # ansible_port
+    identity_file: Path | None = None   # ansible_ssh_private_key_file ([ssh] identity_file otherwise)
+    route: SshRoute = SshRoute()        # ansible_ssh_common_args' ProxyJump/ProxyCommand, or the bastion group
+    become_user: str = "root"           # ansible_become_user
 
     @property
     def is_control_plane(self) -> bool:
@@ -51,6 +55,8 @@ class SSHSettings:
     identity_file: Path | None = None
     known_hosts: Path | None = None
     trust_new_host_keys: bool = False
+    # sudo's password (--become-password-env): never in a repr, a comparison or a message
+    become_password: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,25 @@ class Expectations:
     package_versions: Mapping[str, str] = field(default_factory=dict)
     min_free_root_mb: int = 2048
     min_free_boot_mb: int = 150
+    # Where held_packages came from: "[expect] held_packages" (the profile) or
+    # "container_manager <name>" (the inventory; only Kubespray's docker role holds packages).
+    held_source: str = "default"
+    container_manager: str = "containerd"      # the inventory's (Kubespray's default when unset)
 
     def version_for(self, package: str, codename: str) -> str | None:
-        """The expected version of `package` on a node running `codename`, or None if unknown."""
+        """The expected version of `package` on a node running `codename`, or None if unknown
+        ('{codename}' and '{version}' in a pin are the node's release codename and number)."""
+        from nodegate.core.knowledge import ubuntu_release
+
         version = self.package_versions.get(package)
-        return version.replace("{codename}", codename) if version is not None else None
+        if version is None:
+            return None
+        if "{version}" in version:
+            release = ubuntu_release(codename)
+            if release is None:
+                return None
+            version = version.replace("{version}", release.version)
+        return version.replace("{codename}", codename)
 
 
 @dataclass(frozen=True)

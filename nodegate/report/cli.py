@@ -24,7 +24,7 @@ from nodegate.core.categories import ERROR_CATEGORY_LABEL
 from nodegate.core.errors import PermanentError, UsageError
 from nodegate.core.secrets import redact
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]   # nodegate/report/cli.py -> the project root
 # Allure's page template loads Google Analytics; a change report for an on-premises cluster must not
 _TRACKING = re.compile(r"<script[^>]*googletagmanager[^>]*>\s*</script>\s*<script>[^<]*?gtag\([^<]*</script>", re.S)
 

@@ -518,6 +518,10 @@ def holds(verdict: "post.Verdict") -> str:
     return verdict.text
 
 
-def on_node(up: Upgrade, *args: str) -> Planned:
-    """A command a step would run on the upgrade's node over SSH (for its plan)."""
-    return Planned(f"{up.name} (ssh {up.node.user or up.profile.ssh.user}@{up.node.address})", shlex.join(args))
+def on_node(up: Upgrade, *args: str, root: bool = True) -> Planned:
+    """A command a step would run on the upgrade's node over SSH (for its plan); `root`: it needs
+    root, so a non-root login runs it through sudo."""
+    user = up.node.user or up.profile.ssh.user
+    sudo = root and user != up.node.become_user
+    return Planned(f"{up.name} (ssh {user}@{up.node.address}" + (f", as {up.node.become_user} via sudo)" if sudo else ")"),
+                   ("sudo " if sudo else "") + shlex.join(args))

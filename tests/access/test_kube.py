@@ -29,10 +29,11 @@ def fault(api_lab, name: str, *, node: str | None = None, clear: bool = False, *
     server re-reads); the CLI itself insists on a supervisor, which the api_lab server runs without."""
     from nodegate.lab import faults
 
-    if clear:
-        faults.clear_fault(api_lab.config, name, node=node)
-    else:
-        faults.set_fault(api_lab.config, name, node=node, params=params)
+    with api_lab.faults_applied():   # returns once the server has read the change
+        if clear:
+            faults.clear_fault(api_lab.config, name, node=node)
+        else:
+            faults.set_fault(api_lab.config, name, node=node, params=params)
 
 
 PDBS = "/apis/policy/v1/namespaces/demo/poddisruptionbudgets"
@@ -625,7 +626,6 @@ def answer_code(api_lab) -> int:
 def test_flaky_api_is_retried_with_a_log_line_before_each_sleep(api_lab, settled, caplog):
     """api-flaky "mixed": 429 (throttling, no PDB cause), 500, 503 and dropped connections."""
     fault(api_lab, "api-flaky", ratio=0.4, mode="mixed", for_s=120)
-    time.sleep(0.5)  # the server re-reads faults.json within one poll
     caplog.set_level(logging.WARNING, logger="nodegate.kube")
     kinds = {"429": "answered 429", "500": "answered 500", "503": "answered 503", "drop": "broke"}
     seen: set[str] = set()
@@ -676,7 +676,6 @@ def test_watch_for_ready_rides_out_a_flaky_api(api_lab, settled):
     before = kube.node("node2")
     fault(api_lab, "api-flaky", ratio=0.3, mode="mixed", for_s=60)
     try:
-        time.sleep(0.5)
         api_lab.set_state("node2", up=False)
         kube.watch_node("node2", until=lambda s: not s.is_ready, timeout=20)
         new = api_lab.set_state("node2", up=True)
@@ -698,7 +697,6 @@ def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
 
 def test_dropped_connections_are_retried(api_lab, settled, caplog):
     fault(api_lab, "api-flaky", ratio=0.5, mode="drop", for_s=60)
-    time.sleep(0.5)
     caplog.set_level(logging.WARNING, logger="nodegate.kube")
     try:
         kube = Kube(settings=api_lab.settings(), attempts=10)
@@ -767,7 +765,6 @@ def test_exec_opening_is_retried_on_a_flaky_api(api_lab, settled, caplog):
     kube = Kube(settings=api_lab.settings(), attempts=10)
     pod = toolbox(kube)
     fault(api_lab, "api-flaky", ratio=0.5, mode="mixed", for_s=60)
-    time.sleep(0.5)
     caplog.set_level(logging.WARNING, logger="nodegate.kube")
     try:
         for _ in range(6):

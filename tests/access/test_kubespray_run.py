@@ -18,7 +18,7 @@ from labkit import nodegate, ssh
 from nodegate.cluster import kubespray
 from nodegate.core.errors import UsageError
 from nodegate.core.secrets import redact
-from nodegate.lab.kubespray import DOCKER_TASKS, planted_secrets
+from nodegate.lab.kubespray import DOCKER_TASKS, apply_force_fix, planted_secrets
 from nodegate.profile.load import load_profile
 
 PRISTINE_TASKS = Path(__file__).parents[2] / "nodegate/lab/kubespray_tree" / DOCKER_TASKS
@@ -119,7 +119,9 @@ def test_held_package_failure_is_named(fresh, profile):
     on(fresh, "node2", "apt-mark unhold containerd.io >/dev/null && DEBIAN_FRONTEND=noninteractive "
                        "apt-get -qq -y install containerd.io >/dev/null && apt-mark hold containerd.io >/dev/null")
     with pytest.raises(kubespray.KubesprayFailed) as caught:
-        kubespray.upgrade_node(profile=profile, node="node2", extra_vars={"nodegate_force_packages": "true"})
+        # the operator's other fix for kubespray #9114 (allow_downgrade) does not cover a held package
+        apply_force_fix(fresh.dir / "kubespray", "allow_downgrade")
+        kubespray.upgrade_node(profile=profile, node="node2")
     assert caught.value.issue.key == "kubespray-held-packages-changed"
     assert "apt-mark unhold" in caught.value.fix
 

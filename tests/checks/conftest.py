@@ -55,15 +55,16 @@ _LINE = re.compile(r"^(?:checks/)?\S*?(test_\w+\.py)::(\S+) (PASSED|FAILED|ERROR
 
 
 @pytest.fixture
-def catalogue(pytester, lab, monkeypatch):
+def catalogue(pytester, lab, fixed_profile, monkeypatch):
     """catalogue(*args, node="node4", cluster=None) runs `pytest checks/ --cluster … --node …` in a
-    subprocess (as an operator would) and returns a CatalogueRun."""
+    subprocess (as an operator would) and returns a CatalogueRun. The default profile is the lab's
+    over a checkout with the operator's fix for kubespray #9114 (which the preflight requires)."""
     monkeypatch.setenv("NODEGATE_REPORTS", str(pytester.path / "reports"))
     # an operator's Python caches compiled modules; without it every run recompiles the client libraries
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
 
     def run(*args: str, node: str | None = "node4", cluster: Path | None = None, timeout: float = 300) -> CatalogueRun:
-        argv = [str(CHECKS), "--cluster", str(cluster or lab.dir / "cluster.toml"), "-v", "--color=no",
+        argv = [str(CHECKS), "--cluster", str(cluster or fixed_profile), "-v", "--color=no",
                 "-p", "no:randomly", "-p", "no:cacheprovider", *_QUIET_PLUGINS, *args]
         if node:
             argv += ["--node", node]
@@ -78,13 +79,13 @@ def catalogue(pytester, lab, monkeypatch):
 
 
 @pytest.fixture
-def broken_profile(lab, tmp_path):
-    """broken_profile(toml=…, ssh=…, kubeconfig=…) → a copy of the lab's cluster.toml (and, when
-    asked, its ssh/config or kubeconfig) after the given text edits (functions str → str)."""
+def broken_profile(lab, tmp_path, fixed_profile):
+    """broken_profile(toml=…, ssh=…, kubeconfig=…) → a copy of the lab's cluster.toml over the fixed
+    checkout (and, when asked, its ssh/config or kubeconfig) after the given text edits (str → str)."""
     control = Path(tempfile.mkdtemp(prefix="ngc", dir="/tmp"))   # short: a socket path has 108 bytes
 
     def make(*, toml=None, ssh=None, kubeconfig=None) -> Path:
-        text = (lab.dir / "cluster.toml").read_text()
+        text = fixed_profile.read_text()
         if ssh is not None:
             config = (lab.dir / "ssh/config").read_text()
             # a ControlMaster of its own, so an open master of the lab's config cannot answer for it
@@ -105,3 +106,16 @@ def broken_profile(lab, tmp_path):
     for socket in control.glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "x"], capture_output=True, timeout=10)
     shutil.rmtree(control, ignore_errors=True)
+
+
+@pytest.fixture
+def fixed_profile(lab, tmp_path) -> Path:
+    """The lab's profile over a copy of its Kubespray checkout with the operator's fix for
+    kubespray #9114 (`force: true` on the docker package task), as a prepared operator has it."""
+    from labkit import fixed_kubespray_checkout
+
+    (tmp_path / "fixed").mkdir(exist_ok=True)
+    checkout = fixed_kubespray_checkout(lab, tmp_path / "fixed")
+    profile = tmp_path / "fixed" / "cluster.toml"
+    profile.write_text((lab.dir / "cluster.toml").read_text().replace(str(lab.dir / "kubespray"), str(checkout)))
+    return profile

@@ -20,7 +20,9 @@ PREFLIGHT_NODE4 = {
     "test_out_of_band_access[node4]", "test_other_nodes_ready[node4]", "test_one_node_at_a_time[node4]",
     "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
     "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",
-    "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]",
+    "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]", "test_api_permissions",
+    "test_kubespray_docker_task_has_the_downgrade_fix", "test_release_upgrade_prompt[node4]",
+    "test_no_package_blocks_release_upgrade[node4]",
 }
 
 
@@ -56,6 +58,18 @@ def test_healthy_node_passes_preflight(catalogue, target):
     print(f"preflight of node4: {run.seconds:.2f} s wall (pytest subprocess)")
 
 
+def test_unfixed_kubespray_checkout_fails_preflight_with_the_line_to_add(catalogue, lab):
+    """The lab's checkout as Kubespray v2.21.0 ships it: the preflight reads its docker package
+    task (package: under module_defaults) and names the file, the task and the exact line."""
+    run = catalogue("-m", "preflight", "-k", "downgrade_fix", cluster=lab.dir / "cluster.toml")
+    assert run.ret == 1 and run.failed() == {"test_kubespray_docker_task_has_the_downgrade_fix"}, run.stdout[-3000:]
+    text = run.section("test_kubespray_docker_task_has_the_downgrade_fix")
+    assert "kubespray #9114" in text and "add `    force: true` to " in text, text
+    assert str(lab.dir / "kubespray/roles/container-engine/docker/tasks/main.yml") in text
+    assert 'task "ensure docker packages are installed", after line 44' in text, text
+    assert "(`state: \"{{ docker_package_info.state | default('present') }}\"`)" in text, text
+
+
 def test_postflight_fails_on_what_preflight_only_warns(catalogue):
     """The starting node (20.04, legacy key, one pending update) as if it had been upgraded to 22.04."""
     run = catalogue("-m", "postflight", "--target-release", "22.04")
@@ -71,6 +85,25 @@ def test_postflight_fails_on_what_preflight_only_warns(catalogue):
 
 
 # --------------------------------------------------------------------------- lab faults
+
+def test_release_upgrade_refusals_seen_in_preflight(catalogue, lab_ssh):
+    """What do-release-upgrade refuses on a real machine, named before the window: Prompt=never,
+    and a package held outside the set the procedure unholds (the upgrader keeps it back and
+    refuses with pending updates)."""
+    lab_ssh("node4", "mkdir -p /etc/update-manager && printf '[DEFAULT]\\nPrompt=never\\n' "
+                     "> /etc/update-manager/release-upgrades && apt-mark hold lab-utils >/dev/null")
+    try:
+        run = catalogue("-m", "preflight", "-k", "release_upgrade_prompt or blocks_release_upgrade")
+    finally:
+        lab_ssh("node4", "rm -f /etc/update-manager/release-upgrades && apt-mark unhold lab-utils >/dev/null")
+    assert run.failed() == {"test_release_upgrade_prompt[node4]", "test_no_package_blocks_release_upgrade[node4]"}, \
+        run.stdout[-3000:]
+    assert "Prompt=never in /etc/update-manager/release-upgrades" in run.section("test_release_upgrade_prompt[node4]")
+    assert "fix: set Prompt=lts" in run.section("test_release_upgrade_prompt[node4]")
+    blocking = run.section("test_no_package_blocks_release_upgrade[node4]")
+    assert "lab-utils 1.0 is held and the procedure does not unhold it" in blocking, blocking
+    assert "container_manager docker" in blocking
+
 
 def test_held_version_drift_fails_held_packages(catalogue, lab, cli):
     fault(lab, cli, "held-version-drift", "node4")

@@ -91,7 +91,7 @@ def test_other_node_down(catalogue, lab, cli, poll):
 
 
 def test_source_left_disabled_by_the_release_upgrade(catalogue, lab_ssh):
-    """What do-release-upgrade leaves: the third-party entry commented out and tagged."""
+    """What do-release-upgrade to jammy leaves: the third-party entry commented out and tagged."""
     lab_ssh("node4", "echo 'deb [signed-by=/etc/apt/keyrings/x.gpg] http://example.invalid/linux/ubuntu jammy stable "
                      "# disabled on upgrade to jammy' | sed 's/^/# /' > /etc/apt/sources.list.d/left.list")
     try:
@@ -100,4 +100,18 @@ def test_source_left_disabled_by_the_release_upgrade(catalogue, lab_ssh):
         lab_ssh("node4", "rm -f /etc/apt/sources.list.d/left.list")
     run.assert_failed_exactly({"test_sources_after_upgrade[node4]"})
     section = run.section("test_sources_after_upgrade[node4]")
-    assert "left.list" in section and "still disabled on upgrade to jammy" in section
+    assert "left.list" in section and "is disabled on upgrade to jammy" in section
+
+
+def test_source_left_disabled_in_deb822_by_the_noble_upgrade(catalogue, lab_ssh):
+    """What do-release-upgrade to noble leaves: the third-party source moved to a .sources file
+    with `Enabled: no` and no comment; the check flags it in that format too."""
+    lab_ssh("node4", "printf 'Enabled: no\\nTypes: deb\\nURIs: http://example.invalid/linux/ubuntu\\nSuites: jammy\\n"
+                     "Components: stable\\n' > /etc/apt/sources.list.d/left.sources")
+    try:
+        run = catalogue("-m", "postflight", "--target-release", "22.04", "-k", "sources")
+    finally:
+        lab_ssh("node4", "rm -f /etc/apt/sources.list.d/left.sources")
+    run.assert_failed_exactly({"test_sources_after_upgrade[node4]"})
+    section = run.section("test_sources_after_upgrade[node4]")
+    assert "left.sources: http://example.invalid/linux/ubuntu jammy is Enabled: no" in section, section

@@ -274,7 +274,8 @@ def test_watch_sees_changes_after_a_list(k8s):
 
     thread = threading.Thread(target=follow)
     thread.start()
-    time.sleep(0.5)
+    # no wait for the watch to connect: it resumes from the listing's resourceVersion, so the
+    # server replays whatever happened before it did
     coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(name="ignored")))
     coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(name="watched"),
                                                             spec=client.V1LeaseSpec(holder_identity="a")))
@@ -303,7 +304,8 @@ def test_filtered_watch_reports_objects_entering_and_leaving(k8s):
 
     thread = threading.Thread(target=follow)
     thread.start()
-    time.sleep(0.5)
+    # no wait for the watch to connect: it resumes from the listing's resourceVersion, so the
+    # server replays whatever happened before it did
     coord.create_namespaced_lease("default", client.V1Lease(metadata=client.V1ObjectMeta(
         name="teamed", labels={"team": "a"})))
     coord.patch_namespaced_lease("teamed", "default", {"metadata": {"labels": {"team": "b"}}})
@@ -542,7 +544,7 @@ def test_csi_rbdplugin_crash_loops_on_noble_with_old_cephcsi(fake_lab, k8s):
     core = k8s[0]
     fake_lab.set_release("node2", NOBLE)
     fake_lab.set_state("node2", up=False)
-    time.sleep(0.5)
+    wait_until(lambda: node_ready(core, "node2") != "True", timeout=10, what="node2 seen down by the server")
     fake_lab.set_state("node2", up=True, new_boot=True)
     wait_until(lambda: core.read_node("node2").status.node_info.os_image == "Ubuntu 24.04.1 LTS", timeout=5,
                what="osImage read at boot")
@@ -585,16 +587,14 @@ def test_api_flaky_fails_requests_then_recovers(fake_lab, k8s):
     url = f"{fake_lab.config.api_url}/api/v1/namespaces"
     headers = {"Authorization": f"Bearer {fake_lab.config.token}"}
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "503"}})
-    time.sleep(0.5)
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
     assert info.value.code == 503 and json.loads(info.value.read())["reason"] == "ServiceUnavailable"
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "drop"}})
-    time.sleep(0.5)
     with pytest.raises((ConnectionError, urllib.error.URLError, http_client_errors())):
         urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time() - 10, "ratio": 1.0, "for_s": 5}})
-    time.sleep(0.5)  # expired: answered again
+    # expired: answered again
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
         assert json.loads(resp.read())["kind"] == "NamespaceList"
     fake_lab.set_faults({})

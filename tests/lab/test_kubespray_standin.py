@@ -164,8 +164,9 @@ def test_upgraded_packages_reproduce_the_downgrade_failure_and_force_fixes_it(kl
 def test_a_still_held_package_reproduces_held_packages_changed(klab, fresh_node2, on):
     on("node2", "apt-mark unhold containerd.io >/dev/null && DEBIAN_FRONTEND=noninteractive "
                 "apt-get -qq -y install containerd.io >/dev/null && apt-mark hold containerd.io >/dev/null")
-    run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "-e", "nodegate_force_packages=true",
-                   "--skip-tags=multus")
+    # the operator's other fix for kubespray #9114 allows the downgrade but not a held package
+    apply_force_fix(klab.dir / "kubespray", "allow_downgrade")
+    run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
     assert run.returncode != 0
     assert HELD in run.output
     assert dpkg_state(on, "node2")["containerd.io"] == ("hi", "1.6.20-1")
@@ -187,17 +188,19 @@ def test_multus_fails_with_limit_unless_skipped_and_passes_on_the_whole_cluster(
 
 def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fresh_node2, on, cli, poll):
     """The seed's path: unhold, dist-upgrade, do-release-upgrade to jammy, reboot, then Kubespray
-    with `force: true` re-adds the docker source for jammy (signed-by) and installs the jammy builds."""
+    with `force: true` adds its docker source line for jammy and installs the jammy builds."""
     on("node2", "apt-mark unhold containerd.io docker-ce docker-ce-cli >/dev/null && apt-get -qq update 2>/dev/null; "
                 "DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o Dpkg::Options::=--force-confold dist-upgrade "
                 ">/dev/null && do-release-upgrade -f DistUpgradeViewNonInteractive >/dev/null", timeout=120)
+    boot_before = on("node2", "cat /proc/sys/kernel/random/boot_id").stdout.strip()
     on("node2", "reboot", check=False)
-    time.sleep(1)  # the first look once the reboot has begun
 
     def on_jammy() -> bool:
-        state = on("node2", ". /etc/os-release && echo $VERSION_CODENAME", check=False, multiplex=False)
-        return state.returncode == 0 and state.stdout.strip() == "jammy"
-    poll(on_jammy, timeout=60, interval=1, what="node2 back on jammy")
+        # a new boot id, not only jammy's os-release: do-release-upgrade wrote that before the reboot
+        state = on("node2", ". /etc/os-release && echo $VERSION_CODENAME; cat /proc/sys/kernel/random/boot_id",
+                   check=False, multiplex=False)
+        return state.returncode == 0 and state.stdout.split()[:1] == ["jammy"] and boot_before not in state.stdout
+    poll(on_jammy, timeout=60, interval=1, what="node2 rebooted and back on jammy")
     assert "# disabled on upgrade to jammy" in on("node2", "cat /etc/apt/sources.list.d/docker.list").stdout
     apply_force_fix(klab.dir / "kubespray")
     run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
@@ -207,8 +210,75 @@ def test_after_a_release_upgrade_the_jammy_source_and_builds_come_back(klab, fre
         "docker-ce": ("hi", "5:20.10.20~3-0~ubuntu-jammy"),
         "docker-ce-cli": ("hi", "5:20.10.20~3-0~ubuntu-jammy"),
     }
-    sources = on("node2", "grep -h '^deb ' /etc/apt/sources.list.d/*.list").stdout
-    assert f"deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] http://127.{NET}.2.1/linux/ubuntu jammy stable" \
-        in sources
+    # apt_repository adds its own line, in a file named after the URL (the old one stays commented
+    # out); apt_key finds the key id in the legacy keyring and leaves it there, so apt still warns.
+    added = on("node2", f"cat /etc/apt/sources.list.d/127_{NET}_2_1_linux_ubuntu.list").stdout
+    assert f"deb [arch=amd64] http://127.{NET}.2.1/linux/ubuntu jammy stable" in added
     update = on("node2", "apt-get update 2>&1")
-    assert "jammy/InRelease" not in "".join(line for line in update.stdout.splitlines() if line.startswith(("W:", "E:")))
+    assert "Key is stored in legacy trusted.gpg keyring" in update.stdout
+
+
+REPO_LINE = "deb [arch=amd64] http://127.{net}.2.1/linux/ubuntu {codename} stable"
+
+
+def test_docker_role_undoes_a_signed_by_repair(klab, fresh_node2, on):
+    """Kubespray v2.21's docker role after a repair that moved the key to /etc/apt/keyrings and
+    added signed-by=: apt_key does not see the key there (apt-key lists trusted.gpg and
+    trusted.gpg.d) and adds it to the legacy keyring again; apt_repository compares whole lines,
+    does not find its own, and adds it beside the repaired one; apt then warns about the source
+    configured twice (facts: kubespray v2.21.0 docker tasks/main.yml, Ansible apt_key and
+    apt_repository)."""
+    line = REPO_LINE.format(net=NET, codename="focal")
+    on("node2", "mkdir -p /etc/apt/keyrings && mv /etc/apt/trusted.gpg /etc/apt/keyrings/docker.gpg && "
+                f"echo '{line.replace('[arch=amd64]', '[arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg]')}' "
+                "> /etc/apt/sources.list.d/docker.list")
+    assert "W:" not in on("node2", "apt-get update 2>&1").stdout
+    apply_force_fix(klab.dir / "kubespray")
+    run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
+    assert on("node2", "test -s /etc/apt/trusted.gpg && echo back").stdout == "back\n"
+    assert on("node2", f"cat /etc/apt/sources.list.d/127_{NET}_2_1_linux_ubuntu.list").stdout.strip() == line
+    assert run.returncode == 0, run.output[-3000:]
+    # apt 2.6.1: one source with signed-by and one without are the same source twice (a Signed-By
+    # value on both sides would be refused outright: "Conflicting values set for option Signed-By")
+    update = on("node2", "apt-get update 2>&1", check=False).stdout
+    assert "W: Target Packages (stable/binary-amd64/Packages) is configured multiple times in " \
+           f"/etc/apt/sources.list.d/127_{NET}_2_1_linux_ubuntu.list:1 and /etc/apt/sources.list.d/docker.list:1" \
+        in update, update
+
+
+def test_docker_role_leaves_the_repair_end_state_alone(klab, fresh_node2, on):
+    """The end state nodegate's repair reaches: Kubespray's own line, the key in
+    /etc/apt/trusted.gpg.d/docker.gpg (the docker_repo_key_keyring of Kubespray's docs), no legacy
+    keyring. apt_key finds the id, apt_repository finds the line: the role changes nothing there,
+    and apt-get update prints no warning."""
+    line = REPO_LINE.format(net=NET, codename="focal")
+    on("node2", "mv /etc/apt/trusted.gpg /etc/apt/trusted.gpg.d/docker.gpg && "
+                f"echo '{line}' > /etc/apt/sources.list.d/docker.list")
+    before = on("node2", "ls /etc/apt /etc/apt/sources.list.d /etc/apt/trusted.gpg.d; cat /etc/apt/sources.list.d/*").stdout
+    apply_force_fix(klab.dir / "kubespray")
+    run = playbook(klab, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
+    assert run.returncode == 0, run.output[-3000:]
+    for task in ("ensure docker-ce repository public key is installed", "ensure docker-ce repository is enabled"):
+        assert re.search(rf"TASK \[container-engine/docker : {task}\][^\n]*\n(ok|skipping): \[node2\]", run.output) \
+            or re.search(rf"TASK \[container-engine/docker : {task}\][^\n]*\nok: \[node2\] => \(item=", run.output), \
+            run.output[-4000:]
+    assert on("node2", "ls /etc/apt /etc/apt/sources.list.d /etc/apt/trusted.gpg.d; "
+                       "cat /etc/apt/sources.list.d/*").stdout == before
+    assert "W:" not in on("node2", "apt-get update 2>&1").stdout
+
+
+def test_containerd_lab_nodes_and_role(make_lab, node_ssh):
+    """`lab up --container-manager containerd`: Kubespray's default engine. Its nodes hold no
+    docker packages (Kubespray installs containerd from its download and removes containerd.io),
+    the inventory says containerd, the profile expects no holds, and the playbook runs the
+    containerd role, not the docker one."""
+    config = make_lab.up("--container-manager", "containerd", nodes=2)
+    out = node_ssh(config, "node2", "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' " + " ".join(PACKAGES)
+                   + " 2>/dev/null; apt-mark showhold", check=False).stdout
+    assert not [line for line in out.splitlines() if line.startswith(("ii", "hi"))], out
+    assert load_profile(config.dir / "cluster.toml").expect.held_packages == ()
+    run = playbook(config, "--limit=node2", "-e", "kube_version=v1.25.6", "--skip-tags=multus")
+    assert run.returncode == 0, run.output[-3000:]
+    assert "TASK [container-engine/containerd : containerd | Remove containerd repository]" in run.output
+    assert "container-engine/docker" not in run.output
+    assert node_ssh(config, "node2", "cat /usr/local/bin/containerd.version").stdout == "1.6.15\n"

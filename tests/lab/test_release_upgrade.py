@@ -207,3 +207,65 @@ def test_source_rewriting_keeps_backups_and_handles_deb822(tmp_path):
     # --allow-third-party keeps them, moved to the new release.
     disabled, _ = dru.rewrite_sources("focal", "jammy", allow_third_party=True)
     assert disabled == [] and "Suites: jammy" in (tmp_path / "sources.list.d/ppa.sources").read_text()
+
+
+def test_focal_to_jammy_to_noble_sources_as_the_real_upgraders_leave_them(tmp_path):
+    """To jammy: the third-party line commented out and tagged. To noble (ubuntu-release-upgrader's
+    migrateToDeb822Sources + rewriteDeb822Sources): sources.list -> ubuntu.sources with Ubuntu's
+    keyring, foo.list -> foo.sources, the third-party stanza `Enabled: no` (a disabled entry is
+    migrated disabled), its key inline when trusted.gpg.d/foo.gpg exists, backups kept."""
+    from nodegate.core import aptsources
+
+    dru = load_upgrader()
+    dru.SOURCES_LIST = str(tmp_path / "sources.list")
+    dru.SOURCES_DIR = str(tmp_path / "sources.list.d")
+    dru.TRUSTED_PARTS = str(tmp_path / "trusted.gpg.d")
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "trusted.gpg.d").mkdir()
+    archive = "http://127.0.2.1/ubuntu"
+    docker = "http://127.0.2.1/linux/ubuntu"
+    (tmp_path / "sources.list").write_text(
+        "# See http://help.ubuntu.com/community/UpgradeNotes\n"
+        + "".join(f"deb {archive} {s} main restricted universe multiverse\n"
+                  for s in ("focal", "focal-updates", "focal-security")))
+    (tmp_path / "sources.list.d/docker.list").write_text(f"deb [arch=amd64] {docker} focal stable\n")
+    (tmp_path / "sources.list.d/tools.list").write_text("deb https://apt.example.net/tools focal main\n")
+
+    disabled, found = dru.rewrite_sources("focal", "jammy", allow_third_party=False)
+    assert found and len(disabled) == 2
+    assert (tmp_path / "sources.list.d/docker.list").read_text() == \
+        f"# deb [arch=amd64] {docker} focal stable # disabled on upgrade to jammy\n"
+
+    # an operator re-enables tools by hand on jammy (its key beside it); docker stays disabled
+    (tmp_path / "sources.list.d/tools.list").write_text("deb https://apt.example.net/tools jammy main\n")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--quiet", "--homedir", str(home)]
+    try:
+        subprocess.run([*gpg, "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "tools-test",
+                        "ed25519", "sign", "never"], check=True, capture_output=True)
+        subprocess.run([*gpg, "--output", str(tmp_path / "trusted.gpg.d/tools.gpg"), "--export"], check=True,
+                       capture_output=True)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+    for backup in tmp_path.rglob("*.distUpgrade"):
+        backup.unlink()
+    disabled, found = dru.rewrite_sources("jammy", "noble", allow_third_party=False)
+    assert found and disabled == ["https://apt.example.net/tools jammy"]
+    assert (tmp_path / "sources.list").read_text() == \
+        f"# Ubuntu sources have moved to {tmp_path}/sources.list.d/ubuntu.sources\n"
+    assert not (tmp_path / "sources.list.d/docker.list").exists()
+    assert (tmp_path / "sources.list.d/docker.list.distUpgrade").read_text().startswith("# deb [arch=amd64]")
+    ubuntu = (tmp_path / "sources.list.d/ubuntu.sources").read_text()
+    assert ubuntu == (f"Types: deb\nURIs: {archive}\nSuites: noble noble-updates noble-security\n"
+                      "Components: main restricted universe multiverse\n"
+                      "Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg\n")
+    docker_sources = (tmp_path / "sources.list.d/docker.sources").read_text()
+    assert docker_sources == f"Enabled: no\nTypes: deb\nURIs: {docker}\nSuites: focal\nComponents: stable\nArchitectures: amd64\n"
+    tools = (tmp_path / "sources.list.d/tools.sources").read_text()
+    assert tools.startswith("Enabled: no\nTypes: deb\nURIs: https://apt.example.net/tools\nSuites: jammy\n")
+    (entry,) = aptsources.entries("/etc/apt/sources.list.d/tools.sources", tools)
+    assert not entry.enabled and entry.signed_by_inline and "# disabled" not in tools
+    # restoring puts the one-line files back and drops the generated deb822 ones
+    dru.restore_sources()
+    assert sorted(p.name for p in (tmp_path / "sources.list.d").iterdir()) == ["docker.list", "tools.list"]

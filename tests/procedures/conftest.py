@@ -152,6 +152,10 @@ class LabNodes(LabAccess):
     def boot_count(self, name: str) -> int:
         return int(json.loads((self.config.dir / "nodes" / name / "state.json").read_text())["boot_count"])
 
+    def node_state(self, name: str) -> str:
+        """up or down, as the lab's supervisor recorded it."""
+        return json.loads((self.config.dir / "nodes" / name / "state.json").read_text())["state"]
+
     def fresh(self, name: str) -> bool:
         """The node looks as `lab up` left it (cheap reads only)."""
         from nodegate.core.journal import ANNOTATION

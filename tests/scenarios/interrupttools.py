@@ -10,6 +10,7 @@ node is announced in the journal (the journal is never behind).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
 UPGRADE_ANNOTATION = "nodegate.io/upgrade"
 CORDONED_BY = "nodegate.io/cordoned-by"
-PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")   # do-release-upgrade: a python3 script in the lab
+PACKAGE_TOOLS = ("apt-get", "dpkg", "do-release-upgrade")
+HERE = Path(__file__).resolve().parent
+LEFTOVERS_GRACE_S = 10.0     # how long a process the run started may take to end after the run did   # do-release-upgrade: a python3 script in the lab
 
 
 # --------------------------------------------------------------------------- reading the lab directly
@@ -306,7 +309,13 @@ class Interrupter(Operator):
         argv, junit = self.argv(profile, *extra)
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
+        # Stack dumps: a run still alive long after its signal is sent SIGUSR1 (the stackdump plugin)
+        # and, past its bound, SIGABRT (PYTHONFAULTHANDLER); both write every thread's stack into its
+        # log: where it hangs, not just that it does.
+        env = dict(self.env(), PYTHONFAULTHANDLER="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([*argv, "-p", "stackdump"], cwd=self.work, env=env,
+                                stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
@@ -356,18 +365,35 @@ class Interrupter(Operator):
                 try:
                     run.proc.wait(timeout=unheeded_after)
                 except subprocess.TimeoutExpired:
-                    moved = [f"{r['step']} {r['status']}" for r in self.new_records(run)[seen:]]
+                    # a run that records its step as interrupted did heed the signal (a busy machine
+                    # may take a while to end it); only other progress means it went on
+                    moved = [f"{r['step']} {r['status']}" for r in self.new_records(run)[seen:]
+                             if r["status"] != "interrupted"]
                     if moved:
                         run.unheeded = moved
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(run.proc.pid, signal.SIGUSR1)     # its stacks into the log first
+                        time.sleep(1.0)
                         self.send(run, resend)
             run.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            hung = session_leftovers(run.proc.pid)
+            for pid in [run.proc.pid] + [int(p.split()[0]) for p in hung if " -m pytest " in p]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)     # faulthandler: the stacks of every thread into the log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.proc.wait(timeout=10)
             os.killpg(run.proc.pid, signal.SIGKILL)
             run.proc.wait(timeout=30)
-            raise AssertionError(f"the run did not end within {timeout}s of the signal:\n{run.log.read_text()[-3000:]}") from None
+            raise AssertionError(f"the run did not end within {timeout}s of the signal; its processes then: {hung}; "
+                                 f"log {run.log}:\n{run.log.read_text()[-8000:]}") from None
         seconds = time.monotonic() - started
-        time.sleep(0.3)
-        return run.proc.returncode, seconds, session_leftovers(run.proc.pid)
+        # What the run started ends with it, but the last of it may take a moment on a busy machine:
+        # a bounded wait for the session to empty, then whatever is still there is reported.
+        deadline = time.monotonic() + LEFTOVERS_GRACE_S
+        while (left := session_leftovers(run.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return run.proc.returncode, seconds, left
 
 
 def session_leftovers(sid: int) -> list[str]:

@@ -261,7 +261,8 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             # ran (at a step's end), Python swallowed the KeyboardInterrupt and the run went on. The
             # second signal only lets the run end so that everything else is still reported.
             scene.outcomes[-1].stopped_in += " UNHEEDED 1st signal"
-            problems.append(f"{label}: the first signal was not heeded; the run went on with {run.unheeded}")
+            problems.append(f"{label}: the first signal was not heeded; the run went on with {run.unheeded} "
+                            f"(its stacks then: {run.log})")
             seconds -= 12.0
         if rc == -signal.SIGINT and sig == signal.SIGINT:
             # Ctrl-C reached the process group again while pytest was already ending (after it said

@@ -116,7 +116,8 @@ def tag_checkout(checkout: Path, tag: str) -> None:
 def write_cluster(root: Path, *, inventory: str = LAB_HOSTS_YAML, inventory_name: str = "hosts.yaml",
                   toml: str | None = None, extra_toml: str = "", kube_version: str | None = "v1.25.6",
                   galaxy_version: str | None = None, kubespray_tag: str | None = "v2.21.0", docker_vars: str | None = None,
-                  group_vars: dict[str, str] | None = None, kubeconfig: bool = True) -> Path:
+                  group_vars: dict[str, str] | None = None, kubeconfig: bool = True,
+                  container_manager: str | None = "docker") -> Path:
     """A profile at root/cluster.toml pointing at root/kubespray; returns the profile's path."""
     checkout = root / "kubespray"
     inv_dir = checkout / "inventory" / "mycluster"
@@ -129,7 +130,8 @@ def write_cluster(root: Path, *, inventory: str = LAB_HOSTS_YAML, inventory_name
     if kube_version:
         k8s = inv_dir / "group_vars" / "k8s_cluster"
         k8s.mkdir(parents=True, exist_ok=True)
-        (k8s / "k8s-cluster.yml").write_text(f"---\nkube_version: {kube_version}\nkube_network_plugin: calico\n")
+        (k8s / "k8s-cluster.yml").write_text(f"---\nkube_version: {kube_version}\nkube_network_plugin: calico\n"
+                                             + (f"container_manager: {container_manager}\n" if container_manager else ""))
     for relative, text in (group_vars or {}).items():
         path = inv_dir / "group_vars" / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,7 @@ def test_the_repair_holds_with_sources_and_keys_as_it_left_them():
     (dict(rbd_persisted=False), "not persisted"),
     (dict(update_problems=["NO_PUBKEY 7EA0A9C3F273FCD8"]), "NO_PUBKEY"),
     (dict(old_codename=None), "no source codename recorded"),
+    (dict(source_problems=["/etc/apt/sources.list.d/docker.list: still on focal"]), "still on focal"),
 ])
 def test_the_repair_does_not_hold(change, words):
     verdict = repair(**change)

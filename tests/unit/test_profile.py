@@ -468,5 +468,39 @@ def test_secrets_in_the_inventory_never_reach_the_profile(tmp_path):
     profile = load_profile(write_cluster(tmp_path, inventory=inventory), environ={})
     inv = read_inventory(profile.kubespray.inventory)
     for text in (repr(profile), repr(inv), str(inv.host_vars), str(inv.group_vars)):
-        for secret in ("hunter2", "s3cr3t", "topsecret", "/secret/key"):
+        for secret in ("hunter2", "s3cr3t", "topsecret"):
             assert secret not in text
+    # the key file's path is no secret: it is where ssh finds the key (ansible_ssh_private_key_file)
+    assert str(profile.node("node1").identity_file) == "/secret/key"
+
+
+# --------------------------------------------------------------------------- holds from container_manager
+
+def test_expected_holds_follow_container_manager(tmp_path):
+    """Kubespray holds packages only in its docker role; its default container_manager is
+    containerd (v2.21.0 kubespray-defaults), which installs containerd itself."""
+    docker = load_profile(write_cluster(tmp_path / "d"), environ={})
+    assert docker.expect.held_packages == ("containerd.io", "docker-ce", "docker-ce-cli")
+    assert docker.expect.held_source == "container_manager docker"
+    default = load_profile(write_cluster(tmp_path / "c", container_manager=None), environ={})
+    assert default.expect.held_packages == () and default.expect.held_source == "container_manager containerd"
+    crio = load_profile(write_cluster(tmp_path / "o", container_manager="crio"), environ={})
+    assert crio.expect.held_packages == ()
+    override = load_profile(write_cluster(tmp_path / "p", container_manager="containerd",
+                                          extra_toml='[expect]\nheld_packages = ["containerd.io"]\n'), environ={})
+    assert override.expect.held_packages == ("containerd.io",)
+    assert override.expect.held_source == "[expect] held_packages"
+    with pytest.raises(UsageError, match="container_manager 'podman'"):
+        load_profile(write_cluster(tmp_path / "x", container_manager="podman"), environ={})
+
+
+def test_docker_pins_with_the_ubuntu_version(tmp_path):
+    """From v2.25.1 the docker-ce pins read ansible_distribution_version as well."""
+    vars_2_25 = ("docker_versioned_pkg:\n  '26.1': docker-ce=5:26.1.2-1~ubuntu.{{ ansible_distribution_version }}"
+                 "~{{ ansible_distribution_release | lower }}\n"
+                 "docker_cli_versioned_pkg:\n  '26.1': docker-ce-cli=5:26.1.2-1~ubuntu.{{ ansible_distribution_version }}"
+                 "~{{ ansible_distribution_release | lower }}\n")
+    profile = load_profile(write_cluster(tmp_path, docker_vars=vars_2_25, galaxy_version="2.25.1",
+                                         group_vars={"all/docker.yml": "docker_version: '26.1'\n"}), environ={})
+    assert profile.expect.version_for("docker-ce", "noble") == "5:26.1.2-1~ubuntu.24.04~noble"
+    assert profile.expect.version_for("docker-ce-cli", "jammy") == "5:26.1.2-1~ubuntu.22.04~jammy"

@@ -1,4 +1,4 @@
-"""The repair step's two node-side programs (nodegate.upgrade.engine), run by the real python3 against a
+"""The repair step's node-side program (nodegate.cluster.apt_repair), run by the real python3 against a
 scratch /etc/apt (bind-mounted in a private mount namespace, so the host's apt is untouched), and
 the pure helpers of the procedure layer."""
 from __future__ import annotations
@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.cluster.nodes.remote import remote_program
+from nodegate.cluster import apt_repair
 from nodegate.plugin.procedures import _junit_failures
-from nodegate.upgrade.steps.release import _repo_url
-
-_REPAIR_SOURCES = remote_program("repair_sources")
-_MOVE_KEYS = remote_program("move_keys")
-
 
 
 def run_on_scratch_apt(tmp_path: Path, script: str, *args: str) -> str:
@@ -36,50 +31,51 @@ def apt_dir(tmp_path: Path) -> Path:
     return apt
 
 
-def test_re_enables_disabled_sources_for_the_new_codename_and_leaves_the_rest(tmp_path, apt_dir):
+def repair(tmp_path: Path, old: str, new: str) -> dict:
+    return apt_repair.parse_output(run_on_scratch_apt(tmp_path, apt_repair.program(), old, new))
+
+
+def test_re_enables_disabled_one_line_sources_for_the_new_codename(tmp_path, apt_dir):
     (apt_dir / "sources.list.d" / "docker.list").write_text(textwrap.dedent("""\
         # deb [arch=amd64] http://repo.example/linux/ubuntu focal stable # disabled on upgrade to jammy
-        #deb-src http://repo.example/linux/ubuntu focal-updates stable # disabled on upgrade to jammy
         # a comment that stays
     """))
     (apt_dir / "sources.list.d" / "other.list").write_text("deb http://other.example/x focal main\n")
     (apt_dir / "sources.list.d" / "docker.list.distUpgrade").write_text("deb http://repo.example focal stable\n")
-    out = run_on_scratch_apt(tmp_path, _REPAIR_SOURCES, "focal", "jammy")
-    assert out.split() == ["/etc/apt/sources.list.d/docker.list"]
+    (apt_dir / "sources.list").write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
+    done = repair(tmp_path, "focal", "jammy")
+    assert sorted(done["files"]) == ["/etc/apt/sources.list.d/docker.list", "/etc/apt/sources.list.d/other.list"]
     assert (apt_dir / "sources.list.d" / "docker.list").read_text() == textwrap.dedent("""\
         deb [arch=amd64] http://repo.example/linux/ubuntu jammy stable
-        deb-src http://repo.example/linux/ubuntu jammy-updates stable
         # a comment that stays
     """)
-    # an enabled source is not the release upgrade's to fix; backups are not sources
-    assert (apt_dir / "sources.list.d" / "other.list").read_text() == "deb http://other.example/x focal main\n"
+    # left on the old codename: moved too; backups are not sources; Ubuntu's own stay as they are
+    assert (apt_dir / "sources.list.d" / "other.list").read_text() == "deb http://other.example/x jammy main\n"
     assert (apt_dir / "sources.list.d" / "docker.list.distUpgrade").read_text() == "deb http://repo.example focal stable\n"
-    assert run_on_scratch_apt(tmp_path, _REPAIR_SOURCES, "focal", "jammy").strip() == "", "a second run changes nothing"
+    assert (apt_dir / "sources.list").read_text() == "deb http://archive.ubuntu.com/ubuntu jammy main\n"
+    again = repair(tmp_path, "focal", "jammy")
+    assert again["files"] == [] and again["removed"] == [], "a second run changes nothing"
 
 
-def test_moves_the_legacy_key_to_keyrings_with_signed_by_only_for_its_sources(tmp_path, apt_dir):
+def test_noble_deb822_disabled_source_and_the_legacy_key(tmp_path, apt_dir):
     (apt_dir / "trusted.gpg").write_bytes(b"\x99\x01keyring-bytes")
-    (apt_dir / "sources.list").write_text("deb http://archive.example/ubuntu jammy main\n")
-    (apt_dir / "sources.list.d" / "docker.list").write_text(
-        "deb [arch=amd64] http://repo.example/linux/ubuntu jammy stable\n")
-    (apt_dir / "sources.list.d" / "signed.list").write_text(
-        "deb [signed-by=/usr/share/keyrings/x.gpg] http://repo.example/linux/ubuntu jammy edge\n")
-    out = run_on_scratch_apt(tmp_path, _MOVE_KEYS, "http://repo.example/linux/ubuntu")
-    assert "docker.list -> /etc/apt/keyrings/docker.gpg" in out
-    assert (apt_dir / "sources.list.d" / "docker.list").read_text() == (
-        "deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg] http://repo.example/linux/ubuntu jammy stable\n")
-    assert (apt_dir / "keyrings" / "docker.gpg").read_bytes() == b"\x99\x01keyring-bytes"
-    # a source that names its key already, and one that never used the legacy keyring, stay as they are
-    assert "signed-by=/usr/share/keyrings/x.gpg]" in (apt_dir / "sources.list.d" / "signed.list").read_text()
-    assert (apt_dir / "sources.list").read_text() == "deb http://archive.example/ubuntu jammy main\n"
-    assert not (apt_dir / "trusted.gpg").exists(), "the legacy keyring is retired"
-    assert (apt_dir / "trusted.gpg.nodegate-moved").exists()
-    assert "no legacy keyring" in run_on_scratch_apt(tmp_path, _MOVE_KEYS, "http://repo.example/linux/ubuntu")
-
-
-def test_repo_url_is_the_part_before_dists():
-    assert _repo_url("http://127.0.2.1/linux/ubuntu/dists/focal/InRelease") == "http://127.0.2.1/linux/ubuntu"
-    assert _repo_url("http://x/ubuntu") == "http://x/ubuntu"
+    (apt_dir / "sources.list").write_text("# Ubuntu sources have moved to /etc/apt/sources.list.d/ubuntu.sources\n")
+    ubuntu = ("Types: deb\nURIs: http://127.0.2.1/ubuntu\nSuites: noble noble-updates\nComponents: main\n"
+              "Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg\n")
+    (apt_dir / "sources.list.d" / "ubuntu.sources").write_text(ubuntu)
+    (apt_dir / "sources.list.d" / "docker.sources").write_text(
+        "Enabled: no\nTypes: deb\nURIs: http://repo.example/linux/ubuntu\nSuites: jammy\nComponents: stable\n"
+        "Architectures: amd64\n")
+    done = repair(tmp_path, "jammy", "noble")
+    assert done["removed"] == ["/etc/apt/sources.list.d/docker.sources"]
+    assert (apt_dir / "sources.list.d" / "docker.list").read_text() == \
+        "deb [arch=amd64] http://repo.example/linux/ubuntu noble stable\n"
+    assert done["legacy"] == "/etc/apt/trusted.gpg.d/docker.gpg"
+    assert (apt_dir / "trusted.gpg.d" / "docker.gpg").read_bytes() == b"\x99\x01keyring-bytes"
+    assert not (apt_dir / "trusted.gpg").exists() and (apt_dir / "trusted.gpg.nodegate-moved").exists()
+    assert (apt_dir / "sources.list.d" / "ubuntu.sources").read_text() == ubuntu
+    again = repair(tmp_path, "jammy", "noble")
+    assert (again["files"], again["removed"], again["legacy"]) == ([], [], None)
 
 
 def test_junit_failures_name_each_failing_check(tmp_path):

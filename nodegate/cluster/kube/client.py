@@ -220,6 +220,19 @@ class Kube(KubeTransport, NodeWatch, DrainCalls, ExecCalls, CsiCalls):
                          f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}/log", query=query, text=True)
 
 
+    def may(self, verb: str, resource: str, *, group: str = "", subresource: str = "", namespace: str = "") -> bool:
+        """One SelfSubjectAccessReview: may this kubeconfig's user do that (RBAC's answer)?"""
+        attrs = {"verb": verb, "resource": resource, "group": group}
+        if subresource:
+            attrs["subresource"] = subresource
+        if namespace:
+            attrs["namespace"] = namespace
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attrs}}
+        answer = self._request(f"ask whether this user may {verb} {resource}{'/' + subresource if subresource else ''}",
+                               "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+        return bool((answer.get("status") or {}).get("allowed"))
+
     # -- Leases (the primitives; the upgrade lock's policy is built on them) ------------------
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         """The Lease, or None if there is none."""

@@ -42,6 +42,26 @@ class DrainError(PermanentError):
         self.result = result
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """The reason of a failed TLS verification inside a client exception, or None."""
+    import ssl
+
+    import urllib3.exceptions as u3
+
+    seen = exc
+    for _ in range(6):
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, (ssl.SSLError, u3.SSLError)) and "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            text = str(seen)
+            return text[text.find("certificate verify failed"):].split(" (_ssl")[0] or text
+        nxt = getattr(seen, "reason", None) if isinstance(seen, u3.MaxRetryError) else None
+        seen = nxt if isinstance(nxt, BaseException) else (seen.__cause__ or seen.__context__)
+        if seen is None:
+            return None
+    return None
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) and not isinstance(exc, (ConflictError, ExecTimeout))
 

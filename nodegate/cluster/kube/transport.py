@@ -19,6 +19,7 @@ from nodegate.cluster.kube.errors import (
     _first_line,
     _retryable,
     _status_body,
+    _tls_failure,
 )
 from nodegate.cluster.kube.models import _q
 from nodegate.core.errors import PermanentError, TransientError, UsageError
@@ -173,6 +174,25 @@ class KubeTransport:
         # transport. On a small cluster building those costs more than all the requests.
         return client.ApiClient(configuration)
 
+    def _ca_source(self) -> str:
+        """Which CA the loaded kubeconfig context trusts, named as the operator wrote it."""
+        configuration = getattr(self._api, "configuration", None)
+        cafile = getattr(configuration, "ssl_ca_cert", None)
+        if cafile is None:
+            return "the system's CA bundle (the kubeconfig names no certificate-authority)"
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+            ctx_name = self.origin.split(" ", 2)[1]
+            ctx = next(c["context"] for c in data.get("contexts") or [] if c.get("name") == ctx_name)
+            cluster = next(c["cluster"] for c in data.get("clusters") or [] if c.get("name") == ctx.get("cluster"))
+        except (StopIteration, KeyError, TypeError, IndexError, OSError, yaml.YAMLError):
+            return f"the CA file {cafile}"
+        if cluster.get("certificate-authority"):
+            return f"the CA file {cluster['certificate-authority']} (cluster {ctx.get('cluster')} in {self.path})"
+        return f"the certificate-authority-data of cluster {ctx.get('cluster')} in {self.path}"
+
     def close(self) -> None:
         # Reads still running ahead in other threads (a run refused before its first check, with
         # the API answering 5xx) stop at their next attempt instead of retrying on after the
@@ -281,6 +301,13 @@ class KubeTransport:
             return TransientError(f"{where} did not accept a connection in time while trying to {what}", fix=check)
         if isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
             return TransientError(f"{where} did not answer in time while trying to {what}", fix=check)
+        tls = _tls_failure(exc)
+        if tls is not None:
+            return UsageError(f"TLS verification of {where} failed: {tls}; the kubeconfig trusts "
+                              f"{self._ca_source()}",
+                              fix="put the cluster's CA in the kubeconfig (certificate-authority-data from the "
+                                  "control plane's /etc/kubernetes/ssl/ca.crt, or Kubespray's artifacts/admin.conf); "
+                                  "verification stays on")
         if isinstance(exc, (u3.ProtocolError, u3.MaxRetryError, ConnectionError, u3.HTTPError)):
             return TransientError(f"the connection to {where} broke while trying to {what}: {_first_line(exc)}",
                                   fix=check)

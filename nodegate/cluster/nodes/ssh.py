@@ -24,9 +24,9 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodegate.cluster.nodes.backends import _ssh_target, _VerifyingParamikoBackend
 from nodegate.cluster.nodes.resources import Apt, Boot, Etcd, Modules, Packages, Release
 from nodegate.core.errors import NodegateError, PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
@@ -66,6 +66,14 @@ class HostKeyUnknown(SshConnectError, UsageError):
 
 class HostKeyMismatch(SshConnectError, PermanentError):
     """The node's host key differs from the one in known_hosts."""
+
+
+class SudoPasswordRequired(UsageError):
+    """The node's sudo asks for a password and nodegate was given none."""
+
+
+class SudoPasswordRejected(UsageError):
+    """The node's sudo did not accept the password nodegate was given."""
 
 
 class CommandFailed(PermanentError):
@@ -128,6 +136,10 @@ class NodeHost:
         self.settings = settings
         self.name = spec.name
         self.user = spec.user or settings.user
+        self.port = spec.port
+        self.identity_file = spec.identity_file or settings.identity_file
+        self.route = spec.route
+        self.become_user = spec.become_user
         self.connect_timeout = connect_timeout
         self.target = _ssh_target(spec, settings)
         self.testinfra = self._build_host()
@@ -149,35 +161,82 @@ class NodeHost:
                      f"-o StrictHostKeyChecking={'accept-new' if self.settings.trust_new_host_keys else 'yes'}"]
             if self.settings.known_hosts:
                 extra.append(f"-o UserKnownHostsFile={shlex.quote(str(self.settings.known_hosts))}")
+            proxy = self.proxy_argv()
+            if proxy is not None:
+                # ssh runs a ProxyCommand through the user's shell: every word is quoted for it.
+                extra.append("-o " + shlex.quote("ProxyCommand=" + shlex.join(proxy)))
             # The ssh_config decides multiplexing (ControlMaster/ControlPath/ControlPersist):
             # naming ControlMaster here stops testinfra from adding its own.
             extra.append("-o ControlMaster=auto")
             backend = testinfra.backend.ssh.SshBackend(
-                f"{self.user}@{self.target}" if self.user else self.target,
+                self._hostspec(),
                 ssh_config=str(self.settings.config),
-                ssh_identity_file=str(self.settings.identity_file) if self.settings.identity_file else None,
+                ssh_identity_file=str(self.identity_file) if self.identity_file else None,
                 timeout=self.connect_timeout, ssh_extra_args=" ".join(extra))
         else:
             backend = _VerifyingParamikoBackend(
                 f"{self.user}@{self.target}" if self.user else self.target,
                 port=self.spec.port,
-                ssh_identity_file=str(self.settings.identity_file) if self.settings.identity_file else None,
+                ssh_identity_file=str(self.identity_file) if self.identity_file else None,
                 timeout=self.connect_timeout,
                 known_hosts=self.settings.known_hosts,
-                trust_new=self.settings.trust_new_host_keys)
+                trust_new=self.settings.trust_new_host_keys,
+                route=self._paramiko_route())
         host = testinfra.host.Host(backend)
         backend.set_host(host)
         return host
+
+    def _hostspec(self) -> str:
+        spec = f"{self.user}@{self.target}" if self.user else self.target
+        # Only a port other than 22 is passed: the ssh_config's own Port line stays in charge otherwise.
+        return f"{spec}:{self.port}" if self.port and self.port != 22 else spec
+
+    def proxy_argv(self) -> list[str] | None:
+        """The ProxyCommand words for ssh (its %h/%p left for ssh to fill in), or None (direct).
+        A jump host becomes `ssh -W %h:%p` with nodegate's own host key settings, never weaker."""
+        route = self.route
+        if route.proxy_command is not None:
+            return list(route.proxy_command.argv)
+        jump = route.jump
+        if jump is None:
+            return None
+        argv = ["ssh"]
+        if self.settings.config is not None:
+            argv += ["-F", str(self.settings.config)]
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
+                 "-o", f"StrictHostKeyChecking={'accept-new' if self.settings.trust_new_host_keys else 'yes'}"]
+        if self.settings.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={self.settings.known_hosts}"]
+        identity = jump.identity_file or (str(self.identity_file) if self.identity_file else None)
+        if identity:
+            argv += ["-i", identity, "-o", "IdentitiesOnly=yes"]
+        if jump.port:
+            argv += ["-p", str(jump.port)]
+        argv += ["-l", jump.user or self.user, "-W", "%h:%p", jump.host]
+        return argv
+
+    def _paramiko_route(self) -> Any:
+        """What the paramiko backend opens before the node: (kind, value) or None."""
+        if self.route.proxy_command is not None:
+            return ("command", self.route.proxy_command.expand(self.target, self.port or 22, self.user))
+        if self.route.jump is not None:
+            return ("jump", self.route.jump)
+        return None
 
     def close(self) -> None:
         """End the connection (the ssh ControlMaster or the paramiko transport)."""
         backend = self.testinfra.backend
         if self.uses_ssh_config:
-            args = ["ssh", "-F", str(self.settings.config), "-o", "BatchMode=yes", "-O", "exit",
-                    f"{self.user}@{self.target}" if self.user else self.target]
+            args = ["ssh", "-F", str(self.settings.config), "-o", "BatchMode=yes", "-O", "exit"]
+            if self.port and self.port != 22:
+                args += ["-p", str(self.port)]
+            args.append(f"{self.user}@{self.target}" if self.user else self.target)
             subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
         elif "client" in backend.__dict__:  # connected at least once
             backend.client.close()
+            jump = getattr(backend, "jump_client", None)
+            if jump is not None:
+                jump.close()
 
     # -- commands ----------------------------------------------------------------------
     def run(self, args: Sequence[str], *, expect: Sequence[int] = (0,), sudo: bool = False,
@@ -194,13 +253,21 @@ class NodeHost:
             argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         if timeout is not None:
             argv = ["timeout", "-k", "5", f"{timeout:g}", *argv]
-        if sudo and self.user != "root":
-            argv = ["sudo", "-n", "--", *argv]
+        password = None
+        if sudo and self.needs_sudo:
+            password = self.settings.become_password
+            target = [] if self.become_user == "root" else ["-u", self.become_user]
+            # -S: the password on stdin (never in the command line); -p '': no prompt in stderr.
+            # -k: always ask, so the password line is always read by sudo and never left for the command.
+            argv = (["sudo", "-k", "-S", "-p", "", *target, "--", *argv] if password
+                    else ["sudo", "-n", *target, "--", *argv])
         checkpoint()   # a Ctrl-C a finalizer swallowed stops the run before the command
         started = time.monotonic()
-        out = self._execute(shlex.join(argv))
+        out = self._execute(shlex.join(argv), stdin=password + "\n" if password else None)
         result = CommandResult(node=self.name, args=tuple(str(a) for a in args), rc=out.rc,
                                stdout=out.stdout, stderr=out.stderr, duration=time.monotonic() - started)
+        if sudo and self.needs_sudo and result.rc == 1:
+            self._check_sudo(result.stderr)
         if timeout is not None and result.rc in (124, 137) and result.rc not in expect:
             raise CommandTimeout(f"`{result.command}` on {self.name} did not finish within {timeout:g}s "
                                  "and was stopped", result=result)
@@ -210,14 +277,34 @@ class NodeHost:
                                 f"{result.describe()}", result=result)
         return result
 
+    @property
+    def needs_sudo(self) -> bool:
+        return self.user != self.become_user
+
+    def _check_sudo(self, stderr: str) -> None:
+        __tracebackhide__ = True
+        if "a password is required" in stderr:
+            raise SudoPasswordRequired(
+                f"sudo on {self._where()} asks for a password, and nodegate was given none (`sudo -n true` fails: "
+                f"{stderr.strip().splitlines()[-1][:200]})",
+                fix=f"give {self.user} passwordless sudo on {self.name} (e.g. `{self.user} ALL=(ALL) NOPASSWD:ALL` in "
+                    "/etc/sudoers.d/), or run with --become-password-env NAME with the password in the environment "
+                    "variable NAME")
+        if re.search(r"incorrect password|Sorry, try again", stderr):
+            raise SudoPasswordRejected(
+                f"sudo on {self._where()} rejected the password given with --become-password-env",
+                fix=f"put {self.user}'s sudo password on {self.name} in that environment variable")
+
     def run_expect(self, expect: Sequence[int], args: Sequence[str], **kwargs: Any) -> CommandResult:
         """testinfra's spelling: ``run_expect([0, 1], [...])``."""
         __tracebackhide__ = True
         return self.run(args, expect=expect, **kwargs)
 
-    def _execute(self, command: str) -> Any:
+    def _execute(self, command: str, stdin: str | None = None) -> Any:
         __tracebackhide__ = True
         try:
+            if stdin is not None:
+                return self._run_with_stdin(command, stdin)
             return self.testinfra.run(command)
         except RuntimeError as exc:
             # testinfra's ssh backend raises RuntimeError(result) when ssh exits 255.
@@ -242,6 +329,37 @@ class NodeHost:
                 raise
             raise classified from exc
 
+    def _run_with_stdin(self, command: str, stdin: str) -> Any:
+        """testinfra's run has no stdin: the same command on the same connection, with stdin."""
+        backend = self.testinfra.backend
+        if self.uses_ssh_config:
+            cmd, cmd_args = backend._build_ssh_command(command)
+            # testinfra's own ssh line, each value quoted; split here as a shell would split it,
+            # and run without one
+            argv = shlex.split(backend.get_command(" ".join(cmd), *cmd_args))
+            done = subprocess.run(argv, input=stdin.encode(), capture_output=True)
+            out = backend.result(done.returncode, backend.encode(command), done.stdout, done.stderr)
+            if out.rc == 255:
+                raise RuntimeError(out)
+            return out
+        transport = backend.client.get_transport()
+        chan = transport.open_session()
+        chan.exec_command(command)
+        chan.sendall(stdin.encode())
+        chan.shutdown_write()
+        stdout = b"".join(chan.makefile("rb"))
+        stderr = b"".join(chan.makefile_stderr("rb"))
+        return backend.result(chan.recv_exit_status(), backend.encode(command), stdout, stderr)
+
+    def privilege(self) -> str:
+        """How this node's root commands will run, checked now (`sudo -n true`, or `sudo -S true`
+        with the given password); raises SudoPasswordRequired / SudoPasswordRejected."""
+        if not self.needs_sudo:
+            return f"logged in as {self.user}: no sudo needed"
+        self.run(["true"], sudo=True)
+        how = "with the password from --become-password-env" if self.settings.become_password else "without a password"
+        return f"{self.user} becomes {self.become_user} with sudo {how}"
+
     def read_file(self, path: str) -> str:
         return self.run(["cat", "--", path]).stdout
 
@@ -264,6 +382,11 @@ class NodeHost:
     def _classify_ssh(self, stderr: str) -> SshConnectError | None:
         text = stderr.strip()
         first = next((line for line in text.splitlines() if line.strip()), "")
+        jump = self.route.jump
+        if jump is not None and jump.host in text:
+            found = self._classify_jump(text, jump)
+            if found is not None:
+                return found
         if "Connection refused" in text:
             return SshRefused(f"{self._where()} refused the SSH connection: the node is down or its sshd is "
                               f"not running ({first})",
@@ -294,6 +417,26 @@ class NodeHost:
             return SshConnectionLost(f"the SSH connection to {self._where()} was closed ({first}): the node is "
                                      "probably going down or its sshd restarting",
                                      fix="wait for the node to come back, then run again")
+        return None
+
+    def _classify_jump(self, text: str, jump: Any) -> SshConnectError | None:
+        """A failure of the hop through the bastion, named as such (ssh prints the bastion's address)."""
+        known = self.settings.known_hosts or "~/.ssh/known_hosts"
+        where = f"the jump host {jump.describe()} (the bastion on the way to {self.name})"
+        if re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", text):
+            return HostKeyMismatch(f"the host key of {where} does not match known_hosts {known}: the bastion was "
+                                   "reinstalled, or something else answers at its address",
+                                   fix=f"check the bastion's key out of band; if it was reinstalled, `ssh-keygen -R "
+                                       f"{jump.host} -f {known}` and add the new key")
+        if "Host key verification failed" in text or re.search(r"No \S+ host key is known for", text):
+            return HostKeyUnknown(f"known_hosts {known} has no host key for {where}, and host keys are verified",
+                                  fix=f"check the bastion's key out of band, then add it to {known}")
+        if "Connection refused" in text:
+            return SshRefused(f"{where} refused the SSH connection", fix="check that the bastion is up and its sshd runs")
+        if "Permission denied" in text:
+            return SshAuthFailed(f"{where} did not accept the key for user {jump.user or self.user}",
+                                 fix="add the key to the bastion user's authorized_keys, or set the bastion's "
+                                     "ansible_user / ansible_ssh_private_key_file in the inventory")
         return None
 
     def _classify_paramiko(self, exc: BaseException) -> SshConnectError | None:
@@ -350,83 +493,6 @@ class NodeHost:
     @functools.cached_property
     def etcd(self) -> "Etcd":
         return Etcd(self)
-
-
-def _ssh_target(spec: "NodeSpec", settings: "SSHSettings") -> str:
-    """The name to hand to ssh: the node's name when the ssh_config resolves it (so its Host
-    block applies), else its address from the inventory."""
-    if settings.config is not None and Path(settings.config).is_file():
-        patterns = _host_patterns(Path(settings.config))
-        if spec.name in patterns:
-            return spec.name
-        import fnmatch
-
-        if any(fnmatch.fnmatchcase(spec.name, p) for p in patterns if p != "*" and not p.startswith("!")):
-            # a wildcard block may set HostName: ask ssh itself how it resolves the name
-            shown = subprocess.run(["ssh", "-G", "-F", str(settings.config), spec.name], capture_output=True,
-                                   text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
-            resolved = next((line.split(None, 1)[1] for line in shown.splitlines()
-                             if line.lower().startswith("hostname ")), spec.name)
-            if resolved.strip() != spec.name:
-                return spec.name
-    return spec.address or spec.name
-
-
-def _host_patterns(config: Path) -> set[str]:
-    """The patterns of the ssh_config's `Host` lines (read directly: importing paramiko only to
-    parse them cost ~0.3 s of every run's start)."""
-    patterns: set[str] = set()
-    try:
-        text = config.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return patterns
-    for line in text.splitlines():
-        words = line.strip().replace("=", " ", 1).split()
-        if len(words) > 1 and words[0].lower() == "host":
-            patterns.update(w.strip('"') for w in words[1:])
-    return patterns
-
-
-def _paramiko_backend_class() -> type:
-    from testinfra.backend.paramiko import ParamikoBackend
-
-    class VerifyingParamikoBackend(ParamikoBackend):
-        """testinfra's paramiko backend accepts unknown host keys with a warning; this one checks
-        them against known_hosts (RejectPolicy), or records new ones when told to trust them."""
-
-        def __init__(self, hostspec: str, *, port: int = 22, known_hosts: Path | None = None,
-                     trust_new: bool = False, **kwargs: Any) -> None:
-            super().__init__(hostspec, **kwargs)
-            self.port = port
-            self.known_hosts = known_hosts
-            self.trust_new = trust_new
-
-        @functools.cached_property
-        def client(self) -> Any:
-            import paramiko
-
-            client = paramiko.SSHClient()
-            if self.known_hosts is not None:
-                path = Path(self.known_hosts).expanduser()
-                if not path.exists() and self.trust_new:
-                    path.touch(mode=0o644)
-                if path.exists():
-                    # load_host_keys (not system keys) so AutoAddPolicy writes new keys back here.
-                    client.load_host_keys(str(path))
-            else:
-                client.load_system_host_keys()
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if self.trust_new else paramiko.RejectPolicy())
-            client.connect(hostname=self.host.name, port=int(self.host.port or self.port),
-                           username=self.host.user, key_filename=self.ssh_identity_file,
-                           look_for_keys=self.ssh_identity_file is None, allow_agent=False,
-                           timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout)
-            return client
-
-    return VerifyingParamikoBackend
-
-
-def _VerifyingParamikoBackend(hostspec: str, **kwargs: Any) -> Any:  # noqa: N802 - a class factory
-    return _paramiko_backend_class()(hostspec, **kwargs)
 
 
 # -- the registry: one host per node ----------------------------------------------------------

@@ -1,7 +1,9 @@
 """`python -m nodegate.lab.apiserver --dir DIR`: serve the lab's Kubernetes API.
 
 Started by the supervisor (its output goes to DIR/logs/apiserver.log). Listens on
-LabConfig.api_address:api_port, plain HTTP with the lab's bearer token; SIGTERM stops it.
+LabConfig.api_address:api_port: HTTPS with the lab's CA, client certificates and tokens
+(DIR/pki, written by `lab up`), or plain HTTP with the lab's bearer token (`--plain-http`);
+SIGTERM stops it.
 """
 from __future__ import annotations
 
@@ -19,8 +21,23 @@ from nodegate.lab.apiserver.cluster import Cluster
 from nodegate.lab.apiserver.faults import Faults
 from nodegate.lab.apiserver.store import Store
 from nodegate.lab.config import LabConfig
+from nodegate.lab.pki import Pki, read_tokens
 
 log = logging.getLogger("nodegate.lab.apiserver")
+
+
+def server_tls_context(config: LabConfig):
+    """TLS as kube-apiserver serves it: its certificate for its address, and client certificates
+    verified against the cluster CA when offered (optional: token users offer none)."""
+    import ssl
+
+    pki = Pki.of(config.dir)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    ctx.load_verify_locations(cafile=str(pki.ca_cert))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 async def serve(config: LabConfig) -> None:
@@ -30,10 +47,11 @@ async def serve(config: LabConfig) -> None:
     cluster = Cluster(config, store, faults)
     if not cluster.restore():
         cluster.seed()
-    api = Api(cluster, faults, config.token)
+    api = Api(cluster, faults, config.token, tls=config.api_tls, tokens=read_tokens(config.dir))
     runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.api_address, config.api_port, reuse_address=True)
+    site = web.TCPSite(runner, config.api_address, config.api_port, reuse_address=True,
+                       ssl_context=server_tls_context(config) if config.api_tls else None)
     await site.start()
     log.info("serving the Kubernetes API on %s (%d nodes)", config.api_url, len(config.nodes))
     stop = asyncio.Event()

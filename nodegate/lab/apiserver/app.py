@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from nodegate.lab.apiserver import protobuf, resources, status, tables
+from nodegate.lab.apiserver import auth, protobuf, resources, status, tables
 from nodegate.lab.apiserver.cluster import Cluster
 from nodegate.lab.apiserver.faults import Faults
 from nodegate.lab.apiserver.patch import json_patch, merge_patch, strategic_merge_patch
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 WATCH_DEFAULT_TIMEOUT_S = 1800   # kube-apiserver's --min-request-timeout
 BOOKMARK_EVERY_S = 10.0
 UNAUTHENTICATED_PATHS = {"/healthz", "/livez", "/readyz"}
+TOKEN_ADMIN = "nodegate-operator"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 JSON_TYPE = "application/json"
@@ -46,11 +47,16 @@ def version_doc(kube_version: str) -> dict:
 
 
 class Api:
-    def __init__(self, cluster: Cluster, faults: Faults, token: str) -> None:
+    def __init__(self, cluster: Cluster, faults: Faults, token: str, *, tls: bool = False,
+                 tokens: dict[str, dict] | None = None) -> None:
         self.cluster = cluster
         self.store = cluster.store
         self.faults = faults
-        self._token = token.encode()
+        self.tls = tls
+        # token -> User: the admin token of lab.json, plus the static token table (pki.py)
+        self._tokens = [(token.encode(), auth.User(TOKEN_ADMIN, (auth.ADMIN_GROUP,)))]
+        for value, who in (tokens or {}).items():
+            self._tokens.append((value.encode(), auth.User(who["user"], tuple(who.get("groups", ())))))
         self.requests = 0
 
     # -- app -----------------------------------------------------------------
@@ -80,8 +86,10 @@ class Api:
             if action == "500":
                 return json_response(status.ApiError(500, "InternalError", "Internal error occurred: "
                                                      "etcdserver: request timed out").body(), 500)
-            if not self._authorized(request):
+            user = self._authenticate(request)
+            if user is None:
                 return json_response(status.unauthorized().body(), 401)
+            request["user"] = user
         try:
             request["body"] = body
             return await handler(request)
@@ -93,16 +101,29 @@ class Api:
             log.exception("%s %s failed", request.method, request.path_qs)
             return json_response(status.ApiError(500, "InternalError", f"Internal error occurred: {exc}").body(), 500)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authenticate(self, request: web.Request) -> auth.User | None:
+        """The requesting user, or None (401). Over TLS: the verified client certificate, else a
+        bearer token of the table; nothing else is accepted."""
         header = request.headers.get("Authorization", "")
+        if self.tls and request.transport is not None:
+            user = auth.user_from_peercert(request.transport.get_extra_info("peercert"))
+            if user is not None and not header:
+                return user
         if not header:
+            if self.tls:
+                return None
             # kubectl (client-go) never sends credentials over plain HTTP (kubernetes/kubectl#744),
             # so a request without any is served as kube-apiserver's old insecure port served
             # it: this server listens on loopback only. A wrong or malformed token is refused.
-            return True
+            return auth.User(TOKEN_ADMIN, (auth.ADMIN_GROUP,))
         if not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self._token)
+            return None
+        offered = header[len("Bearer "):].strip().encode()
+        found = None
+        for value, user in self._tokens:
+            if hmac.compare_digest(offered, value):  # compare with every token: no early exit
+                found = user
+        return found
 
     # -- routing ----------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -142,6 +163,18 @@ class Api:
         return await self.resource_request(request, group, version, rest)
 
     @staticmethod
+    def _authorize(request: web.Request, res: Resource, namespace: str | None, name: str | None,
+                   sub: str | None) -> None:
+        user = request.get("user")
+        if user is None or user.admin:
+            return
+        verb = auth.request_verb(request.method, collection=name is None,
+                                 watch=request.query.get("watch") in ("1", "true", "True"), subresource=sub)
+        resource = f"{res.plural}/{sub}" if sub else res.plural
+        if not auth.allowed(user, verb, res.group, resource):
+            raise auth.forbidden(user, verb, res.group, resource, res.plural, name, namespace)
+
+    @staticmethod
     def _path_not_found() -> status.ApiError:
         return status.ApiError(404, "NotFound", "the server could not find the requested resource")
 
@@ -167,6 +200,11 @@ class Api:
         res, namespace, name, sub = self._resolve(group, version, rest)
         method = request.method
         q = request.query
+        self._authorize(request, res, namespace, name, sub)
+        if res.plural == "selfsubjectaccessreviews":
+            if method != "POST" or name is not None:
+                raise status.method_not_allowed()
+            return json_response(auth.self_subject_access_review(request["user"], self._body(request)), 201)
         if name is None:
             if method == "GET":
                 if q.get("watch") in ("1", "true", "True"):

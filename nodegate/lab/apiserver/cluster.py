@@ -31,6 +31,7 @@ from nodegate.lab.apiserver.podstate import (CSI_CONTAINER, CrashLoop, PodRuntim
                                              pod_status)
 from nodegate.lab.apiserver.selectors import match_label_selector
 from nodegate.lab.apiserver.store import Store, clone, now_rfc3339
+from nodegate.lab import shared_files
 from nodegate.lab.config import LabConfig
 
 log = logging.getLogger(__name__)
@@ -237,10 +238,7 @@ class Cluster:
 
     def save(self) -> None:
         data = {"lab": self._lab_id(), "saved_at": time.time(), "store": self.store.dump()}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        tmp.chmod(0o600)
-        tmp.replace(self.state_path)
+        shared_files.write_json(self.state_path, data, mode=0o600, indent=None)   # holds Secrets' data
         self._saved_rv = self.store.rv
 
     def restore(self) -> bool:

@@ -7,6 +7,7 @@ once per boot, as the kubelet reads it once when it starts.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -185,7 +186,10 @@ class NodeMirror:
         modules: frozenset = frozenset()
         if view.up and view.pid:
             try:
-                text = (Path(f"/proc/{view.pid}/root") / MODULES_FILE).read_text()
+                # The node's modprobe rewrites the list in place under an flock: read it under one too.
+                with open(Path(f"/proc/{view.pid}/root") / MODULES_FILE) as fh:
+                    fcntl.flock(fh, fcntl.LOCK_SH)
+                    text = fh.read()
                 modules = frozenset(line.split()[0] for line in text.splitlines() if line.strip())
             except (OSError, IndexError):
                 modules = view.modules  # a node mid-boot: keep what we knew

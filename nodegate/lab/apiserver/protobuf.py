@@ -1,5 +1,5 @@
 """Just enough of Kubernetes' protobuf encoding to read what `kubectl create namespace |
-configmap | secret | serviceaccount` sends (kubectl's typed clients write built-in kinds as
+configmap | secret | serviceaccount` and `kubectl auth can-i` send (kubectl's typed clients write built-in kinds as
 `application/vnd.kubernetes.protobuf`). Any other kind answers 415, as a server that does not
 decode it would.
 
@@ -94,6 +94,8 @@ def decode(body: bytes) -> dict:
     envelope = dict(fields(body[len(MAGIC):]))
     type_meta = dict(fields(envelope.get(1, b"")))
     api_version, kind = _str(type_meta.get(1, b"")), _str(type_meta.get(2, b""))
+    if (api_version, kind) == ("authorization.k8s.io/v1", "SelfSubjectAccessReview"):
+        return _self_subject_access_review(envelope.get(2, b""))  # `kubectl auth can-i`
     if api_version != "v1" or kind not in ("Namespace", "ConfigMap", "Secret", "ServiceAccount"):
         raise Unsupported(f"{api_version} {kind}")
     obj: dict = {"apiVersion": api_version, "kind": kind, "metadata": {}}
@@ -121,3 +123,26 @@ def decode(body: bytes) -> dict:
         if 4 in grouped:
             obj["stringData"] = _map(grouped[4])
     return obj
+
+
+# k8s.io/api/authorization/v1 generated.proto: SelfSubjectAccessReview {1 metadata, 2 spec};
+# its spec {1 resourceAttributes, 2 nonResourceAttributes}; ResourceAttributes {1 namespace,
+# 2 verb, 3 group, 4 version, 5 resource, 6 subresource, 7 name}; NonResourceAttributes {1 path, 2 verb}.
+_RESOURCE_ATTRIBUTES = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource",
+                        7: "name"}
+_NON_RESOURCE_ATTRIBUTES = {1: "path", 2: "verb"}
+
+
+def _self_subject_access_review(data: bytes) -> dict:
+    spec: dict = {}
+    for number, value in fields(data):
+        if number != 2 or not isinstance(value, bytes):
+            continue
+        for part, attrs in fields(value):
+            names = {1: _RESOURCE_ATTRIBUTES, 2: _NON_RESOURCE_ATTRIBUTES}.get(part)
+            if names is None or not isinstance(attrs, bytes):
+                continue
+            spec["resourceAttributes" if part == 1 else "nonResourceAttributes"] = {
+                names[n]: _str(v) for n, v in fields(attrs) if n in names and v}
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {},
+            "spec": spec}

@@ -25,6 +25,7 @@ class Resource:
     has_status: bool = False          # spec/status split: PUT on the object ignores status
     bumps_generation: bool = False    # metadata.generation follows spec changes
     field_selectors: tuple[str, ...] = field(default=("metadata.name", "metadata.namespace"))
+    verbs: tuple[str, ...] = tuple(VERBS)
 
     @property
     def api_version(self) -> str:
@@ -69,11 +70,14 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget",
              True, ("pdb",), subresources=("status",), has_status=True, bumps_generation=True),
     Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
+    # Never stored: a POST is answered with the verdict for the requesting user (auth.py).
+    Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "", "SelfSubjectAccessReview", False,
+             verbs=("create",)),
 )
 
 # group -> versions served, preferred first
 GROUPS: dict[str, tuple[str, ...]] = {"apps": ("v1",), "policy": ("v1",),
-                                      "coordination.k8s.io": ("v1",)}
+                                      "coordination.k8s.io": ("v1",), "authorization.k8s.io": ("v1",)}
 
 SUBRESOURCE_VERBS = {
     "status": ["get", "patch", "update"],
@@ -130,7 +134,7 @@ def resource_list(group: str, version: str) -> dict | None:
         if res.group != group or res.version != version:
             continue
         entry = {"name": res.plural, "singularName": res.singular, "namespaced": res.namespaced,
-                 "kind": res.kind, "verbs": list(VERBS)}
+                 "kind": res.kind, "verbs": list(res.verbs)}
         if res.short_names:
             entry["shortNames"] = list(res.short_names)
         if res.categories:
@@ -171,7 +175,7 @@ def openapi_v3_gv(gv_path: str) -> dict | None:
     group, version = ("", gv_path.split("/")[1]) if gv_path.startswith("api/") else tuple(gv_path.split("/")[1:3])
     paths = {}
     for res in RESOURCES:
-        if res.group != group or res.version != version:
+        if res.group != group or res.version != version or "patch" not in res.verbs:
             continue
         base = f"/{_gv_path(group, version)}/" + ("namespaces/{namespace}/" if res.namespaced else "")
         gvk = {"group": group, "version": version, "kind": res.kind}

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nodegate.core import postconditions as post
-from nodegate.upgrade.engine import Planned, Step, Upgrade, holds
+from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade, holds
+from nodegate.upgrade.steps.release import apt_problems, apt_repair
 
 if TYPE_CHECKING:
     pass
@@ -36,11 +37,24 @@ class Kubespray(Step):
             raise
         up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
         up.note(self.name, kubespray_recap=result.recap_line)
-        return result.summary
+        summary = result.summary
+        # Kubespray's docker role (apt_key, apt_repository) may have put a key back into the legacy
+        # keyring or added its own source line beside another: the repair's end state again.
+        if apt_problems(up):
+            old = up.value("source_codename") or up.target.codename
+            summary += "; apt repaired after Kubespray: " + (apt_repair(up, old, up.target.codename) or "nothing to do")
+        return summary
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
         status = kube.node(up.name)
-        return holds(post.kubespray(up.name, ready=status.is_ready, describe=status.describe(),
-                                     kubelet_version=status.kubelet_version, want=up.profile.kube_version or "",
-                                     recap=up.value("kubespray_recap") or ""))
+        verdict = post.kubespray(up.name, ready=status.is_ready, describe=status.describe(),
+                                 kubelet_version=status.kubelet_version, want=up.profile.kube_version or "",
+                                 recap=up.value("kubespray_recap") or "")
+        if verdict.holds:
+            problems = apt_problems(up)
+            if problems:
+                raise StepFailed(f"the apt sources of {up.name} are not in the repair's end state after Kubespray:\n"
+                                 + "\n".join(f"  - {p}" for p in problems),
+                                 fix="run again: the Kubespray step repairs apt after its playbook")
+        return holds(verdict)

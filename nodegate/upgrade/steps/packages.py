@@ -36,7 +36,7 @@ class Unhold(Step):
             except NodegateError:
                 held = {n: "?" for n in up.profile.expect.held_packages}
         names = sorted(held) or list(up.profile.expect.held_packages)
-        return (on_node(up, "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n"),
+        return (on_node(up, "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n", root=False),
                 on_node(up, "apt-mark", "unhold", "--", *names))
 
     def already(self, up: Upgrade) -> str | None:

@@ -9,11 +9,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nodegate.cluster.nodes.remote import remote_program
 from nodegate.cluster.nodes.resources import APT_ENV, APT_UPDATE, DIST_UPGRADE, DPKG_KEEP_CONFIG
 from nodegate.cluster.nodes.ssh import wait_for_boot
 from nodegate.core import postconditions as post
-from nodegate.core.knowledge import next_release, ubuntu_release
+from nodegate.core.aptsources import LEGACY_KEYRING
+from nodegate.core.knowledge import next_release
 from nodegate.core.waits import WaitTimeout
 from nodegate.upgrade.engine import NodeDidNotComeBack, Planned, Step, StepFailed, Upgrade, heartbeat, holds, on_node
 from nodegate.upgrade.steps.packages import DIST_UPGRADE_TIMEOUT_S, _pending_now, _settle_dpkg, _wait_package_tools
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("nodegate.upgrade")
 
 
-KEYRINGS_DIR = "/etc/apt/keyrings"
-LEGACY_KEYRING = "/etc/apt/trusted.gpg"
 MODULES_LOAD_FILE = "/etc/modules-load.d/rbd.conf"
 
 
@@ -208,16 +206,38 @@ class ReleaseUpgrade(Step):
         return verdict.text
 
 
+def apt_repair(up: Upgrade, old: str, new: str) -> str:
+    """Run the apt repair program on the node (nodegate.cluster.apt_repair): third-party sources
+    disabled or left on `old` by the release upgrade back on `new` as one-line entries, keys in
+    trusted.gpg.d, the legacy keyring retired. Idempotent: the end state gives an empty plan."""
+    from nodegate.cluster import apt_repair as program
+
+    out = up.host.run(["python3", "-c", program.program(), old, new], sudo=True)
+    up.keep_command(out)
+    return program.summary(program.parse_output(out.stdout))
+
+
+def apt_problems(up: Upgrade) -> list[str]:
+    """What keeps the node's apt sources from the repair's end state, read from its files."""
+    from nodegate.core import aptrepair
+
+    files = {f.path: f.text for f in up.host.apt.source_files() if f.path.endswith((".list", ".sources"))}
+    problems = aptrepair.end_state_problems(files, up.target.codename)
+    if up.host.exists(LEGACY_KEYRING):
+        problems.append(f"{LEGACY_KEYRING} still exists (legacy keyring)")
+    return problems
+
+
 class Repair(Step):
     name = "repair"
-    title = "repair after the release upgrade: third-party sources, keys to /etc/apt/keyrings, rbd module"
+    title = "repair after the release upgrade: third-party sources, keys to /etc/apt/trusted.gpg.d, rbd module"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         old = (up.value("source_codename") or "<old codename>")
-        return (on_node(up, "python3", "-c", "<re-enable '# disabled on upgrade to' sources>", old, up.target.codename),
+        return (on_node(up, "python3", "-c", "<apt repair: third-party sources disabled by the upgrade (one-line or "
+                        "deb822) back on the new codename as Kubespray's own line, keys to /etc/apt/trusted.gpg.d, "
+                        "legacy trusted.gpg retired; Ubuntu's sources untouched>", old, up.target.codename),
                 on_node(up, *APT_UPDATE),
-                on_node(up, "python3", "-c", "<add signed-by=/etc/apt/keyrings/<source>.gpg to the sources whose key is in "
-                     "/etc/apt/trusted.gpg; retire that keyring>", "<urls>"),
                 on_node(up, "modprobe", "--", "rbd"),
                 on_node(up, "sh", "-c", f"echo rbd > {MODULES_LOAD_FILE}"),
                 on_node(up, *APT_UPDATE))
@@ -225,7 +245,8 @@ class Repair(Step):
     def already(self, up: Upgrade) -> str | None:
         # the cheap reads only: `verify` (run right after) adds the `apt-get update` proof
         if not self._problems(up, update=False):
-            return "no source disabled on upgrade or left on the old codename, no legacy keyring, rbd loaded and persisted"
+            return ("third-party sources enabled on the new codename as one-line entries, no legacy keyring, "
+                    "rbd loaded and persisted")
         return None
 
     def run(self, up: Upgrade) -> str:
@@ -233,21 +254,11 @@ class Repair(Step):
         old = up.value("source_codename") or (up.source_release().codename)
         new = up.target.codename
         done = []
-        out = host.run(["python3", "-c", remote_program("repair_sources"), old, new], sudo=True)
-        up.keep_command(out)
-        if out.stdout.strip():
-            done.append("re-enabled for " + new + ": " + ", ".join(out.stdout.split()))
+        repaired = apt_repair(up, old, new)
+        if repaired:
+            done.append(repaired)
         update = host.apt.update()
         up.keep_command(update.result)
-        if update.report.legacy_keyring:
-            urls = sorted({_repo_url(u) for u in update.report.legacy_keyring})
-            moved = host.run(["python3", "-c", remote_program("move_keys"), *urls], sudo=True)
-            up.keep_command(moved)
-            done.append("keys moved: " + "; ".join(moved.stdout.splitlines()))
-        elif host.exists(LEGACY_KEYRING):
-            moved = host.run(["python3", "-c", remote_program("move_keys")], sudo=True)
-            up.keep_command(moved)
-            done.append("legacy keyring retired (no source used it)")
         if not host.modules.is_loaded("rbd"):
             up.keep_command(host.modules.load("rbd"))
             done.append("rbd loaded")
@@ -267,11 +278,6 @@ class Repair(Step):
 
     def _verdict(self, up: Upgrade, *, update: bool) -> "post.Verdict":
         host = up.host
-        lines = [post.SourceLine(path=f.path, raw=s.raw, enabled=s.enabled, suite=s.suite,
-                                 disabled_on_upgrade=bool(s.disabled_on_upgrade_to), signed_by=s.signed_by)
-                 for f in host.apt.source_files() for s in f.sources]
-        named = sorted({s.signed_by for s in lines if s.enabled and s.signed_by})
-        present = [path for path in named if host.exists(path)]
         persisted = host.run(["sh", "-c", "cat /etc/modules-load.d/*.conf 2>/dev/null"], expect=(0, 1)).stdout
         update_problems = None
         if update:
@@ -280,15 +286,6 @@ class Repair(Step):
             report = result.report
             update_problems = [] if report.clean else [*report.errors, *report.warnings,
                                                        *(f"NO_PUBKEY {k}" for k in report.no_pubkey)]
-        source = ubuntu_release(up.value("source_release") or "")
-        old = up.value("source_codename") or (source.codename if source is not None else None)
-        return post.repair(up.name, sources=lines, old_codename=old,
-                           legacy_keyring=host.exists(LEGACY_KEYRING), keyrings_present=present,
-                           rbd_loaded=host.modules.is_loaded("rbd"),
+        return post.repair(up.name, source_problems=apt_problems(up), rbd_loaded=host.modules.is_loaded("rbd"),
                            rbd_persisted="rbd" in [w.strip() for w in persisted.splitlines()],
                            update_problems=update_problems)
-
-
-def _repo_url(url: str) -> str:
-    # "http://127.0.2.1/linux/ubuntu/dists/focal/InRelease" -> "http://127.0.2.1/linux/ubuntu"
-    return url.split("/dists/", 1)[0]
