@@ -156,6 +156,12 @@ def annotation_agreement(annotation: Mapping[str, Any] | None, *, target: str,
                            "write failed after it")
 
 
+# Steps that change nothing on the node: an annotation that got no further (a refused gate, a
+# lock held by another run) leaves the node untouched, not an upgrade under way.
+NO_CHANGE_YET = (None, "begin", "gate", "lock", "complete")
+
+
 def annotation_names_open_upgrade(annotation: Mapping[str, Any] | None) -> bool:
-    """True when the annotation says an upgrade is under way (the final step clears it)."""
-    return bool(annotation) and annotation.get("step") not in (None, "complete")
+    """True when the annotation says an upgrade is under way past its gate and lock (the final step
+    clears it)."""
+    return bool(annotation) and annotation.get("step") not in NO_CHANGE_YET

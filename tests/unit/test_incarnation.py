@@ -116,3 +116,12 @@ def test_a_stale_journal_is_renamed_with_the_reason_never_deleted(tmp_path):
     # an older record format (no incarnation, no data) stays readable
     journal.path.write_text(json.dumps({"step": "drain", "status": "done", "at": 1.0, "run_id": "old"}) + "\n")
     assert [r.step for r in journal.records()] == ["drain"]
+
+
+def test_an_annotation_that_got_no_further_than_the_gate_or_the_lock_is_no_upgrade_under_way():
+    from nodegate.core.incarnation import annotation_names_open_upgrade
+
+    assert not annotation_names_open_upgrade(None)
+    for step in ("begin", "gate", "lock", "complete"):
+        assert not annotation_names_open_upgrade({"run": "r", "step": step, "status": "failed"})
+    assert annotation_names_open_upgrade({"run": "r", "step": "drain", "status": "started"})
