@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nodegate.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
-from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, LabConfig
+from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, ROOK_MAINTENANCE_TIMEOUT_S, LabConfig, valid_domain
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -40,6 +40,16 @@ def add_parser(subparsers) -> None:
                     help="seconds from node up to Kubernetes Ready")
     up.add_argument("--net", type=int, default=int(os.environ.get("NODEGATE_LAB_NET", "0")),
                     help="second address octet (127.NET.x.y), so labs can run side by side")
+    up.add_argument("--domain", default="", metavar="DOMAIN",
+                    help="name Kubernetes Nodes <node>.DOMAIN (hostname label too; Rook's CRUSH hosts then read "
+                         "<node>-DOMAIN with dashes) while the inventory keeps short names")
+    up.add_argument("--osd-maintenance-timeout", type=float, default=ROOK_MAINTENANCE_TIMEOUT_S, metavar="S",
+                    help="seconds the lab's Rook disruption controller keeps noout on a drained node "
+                         "(Rook's osdMaintenanceTimeout; default 1800 = Rook's 30 min)")
+    up.add_argument("--osd-down-out-interval", type=float, default=600.0, metavar="S",
+                    help="seconds before Ceph marks a down OSD out (mon_osd_down_out_interval; default 600)")
+    up.add_argument("--no-manage-pod-budgets", dest="manage_pod_budgets", action="store_false",
+                    help="CephCluster managePodBudgets false: the lab's Rook leaves noout alone")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
@@ -90,6 +100,10 @@ def cmd_up(args) -> int:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
     if not 0 <= args.net <= 255:
         raise UsageError(f"--net must be 0 to 255, not {args.net}")
+    if args.domain and not valid_domain(args.domain):
+        raise UsageError(f"--domain {args.domain!r} is not a DNS domain", fix="e.g. --domain example.internal")
+    if args.osd_maintenance_timeout <= 0:
+        raise UsageError(f"--osd-maintenance-timeout must be positive seconds, not {args.osd_maintenance_timeout:g}")
     started = time.monotonic()
     if lab_mounts(lab_dir) or any((lab_dir / "pids").glob("*.pid")):
         print(f"cleaning up what a previous run left in {lab_dir}")
@@ -97,7 +111,10 @@ def cmd_up(args) -> int:
     _refuse_busy_addresses(args.net, args.nodes)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
-                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay)
+                        boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, domain=args.domain,
+                        osd_maintenance_timeout_s=args.osd_maintenance_timeout,
+                        manage_pod_budgets=args.manage_pod_budgets,
+                        osd_down_out_interval_s=args.osd_down_out_interval)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)
