@@ -62,7 +62,7 @@ LOCK_NAME = "nodegate-upgrade-lock"
 LOCK_NODE_ANNOTATION = "nodegate.io/node"
 LOCK_RUN_ANNOTATION = "nodegate.io/run-id"
 LOCK_DURATION_S = 300
-CSI_RBD_SELECTOR = "app=csi-rbdplugin"
+CSI_RBD_SELECTOR = "app=csi-rbdplugin"   # Rook <= v1.17 only; callers pass the discovered plugin's selector
 CSI_RBD_CONTAINER = "csi-rbdplugin"
 CSI_STUCK_LINE = "Still connecting to unix:///csi/csi.sock"     # node-driver-registrar, while the plugin is down
 CSI_RBD_ERRORS = ("failed to load kernel module rbd", "modprobe failed")  # the plugin itself (rook #14507)
@@ -808,6 +808,18 @@ class Kube:
         """The API server's gitVersion, e.g. 'v1.25.6'."""
         info = self._get("read the server version", "/version", attempts=attempts)
         return str(info.get("gitVersion") or "")
+
+    def list_objects(self, path: str, *, what: str, missing_ok: bool = False) -> list[Mapping[str, Any]]:
+        """The items of a list path as the API's JSON (``/apis/apps/v1/daemonsets``,
+        ``/apis/ceph.rook.io/v1/namespaces/rook-ceph/cephclusters``). ``missing_ok``: a path the
+        server does not serve (a CRD that is not installed) lists nothing instead of NotFoundError."""
+        try:
+            answer = self._get(what, path)
+        except NotFoundError:
+            if missing_ok:
+                return []
+            raise
+        return list(answer.get("items") or ())
 
     # -- nodes -----------------------------------------------------------------------------
     def get_node(self, name: str) -> NodeStatus | None:

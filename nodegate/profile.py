@@ -30,6 +30,15 @@ class NodeSpec:
     roles: frozenset[str]           # subset of ROLES
     bmc: str | None = None          # out-of-band address (BMC/IPMI/iRMC) from [nodes.<name>]
     port: int = 22                  # ansible_port
+    # The Kubernetes Node: [nodes.<name>] kube_node, else the inventory's kube_override_hostname
+    # (Kubespray's kubelet --hostname-override and kubeadm node name), else the inventory name.
+    node_name: str | None = None
+    crush_host: str | None = None   # [nodes.<name>] crush_host: overrides the derived CRUSH host
+    ceph_osds: bool = True          # [nodes.<name>] ceph_osds = false: the node carries no OSDs
+
+    @property
+    def kube_node(self) -> str:
+        return self.node_name or self.name
 
     @property
     def is_control_plane(self) -> bool:
@@ -65,6 +74,8 @@ class CephSettings:
     namespace: str = "rook-ceph"
     toolbox_selector: str = "app=rook-ceph-tools"
     command: tuple[str, ...] = ("ceph",)        # argv prefix in 'command' mode, e.g. ("ceph", "--conf", "/x")
+    csi_rbd: bool = True                        # false: the cluster has no Ceph RBD CSI (nothing expected)
+    csi_rbd_daemonset: str | None = None        # "namespace/name" of the RBD node plugin, if not found by itself
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,7 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
 # ansible_become_password, vault blobs, …) is dropped while parsing, so no secret is ever held.
 INVENTORY_VARS = frozenset({
     "ansible_host", "ansible_ssh_host", "ansible_user", "ansible_ssh_user", "ansible_port", "ansible_ssh_port",
-    "kube_version", "container_manager", "containerd_package", "containerd_version",
+    "kube_version", "kube_override_hostname", "container_manager", "containerd_package", "containerd_version",
     "docker_version", "docker_cli_version", "docker_containerd_version",
 })
 CONTROL_PLANE_GROUPS = ("kube_control_plane", "kube-master", "kube_master")
@@ -228,13 +239,13 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "kubespray": frozenset({"path", "inventory", "version"}),
     "kubernetes": frozenset({"kubeconfig", "context", "kube_version"}),
     "ssh": frozenset({"config", "user", "identity_file", "known_hosts", "trust_new_host_keys"}),
-    "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command"}),
+    "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command", "csi_rbd", "csi_rbd_daemonset"}),
     "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb"}),
     "upgrade": frozenset({"settle_s", "devel_release", "drain_timeout_s", "reboot_timeout_worker_s",
                           "reboot_timeout_control_plane_s", "lock_stale_after_s", "storage_timeout_s"}),
     "nodes": frozenset(),   # [nodes.<name>] tables, checked against the inventory
 }
-_NODE_KEYS = frozenset({"bmc"})
+_NODE_KEYS = frozenset({"bmc", "kube_node", "crush_host", "ceph_osds"})
 
 
 def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Profile:
@@ -419,9 +430,17 @@ class _TomlReader:
             raise self.fail("[ceph] command must be a list of strings", fix='e.g. command = ["ceph", "--conf", "/etc/ceph/ceph.conf"]')
         if not command:
             raise self.fail("[ceph] command is empty", fix='e.g. command = ["ceph"]')
+        csi_rbd = self.table("ceph").get("csi_rbd", True)
+        if not isinstance(csi_rbd, bool):
+            raise self.fail("[ceph] csi_rbd must be true or false",
+                            fix="csi_rbd = false says the cluster has no Ceph RBD CSI node plugin to check")
+        daemonset = self.opt_str("ceph", "csi_rbd_daemonset")
+        if daemonset is not None and not re.match(r"^[a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*$", daemonset):
+            raise self.fail(f"[ceph] csi_rbd_daemonset {daemonset!r} is not <namespace>/<name>",
+                            fix='e.g. csi_rbd_daemonset = "ceph-csi-rbd/ceph-csi-rbd-nodeplugin"')
         return CephSettings(mode=mode, namespace=self.opt_str("ceph", "namespace") or "rook-ceph",
                             toolbox_selector=self.opt_str("ceph", "toolbox_selector") or "app=rook-ceph-tools",
-                            command=command)
+                            command=command, csi_rbd=csi_rbd, csi_rbd_daemonset=daemonset)
 
     def expect(self, discovered: Mapping[str, str]) -> Expectations:
         held = self.get("expect", "held_packages", list, "a list of package names")
@@ -796,8 +815,11 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise UsageError(f"the Kubespray inventory {inventory_path}: host {host} has an invalid ansible_port",
                              fix="set ansible_port to a number from 1 to 65535")
+        override = (hv.get("kube_override_hostname") or "").strip()
+        if override and ("{" in override or not _NAME.match(override)):
+            override = ""   # a template (Kubespray's default) is the inventory name
         nodes.append(NodeSpec(name=host, address=address.strip("[]"), user=user, roles=frozenset(roles_of[host]),
-                              port=int(port_text)))
+                              port=int(port_text), node_name=override or None))
     known = {n.name for n in nodes}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -810,8 +832,19 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if bmc is not None and (not isinstance(bmc, str) or not bmc.strip()):
             raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] bmc must be a non-empty string",
                              fix='e.g. bmc = "10.0.9.14" (the node\'s BMC/IPMI/iRMC address)')
+        extra = table.get(node.name, {})
+        kube_node, crush_host, ceph_osds = extra.get("kube_node"), extra.get("crush_host"), extra.get("ceph_osds", True)
+        for key, value in (("kube_node", kube_node), ("crush_host", crush_host)):
+            if value is not None and (not isinstance(value, str) or not _NAME.match(value)):
+                raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] {key} must be a node/host name",
+                                 fix=f'e.g. {key} = "{node.name}.example.com"' if key == "kube_node"
+                                 else f'e.g. {key} = "{node.name}-example-com" (as `ceph osd tree` shows it)')
+        if not isinstance(ceph_osds, bool):
+            raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] ceph_osds must be true or false",
+                             fix="ceph_osds = false says the node carries no Ceph OSDs")
         result.append(NodeSpec(name=node.name, address=node.address, user=node.user, roles=node.roles,
-                               bmc=bmc.strip() if bmc else None, port=node.port))
+                               bmc=bmc.strip() if bmc else None, port=node.port,
+                               node_name=kube_node or node.node_name, crush_host=crush_host, ceph_osds=ceph_osds))
     return tuple(result)
 
 

@@ -53,7 +53,6 @@ APT_UPDATE = ("apt-get", "update")
 KEYRINGS_DIR = "/etc/apt/keyrings"
 LEGACY_KEYRING = "/etc/apt/trusted.gpg"
 MODULES_LOAD_FILE = "/etc/modules-load.d/rbd.conf"
-CSI_SELECTOR = "app=csi-rbdplugin"
 STORAGE_TIMEOUT_S = 900.0
 RELEASE_UPGRADE_TIMEOUT_S = 3 * 3600.0
 DIST_UPGRADE_TIMEOUT_S = 3600.0
@@ -162,6 +161,7 @@ class Upgrade:
         self.profile = profile
         self.node = node
         self.name = node.name
+        self.kube_name = node.kube_node     # the Kubernetes Node (may differ from the inventory name)
         self.target = target
         self.journal = journal
         self.nodes = nodes
@@ -272,7 +272,7 @@ class Upgrade:
             return
         summary = self.journal.summary()
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
         except NodegateError as exc:   # the journal file is the record; the annotation mirrors it
             log.warning("could not mirror the journal on node %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -280,7 +280,7 @@ class Upgrade:
         if self.kube is None:
             return
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=None)
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=None)
         except NodegateError as exc:
             log.warning("could not remove the upgrade annotation from %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -397,7 +397,8 @@ class Upgrade:
         elif self.records_of("drain") and not self.finished("uncordon"):
             holds.append("the node is cordoned (it was before this upgrade)")
         if self.value("noout_by_us") and not self.finished("unset_noout"):
-            holds.append(f"ceph noout is set for CRUSH host {self.name}")
+            holds.append(f"ceph noout is set for the OSDs of {self.name} ({self.value('noout_kind')}: "
+                         f"{self.value('noout_host')} {self.value('noout_osds')})")
         held = self.value("held_before")
         if held and not self.finished("hold"):
             holds.append("these packages are NOT held: " + ", ".join(sorted(held)))
@@ -511,9 +512,10 @@ def _cluster_gate(up: Upgrade) -> None:
             status = up.ceph.status()
             if not status.healthy_in_full:
                 return NotYet("ceph: " + "; ".join(status.reasons()))
-        csi = [p for p in kube.list_pods(namespace=up.profile.ceph.namespace, selector=CSI_SELECTOR) if not p.ready]
+        csi = [p for plugin in rbd_node_plugins(up).plugins
+               for p in kube.list_pods(namespace=plugin.namespace, selector=plugin.label_selector) if not p.ready]
         if csi:
-            return NotYet("csi-rbdplugin not Ready: " + ", ".join(p.ref for p in csi))
+            return NotYet("RBD node plugin not Ready: " + ", ".join(p.ref for p in csi))
         return Done(True)
 
     wait_for(probe, what=f"the cluster gate after {up.options.previous_node}", timeout=up.options.storage_timeout_s,
@@ -575,14 +577,14 @@ class Drain(Step):
                             timeout_s=up.profile.upgrade.drain_timeout_s)
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("Kubernetes API", f"cordon {up.name} (annotated nodegate.io/cordoned-by={up.options.run_id})"),
-                Planned("Kubernetes API", f"kubectl drain {up.name} {self.options(up).flags()} through the Eviction "
+        return (Planned("Kubernetes API", f"cordon {up.kube_name} (annotated nodegate.io/cordoned-by={up.options.run_id})"),
+                Planned("Kubernetes API", f"kubectl drain {up.kube_name} {self.options(up).flags()} through the Eviction "
                                           f"API (PDB refusals asked again every {PDB_RETRY_S:g}s)"))
 
     def already(self, up: Upgrade) -> str | None:
         kube = up.need_kube()
-        status = kube.node(up.name)
-        left = [p for p in kube.list_pods(node=up.name) if _evictable(p)]
+        status = kube.node(up.kube_name)
+        left = [p for p in kube.list_pods(node=up.kube_name) if _evictable(p)]
         if status.unschedulable and not left:
             return "the node is cordoned and has no evictable pod left"
         return None
@@ -592,14 +594,14 @@ class Drain(Step):
 
         kube = up.need_kube()
         ours = up.value("cordoned_by")
-        if not ours and kube.node(up.name).unschedulable:
+        if not ours and kube.node(up.kube_name).unschedulable:
             log.info("%s was cordoned before this upgrade: it will be left cordoned at the end", up.name)
         elif not ours:
             # Noted before the write: an interruption between the two must not forget that the
             # cordon is ours (the worst case is an uncordon the node was going to get anyway).
             up.note(self.name, cordoned_by=up.options.run_id)
         try:
-            result = kube.drain(up.name, options=self.options(up), cordon_by=ours or up.options.run_id)
+            result = kube.drain(up.kube_name, options=self.options(up), cordon_by=ours or up.options.run_id)
         except DrainError as exc:
             up.keep_text("drain", exc.result.evidence())
             raise
@@ -610,8 +612,8 @@ class Drain(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node(up.name)
-        left = [p.ref for p in kube.list_pods(node=up.name) if _evictable(p)]
+        status = kube.node(up.kube_name)
+        left = [p.ref for p in kube.list_pods(node=up.kube_name) if _evictable(p)]
         if not status.unschedulable:
             raise StepFailed(f"{up.name} is not cordoned")
         if left:
@@ -619,38 +621,121 @@ class Drain(Step):
         return f"{up.name} is cordoned and runs no evictable pod"
 
 
+def storage_facts(up: Upgrade) -> "StorageFacts":
+    """The node's CRUSH host, Rook's disruption settings and the noout policy, read once per run."""
+    facts = getattr(up, "_storage_facts", None)
+    if facts is None:
+        from nodegate.cluster.storage import crush_mapping, rook_settings
+        from nodegate.core.noout import decide_noout
+
+        kube, ceph = up.need_kube(), up.need_ceph()
+        mapping = crush_mapping(up.node, kube=kube, ceph=ceph, namespace=up.profile.ceph.namespace)
+        rook = rook_settings(kube, up.profile.ceph.namespace)
+        facts = StorageFacts(mapping=mapping, rook=rook, policy=decide_noout(rook))
+        up._storage_facts = facts   # type: ignore[attr-defined]
+    return facts
+
+
+@dataclass(frozen=True)
+class StorageFacts:
+    mapping: Any            # nodegate.core.crush.CrushMapping
+    rook: Any               # nodegate.core.noout.RookDisruption
+    policy: Any             # nodegate.core.noout.NooutPolicy
+
+    def need_mapping(self) -> Any:
+        if not self.mapping.ok:
+            raise StepFailed(f"the node's CRUSH host cannot be told: {'; '.join(self.mapping.problems)}",
+                             fix="set [nodes.<name>] crush_host (or ceph_osds = false) in the profile")
+        return self.mapping
+
+
+def expected_node_upgrade_s(up: Upgrade) -> tuple[float, str]:
+    """How long the node's OSDs are expected to be protected: the longest noout -> unset_noout
+    window of earlier runs in this cluster's journals, else a stated default."""
+    from nodegate.core.noout import DEFAULT_EXPECTED_NODE_UPGRADE_S
+
+    windows = []
+    for journal in up.journal.siblings():
+        try:
+            recs = journal.records()
+        except (OSError, ValueError):
+            continue
+        set_at = [r.at for r in recs if r.step == "noout" and r.status == "done"]
+        unset_at = [r.at for r in recs if r.step == "unset_noout" and r.status == "done"]
+        if set_at and unset_at and unset_at[-1] > set_at[0]:
+            windows.append(unset_at[-1] - set_at[0])
+    if windows:
+        return max(windows), f"the longest of {len(windows)} earlier node upgrade(s) in the journal"
+    default = DEFAULT_EXPECTED_NODE_UPGRADE_S * (2 if up.node.is_control_plane else 1)
+    return default, ("nodegate's default for a release upgrade with two reboots"
+                     + (", doubled for a control-plane node" if up.node.is_control_plane else ""))
+
+
 class Noout(Step):
     name = "noout"
-    title = "ceph: set noout for the node's CRUSH host"
+    title = "ceph: keep the node's OSDs from being marked out (per-OSD noout, or the CRUSH host's group flag)"
     superseded_by = "unset_noout"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("ceph", f"ceph osd set-group noout {up.name}"),)
+        facts = storage_facts(up)
+        m = facts.mapping
+        lines = [Planned("mapping", m.describe() if m.ok else "CRUSH host unknown: " + "; ".join(m.problems)),
+                 Planned("rook", facts.rook.describe()), Planned("policy", facts.policy.reason)]
+        from nodegate.core.noout import duration_warning
+
+        expected, source = expected_node_upgrade_s(up)
+        warning = duration_warning(facts.rook, expected, source=source)
+        if warning:
+            lines.append(Planned("warning", warning))
+        for command in facts.policy.commands(crush_host=m.crush_host or "?", osd_ids=m.osd_ids):
+            lines.append(Planned("ceph", "ceph " + " ".join(command)))
+        return tuple(lines)
+
+    def _flags_hold(self, up: Upgrade, facts: StorageFacts) -> bool:
+        from nodegate.core.noout import PER_OSD
+
+        flags = up.need_ceph().osd_flags().value
+        m = facts.mapping
+        if facts.policy.kind == PER_OSD:
+            return all("noout" in flags.osd_flags.get(i, frozenset()) for i in m.osd_ids)
+        return "noout" in flags.crush_node_flags.get(m.crush_host, frozenset())
 
     def already(self, up: Upgrade) -> str | None:
-        ceph = up.need_ceph()
-        if not ceph.osd_ids_for_host(up.name):
-            return f"CRUSH host {up.name} has no OSDs: nothing to protect"
-        if up.name in ceph.noout_hosts():
-            return f"noout is already set for CRUSH host {up.name}"
+        facts = storage_facts(up)
+        m = facts.need_mapping()
+        if not m.osd_ids:
+            return f"{up.name} carries no OSDs (the profile says so: [nodes.{up.name}] ceph_osds = false)"
+        if self._flags_hold(up, facts):
+            by = "by this upgrade" if up.value("noout_by_us") else "before this upgrade (left as it is)"
+            return f"noout already holds for {', '.join(f'osd.{i}' for i in m.osd_ids)} ({facts.policy.kind}, set {by})"
         return None
 
     def run(self, up: Upgrade) -> str:
-        ceph = up.need_ceph()
-        up.note(self.name, noout_by_us=True)
-        result = ceph.set_group_noout(up.name)
-        up.keep_command(result)
-        return f"`{result.command}` rc {result.rc}"
+        facts = storage_facts(up)
+        m = facts.need_mapping()
+        up.keep_text("Node <-> CRUSH host", "\n".join([m.describe(), *m.evidence, *m.notes]))
+        up.keep_text("noout policy", f"{facts.rook.describe()}\n{facts.policy.reason}")
+        # Recorded before acting: a run stopped right after the command still undoes it.
+        up.note(self.name, noout_by_us=True, noout_kind=facts.policy.kind, noout_osds=list(m.osd_ids),
+                noout_host=m.crush_host)
+        done = []
+        for command in facts.policy.commands(crush_host=m.crush_host, osd_ids=m.osd_ids):
+            result = up.need_ceph().run(command)
+            up.keep_command(result)
+            done.append(f"`{result.command}` rc {result.rc}")
+        return "; ".join(done) + f" (CRUSH host {m.crush_host}, {facts.policy.kind})"
 
     def verify(self, up: Upgrade) -> str:
-        ceph = up.need_ceph()
-        if not ceph.osd_ids_for_host(up.name):
-            return f"CRUSH host {up.name} has no OSDs"
-        flags = ceph.osd_flags()
-        if up.name not in ceph.noout_hosts():
-            raise StepFailed(f"noout is not set for CRUSH host {up.name} (crush node flags: "
-                             f"{dict(flags.value.crush_node_flags)})")
-        return f"noout set for CRUSH host {up.name}"
+        facts = storage_facts(up)
+        m = facts.need_mapping()
+        if not m.osd_ids:
+            return f"{up.name} carries no OSDs"
+        if not self._flags_hold(up, facts):
+            flags = up.need_ceph().osd_flags().value
+            raise StepFailed(f"noout does not hold for {', '.join(f'osd.{i}' for i in m.osd_ids)} on CRUSH host "
+                             f"{m.crush_host} (per-OSD flags: {dict(flags.osd_flags)}, crush node flags: "
+                             f"{dict(flags.crush_node_flags)})")
+        return f"noout holds for {', '.join(f'osd.{i}' for i in m.osd_ids)} on CRUSH host {m.crush_host} ({facts.policy.kind})"
 
 
 class Unhold(Step):
@@ -851,7 +936,7 @@ class Reboot(Step):
             raise StepFailed(f"{up.name} needs a reboot again ({packages})",
                              fix="run the same command again: it reboots the node before do-release-upgrade")
         if up.kube is not None:
-            status = up.kube.node(up.name)
+            status = up.kube.node(up.kube_name)
             if not status.is_ready:
                 raise StepFailed(f"{up.name} is not Ready after the reboot: {status.describe()}")
         return f"{up.name} answers over SSH with boot id {boot_id} and is Ready"
@@ -886,7 +971,7 @@ def wait_rebooted(up: Upgrade, before: str) -> str:
                            interval=0.5, progress_every=5.0)
         if up.kube is not None:
             left = max(1.0, timeout - (time.monotonic() - started))
-            up.kube.wait_node_ready(up.name, timeout=left, new_boot_id_than=before)
+            up.kube.wait_node_ready(up.kube_name, timeout=left, new_boot_id_than=before)
     except WaitTimeout as exc:
         raise NodeDidNotComeBack(
             f"{up.name} did not come back within {timeout:g}s after the reboot (role "
@@ -1166,7 +1251,7 @@ class Kubespray(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node(up.name)
+        status = kube.node(up.kube_name)
         want = up.profile.kube_version
         if not status.is_ready:
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
@@ -1251,19 +1336,19 @@ class Uncordon(Step):
     def already(self, up: Upgrade) -> str | None:
         if not up.value("cordoned_by"):
             return "left as found: the node was cordoned before this upgrade, so it stays cordoned"
-        if not up.need_kube().node(up.name).unschedulable:
+        if not up.need_kube().node(up.kube_name).unschedulable:
             return "the node is schedulable"
         return None
 
     def run(self, up: Upgrade) -> str:
-        result = up.need_kube().uncordon(up.name, only_if_cordoned_by=up.value("cordoned_by"))
+        result = up.need_kube().uncordon(up.kube_name, only_if_cordoned_by=up.value("cordoned_by"))
         if not result.changed and result.unschedulable:
             raise StepFailed(f"{up.name} was not uncordoned: {result.detail}",
                              fix="someone else cordoned it meanwhile; find out who before uncordoning it by hand")
         return f"{up.name} uncordoned"
 
     def verify(self, up: Upgrade) -> str:
-        status = up.need_kube().node(up.name)
+        status = up.need_kube().node(up.kube_name)
         if up.value("cordoned_by") and status.unschedulable:
             raise StepFailed(f"{up.name} is still cordoned")
         return status.describe()
@@ -1271,58 +1356,111 @@ class Uncordon(Step):
 
 class UnsetNoout(Step):
     name = "unset_noout"
-    title = "ceph: unset noout for the node's CRUSH host"
+    title = "ceph: undo the noout flags this upgrade set (only those)"
+
+    def _ours(self, up: Upgrade) -> tuple[str | None, tuple[int, ...], str | None]:
+        if not up.value("noout_by_us"):
+            return None, (), None
+        return up.value("noout_kind"), tuple(int(i) for i in up.value("noout_osds") or ()), up.value("noout_host")
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("ceph", f"ceph osd unset-group noout {up.name}"),)
+        kind, ids, host = self._ours(up)
+        if kind is None:
+            facts = storage_facts(up)
+            m = facts.mapping
+            return tuple(Planned("ceph", "ceph " + " ".join(c) + " (if this upgrade set it)")
+                         for c in facts.policy.commands(crush_host=m.crush_host or "?", osd_ids=m.osd_ids, set_=False))
+        from nodegate.core.noout import NooutPolicy
+
+        return tuple(Planned("ceph", "ceph " + " ".join(c))
+                     for c in NooutPolicy(kind, "").commands(crush_host=host or "?", osd_ids=ids, set_=False))
+
+    def _left(self, up: Upgrade) -> list[str]:
+        from nodegate.core.noout import PER_OSD
+
+        kind, ids, host = self._ours(up)
+        flags = up.need_ceph().osd_flags().value
+        if kind == PER_OSD:
+            return [f"osd.{i}" for i in ids if "noout" in flags.osd_flags.get(i, frozenset())]
+        if kind is not None and host and "noout" in flags.crush_node_flags.get(host, frozenset()):
+            return [f"CRUSH host {host}"]
+        return []
 
     def already(self, up: Upgrade) -> str | None:
-        if up.name not in up.need_ceph().noout_hosts():
-            return f"noout is not set for CRUSH host {up.name}"
+        kind, _, _ = self._ours(up)
+        if kind is None:
+            return "this upgrade set no noout flag: nothing of nodegate's to undo (others' flags are left as they are)"
+        if not self._left(up):
+            return "the noout flags this upgrade set are gone"
         return None
 
     def run(self, up: Upgrade) -> str:
-        result = up.need_ceph().unset_group_noout(up.name)
-        up.keep_command(result)
-        return f"`{result.command}` rc {result.rc}"
+        from nodegate.core.noout import NooutPolicy
+
+        kind, ids, host = self._ours(up)
+        done = []
+        for command in NooutPolicy(kind, "").commands(crush_host=host or "", osd_ids=ids, set_=False):
+            result = up.need_ceph().run(command)
+            up.keep_command(result)
+            done.append(f"`{result.command}` rc {result.rc}")
+        return "; ".join(done) or "nothing to undo"
 
     def verify(self, up: Upgrade) -> str:
-        if up.name in up.need_ceph().noout_hosts():
-            raise StepFailed(f"noout is still set for CRUSH host {up.name}")
-        return f"no noout flag on CRUSH host {up.name}"
+        left = self._left(up)
+        if left:
+            raise StepFailed(f"noout set by this upgrade is still there: {', '.join(left)}")
+        return "no noout flag of this upgrade is left"
+
+
+def rbd_node_plugins(up: Upgrade) -> Any:
+    """The RBD node plugin(s), found by what they are; fails closed when none is found and the
+    profile does not say the cluster has none."""
+    from nodegate.cluster.storage import csi_node_plugins
+
+    found = csi_node_plugins(up.need_kube(), up.profile.ceph)
+    if not found.ok:
+        raise StepFailed(found.problems[0], fix="restore the RBD node plugin, or set [ceph] csi_rbd_daemonset / "
+                                                "[ceph] csi_rbd = false in the profile")
+    return found
 
 
 class StorageHealthy(Step):
     name = "storage_healthy"
-    title = "wait for ceph HEALTH_OK (in full) and csi-rbdplugin Ready on the node"
+    title = "wait for ceph HEALTH_OK (in full) and the RBD node plugin Ready on the node"
     always_run = True
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         return (Planned("ceph", "ceph status -f json (every 0.5s until HEALTH_OK, mgr up, all OSDs up/in, "
                                 f"all PGs active+clean; ≤ {up.options.storage_timeout_s:g}s)"),
-                Planned("Kubernetes API", f"pods {CSI_SELECTOR} on {up.name} Ready"))
+                Planned("Kubernetes API", f"the RBD node plugin's pod on {up.kube_name} Ready (the DaemonSet running "
+                                          "cephcsi --type=rbd --nodeserver=true for the cluster's RBD driver)"))
 
     def run(self, up: Upgrade) -> str:
         ceph, kube = up.need_ceph(), up.need_kube()
-        ns = up.profile.ceph.namespace
-        any_csi = bool(kube.list_pods(namespace=ns, selector=CSI_SELECTOR))
+        found = rbd_node_plugins(up)
+        plugin = found.plugins[0] if found.plugins else None
+        on_node = [p for p in found.plugins
+                   if any(q.node == up.kube_name for q in kube.list_pods(namespace=p.namespace, selector=p.label_selector))]
+        plugin = on_node[0] if on_node else plugin
 
         def probe() -> Done | NotYet:
             status = ceph.status()
             if not status.healthy_in_full:
                 return NotYet("ceph: " + "; ".join(status.reasons()))
-            if any_csi:
-                csi = kube.csi_rbdplugin(up.name, namespace=ns, log_lines=0)
+            if plugin is not None:
+                csi = kube.csi_rbdplugin(up.kube_name, namespace=plugin.namespace, selector=plugin.label_selector,
+                                         log_lines=0)
                 if not (csi.pod is not None and csi.ready and not csi.crash_looping):
-                    return NotYet(csi.describe())
+                    return NotYet(f"{plugin.ref}: " + csi.describe())
             return Done(status)
 
         # A 0.5 s poll reacts within a second of the change; `ceph status` itself is the cost.
-        status = wait_for(probe, what=f"ceph HEALTH_OK and csi-rbdplugin Ready on {up.name}",
+        status = wait_for(probe, what=f"ceph HEALTH_OK and the RBD node plugin Ready on {up.kube_name}",
                           timeout=up.options.storage_timeout_s, interval=0.5, progress_every=5.0,
-                          fix="look at `ceph health detail` and the csi-rbdplugin pod's log on the node")
+                          fix="look at `ceph health detail` and the RBD node plugin pod's log on the node")
         up.keep_json("ceph status", getattr(status, "raw", ""))
-        return "ceph healthy in full" + ("; csi-rbdplugin Ready" if any_csi else "; no csi-rbdplugin in the cluster")
+        return "ceph healthy in full" + (f"; {plugin.ref} Ready on {up.kube_name}" if plugin is not None else
+                                         "; no Ceph RBD CSI (the profile says [ceph] csi_rbd = false)")
 
     def verify(self, up: Upgrade) -> str:
         status = up.need_ceph().status()

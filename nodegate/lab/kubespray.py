@@ -80,6 +80,11 @@ def _write_inventory(config: LabConfig, inventory: Path) -> None:
     workers = [n.name for n in config.nodes if "worker" in n.roles]
     etcd = [n.name for n in config.etcd_nodes]
     hosts = {n.name: {"ansible_host": n.address, "ip": n.address, "access_ip": n.address} for n in config.nodes}
+    for n in config.nodes:
+        if n.domain:
+            # Short inventory names, FQDN Nodes: Kubespray's kube_override_hostname (kubelet
+            # --hostname-override, kubeadm nodeRegistration name; roles/kubernetes/node/defaults).
+            hosts[n.name]["kube_override_hostname"] = n.kube_name
     # Letters and digits only, so the YAML holds them unquoted and a plain grep finds them.
     become_password = "become" + secrets.token_hex(12)
     registry_password = "registry" + secrets.token_hex(12)
