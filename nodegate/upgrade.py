@@ -890,7 +890,7 @@ class Reboot(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
         return (_ssh(up, "sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"),
-                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.name} Ready"))
+                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.nodes import SshConnectError
@@ -1331,7 +1331,7 @@ class Uncordon(Step):
     title = "uncordon the node (only if this upgrade cordoned it)"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("Kubernetes API", f"uncordon {up.name} only if nodegate.io/cordoned-by names this upgrade"),)
+        return (Planned("Kubernetes API", f"uncordon {up.kube_name} only if nodegate.io/cordoned-by names this upgrade"),)
 
     def already(self, up: Upgrade) -> str | None:
         if not up.value("cordoned_by"):

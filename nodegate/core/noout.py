@@ -82,8 +82,9 @@ def decide_noout(rook: RookDisruption) -> NooutPolicy:
         return NooutPolicy(PER_OSD, "no CephCluster was read, so whether Rook clears group noout flags is unknown: "
                                     "per-OSD flags, which Rook never clears")
     if rook.manage_pod_budgets:
-        return NooutPolicy(PER_OSD, f"{rook.describe()}; per-OSD flags (ceph osd add-noout) hold for the whole upgrade")
-    return NooutPolicy(GROUP, f"{rook.describe()}; the CRUSH host's group flag is left to nodegate")
+        return NooutPolicy(PER_OSD, "Rook manages noout on failure domains and takes it back: per-OSD flags "
+                                    "(ceph osd add-noout), which Rook never clears, hold for the whole upgrade")
+    return NooutPolicy(GROUP, "Rook leaves noout alone (managePodBudgets false): the CRUSH host's group flag")
 
 
 def duration_warning(rook: RookDisruption, expected_s: float, *, source: str) -> str | None:

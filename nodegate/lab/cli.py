@@ -48,8 +48,9 @@ def add_parser(subparsers) -> None:
                          "(Rook's osdMaintenanceTimeout; default 1800 = Rook's 30 min)")
     up.add_argument("--osd-down-out-interval", type=float, default=600.0, metavar="S",
                     help="seconds before Ceph marks a down OSD out (mon_osd_down_out_interval; default 600)")
-    up.add_argument("--no-manage-pod-budgets", dest="manage_pod_budgets", action="store_false",
-                    help="CephCluster managePodBudgets false: the lab's Rook leaves noout alone")
+    up.add_argument("--manage-pod-budgets", action="store_true",
+                    help="CephCluster managePodBudgets true (as Rook's example cluster.yaml): the lab's Rook "
+                         "disruption controller sets and takes back noout on drained nodes")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")

@@ -75,7 +75,9 @@ class LabConfig:
     kubespray_version: str = KUBESPRAY_VERSION
     domain: str = ""              # --domain: FQDN Node names, CRUSH hosts with dashes
     # The CephCluster's spec.disruptionManagement, acted on by the lab's Rook disruption controller.
-    manage_pod_budgets: bool = True
+    # Off unless asked for (--manage-pod-budgets), so the lab's existing behaviour stays; Rook's own
+    # deploy/examples/cluster.yaml turns it on.
+    manage_pod_budgets: bool = False
     osd_maintenance_timeout_s: float = ROOK_MAINTENANCE_TIMEOUT_S
     osd_down_out_interval_s: float = 600.0   # Ceph's mon_osd_down_out_interval default
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret

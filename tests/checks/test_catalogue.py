@@ -130,7 +130,7 @@ def test_csi_rbd_broken_fails_csi_check(catalogue, lab, cli):
         fault(lab, cli, "csi-rbd-broken", "node4", clear=True)
     run.assert_failed_exactly({"test_csi_rbdplugin_healthy[node4]"})
     section = run.section("test_csi_rbdplugin_healthy[node4]")
-    assert "csi-rbdplugin on node4 is not healthy" in section
+    assert "the RBD node plugin rook-ceph/csi-rbdplugin-" in section and "on node4 is not healthy" in section
     assert "not Ready" in section and "modprobe rbd" in section
 
 
