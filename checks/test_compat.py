@@ -101,7 +101,13 @@ def test_cephcsi_for_target(node, releases, reads, profile, evidence):
 def test_kubernetes_not_eol(reads, profile, notice):
     from nodegate.knowledge import kube_minor_eol, kube_minor_eol_date, minor_of
 
+    import re
+
     version = profile.kube_version or reads.server_version()
+    if not re.match(r"^v?\d+\.\d+(\.\d+)?", version or ""):
+        fail_check(f"the Kubernetes version could not be read (kube_version in the inventory: "
+                   f"{profile.kube_version or 'unset'}; API server: {version or 'no answer'})",
+                   fix="set [kubernetes] kube_version in the profile, or check the API server's /version")
     if kube_minor_eol(version):
         date = kube_minor_eol_date(version)
         notice(f"Kubernetes {minor_of(version)} (cluster {version}) is past its end of life"

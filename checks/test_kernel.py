@@ -36,12 +36,19 @@ def _newest(versions):
 
 @pytest.mark.preflight
 @pytest.mark.postflight
-def test_running_newest_kernel(node, reads, phase, notice, evidence):
+def test_running_newest_kernel(node, reads, profile, phase, notice, evidence):
     snapshot = reads.snapshot(node.name)
     installed = snapshot.installed_kernels
     evidence.json(f"{node.name}: kernels", {"running": snapshot.kernel, "installed linux-image packages": installed})
     if not installed:
-        return   # no linux-image package: the kernel is not managed by this node's dpkg (nothing to compare)
+        if profile.expect.kernel_packages:
+            fail_check(f"found no installed linux-image-* package on {node.name} (looked in `dpkg -l` for "
+                       f"linux-image-*), so whether it runs its newest kernel cannot be told (it runs {snapshot.kernel})",
+                       fix="if the node's kernel is not installed by dpkg, say so in the profile: [expect] "
+                           "kernel_packages = false")
+        evidence.text(f"{node.name}: kernels", "no linux-image-* package: the profile says the kernel is not "
+                                              "installed by dpkg ([expect] kernel_packages = false)")
+        return
     newest = _newest(installed)
     if snapshot.kernel == newest:
         return

@@ -110,6 +110,27 @@ def test_noout_as_expected(node, reads, phase, evidence):
 
 
 @pytest.mark.preflight
+def test_noout_outlasts_rook(node, reads, profile, notice, evidence, pytestconfig):
+    """Rook (managePodBudgets) takes its noout on a drained node back after osdMaintenanceTimeout
+    (rook clusterdisruption/osd.go); a longer upgrade is warned about: the procedure then relies on
+    per-OSD flags, which Rook never clears."""
+    from nodegate.core.noout import decide_noout, duration_warning, expected_duration
+    from nodegate.journal import Journal
+    from nodegate.reporting import reports_root
+
+    rook = reads.rook_settings()
+    journal = Journal(root=reports_root(pytestconfig) / "runs", cluster=profile.name, node=node.name, target="x",
+                      run_id="x")
+    expected, source = expected_duration([j.records() for j in journal.siblings()], control_plane=node.is_control_plane)
+    policy = decide_noout(rook)
+    evidence.text(f"{node.name}: noout policy", f"{rook.describe()}\n{policy.reason}\nexpected protected window: "
+                                                f"{expected / 60:.0f} min ({source})")
+    warning = duration_warning(rook, expected, source=source)
+    if warning:
+        notice(f"{node.name}: {warning}")
+
+
+@pytest.mark.preflight
 @pytest.mark.postflight
 def test_csi_rbdplugin_healthy(node, reads, evidence):
     """The RBD node plugin (found by what it is: Rook's csi-rbdplugin, ceph-csi-operator's

@@ -85,6 +85,7 @@ class Expectations:
     package_versions: Mapping[str, str] = field(default_factory=dict)
     min_free_root_mb: int = 2048
     min_free_boot_mb: int = 150
+    kernel_packages: bool = True     # false: the node's kernel is not installed by dpkg (no linux-image-*)
 
     def version_for(self, package: str, codename: str) -> str | None:
         """The expected version of `package` on a node running `codename`, or None if unknown."""
@@ -240,7 +241,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "kubernetes": frozenset({"kubeconfig", "context", "kube_version"}),
     "ssh": frozenset({"config", "user", "identity_file", "known_hosts", "trust_new_host_keys"}),
     "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command", "csi_rbd", "csi_rbd_daemonset"}),
-    "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb"}),
+    "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb",
+                         "kernel_packages"}),
     "upgrade": frozenset({"settle_s", "devel_release", "drain_timeout_s", "reboot_timeout_worker_s",
                           "reboot_timeout_control_plane_s", "lock_stale_after_s", "storage_timeout_s"}),
     "nodes": frozenset(),   # [nodes.<name>] tables, checked against the inventory
@@ -327,6 +329,12 @@ class _TomlReader:
 
     def table(self, section: str) -> dict:
         return self.data.get(section, {})
+
+    def _bool(self, section: str, key: str, default: bool) -> bool:
+        value = self.table(section).get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"[{section}] {key} must be true or false", fix=f"write {key} = true or {key} = false")
+        return value
 
     def get(self, section: str, key: str, kind: type | tuple[type, ...], kind_name: str):
         value = self.table(section).get(key)
@@ -461,7 +469,8 @@ class _TomlReader:
         defaults = Expectations()
         return Expectations(held_packages=held_t, package_versions=versions,
                             min_free_root_mb=int(self.number("expect", "min_free_root_mb", defaults.min_free_root_mb)),
-                            min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)))
+                            min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)),
+                            kernel_packages=self._bool("expect", "kernel_packages", True))
 
     def upgrade(self) -> UpgradeSettings:
         d = UpgradeSettings()

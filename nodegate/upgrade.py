@@ -652,23 +652,15 @@ class StorageFacts:
 def expected_node_upgrade_s(up: Upgrade) -> tuple[float, str]:
     """How long the node's OSDs are expected to be protected: the longest noout -> unset_noout
     window of earlier runs in this cluster's journals, else a stated default."""
-    from nodegate.core.noout import DEFAULT_EXPECTED_NODE_UPGRADE_S
+    from nodegate.core.noout import expected_duration
 
-    windows = []
+    journals = []
     for journal in up.journal.siblings():
         try:
-            recs = journal.records()
+            journals.append(journal.records())
         except (OSError, ValueError):
             continue
-        set_at = [r.at for r in recs if r.step == "noout" and r.status == "done"]
-        unset_at = [r.at for r in recs if r.step == "unset_noout" and r.status == "done"]
-        if set_at and unset_at and unset_at[-1] > set_at[0]:
-            windows.append(unset_at[-1] - set_at[0])
-    if windows:
-        return max(windows), f"the longest of {len(windows)} earlier node upgrade(s) in the journal"
-    default = DEFAULT_EXPECTED_NODE_UPGRADE_S * (2 if up.node.is_control_plane else 1)
-    return default, ("nodegate's default for a release upgrade with two reboots"
-                     + (", doubled for a control-plane node" if up.node.is_control_plane else ""))
+    return expected_duration(journals, control_plane=up.node.is_control_plane)
 
 
 class Noout(Step):

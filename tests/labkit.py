@@ -34,6 +34,7 @@ NET_OFFSETS = {
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
     "lab-etcd": 65,            # tests/lab/test_etcd.py
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
+    "storage-field": 2,        # tests/scenarios/test_storage_field.py: --domain, --rook v1.18.9, Rook's noout
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
 }

@@ -87,6 +87,28 @@ def decide_noout(rook: RookDisruption) -> NooutPolicy:
     return NooutPolicy(GROUP, "Rook leaves noout alone (managePodBudgets false): the CRUSH host's group flag")
 
 
+def longest_protected_window(journals: "list[list]") -> float | None:
+    """The longest time OSDs were protected in earlier node upgrades: from the ``noout`` step done
+    to the ``unset_noout`` step done, per journal (records with .step, .status, .at)."""
+    windows = []
+    for records in journals:
+        set_at = [r.at for r in records if r.step == "noout" and r.status == "done"]
+        unset_at = [r.at for r in records if r.step == "unset_noout" and r.status == "done"]
+        if set_at and unset_at and unset_at[-1] > set_at[0]:
+            windows.append(unset_at[-1] - set_at[0])
+    return max(windows) if windows else None
+
+
+def expected_duration(journals: "list[list]", *, control_plane: bool) -> tuple[float, str]:
+    """The expected protected window of a node's upgrade, and where the figure comes from."""
+    longest = longest_protected_window(journals)
+    if longest is not None:
+        return longest, f"the longest of the earlier node upgrades in this cluster's journals ({longest / 60:.0f} min)"
+    default = DEFAULT_EXPECTED_NODE_UPGRADE_S * (2 if control_plane else 1)
+    return default, ("nodegate's default for a release upgrade with two reboots"
+                     + (", doubled for a control-plane node" if control_plane else ""))
+
+
 def duration_warning(rook: RookDisruption, expected_s: float, *, source: str) -> str | None:
     """A warning when the node's upgrade may outlast Rook's own noout (None: no warning)."""
     if not (rook.found and rook.manage_pod_budgets) or expected_s <= rook.maintenance_timeout_s:

@@ -123,6 +123,7 @@ toolbox_selector = "app=rook-ceph-tools"
 
 [expect]
 held_packages = [{held}]
+kernel_packages = false      # lab nodes run the host's kernel: no linux-image package on them
 
 [upgrade]
 settle_s = 2
