@@ -20,7 +20,7 @@ PREFLIGHT_NODE4 = {
     "test_out_of_band_access[node4]", "test_other_nodes_ready[node4]", "test_one_node_at_a_time[node4]",
     "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
     "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",
-    "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]",
+    "test_noout_as_expected[node4]", "test_noout_outlasts_rook[node4]", "test_csi_rbdplugin_healthy[node4]",
 }
 
 
