@@ -46,6 +46,10 @@ def test_sources_after_upgrade(node, reads, releases, evidence):
     snapshot = reads.snapshot(node.name)
     target = releases.target
     evidence.text(f"{node.name}: apt sources", "\n\n".join(f"# {f.path}\n{f.text}" for f in snapshot.source_files))
+    if not any(f.sources for f in snapshot.source_files):
+        fail_check(f"found no apt source on {node.name} (looked in /etc/apt/sources.list and "
+                   "/etc/apt/sources.list.d/*.list, *.sources): nothing to verify after the release upgrade",
+                   fix="check /etc/apt on the node: a release upgrade leaves at least the Ubuntu archive's sources")
     problems = []
     for file in snapshot.source_files:
         for source in file.sources:

@@ -78,6 +78,11 @@ def _checks(op: Operator, profile: Path, *args: str, target: str = "22.04") -> s
                    "-m", "preflight", *args)
 
 
+def _failed(run: subprocess.CompletedProcess) -> set[str]:
+    """The failed checks of a run, as `file::test[id]` (the summary lines of -rA)."""
+    return {line.split()[1].rsplit("/", 1)[-1] for line in run.stdout.splitlines() if line.startswith("FAILED ")}
+
+
 def test_lab_names_things_as_production_does(field):
     """rook NormalizeCrushName: the CRUSH host is the hostname label with '.' -> '-'; Rook's OSD
     containers get NODE_NAME, which ceph osd metadata reports as hostname (rook osd/envs.go)."""
@@ -119,7 +124,7 @@ def test_preflight_finds_the_operator_nodeplugin_and_catches_csi_rbd_broken(fiel
     finally:
         lab.cli("fault", "--clear", "csi-rbd-broken", "--node", NODE)
     assert broken.returncode == 1, broken.stdout[-4000:]
-    assert f"FAILED checks/test_storage.py::test_csi_rbdplugin_healthy[{NODE}]" in broken.stdout
+    assert _failed(broken) == {f"test_storage.py::test_csi_rbdplugin_healthy[{NODE}]"}, broken.stdout[-3000:]
     assert f"the RBD node plugin rook-ceph/{PLUGIN}-" in broken.stdout and f"on {FQDN} is not healthy" in broken.stdout
     FIGURES["csi-rbd-broken on v1.18.9"] = "storage gate failed naming rook-ceph/" + PLUGIN + "-…"
 
@@ -213,8 +218,8 @@ def test_missing_node_plugin_fails_the_gates(field):
         lab.kube._request("restore the plugin", "POST", "/apis/apps/v1/namespaces/rook-ceph/daemonsets", body=body)
     out = run.stdout
     assert run.returncode == 1, out[-3000:]
-    assert f"FAILED checks/test_storage.py::test_csi_rbdplugin_healthy[{NODE}]" in out
-    assert f"FAILED checks/test_compat.py::test_cephcsi_for_target[{NODE}]" in out
+    assert _failed(run) == {f"test_storage.py::test_csi_rbdplugin_healthy[{NODE}]",
+                            f"test_compat.py::test_cephcsi_for_target[{NODE}]"}, out[-3000:]
     assert out.count("uses RBD driver(s) rook-ceph.rbd.csi.ceph.com but no DaemonSet runs its node plugin") >= 2
     assert "--type=rbd --nodeserver=true" in out and "csi_rbd_daemonset" in out and "csi_rbd = false" in out
     print("figures:", json.dumps(FIGURES, indent=1))
