@@ -138,10 +138,20 @@ class DisruptionController:
         self.store = cluster.store
         self._task: asyncio.Task | None = None
         self._next = 0.0
+        self._seen: tuple | None = None
 
     def kick(self, now: float, ceph) -> None:
-        if ceph is None or now < self._next or (self._task is not None and not self._task.done()):
+        """Run a pass when one is due, or at once when an OSD Deployment's readiness or a Node's
+        schedulability changed (Rook's controller is triggered by those watch events)."""
+        if ceph is None or (self._task is not None and not self._task.done()):
             return
+        cluster, osds, nodes = self._inputs()
+        if not ((cluster or {}).get("spec") or {}).get("disruptionManagement", {}).get("managePodBudgets"):
+            return   # Rook does not manage disruptions in this cluster
+        seen = (tuple(sorted(osds)), tuple(sorted(nodes.items())))
+        if now < self._next and seen == self._seen:
+            return
+        self._seen = seen
         self._task = asyncio.get_running_loop().create_task(self._pass(ceph))
 
     def _inputs(self) -> tuple[dict | None, list[tuple[str, int, bool]], dict[str, bool]]:
