@@ -192,9 +192,16 @@ def test_upgrade_keeps_the_osds_protected_longer_than_rook_does(field):
         "Rook's own noout never expired while the OSD was down: the test would not show anything"
     end = lab.flags()
     assert "noout" not in end["own"] and "noout" not in end["crush"].get(CRUSH, []) and "noout" not in end["global"]
-    shown = [f"{time.strftime('%H:%M:%S', time.gmtime(s['t']))} osd.{OSD} up={s['up']} in={s['in']} "
-             f"own={s['own']} crush_node_flags={s['crush']}" for s in during_release[:: max(1, len(during_release) // 6)]]
-    print("ceph osd dump during the release upgrade:\n" + "\n".join(shown))
+    starts = sorted((r["at"], r["step"]) for r in journal if r["status"] == "started")
+
+    def step_at(t: float) -> str:
+        return next((step for at_, step in reversed(starts) if at_ <= t), "?")
+
+    shown = [f"{time.strftime('%H:%M:%S', time.gmtime(s['t']))} [{step_at(s['t'])}] osd.{OSD} up={s['up']} "
+             f"in={s['in']} own flags={s['own']} crush_node_flags={s['crush']}"
+             for s in inside[:: max(1, len(inside) // 12)] + during_release]
+    print("ceph osd dump while nodegate protected node4's OSD (release upgrade marked [release_upgrade]):\n"
+          + "\n".join(sorted(set(shown))))
     FIGURES["upgrade"] = (f"{run.seconds:.0f} s; OSD protected {window[1] - window[0]:.0f} s, down "
                           f"{len(down)} samples; {len(samples)} samples, none out, no backfill")
 
