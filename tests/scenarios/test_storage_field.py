@@ -39,12 +39,14 @@ FIGURES: dict[str, str] = {}
 
 class FieldLab(LabAccess):
     def flags(self) -> dict:
-        """`ceph osd dump` and `ceph status` reduced to what these tests decide on."""
+        """`ceph osd dump` and `ceph status` reduced to what these tests decide on; ``t`` is when
+        the dump was asked for, ``t_end`` when both answers were in."""
+        asked = time.time()
         dump = json.loads(self.ceph.run(["osd", "dump", "-f", "json"]).stdout)
         status = json.loads(self.ceph.run(["status", "-f", "json"]).stdout)
         osd = next(o for o in dump["osds"] if o["osd"] == OSD)
         states = [s["state_name"] for s in (status.get("pgmap") or {}).get("pgs_by_state") or []]
-        return {"t": time.time(), "global": dump.get("flags", ""), "crush": dump.get("crush_node_flags") or {},
+        return {"t": asked, "t_end": time.time(), "global": dump.get("flags", ""), "crush": dump.get("crush_node_flags") or {},
                 "up": osd["up"], "in": osd["in"], "own": [s for s in osd["state"] if s not in ("exists", "up")],
                 "pgs": states}
 
@@ -180,7 +182,7 @@ def test_upgrade_keeps_the_osds_protected_longer_than_rook_does(field):
     at = {(r["step"], r["status"]): r["at"] for r in journal}
     window = (at[("noout", "done")], at[("unset_noout", "started")])
     release = (at[("release_upgrade", "started")], at[("release_upgrade", "done")])
-    inside = [s for s in samples if window[0] <= s["t"] <= window[1]]
+    inside = [s for s in samples if window[0] <= s["t"] and s["t_end"] <= window[1]]
     during_release = [s for s in inside if release[0] <= s["t"] <= release[1]]
     assert inside and during_release, (window, len(samples))
     for s in inside:
