@@ -53,6 +53,7 @@ TEST_NET_B ?= 40
 test: setup
 	@for d in tests/*/; do case " $(TEST_A) $(TEST_B) " in *" $${d%/} "*) ;; \
 	  *) [ "$$d" = tests/__pycache__/ ] || { echo "$$d is in neither test stream (Makefile TEST_A/TEST_B)"; exit 1; };; esac; done
+	$(PY) -m ruff check .
 	@mkdir -p .make; \
 	NODEGATE_TEST_NET=$(TEST_NET_B) $(PY) -m pytest $(TEST_B) $(PYTEST_FLAGS) > .make/test-b.log 2>&1 & b=$$!; \
 	echo "== stream A: $(TEST_A)"; \

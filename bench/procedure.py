@@ -67,9 +67,9 @@ def apply_known_kubespray_fix(lab: Path) -> bool:
 def _clear_upgrade_annotation(profile_path: Path, node: str) -> None:
     """The tiny run starts an upgrade it never finishes (gate only): take its progress mirror off
     the Node again, so that the lab looks untouched to whoever uses it next."""
-    from nodegate.kube import Kube
-    from nodegate.profile import load_profile
-    from nodegate.upgrade import ANNOTATION
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.core.journal import ANNOTATION
+    from nodegate.profile.load import load_profile
 
     kube = Kube.connect(settings=load_profile(profile_path).kube)
     try:
@@ -138,10 +138,9 @@ def overhead(lab: Path, *, node: str, tiny: bool) -> dict:
 
 def ready_latency(lab: Path, *, node: str) -> float:
     """Reboot the node and wait as the procedure does (SSH with a new boot id, then Ready)."""
-    from nodegate.kube import Kube
-    from nodegate.nodes import Nodes
-    from nodegate.profile import load_profile
-    from nodegate.waits import wait_for_ssh
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.nodes.ssh import Nodes, wait_for_ssh
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(lab_profile(lab))
     nodes = Nodes(settings=profile.ssh, nodes=profile.nodes)
@@ -164,10 +163,10 @@ def ready_latency(lab: Path, *, node: str) -> float:
 
 def health_latency(lab: Path, *, node: str) -> tuple[float, float]:
     """Raise a warning (noout on the node's CRUSH host), then clear it while the storage wait runs."""
-    from nodegate.ceph import Ceph
-    from nodegate.kube import Kube
-    from nodegate.profile import load_profile
-    from nodegate.waits import Done, NotYet, wait_for
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.core.waits import Done, NotYet, wait_for
+    from nodegate.profile.load import load_profile
 
     profile = load_profile(lab_profile(lab))
     kube = Kube.connect(settings=profile.kube)

@@ -1,4 +1,4 @@
-"""All benchmarks of issue 7 on the lab, one after the other; writes bench/results.json (the
+"""All benchmarks on the lab, one after the other; writes bench/results.json (the
 figures, their goals, whether each is met) and prints a table.
 
     python -m bench.run                 # starts a 16-node lab in .lab-bench (net 40), takes it down after

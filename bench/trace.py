@@ -60,27 +60,27 @@ def _wrap(owner, name: str, kind: str, describe) -> None:
 def install() -> None:
     import urllib3
 
-    import nodegate.ceph
-    import nodegate.kube
-    import nodegate.kubespray
-    import nodegate.nodes
-    import nodegate.upgrade
-    import nodegate.waits
+    import nodegate.cluster.ceph
+    import nodegate.cluster.kube.client
+    import nodegate.cluster.kubespray
+    import nodegate.cluster.nodes.ssh
+    import nodegate.core.waits
+    import nodegate.upgrade.engine
 
-    _wrap(nodegate.nodes.NodeHost, "_execute", "ssh",
+    _wrap(nodegate.cluster.nodes.ssh.NodeHost, "_execute", "ssh",
           lambda self, command: (command, {"node": self.name}))
-    _wrap(nodegate.ceph.Ceph, "_run_once", "ceph",
+    _wrap(nodegate.cluster.ceph.Ceph, "_run_once", "ceph",
           lambda self, args, expect: (" ".join(args), {"mode": self.settings.mode}))
     _wrap(urllib3.connectionpool.HTTPConnectionPool, "urlopen", "api",
           lambda self, method, url, *a, **k: (f"{method} {url}", {"base": f"{self.scheme}://{self.host}:{self.port}"}))
-    _wrap(nodegate.kubespray, "run_playbook", "kubespray", lambda *a, **k: (f"upgrade-cluster.yml {k.get('node')}", {}))
-    _wrap(nodegate.kube.Kube, "watch_node", "wait", lambda self, name, **k: (f"watch node {name}", {"node": name}))
-    _wrap(nodegate.kube.Kube, "wait_node_ready", "wait-ready",
+    _wrap(nodegate.cluster.kubespray, "run_playbook", "kubespray", lambda *a, **k: (f"upgrade-cluster.yml {k.get('node')}", {}))
+    _wrap(nodegate.cluster.kube.client.Kube, "watch_node", "wait", lambda self, name, **k: (f"watch node {name}", {"node": name}))
+    _wrap(nodegate.cluster.kube.client.Kube, "wait_node_ready", "wait-ready",
           lambda self, name, **k: (f"node {name} Ready", {"node": name}))
-    _wrap(nodegate.kube.Kube, "wait_pods_gone", "wait", lambda self, node, **k: (f"pods gone from {node}", {}))
-    _wrap(nodegate.kube.Kube, "drain", "wait", lambda self, name, **k: (f"drain {name}", {}))
-    _wrap(nodegate.waits, "wait_for", "wait", lambda probe, **k: (k.get("what", "?"), {}))
-    _wrap(nodegate.waits, "wait_for_ssh", "wait", lambda nodes, name, **k: (f"ssh on {name}", {"node": name}))
+    _wrap(nodegate.cluster.kube.client.Kube, "wait_pods_gone", "wait", lambda self, node, **k: (f"pods gone from {node}", {}))
+    _wrap(nodegate.cluster.kube.client.Kube, "drain", "wait", lambda self, name, **k: (f"drain {name}", {}))
+    _wrap(nodegate.core.waits, "wait_for", "wait", lambda probe, **k: (k.get("what", "?"), {}))
+    _wrap(nodegate.cluster.nodes.ssh, "wait_for_ssh", "wait", lambda nodes, name, **k: (f"ssh on {name}", {"node": name}))
 
 
 def pytest_configure(config) -> None:

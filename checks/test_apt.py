@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 KEYRING_FIX = ("move the repository key out of /etc/apt/trusted.gpg into /etc/apt/keyrings/<name>.gpg and add "
                "`signed-by=/etc/apt/keyrings/<name>.gpg` to its source line")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
@@ -37,7 +37,7 @@ def test_one_node_at_a_time(node, reads):
 
 @pytest.mark.preflight
 def test_upgrade_lock_free(node, reads, profile, notice):
-    from nodegate.lock import this_holder
+    from nodegate.cluster.lock import this_holder
 
     lock = reads.lock()
     if lock is None or not lock.held:

@@ -1,17 +1,17 @@
 """Compatibility: release path, Kubespray and cephcsi support, Kubernetes end of life, known issues,
-out-of-band access. The version facts live in nodegate.knowledge."""
+out-of-band access. The version facts live in nodegate.core.knowledge."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
 def test_target_is_next_release(node, releases, reads):
-    from nodegate.knowledge import next_release
+    from nodegate.core.knowledge import next_release
 
     osr = reads.snapshot(node.name).os_release
     if releases.current is None:
@@ -20,7 +20,7 @@ def test_target_is_next_release(node, releases, reads):
     following = next_release(releases.current.version)
     if following is None:
         fail_check(f"{node.name} runs Ubuntu {releases.current.version}, the newest LTS nodegate knows: there is "
-                   "nothing to upgrade to", fix="leave the node as it is, or teach nodegate.knowledge the next release")
+                   "nothing to upgrade to", fix="leave the node as it is, or teach nodegate.core.knowledge the next release")
     if releases.target != following:
         fail_check(f"--target-release {releases.target.version} is not the next release for {node.name} "
                    f"(Ubuntu {releases.current.version}; next: {following.version})",
@@ -32,7 +32,7 @@ def test_kubespray_supports_releases(node, releases, profile, notice):
     """The checkout must list the node's current release (else its playbooks, which the procedure
     runs on the node in step 11, are untested there). A target release it does not list yet is a
     notice: upgrade-cluster.yml --limit on one node has run on it, but the checkout should move on."""
-    from nodegate.knowledge import kubespray_support_note, kubespray_supports
+    from nodegate.core.knowledge import kubespray_support_note, kubespray_supports
 
     version = profile.kubespray.version
     if not version:
@@ -61,7 +61,7 @@ def test_cephcsi_for_target(node, releases, reads, profile, evidence):
     ceph-csi #4679). The version is read from the RBD node plugin found by what it is (Rook's
     csi-rbdplugin, ceph-csi-operator's <driver>-nodeplugin, the ceph-csi chart), from its
     DaemonSet and from its pods (a rollout in progress shows both)."""
-    from nodegate.knowledge import cephcsi_ready_for, semver_key
+    from nodegate.core.knowledge import cephcsi_ready_for, semver_key
 
     found = reads.csi_discovery()
     images: set[str] = set()
@@ -99,9 +99,9 @@ def test_cephcsi_for_target(node, releases, reads, profile, evidence):
 @pytest.mark.preflight
 @pytest.mark.postflight
 def test_kubernetes_not_eol(reads, profile, notice):
-    from nodegate.knowledge import kube_minor_eol, kube_minor_eol_date, minor_of
-
     import re
+
+    from nodegate.core.knowledge import kube_minor_eol, kube_minor_eol_date, minor_of
 
     version = profile.kube_version or reads.server_version()
     if not re.match(r"^v?\d+\.\d+(\.\d+)?", version or ""):
@@ -116,7 +116,7 @@ def test_kubernetes_not_eol(reads, profile, notice):
 
 @pytest.mark.preflight
 def test_known_kubespray_issues(profile, notice, evidence):
-    from nodegate.knowledge import known_issues_for
+    from nodegate.core.knowledge import known_issues_for
 
     issues = known_issues_for(profile.kubespray.version)
     evidence.text("known Kubespray issues", "\n\n".join(f"{i.title}\n  references: {', '.join(i.references)}\n"

@@ -1,11 +1,11 @@
 """etcd as the node's own etcdctl sees it: every member healthy, and quorum kept without this
-node's member (issue 4). Read on the node with Kubespray's /etc/etcd.env, which lists every
+node's member. Read on the node with Kubespray's /etc/etcd.env, which lists every
 member's client endpoint (and, with TLS, the client certificates)."""
 from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight

@@ -5,7 +5,7 @@ import functools
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
@@ -29,7 +29,7 @@ def test_no_reboot_pending(node, reads, phase):
 
 
 def _newest(versions):
-    from nodegate.knowledge import compare_debian_versions
+    from nodegate.core.knowledge import compare_debian_versions
 
     return max(versions, key=functools.cmp_to_key(compare_debian_versions)) if versions else None
 

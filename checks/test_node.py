@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 def _status(reads, node, evidence):

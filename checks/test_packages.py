@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
 @pytest.mark.postflight
 def test_packages_held(node, reads, profile, releases, evidence):
-    from nodegate.knowledge import same_upstream_build
+    from nodegate.core.knowledge import same_upstream_build
 
     snapshot = reads.snapshot(node.name)
     held = snapshot.held

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nodegate.fixtures import fail_check
+from nodegate.plugin.fixtures import fail_check
 
 
 @pytest.mark.preflight
@@ -114,9 +114,9 @@ def test_noout_outlasts_rook(node, reads, profile, notice, evidence, pytestconfi
     """Rook (managePodBudgets) takes its noout on a drained node back after osdMaintenanceTimeout
     (rook clusterdisruption/osd.go); a longer upgrade is warned about: the procedure then relies on
     per-OSD flags, which Rook never clears."""
+    from nodegate.core.journal import Journal
     from nodegate.core.noout import decide_noout, duration_warning, expected_duration
-    from nodegate.journal import Journal
-    from nodegate.reporting import reports_root
+    from nodegate.plugin.allure import reports_root
 
     rook = reads.rook_settings()
     journal = Journal(root=reports_root(pytestconfig) / "runs", cluster=profile.name, node=node.name, target="x",
@@ -136,7 +136,7 @@ def test_csi_rbdplugin_healthy(node, reads, evidence):
     """The RBD node plugin (found by what it is: Rook's csi-rbdplugin, ceph-csi-operator's
     <driver>-nodeplugin, the ceph-csi chart) crash-loops on 24.04 with cephcsi < v3.12 (its kmod
     cannot load rbd.ko.zst); the registrar then logs `Still connecting to unix:///csi/csi.sock`."""
-    from nodegate.knowledge import CSI_SOCKET_SYMPTOM
+    from nodegate.core.knowledge import CSI_SOCKET_SYMPTOM
 
     found = reads.csi_discovery()
     evidence.text("Ceph RBD CSI node plugin", "\n".join([*found.evidence, f"looked for: {found.looked_for}"]))

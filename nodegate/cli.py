@@ -5,15 +5,15 @@ import argparse
 import logging
 import sys
 
-from nodegate.errors import NodegateError
+from nodegate.core.errors import NodegateError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodegate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress in detail")
     sub = parser.add_subparsers(dest="command", required=True)
-    from nodegate import report
     from nodegate.lab import cli as lab_cli
+    from nodegate.report import cli as report
 
     lab_cli.add_parser(sub)
     report.add_parser(sub)

@@ -2,7 +2,7 @@
 
 One test per step, per node, in order (nodegate.upgrade.STEPS). Each step reads the live state
 first and skips what is already done, records its progress in the node's journal, and is proven
-by its post-condition; the first failure stops the run (nodegate.procedure_plugin). Without
+by its post-condition; the first failure stops the run (nodegate.plugin.procedures). Without
 --execute, nothing runs and the plan is printed instead.
 """
 import pytest

@@ -74,7 +74,7 @@ class StandaloneApiServer:
 
     def request(self, method: str, path: str, body: object = None, *,
                 content_type: str = "application/json") -> tuple[int, dict]:
-        """One plain HTTP request with the lab's token, as bytes on the wire (set-up nodegate.kube does
+        """One plain HTTP request with the lab's token, as bytes on the wire (set-up nodegate.cluster.kube.client does
         not offer, and what the official client refuses to send); (status, decoded JSON body)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.config.api_url + path, data=data, method=method,
@@ -94,8 +94,8 @@ class StandaloneApiServer:
         return result
 
     def settings(self, **overrides):
-        """KubeSettings for nodegate.kube on this server's kubeconfig (overrides replace fields)."""
-        from nodegate.profile import KubeSettings
+        """KubeSettings for nodegate.cluster.kube.client on this server's kubeconfig (overrides replace fields)."""
+        from nodegate.profile.model import KubeSettings
 
         values = dict(kubeconfig=self.kubeconfig, context="nodegate-lab")
         values.update(overrides)

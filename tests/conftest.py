@@ -25,7 +25,7 @@ from nodegate.lab.config import LabConfig
 # importable reliably); this folder is put on sys.path explicitly, whatever the import mode.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from labkit import TEST_NET, net_beside, nodegate, preimport_lazy_dependencies, ssh, wait_until  # noqa: E402  (also the `cli`, `node_ssh`, `poll` fixtures)
+from labkit import TEST_NET, net_beside, nodegate, preimport_lazy_dependencies, ssh, wait_until
 
 # Before any in-process pytester run (tests/plugin): see preimport_lazy_dependencies for why.
 PREIMPORTED = preimport_lazy_dependencies()

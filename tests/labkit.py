@@ -20,7 +20,8 @@ from nodegate.lab.config import LabConfig
 PROJECT = Path(__file__).resolve().parents[1]
 # The harness's own code: what an in-process pytester run (tests/plugin) can reach. The lab is
 # never imported by the harness (architecture.md), so its lazy imports do not matter here.
-HARNESS_CODE = ("nodegate/*.py", "checks/*.py", "procedures/*.py")
+HARNESS_CODE = ("nodegate/*.py", *(f"nodegate/{layer}/**/*.py" for layer in ("core", "profile", "cluster", "upgrade", "plugin", "report")),
+                "checks/*.py", "procedures/*.py")
 
 # The session's lab runs on address octet TEST_NET (127.0.<net>.x; CI: 0 and 40 side by side, a
 # developer picks their own). Every lab part a test brings up beside it gets its own octet, offset
@@ -130,10 +131,10 @@ class LabAccess:
     lab CLI: what the procedure tests' LabNodes and the scenarios' Lab both start from."""
 
     def __init__(self, lab: LabConfig) -> None:
-        from nodegate.ceph import Ceph
-        from nodegate.kube import Kube
-        from nodegate.nodes import Nodes
-        from nodegate.profile import load_profile
+        from nodegate.cluster.ceph import Ceph
+        from nodegate.cluster.kube.client import Kube
+        from nodegate.cluster.nodes.ssh import Nodes
+        from nodegate.profile.load import load_profile
 
         self.config = lab
         self.profile = load_profile(lab.dir / "cluster.toml")
@@ -151,7 +152,7 @@ class LabAccess:
 
     def wait_healthy(self, timeout: float = 240) -> None:
         """Every lab node Ready and Ceph healthy in full (bounded)."""
-        from nodegate.waits import Done, NotYet, wait_for
+        from nodegate.core.waits import Done, NotYet, wait_for
 
         def probe():
             not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]

@@ -10,9 +10,9 @@ from nodegate.core.csi import CsiDiscovery, discover_node_plugins
 from nodegate.core.noout import RookDisruption, rook_disruption
 
 if TYPE_CHECKING:
-    from nodegate.ceph import Ceph
-    from nodegate.kube import Kube
-    from nodegate.profile import CephSettings, NodeSpec
+    from nodegate.cluster.ceph import Ceph
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.profile.model import CephSettings, NodeSpec
 
 OSD_POD_SELECTOR = "app=rook-ceph-osd"
 
@@ -20,7 +20,7 @@ OSD_POD_SELECTOR = "app=rook-ceph-osd"
 def crush_mapping(node: "NodeSpec", *, kube: "Kube", ceph: "Ceph", namespace: str,
                   crush_hosts: dict[str, tuple[int, ...]] | None = None) -> CrushMapping:
     """Map one node to its CRUSH host (``crush_hosts``: one `ceph osd tree` shared by a fleet)."""
-    from nodegate.ceph import hosts_osds
+    from nodegate.cluster.ceph import hosts_osds
 
     status = kube.get_node(node.kube_node)
     pods = [p for p in kube.list_pods(node=node.kube_node, namespace=namespace, selector=OSD_POD_SELECTOR)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from nodegate.errors import PermanentError, TransientError
+from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT
 

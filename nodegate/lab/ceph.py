@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
 MON = "mon.a"

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
 from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, ROOK_MAINTENANCE_TIMEOUT_S, LabConfig, valid_domain
 from nodegate.lab.node import NodeRuntime, NodeState

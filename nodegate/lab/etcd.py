@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.ceph import pid_alive, read_pid, start_daemon, stop_daemons
 from nodegate.lab.config import LabConfig, LabNode
 

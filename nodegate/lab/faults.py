@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError, UsageError
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab.config import LabConfig
 
 HELD_DRIFT_PACKAGE = "containerd.io"

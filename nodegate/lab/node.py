@@ -20,13 +20,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodegate.errors import PermanentError, TransientError
+from nodegate.core.errors import PermanentError, TransientError
 from nodegate.lab.apiserver.nodes import read_os_release
 from nodegate.lab.config import LabConfig, LabNode
 from nodegate.lab.image import base_rootfs
 from nodegate.lab.profile_files import SshFiles
 
-# The node-side init (h2's nodefiles install one at this path in the seeded layer); when it
+# The node-side init (the seeded layer installs one at this path: nodegate.lab.seed); when it
 # is absent the node runs FALLBACK_INIT, which does the same minimum.
 NODE_INIT = "/usr/local/sbin/nodegate-lab-init"
 FALLBACK_INIT = r"""
@@ -72,37 +72,22 @@ class NodeState:
 
 
 def lower_layers(config: LabConfig) -> list[Path]:
-    """The read-only layers under every node, top first: the seeded starting state (h2's seed,
-    when it exists for this lab) over the cached base image."""
-    layers = []
-    seed = seed_layer(config)
-    if seed is not None:
-        layers.append(seed)
-    layers.append(base_rootfs())
-    return layers
+    """The read-only layers under every node, top first: the seeded starting state (the lab's apt
+    repository and packages, nodegate.lab.seed) over the cached base image."""
+    return [seed_layer(config), base_rootfs()]
 
 
-def seed_layer(config: LabConfig) -> Path | None:
-    try:
-        from nodegate.lab import seed  # h2's module; absent until it lands
-    except ImportError:
-        return None
-    finder = getattr(seed, "seed_layer", None)
-    if finder is None:
-        return None
-    path = finder(config)
-    return Path(path) if path else None
+def seed_layer(config: LabConfig) -> Path:
+    from nodegate.lab import seed   # imported when a node starts: seed builds on this module
+
+    return Path(seed.seed_layer(config))
 
 
 def seed_prepare(config: LabConfig, root: Path) -> None:
     """Let the seed fit the layer to this lab (its repository address) on a fresh node root."""
-    try:
-        from nodegate.lab import seed
-    except ImportError:
-        return
-    hook = getattr(seed, "prepare_root", None)
-    if hook is not None:
-        hook(config, root)
+    from nodegate.lab import seed
+
+    seed.prepare_root(config, root)
 
 
 def mounted_paths() -> list[str]:

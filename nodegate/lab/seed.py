@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from nodegate.errors import PermanentError
+from nodegate.core.errors import PermanentError
 from nodegate.lab import aptrepo
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT, base_rootfs, image_key

@@ -12,7 +12,7 @@ from apiservertools import standalone_api_server
 from labkit import net_beside, nodegate
 
 from nodegate.lab.config import LabConfig
-from nodegate.profile import NodeSpec, SSHSettings
+from nodegate.profile.model import NodeSpec, SSHSettings
 
 NODES_NET = net_beside("access-nodes")
 API_NET = net_beside("access-api")

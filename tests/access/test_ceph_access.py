@@ -1,4 +1,4 @@
-"""nodegate.ceph against a real Ceph cluster (mon, mgr, 3 bluestore OSDs), in "command" mode.
+"""nodegate.cluster.ceph against a real Ceph cluster (mon, mgr, 3 bluestore OSDs), in "command" mode.
 
 The "toolbox" mode (exec into rook-ceph-tools through the API) is tested in test_kube.py
 against the full lab, where the API server runs the toolbox pod.
@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from nodegate.ceph import Ceph, CephCommandFailed, CephUnavailable
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.profile import CephSettings
-from nodegate.waits import Done, NotYet, wait_for
+from nodegate.cluster.ceph import Ceph, CephCommandFailed, CephUnavailable
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.core.waits import Done, NotYet, wait_for
+from nodegate.profile.model import CephSettings
 
 pytestmark = pytest.mark.lab
 

@@ -1,5 +1,5 @@
-"""nodegate.ceph in "toolbox" mode (the default): `ceph …` runs by exec into the rook-ceph-tools
-pod through the Kubernetes API (nodegate.kube), against the full lab, where the API server runs
+"""nodegate.cluster.ceph in "toolbox" mode (the default): `ceph …` runs by exec into the rook-ceph-tools
+pod through the Kubernetes API (nodegate.cluster.kube.client), against the full lab, where the API server runs
 the toolbox pod and its exec reaches the lab's real Ceph. Settings come from the lab's own
 cluster.toml through the profile loader, as an operator's would."""
 from __future__ import annotations
@@ -11,11 +11,12 @@ import urllib.request
 
 import pytest
 
-from nodegate.ceph import Ceph, CephCommandFailed
-from nodegate.errors import PermanentError
-from nodegate.kube import Kube
-from nodegate.profile import CephSettings, load_profile
-from nodegate.waits import Done, NotYet, wait_for
+from nodegate.cluster.ceph import Ceph, CephCommandFailed
+from nodegate.cluster.kube.client import Kube
+from nodegate.core.errors import PermanentError
+from nodegate.core.waits import Done, NotYet, wait_for
+from nodegate.profile.load import load_profile
+from nodegate.profile.model import CephSettings
 
 pytestmark = pytest.mark.lab
 
@@ -99,7 +100,7 @@ def test_a_replaced_toolbox_pod_is_found_again(ceph, kube, lab):
 
 
 def test_exec_that_outlives_its_timeout_stops_waiting(ceph, kube):
-    from nodegate.kube import ExecTimeout
+    from nodegate.cluster.kube.errors import ExecTimeout
 
     pod = ceph.status().result.via.split("/")[-1]
     started = time.monotonic()

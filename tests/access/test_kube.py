@@ -1,6 +1,6 @@
-"""nodegate.kube against the lab's real API server over HTTP (the `api_lab` fixture: the server
+"""nodegate.cluster.kube.client against the lab's real API server over HTTP (the `api_lab` fixture: the server
 alone, its nodes driven by state.json writes as the supervisor would). No mocks: every call
-goes through the official client to the server, and test set-up that kube.py does not offer
+goes through the official client to the server, and test set-up that nodegate.cluster.kube does not offer
 (creating a PodDisruptionBudget, scaling) is done with plain HTTP requests to the same server
 (`api_lab.request`)."""
 from __future__ import annotations
@@ -14,11 +14,13 @@ import uuid
 import pytest
 from labkit import wait_until
 
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.kube import (CORDONED_BY_ANNOTATION, DrainError, DrainOptions, Kube, LockHeld, LockKeeper,
-                           NotFoundError)
-from nodegate.waits import WaitTimeout
-
+from nodegate.cluster.kube.client import Kube
+from nodegate.cluster.kube.drain import DrainOptions
+from nodegate.cluster.kube.errors import DrainError, NotFoundError
+from nodegate.cluster.kube.models import CORDONED_BY_ANNOTATION
+from nodegate.cluster.lock import LockHeld, LockKeeper, acquire_lock, read_lock, release_lock, renew_lock
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.core.waits import WaitTimeout
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -104,12 +106,12 @@ def test_construction_is_free_and_import_does_not_load_the_client(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; t=time.monotonic(); import nodegate.kube as k; "
-            "from nodegate.profile import KubeSettings; "
+    code = ("import sys, time; t=time.monotonic(); import nodegate.cluster.kube.client as k; "
+            "from nodegate.profile.model import KubeSettings; "
             "k.Kube(settings=KubeSettings(kubeconfig='/nonexistent')); "
             "print('kubernetes' in sys.modules, round(time.monotonic()-t, 3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "False", "importing nodegate.kube (or building a Kube) must not import the kubernetes client"
+    assert out[0] == "False", "importing nodegate.cluster.kube.client (or building a Kube) must not import the kubernetes client"
     assert float(out[1]) < 1.5, "the collect-time budget"
 
 
@@ -523,44 +525,44 @@ def lock_name():
 
 def test_lock_contention_resume_release(settled, lock_name):
     kube = settled
-    a = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=60)
+    a = acquire_lock(kube, holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=60)
     assert a.held and a.holder == "alice@laptop" and a.node == "node4" and a.run_id == "r1"
     with pytest.raises(LockHeld) as err:
-        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name)
+        acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name)
     assert "alice@laptop" in err.value.message and "node4" in err.value.message and "r1" in err.value.message
     assert "--take-over-stale-lock" in err.value.fix
     # Asking to take over a lock that is alive changes nothing.
     with pytest.raises(LockHeld) as err:
-        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+        acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
     assert "looks alive" in err.value.fix
     # The same holder resuming the same node's upgrade gets it back, with its new run id.
-    again = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r3", name=lock_name, duration_s=60)
+    again = acquire_lock(kube, holder="alice@laptop", node="node4", run_id="r3", name=lock_name, duration_s=60)
     assert again.run_id == "r3" and again.acquired_at == a.acquired_at and again.transitions == a.transitions
     # ... but not for another node while node4's upgrade holds it.
     with pytest.raises(LockHeld):
-        kube.acquire_lock(holder="alice@laptop", node="node3", run_id="r4", name=lock_name)
-    assert not kube.release_lock(holder="bob@desk", name=lock_name), "never release someone else's lock"
-    assert kube.read_lock(name=lock_name).holder == "alice@laptop"
-    renewed = kube.renew_lock(again)
+        acquire_lock(kube, holder="alice@laptop", node="node3", run_id="r4", name=lock_name)
+    assert not release_lock(kube, holder="bob@desk", name=lock_name), "never release someone else's lock"
+    assert read_lock(kube, name=lock_name).holder == "alice@laptop"
+    renewed = renew_lock(kube, again)
     assert renewed.renewed_at > again.renewed_at
-    assert kube.release_lock(holder="alice@laptop", name=lock_name)
-    assert kube.read_lock(name=lock_name) is None
-    assert not kube.release_lock(holder="alice@laptop", name=lock_name)
+    assert release_lock(kube, holder="alice@laptop", name=lock_name)
+    assert read_lock(kube, name=lock_name) is None
+    assert not release_lock(kube, holder="alice@laptop", name=lock_name)
 
 
 def test_stale_lock_taken_over_only_when_asked(settled, lock_name):
     kube = settled
-    kube.acquire_lock(holder="crashed@laptop", node="node4", run_id="r1", name=lock_name, duration_s=1)
+    acquire_lock(kube, holder="crashed@laptop", node="node4", run_id="r1", name=lock_name, duration_s=1)
     time.sleep(1.3)
     with pytest.raises(LockHeld) as err:
-        kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name)
+        acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name)
     assert "crashed@laptop" in err.value.message
-    taken = kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+    taken = acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
     assert taken.holder == "bob@desk" and taken.node == "node3" and taken.transitions == 1
     with pytest.raises(LockHeld) as err:
-        kube.renew_lock(replace_holder(taken, "crashed@laptop"))
+        renew_lock(kube, replace_holder(taken, "crashed@laptop"))
     assert "lost the upgrade lock" in err.value.message
-    assert kube.release_lock(holder="bob@desk", name=lock_name)
+    assert release_lock(kube, holder="bob@desk", name=lock_name)
 
 
 def replace_holder(lock, holder):
@@ -578,7 +580,7 @@ def test_lock_race_has_exactly_one_winner(api_lab, settled, lock_name):
         k.list_nodes()  # connect before the start line
         barrier.wait()
         try:
-            outcome[f"h{i}"] = k.acquire_lock(holder=f"h{i}", node=f"node{i + 1}", run_id=f"r{i}", name=lock_name)
+            outcome[f"h{i}"] = acquire_lock(k, holder=f"h{i}", node=f"node{i + 1}", run_id=f"r{i}", name=lock_name)
         except LockHeld as exc:
             outcome[f"h{i}"] = exc
         finally:
@@ -591,20 +593,20 @@ def test_lock_race_has_exactly_one_winner(api_lab, settled, lock_name):
         t.join(timeout=30)
     winners = [h for h, v in outcome.items() if not isinstance(v, Exception)]
     assert len(outcome) == 4 and len(winners) == 1, outcome
-    assert settled.read_lock(name=lock_name).holder == winners[0]
-    assert settled.release_lock(holder=winners[0], name=lock_name)
+    assert read_lock(settled, name=lock_name).holder == winners[0]
+    assert release_lock(settled, holder=winners[0], name=lock_name)
 
 
 def test_lock_keeper_renews_while_a_long_step_runs(settled, lock_name):
     kube = settled
-    lock = kube.acquire_lock(holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=2)
+    lock = acquire_lock(kube, holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=2)
     with LockKeeper(kube=kube, lock=lock, every_s=0.5) as keeper:
         time.sleep(2.5)  # longer than the lease: without renewal it would look stale
-        assert not kube.read_lock(name=lock_name).stale()
+        assert not read_lock(kube, name=lock_name).stale()
         with pytest.raises(LockHeld):
-            kube.acquire_lock(holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
+            acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
     assert keeper.lost is None
-    assert kube.release_lock(holder="alice@laptop", name=lock_name)
+    assert release_lock(kube, holder="alice@laptop", name=lock_name)
 
 
 # -- transient failures ------------------------------------------------------------------------------
@@ -732,7 +734,7 @@ def test_permanent_errors_are_not_retried(settled):
     with pytest.raises(NotFoundError):
         kube.pod_log(namespace="demo", name="no-such-pod")
     with pytest.raises(PermanentError) as err:   # 422: not a valid object name
-        kube.acquire_lock(holder="a", node="node1", run_id="r", name="Not_A_Valid_Name")
+        acquire_lock(kube, holder="a", node="node1", run_id="r", name="Not_A_Valid_Name")
     assert "invalid" in err.value.message and "422" in err.value.message
     assert time.monotonic() - started < 2, "404 and 422 must not be retried"
 
@@ -782,7 +784,7 @@ def test_exec_into_a_missing_pod_is_not_found(settled):
 # -- pure logic (no server) -------------------------------------------------------------------------
 
 def pod_like(**changes):
-    from nodegate.kube import PodSummary
+    from nodegate.cluster.kube.models import PodSummary
 
     values = dict(namespace="demo", name="p", uid="u", node="node1", phase="Running", owner_kind="ReplicaSet",
                   owner_name="rs", daemonset=False, mirror=False, uses_emptydir=False, ready=True, restarts=0,
@@ -792,7 +794,7 @@ def pod_like(**changes):
 
 
 def test_label_selector_semantics():
-    from nodegate.kube import selector_matches
+    from nodegate.cluster.kube.models import selector_matches
 
     labels = {"app": "web", "tier": "front"}
     assert not selector_matches(None, labels) and selector_matches({}, labels)
@@ -804,7 +806,7 @@ def test_label_selector_semantics():
 
 
 def test_eviction_answers_are_told_apart():
-    from nodegate.kube import _eviction_refusal
+    from nodegate.cluster.kube.drain import _eviction_refusal
 
     pdb = json.dumps({"kind": "Status", "status": "Failure", "code": 429, "reason": "TooManyRequests",
                       "message": "Cannot evict pod as it would violate the pod's disruption budget.",
@@ -819,7 +821,7 @@ def test_eviction_answers_are_told_apart():
 
 
 def test_drain_verdicts_follow_kubectl_filters():
-    from nodegate.kube import _drain_verdict
+    from nodegate.cluster.kube.drain import _drain_verdict
 
     plain, every = DrainOptions(ignore_daemonsets=False), DrainOptions(delete_emptydir_data=True, force=True)
     assert _drain_verdict(pod_like(daemonset=True, owner_kind="DaemonSet"), plain)[0] == "refuse"
@@ -835,7 +837,8 @@ def test_drain_verdicts_follow_kubectl_filters():
 def test_lock_staleness_and_exec_status():
     import datetime as dt
 
-    from nodegate.kube import LockInfo, _exec_rc
+    from nodegate.cluster.kube.exec import _exec_rc
+    from nodegate.cluster.lock import LockInfo
 
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
     lock = LockInfo(namespace="kube-system", name="l", holder="a", node="node4", run_id="r", duration_s=60,
@@ -854,7 +857,7 @@ def test_closing_the_client_stops_a_read_retrying_in_another_thread(api_lab, set
     """A run refused before its first check closes its client while reads started ahead are still
     retrying a failing API (a node down: 500 from its kubelet): they stop at their next attempt, with
     no more "retrying" lines after the error, instead of keeping the process alive for 20 s."""
-    from nodegate.kube import ClientClosed
+    from nodegate.cluster.kube.errors import ClientClosed
 
     fault(api_lab, "api-flaky", ratio=1.0, mode="503")
     wait_until(lambda: answer_code(api_lab) == 503, timeout=5, what="the outage to begin")

@@ -1,4 +1,4 @@
-"""nodegate.kubespray against the lab's Kubespray stand-in: real ansible-playbook over SSH to a real
+"""nodegate.cluster.kubespray against the lab's Kubespray stand-in: real ansible-playbook over SSH to a real
 node, its output parsed, known failures named with their fix, secrets kept out.
 
 Uses the access tests' bare lab (2 nodes); node2 is reset to its seeded state before each run
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from labkit import nodegate, ssh
 
-from nodegate import kubespray
-from nodegate.errors import UsageError
+from nodegate.cluster import kubespray
+from nodegate.core.errors import UsageError
+from nodegate.core.secrets import redact
 from nodegate.lab.kubespray import DOCKER_TASKS, planted_secrets
-from nodegate.profile import load_profile
-from nodegate.secrets import redact
+from nodegate.profile.load import load_profile
 
 PRISTINE_TASKS = Path(__file__).parents[2] / "nodegate/lab/kubespray_tree" / DOCKER_TASKS
 
@@ -76,7 +76,7 @@ def test_plan_names_the_exact_command_and_bad_input_is_refused_early(profile, kl
 
 
 def test_clean_run_succeeds_keeps_pins_and_leaks_no_secret(fresh, profile, caplog):
-    caplog.set_level(logging.DEBUG, logger="nodegate.kubespray")
+    caplog.set_level(logging.DEBUG, logger="nodegate.cluster.kubespray")
     lines: list[str] = []
     on(fresh, "node2", "apt-mark unhold docker-ce >/dev/null")
     result = kubespray.upgrade_node(profile=profile, node="node2", on_line=lines.append)

@@ -1,4 +1,4 @@
-"""nodegate.nodes against real lab nodes (real sshd, real dpkg/apt), both SSH backends."""
+"""nodegate.cluster.nodes.ssh against real lab nodes (real sshd, real dpkg/apt), both SSH backends."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,18 @@ import time
 
 import pytest
 
-from nodegate.errors import PermanentError, TransientError, UsageError
-from nodegate.nodes import (CommandFailed, CommandTimeout, HostKeyMismatch, HostKeyUnknown, Nodes, SshAuthFailed,
-                            SshRefused)
-from nodegate.profile import NodeSpec
-from nodegate.waits import wait_for_ssh
+from nodegate.cluster.nodes.ssh import (
+    CommandFailed,
+    CommandTimeout,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    Nodes,
+    SshAuthFailed,
+    SshRefused,
+    wait_for_ssh,
+)
+from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.profile.model import NodeSpec
 
 pytestmark = pytest.mark.lab
 

@@ -13,7 +13,7 @@ import pytest
 
 CHECKS = Path(__file__).resolve().parents[2] / "checks"
 # hypothesis is a test extra, not on an operator's machine: the catalogue runs here without its
-# plugin, as it runs there (it also once raced nodegate.reporting's background import of the
+# plugin, as it runs there (it also once raced nodegate.plugin.allure's background import of the
 # Kubernetes client into a half-initialised annotated_types; reporting now pre-imports it).
 _QUIET_PLUGINS = ("-p", "no:hypothesispytest")
 

@@ -35,8 +35,8 @@ def fault(lab: LabConfig, cli, name: str, node: str | None = None, *, clear: boo
 
 @pytest.fixture
 def kube(lab):
-    from nodegate.kube import Kube
-    from nodegate.profile import KubeSettings
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.profile.model import KubeSettings
 
     client = Kube.connect(settings=KubeSettings(kubeconfig=lab.dir / "kubeconfig", context="nodegate-lab"))
     yield client
@@ -156,7 +156,7 @@ def test_other_node_cordoned_fails_one_at_a_time(catalogue, kube):
 
 
 def test_lock_held_by_another_run(catalogue, kube):
-    from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+    from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE
 
     kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder="someone@elsewhere:4242", duration_s=300,
                       annotations={"nodegate.io/node": "node3", "nodegate.io/run-id": "20260101-000000-abcd"})
@@ -181,8 +181,7 @@ def test_flaky_api_is_retried_not_reported(catalogue, lab, cli):
 
 
 def test_lock_of_an_interrupted_run_of_this_node_is_a_notice(catalogue, kube):
-    from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
-    from nodegate.lock import this_holder
+    from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE, this_holder
 
     kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder=this_holder(), duration_s=300,
                       annotations={"nodegate.io/node": "node4", "nodegate.io/run-id": "20260101-000000-abcd"})

@@ -68,8 +68,8 @@ def test_bmc_named_and_answering(catalogue, broken_profile, lab):
 
 
 def test_other_node_down(catalogue, lab, cli, poll):
-    from nodegate.kube import Kube
-    from nodegate.profile import load_profile
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.profile.load import load_profile
 
     cli("lab", "power-off", "node3", "--dir", str(lab.dir), timeout=120)
     try:

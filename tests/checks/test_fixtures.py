@@ -11,7 +11,7 @@ TESTS = '''
 import pytest
 
 def test_host_is_nodegates(host, node, nodes):
-    from nodegate.nodes import NodeHost
+    from nodegate.cluster.nodes.ssh import NodeHost
     assert isinstance(host, NodeHost) and host.name == node.name
     assert host is nodes.host(node.name)                       # one connection per node, reused
     assert host.run(["cat", "/etc/hostname"]).stdout.strip() == node.name

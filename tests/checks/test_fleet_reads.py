@@ -1,5 +1,5 @@
 """A run over several nodes reads the cluster's pods, PDBs and csi-rbdplugin pods once and hands
-each node its share (nodegate.fixtures.Reads, `fleet`): each node's answer must be exactly what
+each node its share (nodegate.plugin.reads.Reads, `fleet`): each node's answer must be exactly what
 the per-node requests of a one-node run give, and the API must be asked once, not per node."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.lab
 PROBE = '''
 import pytest
 
-from nodegate.kube import CSI_RBD_SELECTOR
+from nodegate.cluster.kube.csi import CSI_RBD_SELECTOR
 
 def test_fleet_reads_match_per_node_reads(reads, kube, node, profile):
     assert reads.fleet

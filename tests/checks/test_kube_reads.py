@@ -1,4 +1,4 @@
-"""nodegate.kube's requests are plain JSON on the official client's ApiClient, without the
+"""nodegate.cluster.kube.client's requests are plain JSON on the official client's ApiClient, without the
 generated CoreV1Api and its models (they cost more to load than a run spends on requests): its
 reads must give exactly what the official client's typed calls give, on the lab's real API
 server, and neither reads, writes, a watch nor a toolbox exec may load a generated module."""
@@ -18,8 +18,8 @@ def both(lab):
     """(nodegate's Kube, the official client's CoreV1Api) on the lab's kubeconfig."""
     from kubernetes import client, config
 
-    from nodegate.kube import Kube
-    from nodegate.profile import load_profile
+    from nodegate.cluster.kube.client import Kube
+    from nodegate.profile.load import load_profile
 
     kube = Kube.connect(settings=load_profile(lab.dir / "cluster.toml").kube)
     configuration = client.Configuration()
@@ -31,7 +31,7 @@ def both(lab):
 
 
 def test_reads_equal_the_official_clients(both):
-    from nodegate.kube import pod_summary
+    from nodegate.cluster.kube.models import pod_summary
 
     kube, core, api = both
     plain = lambda model: api.sanitize_for_serialization(model)  # noqa: E731 - the model's JSON form
@@ -64,9 +64,10 @@ def test_nodegate_never_loads_the_generated_api(lab):
     """Reads, a toolbox exec, node patches, a lease and a watch, without importing CoreV1Api or a model."""
     probe = f"""
 import sys
-from nodegate.profile import load_profile
-from nodegate.kube import Kube
-from nodegate.ceph import Ceph
+from nodegate.profile.load import load_profile
+from nodegate.cluster.kube.client import Kube
+from nodegate.cluster.lock import acquire_lock, release_lock
+from nodegate.cluster.ceph import Ceph
 profile = load_profile({str(lab.dir / 'cluster.toml')!r})
 kube = Kube.connect(settings=profile.kube)
 assert kube.list_nodes() and kube.list_pods(node="node4") is not None and kube.list_pdbs() is not None
@@ -75,8 +76,8 @@ kube.set_node_annotation("node4", key="perf.nodegate.io/probe", value="1")
 assert kube.node_annotation("node4", key="perf.nodegate.io/probe") == "1"
 kube.set_node_annotation("node4", key="perf.nodegate.io/probe", value=None)
 assert kube.node_annotation("node4", key="perf.nodegate.io/probe") is None
-lock = kube.acquire_lock(holder="probe@test", node="node4", run_id="probe", name="perf-probe-lock")
-assert kube.release_lock(holder="probe@test", name="perf-probe-lock")
+lock = acquire_lock(kube, holder="probe@test", node="node4", run_id="probe", name="perf-probe-lock")
+assert release_lock(kube, holder="probe@test", name="perf-probe-lock")
 assert kube.wait_node_ready("node4", timeout=30).is_ready
 loaded = sorted(m for m in sys.modules if m.startswith("kubernetes.client.api.") or m.startswith("kubernetes.client.models."))
 print("LOADED", loaded)

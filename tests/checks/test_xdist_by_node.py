@@ -1,6 +1,6 @@
 """Under pytest-xdist (`-n 2`) the catalogue deals out whole nodes: every check of one node runs
 on one worker (one SSH connection, one snapshot, one set of reads per node), not spread over all
-of them (xdist's own loadgroup could not group them under pytest 9.2: nodegate.reporting's
+of them (xdist's own loadgroup could not group them under pytest 9.2: nodegate.plugin.allure's
 scheduler does)."""
 import re
 from collections import defaultdict

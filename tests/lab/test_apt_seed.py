@@ -191,7 +191,7 @@ def test_apt_refuses_to_change_held_or_downgrade(lab, lab_ssh, cli):
 def test_a_lab_keeps_the_seed_layer_it_started_with(lab, tmp_path):
     """A node reset after the lab's code changed (the cache then holds a newer repository build and
     seed) must still start from the seed whose apt lists match the repository this lab serves."""
-    from nodegate.errors import PermanentError
+    from nodegate.core.errors import PermanentError
     from nodegate.lab.config import LabConfig
 
     pinned = Path((lab.dir / seed.SEED_PIN).read_text().strip())   # written at the first boot

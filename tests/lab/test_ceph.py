@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from nodegate.errors import TransientError, UsageError
-from nodegate.lab.ceph import LabCeph
 from labkit import net_beside
 
+from nodegate.core.errors import TransientError, UsageError
+from nodegate.lab.ceph import LabCeph
 from nodegate.lab.config import LabConfig
 
 pytestmark = pytest.mark.lab

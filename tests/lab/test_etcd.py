@@ -5,10 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from nodegate.errors import UsageError
 from labkit import net_beside
 
+from nodegate.core.errors import UsageError
 from nodegate.lab.config import LabConfig
 from nodegate.lab.etcd import LabEtcd
 

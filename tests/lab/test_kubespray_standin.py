@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from labkit import net_beside
 
 from nodegate.lab.config import LabConfig
 from nodegate.lab.kubespray import DOCKER_TASKS, KUBELET_VERSION_FILE, apply_force_fix, planted_secrets
-from nodegate.profile import load_profile
+from nodegate.profile.load import load_profile
 
 NET = net_beside("kubespray-standin")
 DOWNGRADE = "E: Packages were downgraded and -y was used without --allow-downgrades."

@@ -5,6 +5,7 @@ import json
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -113,4 +114,4 @@ def test_state_files_follow_the_contract(lab):
         assert set(data) == {"name", "state", "pid", "boot_id", "boot_count", "changed_at"}
         assert data["name"] == node.name and data["state"] == "up" and data["boot_count"] >= 1
         assert (lab.dir / "pids" / f"{node.name}.pid").read_text().strip() == str(data["pid"])
-        assert open(f"/proc/{data['pid']}/comm").read().strip() == "sshd"
+        assert Path(f"/proc/{data['pid']}/comm").read_text().strip() == "sshd"

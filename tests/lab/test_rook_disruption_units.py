@@ -1,8 +1,13 @@
 """The lab's Rook disruption controller, decision by decision, as rook
 pkg/operator/ceph/disruption/clusterdisruption/osd.go decides (setPDBConfig, resetPDBConfig,
 updateNoout) and reconcile.go reads osdMaintenanceTimeout (whole minutes, 0 = 30)."""
-from nodegate.lab.apiserver.disruption import (DRAINING_KEY, SET_NOOUT_KEY, maintenance_timeout_s, next_state,
-                                               noout_actions)
+from nodegate.lab.apiserver.disruption import (
+    DRAINING_KEY,
+    SET_NOOUT_KEY,
+    maintenance_timeout_s,
+    next_state,
+    noout_actions,
+)
 
 DOMAINS = ["node1-example-internal", "node4-example-internal"]
 

@@ -106,7 +106,7 @@ class Procedure:
               cluster: Path | None = None) -> subprocess.Popen:
         """The same run, started in the background (to be interrupted)."""
         argv = self.argv(*args, node=node, target=target, execute=True, cluster=cluster)
-        log = open(self.pytester.path / f"run-{self.runs}.log", "w")
+        log = open(self.pytester.path / f"run-{self.runs}.log", "w")  # noqa: SIM115 - the child process writes it
         return subprocess.Popen([sys.executable, "-m", "pytest", *argv], cwd=self.pytester.path, stdout=log,
                                 stderr=subprocess.STDOUT, env=dict(os.environ))
 
@@ -154,7 +154,7 @@ class LabNodes(LabAccess):
 
     def fresh(self, name: str) -> bool:
         """The node looks as `lab up` left it (cheap reads only)."""
-        from nodegate.journal import ANNOTATION
+        from nodegate.core.journal import ANNOTATION
 
         status = self.kube.node(name)
         faults = self.config.dir / "faults.json"
@@ -175,8 +175,8 @@ class LabNodes(LabAccess):
     def restore(self, *names: str) -> None:
         """Put nodes back to the lab's starting state: root reset (20.04, held packages, legacy key),
         uncordoned, no noout, no upgrade annotation, no lock, no fault."""
-        from nodegate.journal import ANNOTATION
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.core.journal import ANNOTATION
 
         self.cli("fault", "--clear", check=False)
         for name in names:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
+from nodegate.cluster.lock import acquire_lock, read_lock
 from nodegate.upgrade import STEP_NAMES
-
 
 FIRST_SIX = STEP_NAMES[:6]
 
@@ -17,7 +17,7 @@ def _state(lab_nodes, name: str) -> dict:
     status = lab_nodes.kube.node(name)
     return {"boot_id": host.boot.boot_id(), "release": host.release.os_release().version_id,
             "held": host.packages.held(), "cordoned": status.unschedulable,
-            "noout": name in lab_nodes.ceph.noout_hosts(), "lock": lab_nodes.kube.read_lock()}
+            "noout": name in lab_nodes.ceph.noout_hosts(), "lock": read_lock(lab_nodes.kube)}
 
 
 def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, restore_node4):
@@ -52,7 +52,7 @@ def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, r
 
 def test_gate_blocks_and_nothing_is_touched(procedure, lab_nodes, restore_node4):
     """Another run's lock (a fresh Lease held for node3) blocks the gate: nothing changes."""
-    lab_nodes.kube.acquire_lock(holder="someone@elsewhere", node="node3", run_id="other-run")
+    acquire_lock(lab_nodes.kube, holder="someone@elsewhere", node="node3", run_id="other-run")
     before = _state(lab_nodes, "node4")
     run = procedure()
     assert run.ret == 1
@@ -130,7 +130,7 @@ def _assert_upgraded(lab_nodes, name: str) -> None:
     assert "nodegate.io/upgrade" not in status.annotations
     assert name not in lab_nodes.ceph.noout_hosts()
     assert lab_nodes.ceph.status().healthy_in_full
-    lock = lab_nodes.kube.read_lock()
+    lock = read_lock(lab_nodes.kube)
     assert lock is None or not lock.held
 
 
@@ -154,7 +154,7 @@ def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_k
     assert rc != 0
     records = procedure.journal()
     assert (records[-1]["step"], records[-1]["status"]) == ("reboot", "interrupted"), records[-3:]
-    lock = lab_nodes.kube.read_lock()
+    lock = read_lock(lab_nodes.kube)
     assert lock is None or not lock.held, "an interrupted run must not leave the lock held"
     status = lab_nodes.kube.node("node4")
     assert status.unschedulable and status.cordoned_by, "the node stays cordoned, as the journal says"
@@ -182,7 +182,7 @@ def test_a_killed_run_is_resumed_by_the_same_command(procedure, lab_nodes, fixed
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    lock = lab_nodes.kube.read_lock()
+    lock = read_lock(lab_nodes.kube)
     assert lock is not None and lock.held and lock.node == "node4", "a killed run cannot release its lock"
     assert lab_nodes.kube.node("node4").unschedulable
     upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(FIRST_SIX, 1))
@@ -198,5 +198,5 @@ def test_a_killed_run_is_resumed_by_the_same_command(procedure, lab_nodes, fixed
     assert statuses["drain"] == statuses["noout"] == statuses["unhold"] == "skipped", statuses
     assert statuses["dist_upgrade"] in ("done", "skipped")
     assert lab_nodes.host("node4").packages.upgradable().names == ()
-    lock = lab_nodes.kube.read_lock()
+    lock = read_lock(lab_nodes.kube)
     assert lock is None or not lock.held

@@ -1,4 +1,4 @@
-"""Single steps and the lock, driven through nodegate.upgrade directly against the lab: the cases
+"""Single steps and the lock, driven through nodegate.upgrade.engine directly against the lab: the cases
 that are slow or impossible to reach through a whole run (a PDB that never allows the drain, a
 node that never comes back, a lock held by someone else)."""
 from __future__ import annotations
@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-from nodegate.journal import Journal
-from nodegate.knowledge import ubuntu_release
-from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE, LockHeld
-from nodegate.lock import ClusterLock
-from nodegate.upgrade import NodeDidNotComeBack, Upgrade, UpgradeOptions
+from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE, ClusterLock, LockHeld, read_lock
+from nodegate.core.journal import Journal
+from nodegate.core.knowledge import ubuntu_release
+from nodegate.upgrade.engine import NodeDidNotComeBack, Upgrade, UpgradeOptions
 
 
 def make_upgrade(lab_nodes, tmp_path, *, node: str = "node4", lock: bool = False, **upgrade_settings) -> Upgrade:
@@ -63,7 +62,7 @@ def test_lock_is_exclusive_resumable_and_taken_over_only_when_stale_and_asked(la
     try:
         ours = ClusterLock(kube=kube, node="node4", run_id="run-a", stale_after_s=2)
         assert "taken" in ours.acquire()
-        info = kube.read_lock()
+        info = read_lock(kube)
         assert (info.holder, info.node, info.run_id) == (ours.holder, "node4", "run-a")
 
         # another machine may not take it, even asking for a take-over, while it is fresh
@@ -82,10 +81,10 @@ def test_lock_is_exclusive_resumable_and_taken_over_only_when_stale_and_asked(la
             other.acquire()
         assert "--take-over-stale-lock" in str(stale.value.fix) and "renewed" in str(stale.value.fix)
         assert "taken over" in other.acquire(take_over_stale=True)
-        assert kube.read_lock().holder == "ops@elsewhere"
+        assert read_lock(kube).holder == "ops@elsewhere"
         assert rerun.release().startswith("not released"), "a run never releases a lock it lost"
         assert other.release() == "released"
-        assert kube.read_lock() is None
+        assert read_lock(kube) is None
     finally:
         kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reportkit import CHECKS, PROCEDURE, write_profile  # noqa: E402
+from reportkit import CHECKS, PROCEDURE, write_profile
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from clusterfiles import write_cluster  # noqa: E402  (tests/unit is not a package)
+from clusterfiles import write_cluster
 
 # Values planted in the profile's kubeconfig and inventory; no report file may ever contain them.
 BEARER_TOKEN = "ngtok-7f3c9a1e5b2d4c6e8a0b1d3f5e7c9a2b"
@@ -82,7 +82,7 @@ PROCEDURE = '''
 import pytest
 
 
-class Result:  # the shape of nodegate.nodes.CommandResult
+class Result:  # the shape of nodegate.cluster.nodes.ssh.CommandResult
     def __init__(self, node, args, rc, stdout, stderr):
         self.node, self.args, self.rc, self.stdout, self.stderr, self.duration = node, args, rc, stdout, stderr, 0.25
 
@@ -93,7 +93,7 @@ class Result:  # the shape of nodegate.nodes.CommandResult
 
 @pytest.mark.procedure
 def test_upgrade_node(node, evidence, request):
-    from nodegate.reporting import set_environment
+    from nodegate.plugin.allure import set_environment
 
     set_environment(request.config, "rook.version", "v1.14.8")
     set_environment(request.config, "cephcsi.version", "v3.11.0")
@@ -211,7 +211,7 @@ def result_steps(dom: str) -> list[tuple[str, str]]:
 def report_results(html: str) -> dict[str, dict]:
     """Result name -> the report's own data for it (id, status, history), decoded from the file."""
     out = {}
-    for name, value in re.findall(r'd\("(data/test-results/[^"]+)","([A-Za-z0-9+/=]*)"\)', html):
+    for _name, value in re.findall(r'd\("(data/test-results/[^"]+)","([A-Za-z0-9+/=]*)"\)', html):
         data = json.loads(base64.b64decode(value))
         out[data["name"]] = data
     return out

@@ -8,8 +8,18 @@ import re
 import subprocess
 import sys
 
-from reportkit import (TICKET, chromium, keep, only_run, report_results, result_steps, run_suite,
-                       tree_leaves, visible_text)
+from reportkit import (
+    TICKET,
+    chromium,
+    keep,
+    only_run,
+    report_results,
+    result_steps,
+    run_suite,
+    tree_leaves,
+    visible_text,
+)
+
 
 def nodegate_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nodegate", *args], capture_output=True, text=True,
@@ -90,7 +100,7 @@ def test_each_report_shows_the_trend_of_earlier_runs_on_the_same_cluster(suite, 
     for attempt in range(2):
         run_suite(suite, "--node", "node4", "checks").assert_outcomes(passed=1, failed=1)
         run = sorted((reports / "runs").iterdir())[-1]
-        from nodegate.report import build_report
+        from nodegate.report.cli import build_report
 
         htmls.append(build_report(run_dir=run, out=tmp_path / f"r{attempt}.html", reports=reports).html)
     history = (reports / "history" / "test-cluster.jsonl").read_text().splitlines()

@@ -10,10 +10,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from reportkit import (
+    BEARER_TOKEN,
+    INVENTORY_PASSWORD,
+    TICKET,
+    html_payloads,
+    labels,
+    load_results,
+    only_run,
+    run_suite,
+    write_profile,
+)
 
-from reportkit import (BEARER_TOKEN, INVENTORY_PASSWORD, TICKET, html_payloads, labels, load_results, only_run,
-                      run_suite, write_profile)
-from nodegate.reporting import CATEGORIES, classify
+from nodegate.core.categories import CATEGORIES, classify
 
 NODE_ARGS = ("--node", "node3,node4", "--target-release", "22.04")
 
@@ -163,7 +172,7 @@ def test_planted_secrets_reach_no_results_file_and_no_report(suite, tmp_path):
         assert BEARER_TOKEN not in text, f"token in {name}"
         assert INVENTORY_PASSWORD not in text, f"password in {name}"
 
-    from nodegate.report import build_report
+    from nodegate.report.cli import build_report
 
     files = build_report(run_dir=run, out=tmp_path / "report.html", reports=suite.path / "reports")
     everything = [files.html, files.summary, *(suite.path / "reports" / "history").iterdir()]
@@ -210,7 +219,7 @@ def test_category_regexes_mean_the_same_in_javascript():
 
 
 def test_inventory_secrets_are_found_in_yaml_ini_and_vault_tags_but_settings_are_not(tmp_path):
-    from nodegate.reporting import _inventory_secrets
+    from nodegate.core.secrets import inventory_secrets
 
     inv = tmp_path / "inventory"
     (inv / "group_vars" / "all").mkdir(parents=True)
@@ -219,7 +228,7 @@ def test_inventory_secrets_are_found_in_yaml_ini_and_vault_tags_but_settings_are
     (inv / "group_vars" / "all" / "creds.yml").write_text(
         "registry:\n  auth:\n    password: yaml-Secret-3\nvault_db_password: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n"
         "  6162636465\nkube_token_auth: false\nkube_encrypt_secret_data: \"true\"\nplain: not-a-secret\n")
-    found = _inventory_secrets(inv)
+    found = inventory_secrets(inv)
     assert {"ini-Secret-1", "ini-Secret-2", "yaml-Secret-3"} <= set(found)
     assert any(v.startswith("$ANSIBLE_VAULT") for v in found)
     assert not {"false", "true", "not-a-secret", "10.0.0.1"} & set(found)
@@ -239,7 +248,7 @@ def test_a_check_of_both_phases_is_labelled_with_the_phase_that_ran(suite, tmp_p
     assert found["preflight"]["historyId"] != found["postflight"]["historyId"]
     assert found["preflight"]["testCaseId"] != found["postflight"]["testCaseId"]
 
-    from nodegate.report import build_report
+    from nodegate.report.cli import build_report
 
     html = build_report(run_dir=out, out=tmp_path / "r.html", reports=tmp_path / "reports").html.read_text()
     shown = [json.loads(base64.b64decode(v)) for _, v in re.findall(r'd\("(data/test-results/[^"]+)","([^"]*)"\)', html)]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from reportkit import chromium, html_payloads, keep, labels, load_results, report_results, result_steps, visible_text
 
-from nodegate.knowledge import cephcsi_for_rook
-from nodegate.reporting import classify
+from nodegate.core.categories import classify
+from nodegate.core.knowledge import cephcsi_for_rook
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLANTED_PASSWORD = "Lab-Inv-Secret-4t9QwZ"
@@ -78,7 +78,7 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     assert {statuses[s] for s in ("hold", "uncordon", "unset_noout", "storage_healthy", "postflight", "unlock")} \
         == {"skipped"}
 
-    for name, r in steps.items():
+    for _name, r in steps.items():
         got = labels(r)
         assert got["node"] == ["node4"] and got["phase"] == ["procedure"] and got["category"] == ["upgrade"]
         assert [(link["type"], link["url"]) for link in r["links"]] == [
@@ -132,7 +132,7 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     assert [p for p in load_results(results2) if labels(p).get("phase") == ["postflight"]]
 
     # -- the reports: the failure's class in the first, every step passed in the second -------------
-    from nodegate.report import build_report
+    from nodegate.report.cli import build_report
 
     work = tmp_path / "chromium"
     work.mkdir()

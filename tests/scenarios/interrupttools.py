@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nodegate.lab.config import LabConfig
 from scenariotools import NODE, Operator, terminal_signals
+
+from nodegate.lab.config import LabConfig
 
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 LOCK = ("kube-system", "nodegate-upgrade-lock")
@@ -305,7 +306,7 @@ class Interrupter(Operator):
         argv, junit = self.argv(profile, *extra)
         log = self.work / f"run-{self.count}.log"
         since = len(self.journal())
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         return Started(proc, junit, log, since)
@@ -363,7 +364,7 @@ class Interrupter(Operator):
         except subprocess.TimeoutExpired:
             os.killpg(run.proc.pid, signal.SIGKILL)
             run.proc.wait(timeout=30)
-            raise AssertionError(f"the run did not end within {timeout}s of the signal:\n{run.log.read_text()[-3000:]}")
+            raise AssertionError(f"the run did not end within {timeout}s of the signal:\n{run.log.read_text()[-3000:]}") from None
         seconds = time.monotonic() - started
         time.sleep(0.3)
         return run.proc.returncode, seconds, session_leftovers(run.proc.pid)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from labkit import LabAccess
 
+from nodegate.cluster.lock import read_lock
 from nodegate.lab.config import LabConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ PROCEDURES = ROOT / "procedures"
 NODE = "node4"
 TARGET = "22.04"
 # hypothesis (a test extra, absent on an operator's machine) can deadlock-import annotated_types
-# against nodegate.reporting's background import of the Kubernetes client (see tests/checks)
+# against nodegate.plugin.allure's background import of the Kubernetes client (see tests/checks)
 QUIET_PLUGINS = ("-p", "no:hypothesispytest")
 ROOK_NAMESPACE = "rook-ceph"
 ROOK_OPERATOR_PATH = f"/apis/apps/v1/namespaces/{ROOK_NAMESPACE}/deployments/rook-ceph-operator"
@@ -120,7 +121,7 @@ class Operator:
         """The same run in the background (to be interrupted); returns (process, junit, log)."""
         argv, junit = self.argv(profile, *extra, target=target)
         log = self.work / f"run-{self.count}.log"
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=self.work, env=self.env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child writes it
                                 preexec_fn=terminal_signals,
                                 stdin=subprocess.DEVNULL)
         return proc, junit, log
@@ -195,13 +196,13 @@ class Lab(LabAccess):
         return done
 
     def standing(self) -> Standing:
-        from nodegate.journal import ANNOTATION
+        from nodegate.core.journal import ANNOTATION
 
         host = self.host()
         status = self.kube.node(NODE)
         pods = tuple(p.ref for p in self.kube.list_pods(node=NODE) if not (p.daemonset or p.mirror or p.finished))
         annotation = status.annotations.get(ANNOTATION)
-        lock = self.kube.read_lock()
+        lock = read_lock(self.kube)
         return Standing(release=host.release.os_release().version_id, held=host.packages.held(),
                         audit=host.packages.audit(), cordoned=bool(status.unschedulable),
                         cordoned_by=status.annotations.get("nodegate.io/cordoned-by"),
@@ -213,7 +214,7 @@ class Lab(LabAccess):
 
     # -- the lock, as another operator's run would leave it ---------------------------------------
     def plant_lock(self, *, holder: str, node: str, run_id: str, renewed_s_ago: float) -> None:
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE, LOCK_NODE_ANNOTATION, LOCK_RUN_ANNOTATION
+        from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE, LOCK_NODE_ANNOTATION, LOCK_RUN_ANNOTATION
 
         self.kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
         stamp = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=renewed_s_ago)).strftime(
@@ -279,8 +280,8 @@ class Lab(LabAccess):
         operator Deployment gets rook/ceph:<version>, and the operator then rolls the csi-rbdplugin
         DaemonSet to that release's default cephcsi (ROOK_CEPHCSI). Returns once every operator and
         plugin pod runs the new images, Ready, with no old pod left; False if nothing had to change."""
+        from nodegate.core.waits import Done, NotYet, wait_for
         from nodegate.lab.config import ROOK_CEPHCSI
-        from nodegate.waits import Done, NotYet, wait_for
 
         operator_image, csi_image = f"rook/ceph:{version}", f"quay.io/cephcsi/cephcsi:{ROOK_CEPHCSI[version]}"
         changed = False
@@ -346,7 +347,7 @@ class Lab(LabAccess):
 
     # -- back to the start -----------------------------------------------------------------------------
     def _toolbox_running(self):
-        from nodegate.waits import Done, NotYet
+        from nodegate.core.waits import Done, NotYet
 
         ceph = self.profile.ceph
         pods = self.kube.list_pods(namespace=ceph.namespace, selector=ceph.toolbox_selector)
@@ -357,9 +358,9 @@ class Lab(LabAccess):
     def restore(self) -> None:
         """node4 as `lab up` left it: root reset (20.04, held packages, legacy key), uncordoned, no
         noout, no upgrade annotation, no lock, no fault, the lab's Rook and cephcsi."""
-        from nodegate.journal import ANNOTATION
-        from nodegate.kube import LOCK_NAME, LOCK_NAMESPACE
-        from nodegate.waits import wait_for
+        from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE
+        from nodegate.core.journal import ANNOTATION
+        from nodegate.core.waits import wait_for
 
         active = json.loads((self.config.dir / "faults.json").read_text() or "{}") \
             if (self.config.dir / "faults.json").exists() else {}
@@ -414,7 +415,7 @@ def no_traceback(run: Run) -> None:
 
 
 def lock_free(lab: Lab) -> None:
-    info = lab.kube.read_lock()
+    info = read_lock(lab.kube)
     assert info is None or not info.held, f"the upgrade lock is still held: {info.describe()}"
 
 

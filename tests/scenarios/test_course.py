@@ -3,7 +3,7 @@ through one fault after another. Each test is one scenario: it sets a fault (or 
 runs `pytest procedures/ … --execute`, and asserts where the node, the cluster and the journal
 stand — not only the exit code; the next scenario clears the fault and reruns the same command,
 which resumes from the journal. The ceph-warn scenario completes the upgrade and checks the end
-state. Then issue 5's last leg on the same node4: with Rook downgraded to v1.14.12 (cephcsi
+state. Then the last leg on the same node4: with Rook downgraded to v1.14.12 (cephcsi
 v3.11.0) the 24.04 target is refused at the gate with nothing changed; with Rook back at v1.15.9
 (cephcsi v3.12.3) node4 goes 22.04 → 24.04, verified on the node (measured: 37 s at load ~3).
 
@@ -23,10 +23,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from labkit import fixed_kubespray_checkout
-from scenariotools import (NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback,
-                           write_profile)
+from scenariotools import NODE, TARGET, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -169,12 +167,12 @@ def test_sigint_inside_the_drain_wait(course: Course):
     time.sleep(3)                                   # inside the wait: PDB refusals are retried every 5 s
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    # Known open defect (issue 8 note): rarely a SIGINT is not acted on. Send it again after 12 s
+    # Known open defect: rarely a SIGINT is not acted on. Send it again after 12 s
     # and say so, rather than wait out the 120 s drain limit; every other assertion still holds.
     try:
         proc.wait(timeout=12)
     except subprocess.TimeoutExpired:
-        warnings.warn("SIGINT was not acted on within 12 s; sent again (known open defect)")
+        warnings.warn("SIGINT was not acted on within 12 s; sent again (known open defect)", stacklevel=2)
         proc.send_signal(signal.SIGINT)
     run = op.finish(proc, junit, log)
     no_traceback(run)
@@ -302,7 +300,7 @@ def test_hang_on_reboot_then_the_rerun_repairs_dpkg_and_waits_out_of_band(course
     assert op.last("reboot") == "failed"
     lock_free(lab)
     lab.clear("hang-on-reboot", "--node", NODE)     # clearing boots it, like a BMC power cycle
-    from nodegate.waits import Done, NotYet, wait_for
+    from nodegate.core.waits import Done, NotYet, wait_for
 
     wait_for(lambda: Done(True) if lab.kube.node(NODE).is_ready else NotYet("not Ready"), what="node4 back",
              timeout=120, interval=0.5)
@@ -472,7 +470,7 @@ def test_ceph_warn_during_the_run_is_waited_out_and_the_upgrade_completes(course
         "the jammy builds, uncordoned, no noout, lock free, journal complete, no secret in any report")
 
 
-# --------------------------------------------------------------------------- 13: 22.04 -> 24.04 (issue 5's last leg)
+# --------------------------------------------------------------------------- 13: 22.04 -> 24.04 (the last leg)
 
 NOBLE = "24.04"
 DOCKER_REPO = "/linux/ubuntu"             # the lab's download.docker.com stand-in

@@ -37,9 +37,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-
-from interrupttools import (HELD, Interrupter, Live, Reader, Started, attempt, disagreements, end_session,
-                            last_status, session_leftovers)
+from interrupttools import (
+    HELD,
+    Interrupter,
+    Live,
+    Reader,
+    Started,
+    attempt,
+    disagreements,
+    end_session,
+    last_status,
+    session_leftovers,
+)
 from labkit import fixed_kubespray_checkout
 from scenariotools import write_profile
 
@@ -195,7 +204,7 @@ def scene(scenario_lab, tmp_path_factory) -> Scene:
 
 def test_an_interrupt_inside_a_pod_exec_stops_the_run_instead_of_being_retried(scenario_lab):
     """The Kubernetes client's websocket calls (the ceph toolbox exec) turn Ctrl-C/SIGTERM into
-    ApiException(status=0); nodegate.kube must hand the interrupt on, not retry it as a transient error."""
+    ApiException(status=0); nodegate.cluster.kube.client must hand the interrupt on, not retry it as a transient error."""
     from kubernetes.client.exceptions import ApiException
 
     calls = []
@@ -204,8 +213,8 @@ def test_an_interrupt_inside_a_pod_exec_stops_the_run_instead_of_being_retried(s
         calls.append(1)
         try:
             raise KeyboardInterrupt("SIGTERM")
-        except (Exception, KeyboardInterrupt, SystemExit) as exc:     # kubernetes/stream/ws_client.py
-            raise ApiException(status=0, reason=str(exc))
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - as kubernetes/stream/ws_client.py does
+            raise ApiException(status=0, reason=str(exc))  # noqa: B904 - the same: the cause is dropped upstream
 
     with pytest.raises(KeyboardInterrupt):
         scenario_lab.kube._call("exec `ceph status` in pod rook-ceph/tools", exec_like)
@@ -248,7 +257,7 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
         scene.outcomes.append(Outcome(f"{point.step}: {point.where}", sig.name, where, seconds, rc, live.brief()))
         label = f"{sig.name} aimed at {point.step} ({point.where}), stopped {where}"
         if run.unheeded:
-            # Once in ~150 interrupts, before nodegate.interrupts: the signal landed while a finalizer
+            # Once in ~150 interrupts, before nodegate.core.interrupts: the signal landed while a finalizer
             # ran (at a step's end), Python swallowed the KeyboardInterrupt and the run went on. The
             # second signal only lets the run end so that everything else is still reported.
             scene.outcomes[-1].stopped_in += " UNHEEDED 1st signal"

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from labkit import LabAccess, fixed_kubespray_checkout, nodegate, net_beside
+from labkit import LabAccess, fixed_kubespray_checkout, net_beside, nodegate
 from scenariotools import QUIET_PLUGINS, Operator, write_profile
 
 from nodegate.lab.config import LabConfig

@@ -1,4 +1,4 @@
-"""Two faults of issue 8 on one upgrade of node4 (20.04 → 22.04), run as an operator runs it
+"""Two faults (a stuck step, a refused one) on one upgrade of node4 (20.04 → 22.04), run as an operator runs it
 (`pytest procedures/ … --execute`, the same command every time), each scenario asserting where
 the node, the cluster and the journal stand afterwards — not only the exit code:
 
@@ -29,7 +29,6 @@ import time
 import urllib.request
 
 import pytest
-
 from labkit import fixed_kubespray_checkout
 from scenariotools import NODE, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 

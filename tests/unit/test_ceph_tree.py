@@ -1,10 +1,10 @@
-"""nodegate.ceph.hosts_osds: one `ceph osd tree` answers `osd ls-tree HOST` for every host."""
+"""nodegate.cluster.ceph.hosts_osds: one `ceph osd tree` answers `osd ls-tree HOST` for every host."""
 import json
 
 import pytest
 
-from nodegate.ceph import hosts_osds
-from nodegate.errors import PermanentError
+from nodegate.cluster.ceph import hosts_osds
+from nodegate.core.errors import PermanentError
 
 
 def tree(*nodes: dict) -> str:

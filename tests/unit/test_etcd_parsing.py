@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodegate.parsing import parse_etcd_endpoint_health
+from nodegate.core.parsing import parse_etcd_endpoint_health
 
 HEALTHY = ('[{"endpoint":"http://127.21.1.1:2379","health":true,"took":"3.991537ms"},'
            '{"endpoint":"http://127.21.1.3:2379","health":true,"took":"15.106093ms"},'

@@ -1,4 +1,4 @@
-"""A Ctrl-C or SIGTERM that lands inside a finalizer is not lost (nodegate.interrupts).
+"""A Ctrl-C or SIGTERM that lands inside a finalizer is not lost (nodegate.core.interrupts).
 
 Real signals in a real Python process: a finalizer is running when the signal arrives, so the
 KeyboardInterrupt cannot travel. Two kinds, both seen in the lab:
@@ -18,8 +18,8 @@ import pytest
 
 SCRIPT = r'''
 import io, os, signal, sys, time
-from nodegate import interrupts
-from nodegate.waits import NotYet, WaitTimeout, wait_for
+from nodegate.core import interrupts
+from nodegate.core.waits import NotYet, WaitTimeout, wait_for
 
 SIG, KIND, MODE = sys.argv[1:4]
 
@@ -94,7 +94,7 @@ def test_an_interrupt_on_its_way_is_not_raised_twice():
     step's except block — must not raise a second one."""
     import signal
 
-    from nodegate import interrupts
+    from nodegate.core import interrupts
 
     interrupts.watch(sigterm=False)
     try:
@@ -115,7 +115,7 @@ def test_an_interrupt_on_its_way_is_not_raised_twice():
 def test_watch_and_unwatch_restore_what_was_there():
     import signal
 
-    from nodegate import interrupts
+    from nodegate.core import interrupts
 
     hook, sigint, sigterm = sys.unraisablehook, signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     interrupts.watch(sigterm=True)

@@ -1,6 +1,6 @@
 import json
 
-from nodegate.journal import Journal, new_run_id
+from nodegate.core.journal import Journal, new_run_id
 
 
 def journal(tmp_path, run_id="r1"):

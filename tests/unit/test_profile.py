@@ -6,11 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from clusterfiles import DOCKER_VARS_UBUNTU, LAB_HOSTS_YAML, LAB_INVENTORY_INI, write_cluster
-from nodegate.errors import UsageError
-from nodegate.profile import (NodeSpec, Profile, kubespray_version, load_profile, read_inventory,
-                              resolve_profile_path)
+
+from nodegate.core.errors import UsageError
+from nodegate.profile.checkout import kubespray_version
+from nodegate.profile.inventory import read_inventory
+from nodegate.profile.load import load_profile, resolve_profile_path
+from nodegate.profile.model import NodeSpec, Profile
 
 
 def names(nodes) -> list[str]:

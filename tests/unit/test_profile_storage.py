@@ -4,12 +4,12 @@ CRUSH host override and "no OSDs here", "no Ceph RBD CSI", "kernel not from dpkg
 from __future__ import annotations
 
 import pytest
-
 from clusterfiles import LAB_HOSTS_YAML, write_cluster
+
+from nodegate.core.errors import UsageError
+from nodegate.core.journal import StepRecord
 from nodegate.core.noout import expected_duration
-from nodegate.errors import UsageError
-from nodegate.journal import StepRecord
-from nodegate.profile import load_profile
+from nodegate.profile.load import load_profile
 
 FQDN_INVENTORY = LAB_HOSTS_YAML.replace("      ip: 127.9.1.4\n",
                                         "      ip: 127.9.1.4\n      kube_override_hostname: node4.example.internal\n")

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clusterfiles import LAB_HOSTS_YAML, write_cluster
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from clusterfiles import LAB_HOSTS_YAML, write_cluster
-from nodegate import parsing
-from nodegate.errors import UsageError
-from nodegate.knowledge import compare_debian_versions
-from nodegate.profile import Inventory, load_profile, read_inventory
+from nodegate.core import parsing
+from nodegate.core.errors import UsageError
+from nodegate.core.knowledge import compare_debian_versions
+from nodegate.profile.inventory import Inventory, read_inventory
+from nodegate.profile.load import load_profile
 
 DATA = Path(__file__).parent / "data"
 FAST = settings(max_examples=100, deadline=None, database=None,
@@ -334,7 +335,7 @@ def _os_quote(value: str, how: str) -> str:
                                      "PRETTY_NAME": OS_VALUE}),
        quoting=st.lists(st.sampled_from(["double", "single", "bare"]), min_size=4, max_size=4))
 def test_os_release_round_trip(values, quoting):
-    for (key, value), how in zip(values.items(), quoting):
+    for (_key, value), how in zip(values.items(), quoting):
         assume(how != "single" or "'" not in value)
         assume(how != "bare" or (not any(c.isspace() for c in value) and value[0] not in "\"'"))
     text = "# written by a test\n" + "".join(f"{k}={_os_quote(v, how)}\n"
@@ -672,7 +673,7 @@ def _lab_profile(factory):
 @example(cluster="..", node="node4", target="22.04")
 @example(cluster=".", node="..", target="/")
 def test_journal_file_stays_under_its_root(cluster, node, target):
-    from nodegate.journal import Journal
+    from nodegate.core.journal import Journal
 
     root = Path("/srv/reports/runs")
     path = Journal(root=root, cluster=cluster, node=node, target=target, run_id="r").path

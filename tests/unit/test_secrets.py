@@ -1,6 +1,6 @@
 import logging
 
-from nodegate.secrets import MASK, install_log_redaction, redact, register_secret
+from nodegate.core.secrets import MASK, install_log_redaction, redact, register_secret
 
 
 def test_registered_values_are_masked():

@@ -1,4 +1,4 @@
-"""The repair step's two node-side programs (nodegate.upgrade), run by the real python3 against a
+"""The repair step's two node-side programs (nodegate.upgrade.engine), run by the real python3 against a
 scratch /etc/apt (bind-mounted in a private mount namespace, so the host's apt is untouched), and
 the pure helpers of the procedure layer."""
 from __future__ import annotations
@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.procedure_plugin import _junit_failures
-from nodegate.upgrade import _MOVE_KEYS, _REPAIR_SOURCES, _repo_url
+from nodegate.cluster.nodes.remote import remote_program
+from nodegate.plugin.procedures import _junit_failures
+from nodegate.upgrade.steps.release import _repo_url
+
+_REPAIR_SOURCES = remote_program("repair_sources")
+_MOVE_KEYS = remote_program("move_keys")
 
 
 

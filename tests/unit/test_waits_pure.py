@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nodegate.errors import PermanentError, TransientError
-from nodegate.waits import Done, NotYet, WaitProgress, WaitTimeout, wait_for
+from nodegate.core.errors import PermanentError, TransientError
+from nodegate.core.waits import Done, NotYet, WaitProgress, WaitTimeout, wait_for
 
 
 def test_probe_that_becomes_done_returns_its_value(tmp_path: Path):

@@ -158,7 +158,6 @@ def prefer_node(node: str) -> dict:
 def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
     """(kind, object) pairs in creation order."""
     kube = config.kube_version
-    csi = config.cephcsi_version
     objs: list[tuple[str, dict]] = [("Namespace", {"metadata": {"name": ns, "labels": {
         "kubernetes.io/metadata.name": ns}}}) for ns in NAMESPACES]
 

@@ -1,0 +1,513 @@
+"""SSH to the cluster's nodes, through pytest-testinfra.
+
+One reused connection per node: the ``ssh://`` backend with the profile's ssh_config (its
+ControlMaster makes every command after the first ~11 ms), or ``paramiko://`` when the profile
+names no ssh_config. Host keys are verified against known_hosts unless the profile says
+``trust_new_host_keys`` (then a new key is accepted and recorded, a *changed* key never is).
+After a reboot the old connection is dead and testinfra's ``get_host`` cache would hand it
+back, so ``Nodes.reconnect`` builds a fresh backend and host.
+
+Commands are argument lists, joined with ``shlex.join``: a value is never put into a shell
+line unquoted. ``NodeHost.run`` returns a frozen ``CommandResult`` and raises on an exit code
+outside ``expect``; connection failures are classified (refused / timed out / authentication /
+unknown or changed host key), each with its own message and fix.
+
+Small classes read one resource each: ``Packages``, ``Apt``, ``Release``, ``Boot``, ``Modules``;
+parsing is nodegate.core.parsing's.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nodegate.cluster.nodes.resources import Apt, Boot, Etcd, Modules, Packages, Release
+from nodegate.core.errors import NodegateError, PermanentError, TransientError, UsageError
+from nodegate.core.interrupts import checkpoint
+from nodegate.core.waits import Done, NotYet, wait_for
+
+if TYPE_CHECKING:
+    from nodegate.profile.model import NodeSpec, SSHSettings
+
+CONNECT_TIMEOUT_S = 5
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+class SshConnectError(NodegateError):
+    """Reaching the node over SSH failed (before the command ran)."""
+
+
+class SshRefused(SshConnectError, TransientError):
+    """Nothing listens on the node's SSH port: the node is down or sshd is not running."""
+
+
+class SshTimeout(SshConnectError, TransientError):
+    """The node did not answer in time (unreachable, or hanging)."""
+
+
+class SshConnectionLost(SshConnectError, TransientError):
+    """The connection was closed or reset (typically: the node is going down)."""
+
+
+class SshAuthFailed(SshConnectError, UsageError):
+    """The node refused the key for the user."""
+
+
+class HostKeyUnknown(SshConnectError, UsageError):
+    """known_hosts has no key for the node."""
+
+
+class HostKeyMismatch(SshConnectError, PermanentError):
+    """The node's host key differs from the one in known_hosts."""
+
+
+class CommandFailed(PermanentError):
+    """A command ended with an exit code outside the expected ones; ``result`` has its output."""
+
+    def __init__(self, message: str, *, result: "CommandResult", fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.result = result
+
+
+class CommandTimeout(TransientError):
+    """A command given a ``timeout`` was stopped when it ran out."""
+
+    def __init__(self, message: str, *, result: "CommandResult") -> None:
+        super().__init__(message)
+        self.result = result
+
+
+# -- results ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CommandResult:
+    node: str
+    args: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def command(self) -> str:
+        """The command line as the node's shell received it."""
+        return shlex.join(self.args)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def output(self) -> str:
+        """stdout then stderr: tools like apt write warnings to stderr."""
+        return self.stdout + ("\n" if self.stdout and self.stderr and not self.stdout.endswith("\n") else "") \
+            + self.stderr
+
+    def describe(self, tail: int = 15) -> str:
+        lines = self.output.rstrip().splitlines()
+        shown = "\n".join("    " + line for line in lines[-tail:])
+        more = f"    … {len(lines) - tail} earlier lines\n" if len(lines) > tail else ""
+        return f"`{self.command}` on {self.node}: rc {self.rc} after {self.duration:.1f}s\n{more}{shown}"
+
+
+# -- one node ---------------------------------------------------------------------------------
+
+class NodeHost:
+    """One node reached over one reused SSH connection (a testinfra host)."""
+
+    def __init__(self, *, spec: "NodeSpec", settings: "SSHSettings",
+                 connect_timeout: int = CONNECT_TIMEOUT_S) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.name = spec.name
+        self.user = spec.user or settings.user
+        self.connect_timeout = connect_timeout
+        self.target = _ssh_target(spec, settings)
+        self.testinfra = self._build_host()
+
+    # -- connection --------------------------------------------------------------------
+    @property
+    def uses_ssh_config(self) -> bool:
+        return self.settings.config is not None
+
+    def _build_host(self) -> Any:
+        import testinfra.host
+
+        backend: Any
+        if self.uses_ssh_config:
+            import testinfra.backend.ssh
+
+            extra = ["-o BatchMode=yes", f"-o ConnectTimeout={self.connect_timeout}",
+                     "-o ServerAliveInterval=5", "-o ServerAliveCountMax=3",
+                     f"-o StrictHostKeyChecking={'accept-new' if self.settings.trust_new_host_keys else 'yes'}"]
+            if self.settings.known_hosts:
+                extra.append(f"-o UserKnownHostsFile={shlex.quote(str(self.settings.known_hosts))}")
+            # The ssh_config decides multiplexing (ControlMaster/ControlPath/ControlPersist):
+            # naming ControlMaster here stops testinfra from adding its own.
+            extra.append("-o ControlMaster=auto")
+            backend = testinfra.backend.ssh.SshBackend(
+                f"{self.user}@{self.target}" if self.user else self.target,
+                ssh_config=str(self.settings.config),
+                ssh_identity_file=str(self.settings.identity_file) if self.settings.identity_file else None,
+                timeout=self.connect_timeout, ssh_extra_args=" ".join(extra))
+        else:
+            backend = _VerifyingParamikoBackend(
+                f"{self.user}@{self.target}" if self.user else self.target,
+                port=self.spec.port,
+                ssh_identity_file=str(self.settings.identity_file) if self.settings.identity_file else None,
+                timeout=self.connect_timeout,
+                known_hosts=self.settings.known_hosts,
+                trust_new=self.settings.trust_new_host_keys)
+        host = testinfra.host.Host(backend)
+        backend.set_host(host)
+        return host
+
+    def close(self) -> None:
+        """End the connection (the ssh ControlMaster or the paramiko transport)."""
+        backend = self.testinfra.backend
+        if self.uses_ssh_config:
+            args = ["ssh", "-F", str(self.settings.config), "-o", "BatchMode=yes", "-O", "exit",
+                    f"{self.user}@{self.target}" if self.user else self.target]
+            subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
+        elif "client" in backend.__dict__:  # connected at least once
+            backend.client.close()
+
+    # -- commands ----------------------------------------------------------------------
+    def run(self, args: Sequence[str], *, expect: Sequence[int] = (0,), sudo: bool = False,
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run ``args`` (an argument list) on the node; raise ``CommandFailed`` if its exit code
+        is not in ``expect``. ``timeout`` stops the command on the node (``timeout(1)``) and
+        raises ``CommandTimeout``; ``env`` sets variables for it; ``sudo`` runs it through
+        ``sudo -n`` unless the connection user is root already."""
+        __tracebackhide__ = True
+        if isinstance(args, str):
+            raise TypeError("NodeHost.run takes an argument list, not a shell string")
+        argv = [str(a) for a in args]
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+        if timeout is not None:
+            argv = ["timeout", "-k", "5", f"{timeout:g}", *argv]
+        if sudo and self.user != "root":
+            argv = ["sudo", "-n", "--", *argv]
+        checkpoint()   # a Ctrl-C a finalizer swallowed stops the run before the command
+        started = time.monotonic()
+        out = self._execute(shlex.join(argv))
+        result = CommandResult(node=self.name, args=tuple(str(a) for a in args), rc=out.rc,
+                               stdout=out.stdout, stderr=out.stderr, duration=time.monotonic() - started)
+        if timeout is not None and result.rc in (124, 137) and result.rc not in expect:
+            raise CommandTimeout(f"`{result.command}` on {self.name} did not finish within {timeout:g}s "
+                                 "and was stopped", result=result)
+        if result.rc not in expect:
+            wanted = " or ".join(str(c) for c in expect)
+            raise CommandFailed(f"unexpected exit code {result.rc} (expected {wanted}) from "
+                                f"{result.describe()}", result=result)
+        return result
+
+    def run_expect(self, expect: Sequence[int], args: Sequence[str], **kwargs: Any) -> CommandResult:
+        """testinfra's spelling: ``run_expect([0, 1], [...])``."""
+        __tracebackhide__ = True
+        return self.run(args, expect=expect, **kwargs)
+
+    def _execute(self, command: str) -> Any:
+        __tracebackhide__ = True
+        try:
+            return self.testinfra.run(command)
+        except RuntimeError as exc:
+            # testinfra's ssh backend raises RuntimeError(result) when ssh exits 255.
+            result = exc.args[0] if exc.args else None
+            stderr = getattr(result, "stderr", "") or ""
+            classified = self._classify_ssh(stderr)
+            if classified is None:
+                # ssh says why it failed on stderr, except when the connection ends under a running
+                # command with `LogLevel ERROR` (a fleet's usual ssh_config): exit 255, no word of its
+                # own. No command nodegate runs exits 255 by itself, so this is a lost connection,
+                # not a failed command (which would be judged as permanent).
+                tail = " / ".join(line.strip() for line in stderr.strip().splitlines()[-3:])
+                raise SshConnectionLost(
+                    f"the SSH connection to {self._where()} ended while running `{command[:200]}` (ssh exit 255"
+                    + (f"; last output: {tail[:300]}" if tail else ", no message") + "): the node went down, "
+                    "its sshd was restarted or the network dropped; the command may have gone on or been cut off",
+                    fix="run the same command again once the node answers: it checks what was done") from None
+            raise classified from None
+        except Exception as exc:   # paramiko's exceptions, classified below
+            classified = self._classify_paramiko(exc)
+            if classified is None:
+                raise
+            raise classified from exc
+
+    def read_file(self, path: str) -> str:
+        return self.run(["cat", "--", path]).stdout
+
+    def exists(self, path: str) -> bool:
+        return self.run(["test", "-e", path], expect=(0, 1)).rc == 0
+
+    # -- error classification ----------------------------------------------------------
+    def _where(self) -> str:
+        return f"{self.name} ({self.target}, user {self.user})"
+
+    def _key_hint(self) -> str:
+        return str(self.settings.identity_file) if self.settings.identity_file else "the default SSH keys"
+
+    def _trust_hint(self) -> str:
+        known = self.settings.known_hosts or "~/.ssh/known_hosts"
+        return (f"check the node's key out of band, then add it: `ssh-keyscan -t ed25519 {self.target} >> {known}`; "
+                "or run with --trust-new-host-keys (or set [ssh] trust_new_host_keys = true in the cluster "
+                "profile) to accept and record new keys; a changed key is never accepted")
+
+    def _classify_ssh(self, stderr: str) -> SshConnectError | None:
+        text = stderr.strip()
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        if "Connection refused" in text:
+            return SshRefused(f"{self._where()} refused the SSH connection: the node is down or its sshd is "
+                              f"not running ({first})",
+                              fix="wait for the node to boot, or start sshd on it (out-of-band console if needed)")
+        if re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", text):
+            return HostKeyMismatch(f"the host key of {self._where()} does not match known_hosts "
+                                   f"{self.settings.known_hosts or '~/.ssh/known_hosts'}: the node was reinstalled, "
+                                   "or something else answers at its address",
+                                   fix=f"if the node was reinstalled, remove the old key (`ssh-keygen -R {self.target} "
+                                       f"-f {self.settings.known_hosts or '~/.ssh/known_hosts'}`) and add the new "
+                                       "one after checking it out of band")
+        if "Host key verification failed" in text or re.search(r"No \S+ host key is known for", text):
+            return HostKeyUnknown(f"known_hosts {self.settings.known_hosts or '~/.ssh/known_hosts'} has no host key "
+                                  f"for {self._where()}, and host keys are verified", fix=self._trust_hint())
+        if "Permission denied" in text:
+            return SshAuthFailed(f"{self._where()} did not accept the key {self._key_hint()} for user {self.user} "
+                                 f"({first})",
+                                 fix=f"add {self._key_hint()}.pub to ~{self.user}/.ssh/authorized_keys on the node, "
+                                     "or set [ssh] user / identity_file in the cluster profile")
+        if re.search(r"timed out|No route to host|Network is unreachable", text):
+            return SshTimeout(f"{self._where()} did not answer SSH within {self.connect_timeout}s ({first})",
+                              fix="check that the node is powered on and reachable (out-of-band console if not)")
+        if re.search(r"Could not resolve hostname", text):
+            return SshTimeout(f"cannot resolve the address of {self._where()} ({first})",
+                              fix="set the node's ansible_host address in the Kubespray inventory")
+        if re.search(r"closed by|Connection reset|kex_exchange_identification|Broken pipe|"
+                     r"mux_client|Control socket connect|lost connection", text):
+            return SshConnectionLost(f"the SSH connection to {self._where()} was closed ({first}): the node is "
+                                     "probably going down or its sshd restarting",
+                                     fix="wait for the node to come back, then run again")
+        return None
+
+    def _classify_paramiko(self, exc: BaseException) -> SshConnectError | None:
+        import socket
+
+        import paramiko
+
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
+            return SshRefused(f"{self._where()} refused the SSH connection: the node is down or its sshd is not "
+                              f"running ({exc})",
+                              fix="wait for the node to boot, or start sshd on it (out-of-band console if needed)")
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return HostKeyMismatch(f"the host key of {self._where()} does not match known_hosts "
+                                   f"{self.settings.known_hosts or '~/.ssh/known_hosts'}",
+                                   fix=f"if the node was reinstalled, remove the old key (`ssh-keygen -R {self.target}`) "
+                                       "and add the new one after checking it out of band")
+        if isinstance(exc, paramiko.AuthenticationException):
+            return SshAuthFailed(f"{self._where()} did not accept the key {self._key_hint()} for user {self.user} "
+                                 f"({exc})",
+                                 fix=f"add {self._key_hint()}.pub to ~{self.user}/.ssh/authorized_keys on the node, "
+                                     "or set [ssh] user / identity_file in the cluster profile")
+        if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+            return HostKeyUnknown(f"known_hosts {self.settings.known_hosts or '~/.ssh/known_hosts'} has no host key "
+                                  f"for {self._where()}, and host keys are verified", fix=self._trust_hint())
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return SshTimeout(f"{self._where()} did not answer SSH within {self.connect_timeout}s",
+                              fix="check that the node is powered on and reachable (out-of-band console if not)")
+        if isinstance(exc, (EOFError, ConnectionResetError, paramiko.SSHException, OSError)):
+            return SshConnectionLost(f"the SSH connection to {self._where()} broke ({type(exc).__name__}: {exc})",
+                                     fix="wait for the node to come back, then run again")
+        return None
+
+    # -- resources -----------------------------------------------------------------------
+    @functools.cached_property
+    def packages(self) -> "Packages":
+        return Packages(self)
+
+    @functools.cached_property
+    def apt(self) -> "Apt":
+        return Apt(self)
+
+    @functools.cached_property
+    def release(self) -> "Release":
+        return Release(self)
+
+    @functools.cached_property
+    def boot(self) -> "Boot":
+        return Boot(self)
+
+    @functools.cached_property
+    def modules(self) -> "Modules":
+        return Modules(self)
+
+    @functools.cached_property
+    def etcd(self) -> "Etcd":
+        return Etcd(self)
+
+
+def _ssh_target(spec: "NodeSpec", settings: "SSHSettings") -> str:
+    """The name to hand to ssh: the node's name when the ssh_config resolves it (so its Host
+    block applies), else its address from the inventory."""
+    if settings.config is not None and Path(settings.config).is_file():
+        patterns = _host_patterns(Path(settings.config))
+        if spec.name in patterns:
+            return spec.name
+        import fnmatch
+
+        if any(fnmatch.fnmatchcase(spec.name, p) for p in patterns if p != "*" and not p.startswith("!")):
+            # a wildcard block may set HostName: ask ssh itself how it resolves the name
+            shown = subprocess.run(["ssh", "-G", "-F", str(settings.config), spec.name], capture_output=True,
+                                   text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
+            resolved = next((line.split(None, 1)[1] for line in shown.splitlines()
+                             if line.lower().startswith("hostname ")), spec.name)
+            if resolved.strip() != spec.name:
+                return spec.name
+    return spec.address or spec.name
+
+
+def _host_patterns(config: Path) -> set[str]:
+    """The patterns of the ssh_config's `Host` lines (read directly: importing paramiko only to
+    parse them cost ~0.3 s of every run's start)."""
+    patterns: set[str] = set()
+    try:
+        text = config.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return patterns
+    for line in text.splitlines():
+        words = line.strip().replace("=", " ", 1).split()
+        if len(words) > 1 and words[0].lower() == "host":
+            patterns.update(w.strip('"') for w in words[1:])
+    return patterns
+
+
+def _paramiko_backend_class() -> type:
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    class VerifyingParamikoBackend(ParamikoBackend):
+        """testinfra's paramiko backend accepts unknown host keys with a warning; this one checks
+        them against known_hosts (RejectPolicy), or records new ones when told to trust them."""
+
+        def __init__(self, hostspec: str, *, port: int = 22, known_hosts: Path | None = None,
+                     trust_new: bool = False, **kwargs: Any) -> None:
+            super().__init__(hostspec, **kwargs)
+            self.port = port
+            self.known_hosts = known_hosts
+            self.trust_new = trust_new
+
+        @functools.cached_property
+        def client(self) -> Any:
+            import paramiko
+
+            client = paramiko.SSHClient()
+            if self.known_hosts is not None:
+                path = Path(self.known_hosts).expanduser()
+                if not path.exists() and self.trust_new:
+                    path.touch(mode=0o644)
+                if path.exists():
+                    # load_host_keys (not system keys) so AutoAddPolicy writes new keys back here.
+                    client.load_host_keys(str(path))
+            else:
+                client.load_system_host_keys()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if self.trust_new else paramiko.RejectPolicy())
+            client.connect(hostname=self.host.name, port=int(self.host.port or self.port),
+                           username=self.host.user, key_filename=self.ssh_identity_file,
+                           look_for_keys=self.ssh_identity_file is None, allow_agent=False,
+                           timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout)
+            return client
+
+    return VerifyingParamikoBackend
+
+
+def _VerifyingParamikoBackend(hostspec: str, **kwargs: Any) -> Any:  # noqa: N802 - a class factory
+    return _paramiko_backend_class()(hostspec, **kwargs)
+
+
+# -- the registry: one host per node ----------------------------------------------------------
+
+class Nodes:
+    """The profile's nodes, each reached through one reused ``NodeHost``."""
+
+    def __init__(self, *, settings: "SSHSettings", nodes: Sequence["NodeSpec"],
+                 connect_timeout: int = CONNECT_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.specs = {n.name: n for n in nodes}
+        self.connect_timeout = connect_timeout
+        self._hosts: dict[str, NodeHost] = {}
+
+    def spec(self, name: str) -> "NodeSpec":
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise UsageError(f"unknown node {name!r}; known nodes: {', '.join(self.specs) or '(none)'}") from None
+
+    def host(self, name: str) -> NodeHost:
+        """The node's host, connecting on first use and reusing it afterwards."""
+        if name not in self._hosts:
+            self._hosts[name] = NodeHost(spec=self.spec(name), settings=self.settings,
+                                         connect_timeout=self.connect_timeout)
+        return self._hosts[name]
+
+    __getitem__ = host
+
+    def reconnect(self, name: str) -> NodeHost:
+        """Drop the node's connection and build a fresh one (after a reboot the old one is dead)."""
+        old = self._hosts.pop(name, None)
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001 - the old connection is usually dead already
+                pass
+        return self.host(name)
+
+    def close(self) -> None:
+        for host in self._hosts.values():
+            try:
+                host.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._hosts.clear()
+
+
+# -- waiting for a node to answer again ------------------------------------------------------------
+
+def wait_for_boot(nodes: Nodes, name: str, *, timeout: float, new_boot_id_than: str | None = None,
+                  interval: float = 0.5, progress_every: float = 5.0) -> tuple[NodeHost, str]:
+    """Wait until ``name`` answers over SSH (and, if given, with a boot id other than
+    ``new_boot_id_than``); returns the fresh ``NodeHost`` and its boot id. Each attempt builds a
+    fresh connection, because the old one died with the reboot. ssh itself ending with 255 and
+    no message is the connection closing under us while the node goes down or comes up: the
+    same "not yet" as a refused connection."""
+    __tracebackhide__ = True
+
+    def probe() -> Done | NotYet:
+        try:
+            host = nodes.reconnect(name)
+            boot_id = host.boot.boot_id()
+        except CommandFailed as exc:
+            if exc.result.rc == 255:
+                return NotYet("ssh exited 255 without a message (connection closed: the node is going down or "
+                              "coming up)")
+            raise
+        if new_boot_id_than is not None and boot_id == new_boot_id_than:
+            return NotYet(f"SSH answers but boot id is still {boot_id} (not rebooted yet)")
+        return Done((host, boot_id))
+
+    what = f"SSH on {name}" + (" after a reboot (new boot id)" if new_boot_id_than else "")
+    return wait_for(probe, what=what, timeout=timeout, interval=interval, progress_every=progress_every,
+                    fix=f"if {name} does not come back, reach it out of band (BMC/IPMI console) "
+                        "and check why it did not boot")
+
+
+def wait_for_ssh(nodes: Nodes, name: str, *, timeout: float, new_boot_id_than: str | None = None,
+                 interval: float = 0.5, progress_every: float = 5.0) -> NodeHost:
+    """wait_for_boot, for when only the fresh connection matters."""
+    __tracebackhide__ = True
+    return wait_for_boot(nodes, name, timeout=timeout, new_boot_id_than=new_boot_id_than, interval=interval,
+                         progress_every=progress_every)[0]

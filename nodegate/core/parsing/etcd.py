@@ -1,0 +1,76 @@
+"""Parser of `etcdctl endpoint health` JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodegate.core.parsing.ceph import _as_dict, _as_list, _load_json
+
+
+@dataclass(frozen=True)
+class EtcdEndpoint:
+    endpoint: str              # client URL, e.g. https://10.0.0.1:2379
+    healthy: bool
+    error: str = ""            # etcdctl's reason when not healthy ("context deadline exceeded")
+
+    @property
+    def host(self) -> str:
+        """The URL's host part (no scheme, no port): what an inventory's address is compared with."""
+        rest = self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+        if rest.startswith("["):                       # [v6]:2379
+            return rest[1:].split("]", 1)[0]
+        return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+@dataclass(frozen=True)
+class EtcdHealth:
+    """`etcdctl endpoint health -w json` over every member's endpoint."""
+    endpoints: tuple[EtcdEndpoint, ...] = ()
+    message: str = ""          # why nothing (or not everything) could be read
+
+    @property
+    def read(self) -> bool:
+        return bool(self.endpoints)
+
+    @property
+    def unhealthy(self) -> tuple[EtcdEndpoint, ...]:
+        return tuple(e for e in self.endpoints if not e.healthy)
+
+    @property
+    def majority(self) -> int:
+        """Members needed for quorum: more than half of all members."""
+        return len(self.endpoints) // 2 + 1
+
+    def healthy_without(self, host: str) -> int:
+        """Healthy members left once the member on ``host`` is gone. When no endpoint is on
+        ``host`` (etcd may listen on another address than the one SSH uses), a healthy one is
+        assumed to go: the cautious reading."""
+        healthy = [e for e in self.endpoints if e.healthy]
+        if any(e.host == host for e in self.endpoints):
+            return sum(1 for e in healthy if e.host != host)
+        return max(len(healthy) - 1, 0)
+
+    def survives_losing(self, host: str) -> bool:
+        return self.read and self.healthy_without(host) >= self.majority
+
+
+def parse_etcd_endpoint_health(json_text: str, rc: int = 0, stderr: str = "") -> EtcdHealth:
+    """etcdctl 3.4 prints a JSON list (one object per endpoint: endpoint, health, took, error)
+    and exits 1 when any endpoint is unhealthy, the list still on stdout; its reason
+    ("Error: unhealthy cluster", or why it could not start) is on stderr."""
+    error = next((line.strip() for line in reversed(stderr.splitlines()) if line.startswith("Error")), "")
+    endpoints = []
+    for item in _as_list(_load_json(json_text)):
+        item = _as_dict(item)
+        url = item.get("endpoint")
+        if not isinstance(url, str) or not url:
+            continue
+        # Health is only ever true when etcdctl says exactly true.
+        healthy = item.get("health") is True
+        reason = item.get("error")
+        endpoints.append(EtcdEndpoint(endpoint=url, healthy=healthy,
+                                      error=reason if isinstance(reason, str) and not healthy else ""))
+    if not endpoints:
+        return EtcdHealth(message=error or f"no JSON answer from etcdctl endpoint health (rc {rc})")
+    return EtcdHealth(endpoints=tuple(sorted(endpoints, key=lambda e: e.endpoint)),
+                      message=error if rc != 0 else "")

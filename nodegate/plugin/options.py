@@ -1,0 +1,326 @@
+"""The nodegate pytest plugin: one option group, markers, early validation, node parametrization.
+
+Registered by the pytest11 entry point, so it is loaded in every pytest run in this
+environment: with no nodegate option it registers markers and options and does nothing else
+(no profile read, no client imported). With options, every problem with the input (profile,
+inventory, node names, contradicting options) is reported before anything runs, as a
+pytest.UsageError: one message naming the problem and the fix, no traceback.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:   # imported lazily at run time: keep startup cheap
+    from nodegate.core.knowledge import UbuntuRelease
+    from nodegate.profile.model import NodeSpec, Profile
+
+MARKERS = {
+    "preflight": "read-only check run before a change to a node",
+    "postflight": "read-only check run after a change to a node",
+    "procedure": "a step that changes a node; runs only with --node and --execute",
+    "lab": "a test of the rehearsal lab itself (needs root and the lab's packages)",
+}
+TARGET_RELEASES = ("22.04", "24.04")   # kept in step with knowledge.TARGET_RELEASES (checked by a test)
+_TICKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/#:-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The nodegate command-line options, validated."""
+    cluster: str | None = None
+    node: str | None = None
+    target_release: str | None = None
+    execute: bool = False
+    ticket: str | None = None
+    trust_new_host_keys: bool = False
+    take_over_stale_lock: bool = False
+    drain_timeout_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Any nodegate option given: then the profile is read and checked up front."""
+        return any((self.cluster, self.node, self.target_release, self.execute, self.ticket,
+                    self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None))
+
+
+@dataclass(frozen=True)
+class NodegateRun:
+    """Everything a run was asked to do: options, the loaded profile, the selected nodes (rolling order)."""
+    options: RunOptions
+    profile: Profile | None = None
+    nodes: tuple[NodeSpec, ...] = ()
+
+    @property
+    def target(self) -> UbuntuRelease | None:
+        from nodegate.core.knowledge import ubuntu_release
+
+        return ubuntu_release(self.options.target_release) if self.options.target_release else None
+
+
+RUN_KEY = pytest.StashKey[NodegateRun]()
+
+
+# --------------------------------------------------------------------------- options and markers
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nodegate", "nodegate: gated OS release upgrades of Kubespray nodes")
+    group.addoption("--cluster", metavar="PATH", default=None,
+                    help="cluster profile (TOML); default $NODEGATE_CLUSTER, then ./nodegate.toml")
+    group.addoption("--node", metavar="NAME[,NAME...]", default=None,
+                    help="nodes to check or upgrade: names from the inventory, or all, workers, control-plane "
+                         "(upgraded workers first, control plane last)")
+    group.addoption("--target-release", metavar="22.04|24.04", default=None,
+                    help="the Ubuntu release to upgrade to (the next LTS after the node's)")
+    group.addoption("--execute", action="store_true", default=False,
+                    help="really run the procedures (changes nodes); needs --node and --target-release")
+    group.addoption("--ticket", metavar="CHG-...", default=None,
+                    help="change ticket recorded in the journal, the lock and the report")
+    group.addoption("--trust-new-host-keys", action="store_true", default=False,
+                    help="accept SSH host keys not yet in known_hosts (verified against it by default)")
+    group.addoption("--take-over-stale-lock", action="store_true", default=False,
+                    help="take over the upgrade lock when its holder is gone and it is older than the profile allows")
+    group.addoption("--drain-timeout", metavar="SECONDS", default=None,
+                    help="give up draining a node after this many seconds (default from the profile)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if config.option.help or config.option.version:
+        return
+    options = _read_options(config)
+    run = NodegateRun(options=options)
+    if options.active:
+        run = _load(options, Path(config.invocation_params.dir))
+    config.stash[RUN_KEY] = run
+
+
+def _read_options(config: pytest.Config) -> RunOptions:
+    get = config.getoption
+    target = get("target_release")
+    if target is not None and target not in TARGET_RELEASES:
+        raise pytest.UsageError(
+            f"--target-release {target!r} is not a release nodegate upgrades to\n"
+            f"  fix: use --target-release {' or '.join(TARGET_RELEASES)} (the next LTS after the node's "
+            "release: 20.04 → 22.04 → 24.04, one step at a time)")
+    drain = get("drain_timeout")
+    drain_s = None
+    if drain is not None:
+        try:
+            drain_s = float(str(drain).removesuffix("s"))
+        except ValueError:
+            drain_s = -1.0
+        if not drain_s > 0 or drain_s != drain_s or drain_s == float("inf"):
+            raise pytest.UsageError(
+                f"--drain-timeout {drain!r} is not a positive number of seconds\n"
+                "  fix: give a finite timeout such as --drain-timeout 600 (a drain blocked by a "
+                "PodDisruptionBudget must end in a clear failure, not wait forever)")
+    ticket = get("ticket")
+    if ticket is not None and not _TICKET.match(ticket):
+        raise pytest.UsageError(
+            f"--ticket {ticket!r} is not a ticket id\n"
+            "  fix: give the change ticket id only, e.g. --ticket CHG-1234 (letters, digits, . _ / # : -)")
+    node = get("node")
+    if node is not None and not node.strip():
+        raise pytest.UsageError("--node is empty\n  fix: give --node NAME[,NAME...] or all, workers, control-plane")
+    options = RunOptions(cluster=get("cluster"), node=node, target_release=target, execute=bool(get("execute")),
+                         ticket=ticket, trust_new_host_keys=bool(get("trust_new_host_keys")),
+                         take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s)
+    if options.execute and not options.node:
+        raise pytest.UsageError(
+            "--execute needs --node: nodegate changes only the nodes it is told to\n"
+            "  fix: add --node NAME (or workers, control-plane, all) to say which nodes to upgrade")
+    if options.execute and not options.target_release:
+        raise pytest.UsageError(
+            "--execute needs --target-release: the release to upgrade to must be stated\n"
+            f"  fix: add --target-release {' or '.join(TARGET_RELEASES)}")
+    if options.take_over_stale_lock and not options.execute:
+        raise pytest.UsageError(
+            "--take-over-stale-lock only makes sense with --execute (only procedures take the lock)\n"
+            "  fix: drop --take-over-stale-lock, or run the procedure with --execute")
+    return options
+
+
+def _load(options: RunOptions, cwd: Path) -> NodegateRun:
+    """Read the profile and select the nodes; any problem becomes a pytest.UsageError."""
+    from nodegate.core.errors import UsageError
+    from nodegate.profile.load import load_profile, resolve_profile_path
+
+    try:
+        profile = load_profile(resolve_profile_path(options.cluster, cwd=cwd))
+        nodes = profile.select(options.node) if options.node else ()
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if options.trust_new_host_keys:
+        profile = replace(profile, ssh=replace(profile.ssh, trust_new_host_keys=True))
+    if options.drain_timeout_s is not None:
+        profile = replace(profile, upgrade=replace(profile.upgrade, drain_timeout_s=options.drain_timeout_s))
+    return NodegateRun(options=options, profile=profile, nodes=nodes)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Ctrl-C (and SIGTERM while executing) must stop the run even when Python loses the interrupt in
+    # a finalizer (nodegate.core.interrupts). After every plugin's pytest_configure, so the hook noting a
+    # swallowed interrupt sits in front of pytest's own unraisable-exception hook, not behind it.
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None and run.options.active:
+        from nodegate.core import interrupts
+
+        interrupts.watch(sigterm=run.options.execute)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    interrupts = sys.modules.get("nodegate.core.interrupts")   # loaded only by a nodegate run
+    if interrupts is not None:
+        interrupts.stopping()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    interrupts = sys.modules.get("nodegate.core.interrupts")
+    if interrupts is not None:
+        interrupts.unwatch()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.profile is None:
+        return None
+    nodes = ", ".join(n.name for n in run.nodes) or "none selected"
+    target = run.options.target_release or "not given"
+    mode = "EXECUTE (changes nodes)" if run.options.execute else "read-only"
+    return f"nodegate: profile {run.profile.path} ({run.profile.name}); nodes: {nodes}; target: {target}; {mode}"
+
+
+# --------------------------------------------------------------------------- collection
+
+def _is_ours(fixturedefs) -> bool:
+    """True when the closest definition of a fixture comes from nodegate's plugins (this one or
+    nodegate.plugin.fixtures); a project's own `node` or `profile` fixture (a conftest's) is left alone."""
+    module = getattr(fixturedefs[-1].func, "__module__", None) if fixturedefs else None
+    return isinstance(module, str) and module.startswith("nodegate.") and not module.startswith("nodegate.lab")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "node" not in metafunc.fixturenames:
+        return
+    if not _is_ours(metafunc._arg2fixturedefs.get("node")):
+        return
+    run = metafunc.config.stash.get(RUN_KEY, None)
+    if run is None or not run.nodes:
+        return   # reported for all such tests at once in pytest_collection_modifyitems
+    metafunc.parametrize("node", run.nodes, ids=[n.name for n in run.nodes], indirect=True, scope="session")
+
+
+def _needs(item: pytest.Item, name: str) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and name in info.names_closure and _is_ours(info.name2fixturedefs.get(name))
+
+
+def _is_procedure(item: pytest.Item, rootpath: Path) -> bool:
+    if item.get_closest_marker("procedure") is not None:
+        return True
+    try:
+        parts = item.path.relative_to(rootpath).parts
+    except ValueError:
+        return False
+    return bool(parts) and parts[0] == "procedures"
+
+
+def _procedures_allowed(run: NodegateRun) -> bool:
+    # A procedure changes nodes: it runs only when told which nodes and told to execute.
+    return bool(run.options.execute and run.nodes)
+
+
+@pytest.hookimpl(trylast=True)   # after -m/-k deselection, so only what will run is judged
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    if not _procedures_allowed(run):
+        kept, dropped = [], []
+        for item in items:
+            (dropped if _is_procedure(item, config.rootpath) else kept).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    if run.options.active:
+        _check_markers(config, items)
+    needs_profile = [i for i in items if _needs(i, "profile") or _needs(i, "node") or _needs(i, "nodegate_run")]
+    if needs_profile and run.profile is None:
+        # no nodegate option was given, but collected tests need the cluster: read it now, still
+        # before anything runs, so a missing profile is one clear message
+        run = _load(replace(run.options, cluster=run.options.cluster), Path(config.invocation_params.dir))
+        config.stash[RUN_KEY] = run
+    unparametrized = [i for i in items if _needs(i, "node") and "node" not in getattr(i, "callspec", _NO_PARAMS).params]
+    if unparametrized:
+        names = ", ".join(i.name for i in unparametrized[:5]) + (" …" if len(unparametrized) > 5 else "")
+        known = run.profile.known_names() if run.profile else "see the inventory"
+        raise pytest.UsageError(
+            f"{len(unparametrized)} selected test(s) check a node, but no --node was given: {names}\n"
+            f"  fix: add --node NAME[,NAME...] (or all, workers, control-plane); known nodes: {known}")
+
+
+class _NoParams:
+    params: dict = {}
+
+
+_NO_PARAMS = _NoParams()
+
+
+def _check_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A mistyped marker in `-m` selects nothing and passes silently: refuse it up front."""
+    known = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    known |= {"parametrize", "skip", "skipif", "xfail", "usefixtures", "filterwarnings"}
+    expression = config.getoption("markexpr", "") or ""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)) - {"and", "or", "not"}
+    unknown = sorted(words - known)
+    if unknown:
+        raise pytest.UsageError(
+            f"-m {expression!r} names unknown marker(s): {', '.join(unknown)}\n"
+            f"  fix: use the nodegate markers {', '.join(MARKERS)}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def nodegate_run(request: pytest.FixtureRequest) -> NodegateRun:
+    """The validated options, the profile and the selected nodes of this run."""
+    return request.config.stash[RUN_KEY]
+
+
+@pytest.fixture(scope="session")
+def profile(nodegate_run: NodegateRun) -> Profile:
+    """The cluster profile (read before collection ended, so it is always there for tests that ask)."""
+    if nodegate_run.profile is None:   # unreachable through pytest's normal flow; stated, not assumed
+        pytest.fail("no cluster profile was loaded; give --cluster PATH", pytrace=False)
+    return nodegate_run.profile
+
+
+@pytest.fixture(scope="session")
+def selected_nodes(nodegate_run: NodegateRun) -> tuple[NodeSpec, ...]:
+    """The --node selection in rolling order (workers first, control plane last)."""
+    return nodegate_run.nodes
+
+
+@pytest.fixture(scope="session")
+def node(request: pytest.FixtureRequest) -> NodeSpec:
+    """One selected node; tests asking for it run once per --node entry, with the name as id."""
+    if not hasattr(request, "param"):
+        pytest.fail("this test checks a node: give --node NAME", pytrace=False)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def target_release(nodegate_run: NodegateRun) -> UbuntuRelease | None:
+    """The --target-release as a knowledge.UbuntuRelease (None when not given)."""
+    return nodegate_run.target
+
+
+# The fixtures that reach the cluster (host, nodes, kube, ceph, reads) are nodegate.plugin.fixtures.

@@ -1,0 +1,44 @@
+"""The Kubespray step: upgrade-cluster.yml limited to the node, at the cluster's current version.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade
+
+if TYPE_CHECKING:
+    pass
+
+
+class Kubespray(Step):
+    name = "kubespray"
+    title = "Kubespray upgrade-cluster.yml limited to the node"
+
+    def plan(self, up: Upgrade) -> Sequence[Planned]:
+        from nodegate.cluster import kubespray
+
+        return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
+
+    def run(self, up: Upgrade) -> str:
+        from nodegate.cluster import kubespray
+
+        try:
+            result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
+        except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
+            up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
+            raise
+        up.keep_text(f"kubespray output (rc {result.rc})", f"$ {result.command}\n{result.output}")
+        up.note(self.name, kubespray_recap=result.recap_line)
+        return result.summary
+
+    def verify(self, up: Upgrade) -> str:
+        kube = up.need_kube()
+        status = kube.node(up.kube_name)
+        want = up.profile.kube_version
+        if not status.is_ready:
+            raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
+        if want and status.kubelet_version and status.kubelet_version != want:
+            raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
+        recap = up.value("kubespray_recap") or ""
+        return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
