@@ -103,16 +103,19 @@ def write_kubeconfig(tmp_path, api_lab, **changes) -> "object":
 # -- kubeconfig and startup errors ----------------------------------------------------------------
 
 def test_construction_is_free_and_import_does_not_load_the_client(tmp_path):
+    """Collecting checks must stay cheap: importing the client module and building a Kube loads
+    neither the kubernetes client nor its transport stack. Judged by what gets imported, not by a
+    wall-clock budget (a timing assertion fails on a loaded machine; bench/startup.py measures it)."""
     import subprocess
     import sys
 
-    code = ("import sys, time; t=time.monotonic(); import nodegate.cluster.kube.client as k; "
+    heavy = ("kubernetes", "urllib3", "pydantic", "yaml", "websocket", "paramiko")
+    code = ("import sys; import nodegate.cluster.kube.client as k; "
             "from nodegate.profile.model import KubeSettings; "
             "k.Kube(settings=KubeSettings(kubeconfig='/nonexistent')); "
-            "print('kubernetes' in sys.modules, round(time.monotonic()-t, 3))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "False", "importing nodegate.cluster.kube.client (or building a Kube) must not import the kubernetes client"
-    assert float(out[1]) < 1.5, "the collect-time budget"
+            f"print(' '.join(sorted(m for m in {heavy!r} if m in sys.modules)) or '-')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "-", f"importing nodegate.cluster.kube.client (or building a Kube) loaded {out}"
 
 
 def test_missing_kubeconfig_is_a_usage_error_naming_the_fix(api_lab, tmp_path):
