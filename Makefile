@@ -73,6 +73,9 @@ DEMO_TICKET ?= CHG-DEMO-1
 DEMO_PYTEST := NODEGATE_REPORTS=$(DEMO_REPORTS) $(PY) -m pytest -p no:randomly --cluster=$(LAB)/cluster.toml \
 	--node node4 --target-release 22.04 --ticket $(DEMO_TICKET)
 DOCKER_TASK = $(LAB)/kubespray/roles/container-engine/docker/tasks/main.yml
+# pytest finds the profile of a lab running in ./.lab by itself; a lab elsewhere (LAB=…) is named
+DEMO_FIND_LAB = $(if $(filter .lab,$(LAB)),,echo "  export NODEGATE_CLUSTER=$(abspath $(LAB))/cluster.toml";)
+DEMO_LAB_DIR = $(if $(filter .lab,$(LAB)),, --dir $(LAB))
 
 demo: setup
 	@if [ -f $(LAB)/lab.json ]; then .venv/bin/nodegate lab down --dir $(LAB); fi
@@ -91,6 +94,15 @@ demo: setup
 	echo; echo "HTML report (attach to the change ticket): $(abspath $(DEMO_OUT))"; \
 	echo "ticket summary (Markdown, for the ticket body): $(abspath $(basename $(DEMO_OUT)).md)"; \
 	echo "the lab keeps running: make lab-down stops it"; \
+	echo; echo "== next: try these on the running lab, from this folder (the demo's report is the HTML file above)"; \
+	echo "  . .venv/bin/activate"; \
+	$(DEMO_FIND_LAB) \
+	echo "the preflight of another node (read-only):"; \
+	echo "  pytest --node node3 -m preflight"; \
+	echo "the plan of its upgrade (every step and command; nothing changes without --execute):"; \
+	echo "  pytest procedures/ --node node3 --target-release 22.04"; \
+	echo "a fault to rehearse (a PodDisruptionBudget then blocks node3's drain: its preflight names it; clear it with --clear):"; \
+	echo "  nodegate lab fault pdb-block --node node3$(DEMO_LAB_DIR)"; \
 	exit $$status
 
 bench: setup

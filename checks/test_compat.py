@@ -36,14 +36,19 @@ def test_kubespray_supports_releases(node, releases, profile, notice):
 
     version = profile.kubespray.version
     if not version:
-        fail_check(f"the version of the Kubespray checkout {profile.kubespray.path} is unknown (no galaxy.yml version, "
-                   "no tag on HEAD)", fix='set [kubespray] version = "v2.x.y" in the profile')
+        fail_check(f"the version of the Kubespray checkout {profile.kubespray.path} is "
+                   f"{profile.kubespray.version_source or 'unknown'}",
+                   fix='set [kubespray] version = "v2.x.y" in the profile (the release you checked out)')
     current, target = releases.current, releases.target
     if current is not None and kubespray_supports(version, current.version) is False:
         fail_check(f"Kubespray {version} does not support Ubuntu {current.version}, which {node.name} runs",
                    details=[kubespray_support_note(current.version)],
                    fix="move the Kubespray checkout to a version that lists the node's release before changing it "
                        "(v2.25.1 to v2.28.x list 20.04, 22.04 and 24.04)")
+    if current is not None and current.version == "20.04" and kubespray_supports(version, "20.04"):
+        notice(f"Kubespray {version} supports Ubuntu 20.04, which {node.name} runs, but its support ends with "
+               f"v2.29.0 ({kubespray_support_note('20.04')}): move every node off 20.04 before the checkout reaches "
+               "v2.29.0")
     if target is not None and kubespray_supports(version, target.version) is False:
         notice(f"Kubespray {version} does not list Ubuntu {target.version} ({kubespray_support_note(target.version)}): "
                f"the procedure's Kubespray run on {node.name} (step 11) uses playbooks not tested there; move the "
@@ -112,6 +117,23 @@ def test_kubernetes_not_eol(reads, profile, notice):
         date = kube_minor_eol_date(version)
         notice(f"Kubernetes {minor_of(version)} (cluster {version}) is past its end of life"
                + (f" ({date.isoformat()})" if date else "") + ": plan a Kubernetes upgrade after the OS upgrades")
+
+
+@pytest.mark.preflight
+def test_kube_version_form(profile, evidence):
+    """Kubespray is given kube_version as the inventory writes it; the release decides the form:
+    'v1.25.6' until v2.27.x, '1.32.5' from v2.28.0 (its validate_inventory refuses a leading 'v')."""
+    from nodegate.core.kubespray_release import kube_version_problem
+
+    evidence.json("kubespray", {"version": profile.kubespray.version, "found by": profile.kubespray.version_source,
+                                "kube_version": profile.kube_version})
+    if not profile.kube_version:
+        fail_check("the cluster's kube_version is unknown, so Kubespray cannot be told to keep it",
+                   fix="set kube_version in the inventory's group_vars/k8s_cluster/k8s-cluster.yml "
+                       "or [kubernetes] kube_version in the profile")
+    problem = kube_version_problem(profile.kube_version, profile.kubespray.version)
+    if problem:
+        fail_check(problem, fix="write kube_version in the inventory the way this Kubespray release expects")
 
 
 @pytest.mark.preflight

@@ -68,7 +68,9 @@ def test_kubelet_version(node, reads, profile, evidence):
     origin = f"kube_version in the Kubespray inventory {profile.kubespray.inventory_dir}"
     if not expected:
         expected, origin = reads.server_version(), "the API server's version (the inventory sets no kube_version)"
-    if status.kubelet_version != expected:
+    from nodegate.core.kubespray_release import same_kube_version
+
+    if not same_kube_version(status.kubelet_version, expected):   # v2.28+ writes kube_version without 'v'
         fail_check(f"the kubelet on {node.name} is {status.kubelet_version or 'unknown'}, expected {expected} "
                    f"(from {origin})",
                    fix=f"run Kubespray upgrade-cluster.yml -e kube_version={expected} --limit={node.name} so the "

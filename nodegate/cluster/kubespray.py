@@ -20,6 +20,7 @@ recap and failures. Output is forced to plain single-line results (no colour, no
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from types import MappingProxyType
 from nodegate.core import knowledge, parsing
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
+from nodegate.core.kubespray_release import facts_playbook, kube_version_problem
 from nodegate.core.secrets import inventory_secrets, redact, register_secrets
 from nodegate.profile.model import Profile
 
@@ -46,7 +48,17 @@ log = logging.getLogger(__name__)
 UPGRADE_PLAYBOOK = "upgrade-cluster.yml"
 DEFAULT_TIMEOUT_S = 1800.0     # a real node's upgrade-cluster.yml run takes 5-20 min
 KILL_GRACE_S = 5.0
-_KUBE_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+# The upgrade role's variables that change what upgrade-cluster.yml does to the node, pinned on the
+# command line (extra vars beat every inventory value) to what nodegate's procedure needs. Read at
+# v2.21.0 and v2.28.1: roles/upgrade/pre-upgrade (upgrade_node_always_cordon, upgrade_node_confirm: a
+# `pause` prompt), roles/upgrade/post-upgrade (upgrade_node_post_upgrade_confirm: a `pause` prompt)
+# and, from v2.23, kubespray-defaults' system_upgrade (its own dist-upgrade and reboot). nodegate
+# cordons, drains and uncordons itself (steps 3 and 13), the release upgrade is its steps 6-9, and
+# no prompt can be answered (the playbook's stdin is closed). JSON, so they stay booleans.
+PINNED_UPGRADE_VARS = {"upgrade_node_always_cordon": False, "upgrade_node_confirm": False,
+                       "upgrade_node_post_upgrade_confirm": False, "system_upgrade": False}
+# What ansible-core's pause prints when a prompt meets a closed stdin.
+_PROMPT_SKIPPED = re.compile(r"Not waiting for response to prompt as stdin is not interactive")
 # Where operators keep Kubespray's virtualenv (its docs: `kubespray-venv` beside the checkout).
 _VENV_CANDIDATES = ("../kubespray-venv", "venv", ".venv", "../venv")
 
@@ -160,15 +172,19 @@ def ansible_version(ansible_playbook: str) -> str | None:
 def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = None, skip_multus: bool | None = None,
                   playbook: str = UPGRADE_PLAYBOOK, extra_vars: Mapping[str, str] | None = None,
                   ansible_playbook: Path | str = "ansible-playbook") -> list[str]:
-    """The exact command (validated: known node, kube_version like v1.25.6, playbook present)."""
+    """The exact command (validated: known node, kube_version in the form the release expects, passed
+    back as written; playbook present)."""
     spec = profile.node(node)          # UsageError naming the known nodes
     version = kube_version or profile.kube_version
     if not version:
         raise UsageError("the cluster's Kubernetes version is unknown, so Kubespray cannot be told to keep it",
                          fix="set kube_version in the inventory's group_vars/k8s_cluster/k8s-cluster.yml "
                              "or [kubernetes] kube_version in the profile")
-    if not _KUBE_VERSION.match(version):
-        raise UsageError(f"kube_version {version!r} is not a Kubernetes version", fix="use the form v1.25.6")
+    problem = kube_version_problem(version, profile.kubespray.version)
+    if problem:
+        raise UsageError(problem, fix="write kube_version in the inventory in the form the Kubespray checkout's "
+                                      "release expects (v1.25.6 before v2.28.0, 1.32.5 from v2.28.0): nodegate passes "
+                                      "it to Kubespray as written")
     checkout = profile.kubespray.path
     if not (checkout / playbook).is_file():
         raise UsageError(f"the Kubespray checkout {checkout} has no {playbook}",
@@ -176,7 +192,7 @@ def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = Non
     if skip_multus is None:
         skip_multus = knowledge.needs_skip_multus(profile.kubespray.version)
     argv = [str(ansible_playbook), playbook, "-b", "-i", str(profile.kubespray.inventory), f"--limit={spec.name}",
-            "-e", f"kube_version={version}"]
+            "-e", f"kube_version={version}", "-e", json.dumps(PINNED_UPGRADE_VARS, separators=(",", ":"))]
     for key, value in (extra_vars or {}).items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             raise UsageError(f"extra variable name {key!r} is not an Ansible variable name", fix="use letters, digits, _")
@@ -184,6 +200,48 @@ def playbook_argv(profile: Profile, *, node: str, kube_version: str | None = Non
     if skip_multus:
         argv.append("--skip-tags=multus")
     return argv
+
+
+def facts_argv(profile: Profile, *, ansible_playbook: Path | str = "ansible-playbook") -> list[str]:
+    """Kubespray's documented first run before a --limit run: its facts playbook over every host,
+    without --limit, so facts computed from all hosts (no_proxy, etcd and API addresses) are right.
+    It reads facts only. Where the playbook is depends on the release (facts.yml until v2.21,
+    playbooks/facts.yml from v2.22.0)."""
+    checkout = profile.kubespray.path
+    playbook = facts_playbook(checkout, profile.kubespray.version)
+    if playbook is None:
+        raise UsageError(f"the Kubespray checkout {checkout} has no facts playbook (playbooks/facts.yml or facts.yml)",
+                         fix="point [kubespray] path at a complete Kubespray checkout")
+    return [str(ansible_playbook), playbook, "-b", "-i", str(profile.kubespray.inventory)]
+
+
+def describe_facts(*, profile: Profile) -> str:
+    """The plan line of the facts run (every host, read-only)."""
+    try:
+        playbook = find_ansible_playbook(profile.kubespray.path)
+    except UsageError:
+        playbook = Path("ansible-playbook")
+    return f"in {profile.kubespray.path}: {shlex.join(facts_argv(profile, ansible_playbook=playbook))}"
+
+
+def refresh_facts(*, profile: Profile, node: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  ansible_playbook: Path | str | None = None,
+                  on_line: Callable[[str], None] | None = None) -> PlaybookResult:
+    """Run the facts playbook over every host (before the --limit run for NODE); raise
+    KubesprayFailed unless it ended with rc 0 and no host failed or unreachable."""
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
+    argv = facts_argv(profile, ansible_playbook=executable)
+    result = _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=argv[1],
+                      timeout_s=timeout_s, on_line=on_line)
+    bad = sorted(host for host, line in result.recap.items() if not line.succeeded)
+    if result.rc != 0 or bad or not result.recap:
+        raise KubesprayFailed(f"Kubespray's facts run ({argv[1]}, every host, before the --limit run for {node}) "
+                              f"failed (rc {result.rc})" + (f" on {', '.join(bad)}" if bad else "")
+                              + f"; last output: {_last_line(result.output)}",
+                              fix="every host of the inventory must answer (Kubespray computes settings such as "
+                                  "no_proxy from all of them): bring them up or fix the inventory, then run again",
+                              result=result)
+    return result
 
 
 def describe_upgrade(*, profile: Profile, node: str, kube_version: str | None = None) -> str:
@@ -244,10 +302,17 @@ def run_playbook(*, profile: Profile, node: str, kube_version: str | None = None
     raises KubesprayTimeout)."""
     if timeout_s <= 0:
         raise UsageError(f"timeout {timeout_s} s is not positive", fix="give the playbook a positive time limit")
-    checkout = profile.kubespray.path
-    executable = find_ansible_playbook(checkout, ansible_playbook)
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
     argv = playbook_argv(profile, node=node, kube_version=kube_version, skip_multus=skip_multus, playbook=playbook,
                          extra_vars=extra_vars, ansible_playbook=executable)
+    return _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=playbook,
+                    timeout_s=timeout_s, on_line=on_line)
+
+
+def _execute(*, profile: Profile, node: str, argv: list[str], executable: Path, playbook: str, timeout_s: float,
+             on_line: Callable[[str], None] | None) -> PlaybookResult:
+    """Run ARGV in the checkout, bounded by timeout_s, and return what happened."""
+    checkout = profile.kubespray.path
     register_inventory_secrets(profile.kubespray.inventory)
     version = ansible_version(str(executable))
     log.info("kubespray: running in %s: %s (ansible-core %s)", checkout, shlex.join(argv), version or "?")
@@ -376,6 +441,14 @@ def check_result(result: PlaybookResult) -> PlaybookResult:
         raise KubesprayUnreachable(f"Kubespray {playbook} could not reach {result.node}{said}",
                                    fix="check that the node is up and answers SSH with the inventory's settings "
                                        "(ansible_host, user, key, known_hosts), then run again", result=result)
+    prompt = _PROMPT_SKIPPED.search(result.output)
+    if prompt is not None:
+        task = next((f.task for f in result.failures if f.task), None) or "a pause task"
+        raise KubesprayFailed(f"Kubespray {playbook} on {result.node} stopped at a prompt ({task}) that nobody can "
+                              f"answer: stdin is closed{said}",
+                              fix="find the variable that turns this prompt on in the inventory (nodegate already pins "
+                                  + ", ".join(f"{k}=false" for k in PINNED_UPGRADE_VARS) + ") and turn it off",
+                              result=result)
     issue = result.known_issue
     if issue is not None:
         raise KubesprayFailed(

@@ -208,7 +208,7 @@ def kubespray_supports(kubespray_version: str, ubuntu: str) -> bool | None:
 def kubespray_support_note(ubuntu: str) -> str:
     for row in KUBESPRAY_UBUNTU_SUPPORT:
         if row.ubuntu == ubuntu:
-            return f"Kubespray supports Ubuntu {ubuntu} in {row.versions.describe()} ({row.source})"
+            return f"Kubespray supports Ubuntu {ubuntu} in versions {row.versions.describe()} ({row.source})"
     return f"nodegate has no Kubespray support data for Ubuntu {ubuntu}"
 
 

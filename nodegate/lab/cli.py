@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
+from nodegate.lab import kubespray_releases
 from nodegate.lab.config import DEFAULT_ROOK, MAX_NODES, ROOK_CEPHCSI, ROOK_MAINTENANCE_TIMEOUT_S, LabConfig, valid_domain
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
@@ -35,6 +37,9 @@ def add_parser(subparsers) -> None:
     up = with_dir(sub.add_parser("up", help="bring the lab up (nothing changes if it runs already)"))
     up.add_argument("--nodes", type=int, default=4, help=f"number of nodes, 1 to {MAX_NODES} (default 4)")
     up.add_argument("--rook", default=DEFAULT_ROOK, choices=sorted(ROOK_CEPHCSI), help="Rook version the lab claims")
+    up.add_argument("--kubespray", default=kubespray_releases.DEFAULT, choices=kubespray_releases.choices(),
+                    metavar="VERSION", help="the Kubespray release the lab's checkout is laid out as: "
+                                            + ", ".join(kubespray_releases.choices()) + " (default %(default)s)")
     up.add_argument("--boot-delay", type=float, default=3.0, metavar="S", help="seconds a rebooting node stays down")
     up.add_argument("--ready-delay", type=float, default=2.0, metavar="S",
                     help="seconds from node up to Kubernetes Ready")
@@ -96,6 +101,10 @@ def cmd_up(args) -> int:
               f"{len(config.nodes)} nodes, net {config.net}); nothing changed")
         if (args.nodes, args.net) != (len(config.nodes), config.net):
             print(f"  (asked for {args.nodes} nodes on net {args.net}: take the lab down first to change it)")
+        if kubespray_releases.stand_in(args.kubespray).tag != config.kubespray_version:
+            print(f"  (asked for Kubespray {args.kubespray}; it runs {config.kubespray_version}: take the lab down "
+                  "first to change it)")
+        _say_profile(lab_dir)
         return 0
     if not 1 <= args.nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
@@ -112,6 +121,7 @@ def cmd_up(args) -> int:
     _refuse_busy_addresses(args.net, args.nodes)
     services = ("apt",) if args.bare else SERVICES
     config = create_lab(lab_dir, nodes=args.nodes, net=args.net, services=services, rook_version=args.rook,
+                        kubespray_version=kubespray_releases.stand_in(args.kubespray).tag,
                         boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, domain=args.domain,
                         osd_maintenance_timeout_s=args.osd_maintenance_timeout,
                         manage_pod_budgets=args.manage_pod_budgets,
@@ -126,7 +136,14 @@ def cmd_up(args) -> int:
               file=sys.stderr)
         raise
     print(f"lab ready in {time.monotonic() - started:.1f} s; profile: {lab_dir / 'cluster.toml'}")
+    _say_profile(lab_dir)
     return 0
+
+
+def _say_profile(lab_dir: Path) -> None:
+    """How other shells find this lab's profile (pytest run in the folder holding ./.lab finds it
+    by itself while the lab runs: nodegate.core.running_lab)."""
+    print(f"for other shells: export NODEGATE_CLUSTER={shlex.quote(str(lab_dir / 'cluster.toml'))}")
 
 
 def create_lab(lab_dir: Path, *, nodes: int, net: int, services: tuple[str, ...] = SERVICES,

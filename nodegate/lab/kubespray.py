@@ -1,7 +1,8 @@
-"""The lab's Kubespray v2.21.0 stand-in: DIR/kubespray (a checkout) and DIR/kubespray-venv.
+"""The lab's Kubespray stand-in (v2.21.0 by default): DIR/kubespray (a checkout) and DIR/kubespray-venv.
 
 `write_checkout(config)` copies the static tree (nodegate/lab/kubespray_tree: playbooks, roles,
-ansible.cfg, galaxy.yml) into DIR/kubespray and writes the lab-specific inventory,
+ansible.cfg) into DIR/kubespray, lays it out as the lab's release (`nodegate lab up --kubespray`,
+kubespray_releases.py), commits it as a git clone at the release tag, and writes the lab-specific inventory,
 `inventory/mycluster/` (hosts.yaml and group_vars), the way an operator's checkout holds its own.
 The tree is a real Ansible project: `ansible-playbook upgrade-cluster.yml` runs over SSH to the
 lab nodes and changes them (see kubespray_tree/README.md for what each role does and which
@@ -33,6 +34,7 @@ import yaml
 
 from nodegate.lab.config import LabConfig
 from nodegate.lab.image import CACHE_ROOT
+from nodegate.lab.kubespray_releases import StandIn, commit_as_release, lay_out, stand_in
 from nodegate.lab.profile_files import SshFiles
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,10 @@ def write_checkout(config: LabConfig, *, cache_root: Path = CACHE_ROOT, with_ven
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(TREE, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _write_inventory(config, tmp / INVENTORY)
+    release = stand_in(config.kubespray_version)
+    lay_out(tmp, release)
+    commit_as_release(tmp, release)   # a clone at the release tag; the inventory stays untracked
+    _write_inventory(config, tmp / INVENTORY, release)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -75,7 +80,7 @@ def _dump(path: Path, header: str, data: dict, *, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _write_inventory(config: LabConfig, inventory: Path) -> None:
+def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> None:
     control = [n.name for n in config.nodes if n.control_plane]
     workers = [n.name for n in config.nodes if "worker" in n.roles]
     etcd = [n.name for n in config.etcd_nodes]
@@ -126,7 +131,7 @@ def _write_inventory(config: LabConfig, inventory: Path) -> None:
         ],
     }, mode=0o600)
     _dump(inventory / "group_vars/k8s_cluster/k8s-cluster.yml", "Kubernetes cluster settings", {
-        "kube_version": config.kube_version,
+        "kube_version": release.kube_version(config.kube_version),   # v2.28+: without the leading 'v'
         "container_manager": "docker",
         "kube_network_plugin": "calico",
         "kube_network_plugin_multus": True,

@@ -342,6 +342,8 @@ def environment(config: pytest.Config) -> dict[str, str]:
         "python": platform.python_version(),
     }
     env.update(extra)
+    # how the Kubespray version was found, last: the report's first page shows the first rows
+    env["kubespray.version.found"] = getattr(getattr(profile, "kubespray", None), "version_source", "") or ""
     # an unknown value is stated, not left out: a reviewer must see that it was not read
     must = ("cluster", "nodes", "release", "kubespray.version", "kube_version", "rook.version", "cephcsi.version")
     return {k: (v or ("unknown" if k in must else "")) for k, v in env.items() if v or k in must}

@@ -55,6 +55,7 @@ class NodegateRun:
     options: RunOptions
     profile: Profile | None = None
     nodes: tuple[NodeSpec, ...] = ()
+    profile_source: str | None = None      # how the profile was found: --cluster, …, the running lab
 
     @property
     def target(self) -> UbuntuRelease | None:
@@ -71,7 +72,8 @@ RUN_KEY = pytest.StashKey[NodegateRun]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nodegate", "nodegate: gated OS release upgrades of Kubespray nodes")
     group.addoption("--cluster", metavar="PATH", default=None,
-                    help="cluster profile (TOML); default $NODEGATE_CLUSTER, then ./nodegate.toml")
+                    help="cluster profile (TOML); default $NODEGATE_CLUSTER, then ./nodegate.toml, then "
+                         "./.lab/cluster.toml while that lab runs")
     group.addoption("--node", metavar="NAME[,NAME...]", default=None,
                     help="nodes to check or upgrade: names from the inventory, or all, workers, control-plane "
                          "(upgraded workers first, control plane last)")
@@ -151,10 +153,11 @@ def _read_options(config: pytest.Config) -> RunOptions:
 def _load(options: RunOptions, cwd: Path) -> NodegateRun:
     """Read the profile and select the nodes; any problem becomes a pytest.UsageError."""
     from nodegate.core.errors import UsageError
-    from nodegate.profile.load import load_profile, resolve_profile_path
+    from nodegate.profile.load import find_profile, load_profile
 
     try:
-        profile = load_profile(resolve_profile_path(options.cluster, cwd=cwd))
+        path, source = find_profile(options.cluster, cwd=cwd)
+        profile = load_profile(path)
         nodes = profile.select(options.node) if options.node else ()
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -162,7 +165,7 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
         profile = replace(profile, ssh=replace(profile.ssh, trust_new_host_keys=True))
     if options.drain_timeout_s is not None:
         profile = replace(profile, upgrade=replace(profile.upgrade, drain_timeout_s=options.drain_timeout_s))
-    return NodegateRun(options=options, profile=profile, nodes=nodes)
+    return NodegateRun(options=options, profile=profile, nodes=nodes, profile_source=source)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -195,7 +198,24 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     nodes = ", ".join(n.name for n in run.nodes) or "none selected"
     target = run.options.target_release or "not given"
     mode = "EXECUTE (changes nodes)" if run.options.execute else "read-only"
-    return f"nodegate: profile {run.profile.path} ({run.profile.name}); nodes: {nodes}; target: {target}; {mode}"
+    return f"nodegate: profile: {_shown_profile(config, run)}; nodes: {nodes}; target: {target}; {mode}"
+
+
+def _shown_profile(config: pytest.Config, run: NodegateRun) -> str:
+    """'/path/c.toml (mycluster, from --cluster)'; the running lab's by the relative path the user
+    can see in the folder they are in: '.lab/cluster.toml (the running lab)'."""
+    from nodegate.profile.load import RUNNING_LAB
+
+    assert run.profile is not None
+    path = run.profile.path
+    if run.profile_source == RUNNING_LAB:
+        try:
+            path = path.relative_to(Path(config.invocation_params.dir))
+        except ValueError:
+            pass
+        return f"{path} ({RUNNING_LAB})"
+    source = f", from {run.profile_source}" if run.profile_source else ""
+    return f"{path} ({run.profile.name}{source})"
 
 
 # --------------------------------------------------------------------------- collection

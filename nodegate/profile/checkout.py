@@ -41,14 +41,12 @@ def _group_var_files(inventory_dir: Path, group: str) -> list[Path]:
 
 
 def _role_default_files(checkout: Path) -> list[Path]:
+    from nodegate.core.kubespray_release import defaults_files
+
     roles = checkout / "roles"
-    candidates = [roles / "kubespray-defaults" / "defaults" / "main.yaml",
-                  roles / "kubespray-defaults" / "defaults" / "main.yml",
-                  roles / "container-engine" / "containerd-common" / "defaults" / "main.yml",
-                  roles / "container-engine" / "docker" / "defaults" / "main.yml"]
-    folder = roles / "kubespray-defaults" / "defaults" / "main"   # newer Kubespray splits it
-    if folder.is_dir():
-        candidates += sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml"))
+    candidates = defaults_files(checkout)   # roles/kubespray-defaults or (v2.28+) roles/kubespray_defaults
+    candidates += [roles / "container-engine" / "containerd-common" / "defaults" / "main.yml",
+                   roles / "container-engine" / "docker" / "defaults" / "main.yml"]
     return [c for c in candidates if c.is_file()]
 
 
@@ -115,92 +113,7 @@ def _package_versions(kubespray: KubesprayCheckout, gvars: Mapping[str, str]) ->
 
 
 def kubespray_version(checkout: Path) -> str | None:
-    """The checkout's version: galaxy.yml `version:`, else a git tag pointing at HEAD, else None."""
-    galaxy = checkout / "galaxy.yml"
-    if galaxy.is_file():
-        try:
-            for line in galaxy.read_text(encoding="utf-8").splitlines():
-                match = re.match(r"^version:\s*['\"]?([0-9][0-9A-Za-z.+-]*)['\"]?\s*$", line)
-                if match:
-                    return _normalise_tag(match.group(1))
-        except (OSError, UnicodeDecodeError):
-            pass
-    return _git_tag(checkout)
+    """The checkout's version (nodegate.core.kubespray_version.detect says how it was found)."""
+    from nodegate.core.kubespray_version import detect
 
-
-def _git_tag(checkout: Path) -> str | None:
-    """The newest version tag on HEAD, read from .git without running git (no subprocess at load)."""
-    git = checkout / ".git"
-    if not git.is_dir():
-        return None
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = head[5:]
-            ref_file = git / ref
-            if ref_file.is_file():
-                head = ref_file.read_text().strip()
-            else:
-                head = _packed_refs(git).get(ref, "")
-        tags = {}
-        for name, sha in _packed_refs(git).items():
-            if name.startswith("refs/tags/"):
-                tags[name[10:]] = sha
-        tag_dir = git / "refs" / "tags"
-        if tag_dir.is_dir():
-            for file in tag_dir.rglob("*"):
-                if file.is_file():
-                    sha = file.read_text().strip()
-                    tags[str(file.relative_to(tag_dir))] = _peel(git, sha)
-    except (OSError, UnicodeDecodeError):
-        return None
-    matching = [t for t, sha in tags.items() if sha == head and re.match(r"^v?\d+\.\d+", t)]
-    if not matching:
-        return None
-    from nodegate.core.knowledge import semver_key
-
-    return _normalise_tag(max(matching, key=semver_key))
-
-
-def _packed_refs(git: Path) -> dict[str, str]:
-    packed = git / "packed-refs"
-    refs: dict[str, str] = {}
-    if not packed.is_file():
-        return refs
-    last = None
-    for line in packed.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        if line.startswith("^") and last:
-            refs[last] = line[1:].strip()   # the commit an annotated tag points at
-            continue
-        sha, _, name = line.partition(" ")
-        refs[name.strip()] = sha
-        last = name.strip()
-    return refs
-
-
-def _peel(git: Path, sha: str) -> str:
-    """An annotated tag's object names the tagged commit; a lightweight tag is the commit itself."""
-    import zlib
-
-    obj = git / "objects" / sha[:2] / sha[2:]
-    if not obj.is_file():
-        return sha
-    try:
-        data = zlib.decompress(obj.read_bytes())
-    except zlib.error:
-        return sha
-    if data.startswith(b"tag "):
-        body = data.split(b"\x00", 1)[1] if b"\x00" in data else b""
-        match = re.match(rb"object ([0-9a-f]{40})", body)
-        if match:
-            return match.group(1).decode()
-    return sha
-
-
-def _normalise_tag(version: str | None) -> str | None:
-    if not version:
-        return None
-    version = version.strip()
-    return version if version.startswith("v") or not version[:1].isdigit() else f"v{version}"
+    return detect(checkout).version

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nodegate.core.errors import UsageError
-from nodegate.profile.checkout import _cluster_vars, _normalise_tag, _package_versions, kubespray_version
+from nodegate.profile.checkout import _cluster_vars, _package_versions
 from nodegate.profile.inventory import (
     CONTROL_PLANE_GROUPS,
     ETCD_GROUPS,
@@ -37,9 +37,22 @@ ENV_VAR = "NODEGATE_CLUSTER"
 DEFAULT_FILE = "nodegate.toml"
 
 
+RUNNING_LAB = "the running lab"
+
+
 def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
                          environ: Mapping[str, str] | None = None) -> Path:
-    """--cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml."""
+    """--cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml, else the running lab's profile."""
+    return find_profile(option, cwd=cwd, environ=environ)[0]
+
+
+def find_profile(option: str | None, *, cwd: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """(path, how it was found): --cluster, else $NODEGATE_CLUSTER, else ./nodegate.toml, else
+    ./.lab/cluster.toml while the lab in ./.lab runs (RUNNING_LAB). A real cluster's profile is
+    only ever one of the first three: the last way finds nothing unless a lab is up right there."""
+    from nodegate.core.running_lab import LAB_DIR, running_lab_profile
+
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     if option:
@@ -48,12 +61,22 @@ def resolve_profile_path(option: str | None, *, cwd: Path | None = None,
         path, source = Path(environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
     else:
         path = cwd / DEFAULT_FILE
-        if not path.is_file():
-            raise UsageError(f"no cluster profile: no --cluster option, ${ENV_VAR} is not set, "
-                             f"and there is no {DEFAULT_FILE} in {cwd}",
-                             fix=f"pass --cluster PATH, set {ENV_VAR}=PATH, or create ./{DEFAULT_FILE} "
-                                 "(see the lab's DIR/cluster.toml for an example)")
-        return path
+        if path.is_file():
+            return path, f"./{DEFAULT_FILE}"
+        lab = running_lab_profile(cwd)
+        if lab is not None:
+            return lab, RUNNING_LAB
+        raise UsageError(f"no cluster profile: no --cluster option, ${ENV_VAR} is not set, "
+                         f"there is no {DEFAULT_FILE} in {cwd}, and no lab is running in ./{LAB_DIR}",
+                         fix=f"pass --cluster PATH, set {ENV_VAR}=PATH, or create ./{DEFAULT_FILE} "
+                             f"(see the lab's DIR/cluster.toml for an example); on the lab: `nodegate lab up`")
+    if not path.is_absolute():
+        path = cwd / path
+    path = path.resolve()
+    if not path.is_file():
+        raise UsageError(f"cluster profile {path} (from {source}) does not exist or is not a file",
+                         fix=f"check the path given by {source}")
+    return path, source
     if not path.is_absolute():
         path = cwd / path
     path = path.resolve()
@@ -114,6 +137,10 @@ def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Pro
     ssh = reader.ssh()
     nodes = _nodes(kubespray.inventory, inventory, ssh.user, reader.table("nodes"), path)
     kube_version = reader.opt_str("kubernetes", "kube_version") or _plain(gvars.get("kube_version"))
+    if kube_version is None and gvars.get("kube_version"):   # v2.28+: a template over the checksums
+        from nodegate.core.kubespray_release import checksum_default_kube_version
+
+        kube_version = checksum_default_kube_version(kubespray.path)
     expect = reader.expect(_package_versions(kubespray, gvars))
     return Profile(
         name=reader.opt_str("cluster", "name") or path.stem,
@@ -220,8 +247,10 @@ class _TomlReader:
             raise self.fail("[kubespray] inventory is missing",
                             fix='add [kubespray] inventory = "inventory/mycluster/hosts.yaml"')
         inventory = _find_inventory(Path(inventory_value).expanduser(), checkout, self.path)
-        version = self.opt_str("kubespray", "version") or kubespray_version(checkout)
-        return KubesprayCheckout(path=checkout, inventory=inventory, version=_normalise_tag(version))
+        from nodegate.core.kubespray_version import detect
+
+        found = detect(checkout, override=self.opt_str("kubespray", "version"))
+        return KubesprayCheckout(path=checkout, inventory=inventory, version=found.version, version_source=found.how)
 
     def ssh(self) -> SSHSettings:
         trust = self.get("ssh", "trust_new_host_keys", bool, "true or false") or False

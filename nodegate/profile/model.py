@@ -97,7 +97,8 @@ class Expectations:
 class KubesprayCheckout:
     path: Path
     inventory: Path                  # the inventory file (hosts.yaml or INI)
-    version: str | None = None       # 'v2.21.0' (galaxy.yml or git tag), None if unknown
+    version: str | None = None       # 'v2.21.0', 'v2.21' (the minor only) or None if unknown
+    version_source: str | None = None   # how it was found (nodegate.core.kubespray_version)
 
     @property
     def inventory_dir(self) -> Path:

@@ -185,6 +185,8 @@ def summary_markdown(results: Path, *, html_name: str | None = None) -> str:
         f"- Release: {env.get('release', '?')}",
         f"- Kubespray {env.get('kubespray.version', '?')}, kube_version {env.get('kube_version', '?')}, "
         f"Rook {env.get('rook.version', '?')}, cephcsi {env.get('cephcsi.version', '?')}",
+        *([f"- Kubespray version found by: {env['kubespray.version.found']}"] if env.get("kubespray.version.found")
+          else []),
         f"- Start: {fmt(start)}; end: {fmt(stop)} ({max(0, stop - start):.0f} s)",
         f"- Operator: {env.get('operator', '?')}; nodegate {env.get('nodegate.version', '?')} "
         f"({env.get('nodegate.commit', '?')})",

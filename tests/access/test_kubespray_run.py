@@ -63,7 +63,8 @@ def test_plan_names_the_exact_command_and_bad_input_is_refused_early(profile, kl
     assert plan.startswith(f"in {klab.dir / 'kubespray'}: ")
     assert f"{klab.dir / 'kubespray-venv/bin/ansible-playbook'} upgrade-cluster.yml -b -i " \
            f"{klab.dir / 'kubespray/inventory/mycluster/hosts.yaml'} --limit=node2 -e kube_version=v1.25.6 " \
-           "--skip-tags=multus" in plan
+           "-e '{\"upgrade_node_always_cordon\":false,\"upgrade_node_confirm\":false," \
+           "\"upgrade_node_post_upgrade_confirm\":false,\"system_upgrade\":false}' --skip-tags=multus" in plan
     assert not any(secret in plan for secret in planted_secrets(klab.dir).values())
     with pytest.raises(UsageError, match="node9"):
         kubespray.run_playbook(profile=profile, node="node9")
@@ -209,3 +210,39 @@ def test_delegated_failures_of_old_ansible_are_parsed(tmp_path):
     with pytest.raises(kubespray.KubesprayFailed, match="with a known issue") as caught:
         kubespray.check_result(result)
     assert "'None' has no attribute 'item'" in caught.value.message   # the real message, not the wrapper
+
+
+PROMPT_PLAYBOOK = """\
+---
+# A confirmation prompt like the upgrade role's `pause` (upgrade_node_confirm), under a variable
+# nodegate does not pin: with stdin closed ansible-core does not wait and the answer is empty.
+- name: Confirm before changing the node
+  hosts: k8s_cluster
+  gather_facts: false
+  tasks:
+    - name: Confirm node upgrade
+      pause:
+        prompt: "Ready to upgrade node? (yes/no)"
+      register: answer
+    - name: Stop unless confirmed
+      assert:
+        that: answer.user_input | default('') == 'yes'
+        quiet: true
+"""
+
+
+def test_a_prompt_that_appears_anyway_is_named(klab, tmp_path):
+    """stdin is closed, so a prompt cannot hang the run: the failure names the prompt and the pins."""
+    checkout = tmp_path / "kubespray"
+    shutil.copytree(klab.dir / "kubespray", checkout, symlinks=True)
+    (checkout / "prompt.yml").write_text(PROMPT_PLAYBOOK)
+    toml = tmp_path / "cluster.toml"
+    toml.write_text((klab.dir / "cluster.toml").read_text().replace(str(klab.dir / "kubespray"), str(checkout)))
+    profile = load_profile(toml)
+    result = kubespray.run_playbook(profile=profile, node="node2", playbook="prompt.yml", timeout_s=120,
+                                    ansible_playbook=klab.dir / "kubespray-venv" / "bin" / "ansible-playbook")
+    assert "Not waiting for response to prompt" in result.output, result.output[-2000:]
+    with pytest.raises(kubespray.KubesprayFailed) as err:
+        kubespray.check_result(result)
+    assert "stopped at a prompt" in err.value.message and "stdin is closed" in err.value.message
+    assert "upgrade_node_confirm=false" in err.value.fix

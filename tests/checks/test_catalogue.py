@@ -16,7 +16,7 @@ PREFLIGHT_NODE4 = {
     "test_dpkg_audit_clean[node4]", "test_nothing_upgradable[node4]", "test_apt_update_clean[node4]",
     "test_no_reboot_pending[node4]", "test_running_newest_kernel[node4]", "test_disk_space[node4]",
     "test_rbd_module[node4]", "test_target_is_next_release[node4]", "test_kubespray_supports_releases[node4]",
-    "test_cephcsi_for_target[node4]", "test_kubernetes_not_eol", "test_known_kubespray_issues",
+    "test_cephcsi_for_target[node4]", "test_kubernetes_not_eol", "test_kube_version_form", "test_known_kubespray_issues",
     "test_out_of_band_access[node4]", "test_other_nodes_ready[node4]", "test_one_node_at_a_time[node4]",
     "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
     "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",

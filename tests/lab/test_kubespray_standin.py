@@ -84,7 +84,9 @@ def dpkg_state(on, node: str) -> dict[str, tuple[str, str]]:
 
 def test_checkout_looks_like_kubespray_2_21_and_matches_the_lab(klab):
     checkout = klab.dir / "kubespray"
-    for rel in ("cluster.yml", "upgrade-cluster.yml", "ansible.cfg", "galaxy.yml", "requirements.txt", DOCKER_TASKS,
+    assert not (checkout / "galaxy.yml").exists()   # v2.19-v2.21.0 have none: the version is the clone's tag
+    for rel in ("cluster.yml", "upgrade-cluster.yml", "ansible.cfg", "ansible_version.yml", "facts.yml",
+                "requirements.txt", DOCKER_TASKS,
                 "inventory/mycluster/group_vars/k8s_cluster/k8s-cluster.yml",
                 "inventory/mycluster/group_vars/all/docker.yml", "inventory/mycluster/group_vars/all/containerd.yml"):
         assert (checkout / rel).is_file(), rel
@@ -100,6 +102,7 @@ def test_checkout_looks_like_kubespray_2_21_and_matches_the_lab(klab):
     # The harness reads it like any operator's checkout: version, kube_version, package pins.
     profile = load_profile(klab.dir / "cluster.toml")
     assert profile.kubespray.version == "v2.21.0"
+    assert profile.kubespray.version_source == "git: tag v2.21.0 at HEAD"
     assert profile.kube_version == "v1.25.6"
     assert profile.expect.version_for("containerd.io", "jammy") == "1.6.4-1"
     assert profile.expect.version_for("docker-ce", "jammy") == "5:20.10.20~3-0~ubuntu-jammy"

@@ -152,10 +152,11 @@ def test_upgrade_survives_ssh_drop_and_is_repaired_after_a_kill(lab, node, lab_s
     # Now kill it (and apt and dpkg) outright in the middle of jammy -> noble.
     reboot(lab, lab_ssh, node_ssh, poll, node)
     lab_ssh(node, f"(echo $$ > /run/dru.pid; exec {DRU}) >/dev/null 2>&1 &")
-    # Killed while dpkg has unpacked the new packages but not configured them yet.
-    poll(lambda: lab_ssh(node, "dpkg --audit", check=False).stdout.strip(), timeout=60, interval=0.1,
-         what="dpkg halfway through the upgrade")
-    lab_ssh(node, "kill -9 -- -$(cat /run/dru.pid)")
+    # Killed while dpkg has unpacked the new packages but not configured them yet. The watch and
+    # the kill run on the node in one command: a kill sent in a second SSH round trip lands late
+    # on a loaded machine, when dpkg has moved on to unpacking the next package (reinst-required).
+    lab_ssh(node, "for i in $(seq 1200); do dpkg --audit 2>/dev/null | grep -q 'not yet configured' && break; "
+                  "sleep 0.05; done; kill -9 -- -$(cat /run/dru.pid)", timeout=90)
     assert upgrade_state(lab_ssh, node)["stage"] == "upgrading"
     audit = lab_ssh(node, "dpkg --audit").stdout
     assert "not yet configured" in audit or "only half" in audit, audit

@@ -84,6 +84,7 @@ def test_single_file_report_shows_checks_steps_statuses_and_the_failure_category
     assert f"- Ticket: [{TICKET}](https://tickets.example.test/browse/{TICKET})" in summary
     assert "- Release: ? → 22.04" in summary
     assert "Kubespray v2.21.0, kube_version v1.25.6, Rook v1.14.8, cephcsi v3.11.0" in summary
+    assert "- Kubespray version found by: git: tag v2.21.0 at HEAD" in summary   # the clone's tag
     # an upgrade run: the ticket gets the steps, and the checks counted per phase
     assert "| 2 | node4 | procedure | test_upgrade_node[node4] | **passed** |" in summary
     assert "- preflight checks run by the procedure's gates: 3 passed, 1 failed" in summary

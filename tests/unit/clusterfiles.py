@@ -2,6 +2,7 @@
 into a directory, for the profile, property and plugin tests."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 LAB_HOSTS_YAML = """\
@@ -101,15 +102,28 @@ docker_cli_versioned_pkg:
 """
 
 
+def tag_checkout(checkout: Path, tag: str) -> None:
+    """Make CHECKOUT a git clone at TAG, as operators clone Kubespray (v2.21.0 has no galaxy.yml)."""
+    if (checkout / ".git").exists():
+        return
+    checkout.mkdir(parents=True, exist_ok=True)
+    (checkout / "cluster.yml").write_text("---\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=master"]
+    for args in (["init", "-q"], ["add", "cluster.yml"], ["commit", "-qm", "release"], ["tag", tag]):
+        subprocess.run([*git, *args], cwd=checkout, check=True, capture_output=True)
+
+
 def write_cluster(root: Path, *, inventory: str = LAB_HOSTS_YAML, inventory_name: str = "hosts.yaml",
                   toml: str | None = None, extra_toml: str = "", kube_version: str | None = "v1.25.6",
-                  galaxy_version: str | None = "2.21.0", docker_vars: str | None = None,
+                  galaxy_version: str | None = None, kubespray_tag: str | None = "v2.21.0", docker_vars: str | None = None,
                   group_vars: dict[str, str] | None = None, kubeconfig: bool = True) -> Path:
     """A profile at root/cluster.toml pointing at root/kubespray; returns the profile's path."""
     checkout = root / "kubespray"
     inv_dir = checkout / "inventory" / "mycluster"
     inv_dir.mkdir(parents=True, exist_ok=True)
     (inv_dir / inventory_name).write_text(inventory)
+    if kubespray_tag:
+        tag_checkout(checkout, kubespray_tag)
     if galaxy_version:
         (checkout / "galaxy.yml").write_text(f"---\nnamespace: kubernetes_sigs\nname: kubespray\nversion: {galaxy_version}\n")
     if kube_version:

@@ -335,11 +335,11 @@ def test_kubespray_version_from_git_tags(tmp_path):
     _git(repo, "pack-refs", "--all")                         # packed-refs with a ^peeled line
     assert kubespray_version(repo) == "v2.21.0"
     _git(repo, "commit", "-q", "--allow-empty", "-m", "two")
-    assert kubespray_version(repo) is None                   # HEAD is past the tag
+    assert kubespray_version(repo) == "v2.21.0"               # HEAD is past the tag: git describe
     _git(repo, "tag", "v2.22.1")                             # lightweight
     assert kubespray_version(repo) == "v2.22.1"
-    (repo / "galaxy.yml").write_text("version: 2.23.0\n")    # galaxy.yml wins
-    assert kubespray_version(repo) == "v2.23.0"
+    (repo / "galaxy.yml").write_text("version: 2.21.0\n")    # v2.22.1's galaxy.yml lags: the tag wins
+    assert kubespray_version(repo) == "v2.22.1"
 
 
 # --------------------------------------------------------------------------- bad input

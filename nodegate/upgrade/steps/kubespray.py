@@ -1,10 +1,12 @@
-"""The Kubespray step: upgrade-cluster.yml limited to the node, at the cluster's current version.
+"""The Kubespray step: its facts playbook over every host, then upgrade-cluster.yml limited to the
+node, at the cluster's current version.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from nodegate.core.kubespray_release import same_kube_version
 from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade
 
 if TYPE_CHECKING:
@@ -13,17 +15,21 @@ if TYPE_CHECKING:
 
 class Kubespray(Step):
     name = "kubespray"
-    title = "Kubespray upgrade-cluster.yml limited to the node"
+    title = "Kubespray: the facts playbook over every host, then upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         from nodegate.cluster import kubespray
 
-        return (Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)),)
+        return (Planned("local", kubespray.describe_facts(profile=up.profile) + "  (every host, read-only: first)"),
+                Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster import kubespray
 
         try:
+            # Kubespray's upgrade docs: the facts playbook without a limit before a --limit run
+            facts = kubespray.refresh_facts(profile=up.profile, node=up.name)
+            up.keep_text(f"kubespray facts output (rc {facts.rc})", f"$ {facts.command}\n{facts.output}")
             result = kubespray.upgrade_node(profile=up.profile, node=up.name)   # it logs its tasks as they run
         except (kubespray.KubesprayFailed, kubespray.KubesprayTimeout) as exc:
             up.keep_text(f"kubespray output (rc {exc.result.rc})", f"$ {exc.result.command}\n{exc.result.output}")
@@ -38,7 +44,7 @@ class Kubespray(Step):
         want = up.profile.kube_version
         if not status.is_ready:
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")
-        if want and status.kubelet_version and status.kubelet_version != want:
+        if want and status.kubelet_version and not same_kube_version(status.kubelet_version, want):
             raise StepFailed(f"{up.name} runs kubelet {status.kubelet_version}, the cluster's kube_version is {want}")
         recap = up.value("kubespray_recap") or ""
         return f"{up.name} Ready, kubelet {status.kubelet_version}" + (f"; recap {recap}" if recap else "")
