@@ -150,6 +150,7 @@ class Upgrade:
         self.profile = profile
         self.node = node
         self.name = node.name
+        self.kube_name = node.kube_node     # the Kubernetes Node (may differ from the inventory name)
         self.target = target
         self.journal = journal
         self.nodes = nodes
@@ -258,7 +259,7 @@ class Upgrade:
             return
         summary = self.journal.summary()
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
         except NodegateError as exc:   # the journal file is the record; the annotation mirrors it
             log.warning("could not mirror the journal on node %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -266,7 +267,7 @@ class Upgrade:
         if self.kube is None:
             return
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=None)
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=None)
         except NodegateError as exc:
             log.warning("could not remove the upgrade annotation from %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -383,7 +384,8 @@ class Upgrade:
         elif self.records_of("drain") and not self.finished("uncordon"):
             holds.append("the node is cordoned (it was before this upgrade)")
         if self.value("noout_by_us") and not self.finished("unset_noout"):
-            holds.append(f"ceph noout is set for CRUSH host {self.name}")
+            holds.append(f"ceph noout is set for the OSDs of {self.name} ({self.value('noout_kind')}: "
+                         f"{self.value('noout_host')} {self.value('noout_osds')})")
         held = self.value("held_before")
         if held and not self.finished("hold"):
             holds.append("these packages are NOT held: " + ", ".join(sorted(held)))

@@ -47,7 +47,7 @@ class Kubespray(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node(up.name)
+        status = kube.node(up.kube_name)
         want = up.profile.kube_version
         if not status.is_ready:
             raise StepFailed(f"{up.name} is not Ready after Kubespray: {status.describe()}")

@@ -39,7 +39,7 @@ class Reboot(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
         return (on_node(up, "sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"),
-                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.name} Ready"))
+                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster.nodes.ssh import SshConnectError
@@ -85,7 +85,7 @@ class Reboot(Step):
             raise StepFailed(f"{up.name} needs a reboot again ({packages})",
                              fix="run the same command again: it reboots the node before do-release-upgrade")
         if up.kube is not None:
-            status = up.kube.node(up.name)
+            status = up.kube.node(up.kube_name)
             if not status.is_ready:
                 raise StepFailed(f"{up.name} is not Ready after the reboot: {status.describe()}")
         return f"{up.name} answers over SSH with boot id {boot_id} and is Ready"
@@ -102,7 +102,7 @@ def wait_rebooted(up: Upgrade, before: str) -> str:
         _, boot_id = wait_for_boot(up.nodes, up.name, timeout=timeout, new_boot_id_than=before)
         if up.kube is not None:
             left = max(1.0, timeout - (time.monotonic() - started))
-            up.kube.wait_node_ready(up.name, timeout=left, new_boot_id_than=before)
+            up.kube.wait_node_ready(up.kube_name, timeout=left, new_boot_id_than=before)
     except WaitTimeout as exc:
         raise NodeDidNotComeBack(
             f"{up.name} did not come back within {timeout:g}s after the reboot (role "
