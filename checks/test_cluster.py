@@ -11,7 +11,7 @@ from nodegate.plugin.fixtures import fail_check
 @pytest.mark.postflight
 def test_other_nodes_ready(node, reads, evidence):
     statuses = reads.node_statuses()
-    others = {name: s for name, s in statuses.items() if name != node.name}
+    others = {name: s for name, s in statuses.items() if name != node.kube_node}
     evidence.table("nodes", ["node", "Ready", "cordoned", "osImage", "kubelet"],
                    [[s.name, s.ready, s.unschedulable, s.os_image, s.kubelet_version] for s in statuses.values()])
     down = [s for s in others.values() if not s.is_ready]
@@ -25,7 +25,7 @@ def test_other_nodes_ready(node, reads, evidence):
 @pytest.mark.preflight
 @pytest.mark.postflight
 def test_one_node_at_a_time(node, reads):
-    cordoned = [s for name, s in reads.node_statuses().items() if name != node.name and s.unschedulable]
+    cordoned = [s for name, s in reads.node_statuses().items() if name != node.kube_node and s.unschedulable]
     if cordoned:
         details = [f"{s.name} is cordoned" + (f" by nodegate run {s.cordoned_by}" if s.cordoned_by else "")
                    for s in cordoned]
@@ -68,14 +68,14 @@ def test_control_plane_can_lose_node(node, reads, profile):
     for other in profile.nodes:
         if other.name == node.name or not (other.is_control_plane or other.is_etcd):
             continue
-        status = statuses.get(other.name)
+        status = statuses.get(other.kube_node)
         if status is None or not status.is_ready:
             problems.append(f"{other.name} ({', '.join(sorted(other.roles))}) is "
                             f"{'missing from the cluster' if status is None else 'not Ready'}")
     members = [n for n in profile.nodes if n.is_etcd]
     if node.is_etcd:
         healthy_others = sum(1 for n in members if n.name != node.name
-                             and statuses.get(n.name) is not None and statuses[n.name].is_ready)
+                             and statuses.get(n.kube_node) is not None and statuses[n.kube_node].is_ready)
         quorum = len(members) // 2 + 1
         if healthy_others < quorum:
             problems.append(f"etcd has {len(members)} member(s), quorum {quorum}; without {node.name} only "
@@ -88,8 +88,8 @@ def test_control_plane_can_lose_node(node, reads, profile):
 
 @pytest.mark.preflight
 def test_pods_evictable(node, reads, evidence):
-    blockers = reads.eviction_blockers(node.name)
-    pods = reads.pods_on(node.name)
+    blockers = reads.eviction_blockers(node.kube_node)
+    pods = reads.pods_on(node.kube_node)
     evidence.table(f"{node.name}: pods", ["pod", "owner", "ready", "restarts"],
                    [[p.ref, p.owner_kind or "none", p.ready, p.restarts] for p in pods])
     if blockers:

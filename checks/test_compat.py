@@ -63,35 +63,56 @@ def _tag(image: str) -> str | None:
 @pytest.mark.preflight
 def test_cephcsi_for_target(node, releases, reads, profile, evidence):
     """Before any node reaches 24.04: cephcsi >= v3.12 (rbd.ko.zst crash-loop, rook #14431/#14507,
-    ceph-csi #4679)."""
-    from nodegate.core.knowledge import cephcsi_ready_for
+    ceph-csi #4679). The version is read from the RBD node plugin found by what it is (Rook's
+    csi-rbdplugin, ceph-csi-operator's <driver>-nodeplugin, the ceph-csi chart), from its
+    DaemonSet and from its pods (a rollout in progress shows both)."""
+    from nodegate.core.knowledge import cephcsi_ready_for, semver_key
 
-    namespace = profile.ceph.namespace
-    plugins = reads.pods(namespace, "app=csi-rbdplugin")
-    images = sorted({c.image for p in plugins for c in p.containers if c.name == "csi-rbdplugin" and c.image})
-    operator = reads.pods(namespace, "app=rook-ceph-operator")
+    found = reads.csi_discovery()
+    images: set[str] = set()
+    for plugin in found.plugins:
+        images.add(plugin.image)
+        images |= {c.image for p in reads.pods(plugin.namespace, plugin.label_selector) for c in p.containers
+                   if c.name == plugin.container and c.image}
+    operator = reads.pods(profile.ceph.namespace, "app=rook-ceph-operator")
     rook = sorted({_tag(c.image) or "?" for p in operator for c in p.containers if c.image})
-    evidence.json("cephcsi", {"csi-rbdplugin images": images, "rook operator": rook})
+    evidence.json("cephcsi", {"RBD node plugins": [f"{p.ref} ({p.layout})" for p in found.plugins],
+                              "images": sorted(images), "rook operator": rook, "looked for": found.looked_for})
     if releases.target is None or releases.target.version != "24.04":
+        return   # the known cephcsi failure is specific to 24.04 nodes
+    if not found.ok:
+        fail_check("cannot tell whether cephcsi survives Ubuntu 24.04: " + found.problems[0],
+                   details=found.problems[1:],
+                   fix="restore the RBD node plugin, or name it ([ceph] csi_rbd_daemonset = \"<namespace>/<name>\"), "
+                       "or say the cluster has no Ceph RBD CSI ([ceph] csi_rbd = false)")
+    if not found.plugins:
+        evidence.text("cephcsi for 24.04", "nothing to check: the profile says the cluster has no Ceph RBD CSI "
+                                           "([ceph] csi_rbd = false) and none was found")
         return
-    if not plugins:
-        return   # no Ceph CSI in the cluster: nothing crash-loops
     versions = sorted({_tag(i) for i in images if _tag(i)}) or [None]
-    from nodegate.core.knowledge import semver_key
-
+    if None in versions:
+        fail_check(f"the cephcsi version of {', '.join(p.ref for p in found.plugins)} is unknown (image(s) "
+                   f"{', '.join(sorted(images))} carry no tag)",
+                   fix="run a tagged cephcsi image (>= v3.12 before 24.04) so its version can be checked")
     oldest = min(versions, key=lambda v: semver_key(v) if v else (-1,))
     verdict = cephcsi_ready_for("24.04", oldest)
     if not verdict.ok:
-        fail_check(f"{verdict.reason} (cluster runs cephcsi {', '.join(v or '?' for v in versions)}, Rook "
-                   f"{', '.join(rook) or '?'})", fix=verdict.fix)
+        fail_check(f"{verdict.reason} (cluster runs cephcsi {', '.join(v or '?' for v in versions)} in "
+                   f"{', '.join(p.ref for p in found.plugins)}, Rook {', '.join(rook) or '?'})", fix=verdict.fix)
 
 
 @pytest.mark.preflight
 @pytest.mark.postflight
 def test_kubernetes_not_eol(reads, profile, notice):
+    import re
+
     from nodegate.core.knowledge import kube_minor_eol, kube_minor_eol_date, minor_of
 
     version = profile.kube_version or reads.server_version()
+    if not re.match(r"^v?\d+\.\d+(\.\d+)?", version or ""):
+        fail_check(f"the Kubernetes version could not be read (kube_version in the inventory: "
+                   f"{profile.kube_version or 'unset'}; API server: {version or 'no answer'})",
+                   fix="set [kubernetes] kube_version in the profile, or check the API server's /version")
     if kube_minor_eol(version):
         date = kube_minor_eol_date(version)
         notice(f"Kubernetes {minor_of(version)} (cluster {version}) is past its end of life"

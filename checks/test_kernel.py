@@ -36,12 +36,19 @@ def _newest(versions):
 
 @pytest.mark.preflight
 @pytest.mark.postflight
-def test_running_newest_kernel(node, reads, phase, notice, evidence):
+def test_running_newest_kernel(node, reads, profile, phase, notice, evidence):
     snapshot = reads.snapshot(node.name)
     installed = snapshot.installed_kernels
     evidence.json(f"{node.name}: kernels", {"running": snapshot.kernel, "installed linux-image packages": installed})
     if not installed:
-        return   # no linux-image package: the kernel is not managed by this node's dpkg (nothing to compare)
+        if profile.expect.kernel_packages:
+            fail_check(f"found no installed linux-image-* package on {node.name} (looked in `dpkg -l` for "
+                       f"linux-image-*), so whether it runs its newest kernel cannot be told (it runs {snapshot.kernel})",
+                       fix="if the node's kernel is not installed by dpkg, say so in the profile: [expect] "
+                           "kernel_packages = false")
+        evidence.text(f"{node.name}: kernels", "no linux-image-* package: the profile says the kernel is not "
+                                              "installed by dpkg ([expect] kernel_packages = false)")
+        return
     newest = _newest(installed)
     if snapshot.kernel == newest:
         return
@@ -79,9 +86,16 @@ def test_disk_space(node, reads, profile, evidence):
 def test_rbd_module(node, reads, phase, notice, evidence):
     """cephcsi on Ubuntu 24.04 cannot load rbd.ko.zst itself (rook #14431): the host must have
     rbd loaded, and loaded again at every boot (/etc/modules-load.d)."""
-    csi = reads.csi_rbdplugin(node.name)
-    if csi.pod is None:
-        evidence.text(f"{node.name}: rbd", "no csi-rbdplugin pod on this node: it mounts no rbd volumes")
+    found = reads.csi_discovery()
+    if not found.ok:
+        fail_check(f"cannot tell whether {node.name} needs the rbd module: " + found.problems[0],
+                   details=found.evidence, fix="name the RBD node plugin in the profile ([ceph] csi_rbd_daemonset) "
+                                               "or say the cluster has none ([ceph] csi_rbd = false)")
+    csi = reads.csi_rbdplugin(node.kube_node)
+    if csi is None or csi.pod is None:
+        evidence.text(f"{node.name}: rbd", "the profile says the cluster has no Ceph RBD CSI ([ceph] csi_rbd = false)"
+                      if csi is None else "no RBD node-plugin pod on this node: it mounts no rbd volumes "
+                      "(the storage check test_csi_rbdplugin_healthy fails on that)")
         return
     snapshot = reads.snapshot(node.name)
     if snapshot.modules is None:

@@ -7,12 +7,13 @@ from nodegate.plugin.fixtures import fail_check
 
 
 def _status(reads, node, evidence):
-    status = reads.node_status(node.name)
+    status = reads.node_status(node.kube_node)
     if status is None:
         known = ", ".join(sorted(reads.node_statuses())) or "none"
-        fail_check(f"node {node.name} is not in the cluster (the API lists: {known})",
-                   fix=f"check that the inventory name {node.name} is the Kubernetes node name; if the node was "
-                       "removed, re-join it with Kubespray (scale.yml --limit=" + node.name + ")")
+        fail_check(f"node {node.kube_node} (inventory host {node.name}) is not in the cluster (the API lists: {known})",
+                   fix=f"check the Kubernetes node name of {node.name}: the inventory's kube_override_hostname, or "
+                       f"[nodes.{node.name}] kube_node in the profile; if the node was removed, re-join it with "
+                       "Kubespray (scale.yml --limit=" + node.name + ")")
     evidence.json(f"{node.name}: node status", dict(status.raw))
     return status
 

@@ -202,6 +202,25 @@ class Ceph:
         CRUSH host is simply absent (no OSDs)."""
         return hosts_osds(self.run(["osd", "tree", "-f", "json"]).stdout)
 
+    def osd_metadata_hosts(self) -> dict[int, str]:
+        """`ceph osd metadata`: osd id -> the ``hostname`` it reports (in a Rook OSD container,
+        the Node name Rook passes as NODE_NAME)."""
+        import json
+
+        try:
+            items = json.loads(self.run(["osd", "metadata", "-f", "json"]).stdout or "[]")
+        except ValueError:
+            raise PermanentError("`ceph osd metadata -f json` gave no readable JSON") from None
+        return {int(m["id"]): str(m["hostname"]) for m in items if isinstance(m, dict)
+                and isinstance(m.get("id"), int) and m.get("hostname")}
+
+    def add_noout(self, osd_ids: Sequence[int]) -> CephCommandResult:
+        """Per-OSD noout (`ceph osd add-noout osd.N …`), separate from any group flag."""
+        return self.run(["osd", "add-noout", *(f"osd.{i}" for i in osd_ids)])
+
+    def rm_noout(self, osd_ids: Sequence[int]) -> CephCommandResult:
+        return self.run(["osd", "rm-noout", *(f"osd.{i}" for i in osd_ids)])
+
     def ok_to_stop(self, osd_ids: Sequence[int]) -> Reading[parsing.OkToStop]:
         """`ceph osd ok-to-stop IDS`: rc 0 = yes; rc 16 (EBUSY) = no, with the reasons still in the JSON."""
         if not osd_ids:

@@ -63,6 +63,15 @@ class Journal:
             os.fsync(fh.fileno())
         return rec
 
+    def siblings(self) -> list["Journal"]:
+        """The journals of every node of the same cluster (earlier runs included), read-only."""
+        out = []
+        for path in sorted(self.path.parent.glob("*.jsonl")):
+            other = Journal.__new__(Journal)
+            other.node, other.target, other.run_id, other.path = path.stem, "", self.run_id, path
+            out.append(other)
+        return out
+
     def records(self) -> list[StepRecord]:
         if not self.path.exists():
             return []

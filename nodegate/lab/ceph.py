@@ -304,6 +304,9 @@ class LabCeph:
             # The mon batches changes for up to this long before it commits them; each pool
             # or flag command waits for one commit (1 s by default).
             "paxos propose interval = 0.2",
+            # How long a down OSD stays in before the mon marks it out (Ceph's default 600 s;
+            # a lab may shorten it to show what an unprotected reboot does).
+            f"mon osd down out interval = {int(c.osd_down_out_interval_s)}",
             "",
             "[mon]",
             f"mon data = {self.dir}/$name",
@@ -340,10 +343,11 @@ class LabCeph:
             *daemon,
         ]
         for node in c.nodes:
-            # The CRUSH host is the node's name, so host-level flags (set-group noout) and
-            # OSD_HOST_DOWN name the node as on a real cluster.
+            # The CRUSH host is what Rook names it: the node's hostname label with '.' -> '-'
+            # (rook NormalizeCrushName), so host-level flags (set-group noout) and OSD_HOST_DOWN
+            # name the node as on a real cluster, FQDN nodes included.
             lines += ["", f"[{self._osd_entity(node.name)}]",
-                      f"crush location = root=default host={node.name}"]
+                      f"crush location = root=default host={node.crush_host}"]
         return "\n".join(lines) + "\n"
 
     def _write_keyrings(self) -> Path:
@@ -427,19 +431,23 @@ class LabCeph:
         self._tool("rbd", "bench", "--io-type", "write", "--io-pattern", "rand",
                    "--io-size", "64K", "--io-total", "4M", f"{POOL}/{IMAGE}", timeout=120)
 
-    def _start(self, entity: str, binary: str) -> int:
+    def _start(self, entity: str, binary: str, env: dict[str, str] | None = None) -> int:
         cmd = [binary, "-f", "-c", str(self.conf), "--id", entity.split(".", 1)[1]]
         return start_daemon(cmd, pidfile=self._pidfile(entity),
                             log=self.logs / f"ceph-{entity}.out.log",
-                            marker=self._marker(entity), env=self.env)
+                            marker=self._marker(entity), env=env or self.env)
 
     def start_mon_mgr(self) -> None:
         self._start(MON, "ceph-mon")
         self._start(MGR, "ceph-mgr")
 
     def start_osd(self, node: str) -> int:
-        """Start the node's OSD (no-op if it runs); its PID."""
-        return self._start(self._osd_entity(node), "ceph-osd")
+        """Start the node's OSD (no-op if it runs); its PID. Rook gives each OSD container
+        NODE_NAME (the Node's name, rook pkg/operator/ceph/cluster/osd/envs.go nodeNameEnvVar)
+        and Ceph reports it as the `hostname` of `ceph osd metadata` inside a container, so the
+        lab's OSD carries its Node's name there too."""
+        name = self.config.node(node).kube_name
+        return self._start(self._osd_entity(node), "ceph-osd", env={**self.env, "NODE_NAME": name})
 
     def stop_osd(self, node: str, *, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM the node's OSD (it marks itself down at once), SIGKILL after `grace`."""

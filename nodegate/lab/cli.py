@@ -18,7 +18,8 @@ from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.lab import faults as lab_faults
 from nodegate.lab import kubespray_releases, shared_files
 from nodegate.lab.config import (CONTAINER_MANAGERS, DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER,
-                                  MAX_NODES, ROOK_CEPHCSI, SSH_USERS, LabConfig)
+                                  MAX_NODES, ROOK_CEPHCSI, ROOK_MAINTENANCE_TIMEOUT_S, SSH_USERS, LabConfig,
+                                  valid_domain)
 from nodegate.lab.node import NodeRuntime, NodeState
 from nodegate.lab.profile_files import write_profile_files
 from nodegate.lab.supervisor import (SERVICES, StatusBook, api_server_command, lab_ceph, lab_etcd, lab_mounts, request,
@@ -50,6 +51,17 @@ def add_parser(subparsers) -> None:
     up.add_argument("--container-manager", default="docker", choices=CONTAINER_MANAGERS,
                     help="Kubespray's container_manager in the lab inventory (default docker; containerd "
                          "nodes have no docker packages)")
+    up.add_argument("--domain", default="", metavar="DOMAIN",
+                    help="name Kubernetes Nodes <node>.DOMAIN (hostname label too; Rook's CRUSH hosts then read "
+                         "<node>-DOMAIN with dashes) while the inventory keeps short names")
+    up.add_argument("--osd-maintenance-timeout", type=float, default=ROOK_MAINTENANCE_TIMEOUT_S, metavar="S",
+                    help="seconds the lab's Rook disruption controller keeps noout on a drained node "
+                         "(Rook's osdMaintenanceTimeout; default 1800 = Rook's 30 min)")
+    up.add_argument("--osd-down-out-interval", type=float, default=600.0, metavar="S",
+                    help="seconds before Ceph marks a down OSD out (mon_osd_down_out_interval; default 600)")
+    up.add_argument("--manage-pod-budgets", action="store_true",
+                    help="CephCluster managePodBudgets true (as Rook's example cluster.yaml): the lab's Rook "
+                         "disruption controller sets and takes back noout on drained nodes")
     up.add_argument("--bare", action="store_true",
                     help="nodes and apt repository only: no API server, Ceph or etcd (fast, light)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for the lab to be ready")
@@ -151,6 +163,10 @@ def cmd_up(args) -> int:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
     if not 0 <= args.net <= 255:
         raise UsageError(f"--net must be 0 to 255, not {args.net}")
+    if args.domain and not valid_domain(args.domain):
+        raise UsageError(f"--domain {args.domain!r} is not a DNS domain", fix="e.g. --domain example.internal")
+    if args.osd_maintenance_timeout <= 0:
+        raise UsageError(f"--osd-maintenance-timeout must be positive seconds, not {args.osd_maintenance_timeout:g}")
     started = time.monotonic()
     if lab_mounts(lab_dir) or any((lab_dir / "pids").glob("*.pid")):
         print(f"cleaning up what a previous run left in {lab_dir}")
@@ -163,7 +179,10 @@ def cmd_up(args) -> int:
                         container_manager=args.container_manager,
                         boot_delay_s=args.boot_delay, ready_delay_s=args.ready_delay, api_tls=args.api_tls,
                         ssh_user=ssh_user, ssh_port=args.ssh_port, sudo_password=args.sudo_password,
-                        bastion=args.bastion)
+                        bastion=args.bastion, domain=args.domain,
+                        osd_maintenance_timeout_s=args.osd_maintenance_timeout,
+                        manage_pod_budgets=args.manage_pod_budgets,
+                        osd_down_out_interval_s=args.osd_down_out_interval)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)

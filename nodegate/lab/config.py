@@ -24,9 +24,26 @@ DEFAULT_SSH_USER = "root"
 LOGIN_USER = "ubuntu"        # Ubuntu cloud images' login user; every lab node has it, with sudo
 SSH_USERS = ("root", LOGIN_USER)
 BASTION_NAME = "bastion"
-# Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags).
-CONTAINER_MANAGERS = ("docker", "containerd")
-ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3"}
+CONTAINER_MANAGERS = ("docker", "containerd")   # Kubespray container_manager values the lab lays out
+# Rook's default cephcsi image per Rook release (rook pkg/operator/ceph/csi/spec.go at tags,
+# DefaultCSIPluginImage: v1.17.0 -> v3.14.0, v1.18.0 and v1.18.9 -> v3.15.0).
+ROOK_CEPHCSI = {"v1.14.8": "v3.11.0", "v1.14.12": "v3.11.0", "v1.15.0": "v3.12.0", "v1.15.9": "v3.12.3",
+                "v1.17.0": "v3.14.0", "v1.18.0": "v3.15.0", "v1.18.9": "v3.15.0"}
+# From v1.18 Rook deploys ceph-csi-operator by default (ROOK_USE_CSI_OPERATOR "true" in
+# deploy/examples/operator.yaml and pkg/operator/ceph/csi/controller.go).
+CSI_OPERATOR_FROM = (1, 18)
+# Rook's DefaultMaintenanceTimeout (pkg/operator/ceph/disruption/clusterdisruption/osd.go).
+ROOK_MAINTENANCE_TIMEOUT_S = 30 * 60.0
+
+
+def rook_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.lstrip("v").split(".")[:3])
+
+
+def crush_name(name: str) -> str:
+    """Rook's CRUSH host for a hostname label: dots become dashes (rook pkg/daemon/ceph/client/crush.go
+    NormalizeCrushName)."""
+    return name.replace(".", "-")
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,18 @@ class LabNode:
     index: int
     address: str
     roles: tuple[str, ...]  # subset of ("control-plane", "etcd", "worker")
+    domain: str = ""        # with a domain the Kubernetes Node is named <name>.<domain>
+
+    @property
+    def kube_name(self) -> str:
+        """The Node's name and kubernetes.io/hostname label: the FQDN when the lab has a domain,
+        while the inventory keeps the short name (as production clusters often do)."""
+        return f"{self.name}.{self.domain}" if self.domain else self.name
+
+    @property
+    def crush_host(self) -> str:
+        """The CRUSH host Rook gives this node's OSDs: its hostname label with '.' -> '-'."""
+        return crush_name(self.kube_name)
 
     @property
     def control_plane(self) -> bool:
@@ -58,6 +87,13 @@ class LabConfig:
     # Kubespray's container_manager for the lab's inventory: docker (the seed's story: docker-ce
     # and containerd.io from apt, held) or containerd (Kubespray's default: no such packages).
     container_manager: str = "docker"
+    domain: str = ""              # --domain: FQDN Node names, CRUSH hosts with dashes
+    # The CephCluster's spec.disruptionManagement, acted on by the lab's Rook disruption controller.
+    # Off unless asked for (--manage-pod-budgets), so the lab's existing behaviour stays; Rook's own
+    # deploy/examples/cluster.yaml turns it on.
+    manage_pod_budgets: bool = False
+    osd_maintenance_timeout_s: float = ROOK_MAINTENANCE_TIMEOUT_S
+    osd_down_out_interval_s: float = 600.0   # Ceph's mon_osd_down_out_interval default
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret
     api_tls: bool = DEFAULT_API_TLS   # HTTPS with the lab's CA (pki.py); False: plain HTTP
     ssh_user: str = DEFAULT_SSH_USER  # the user the lab's profile and inventory log in as
@@ -81,6 +117,14 @@ class LabConfig:
     @property
     def cephcsi_version(self) -> str:
         return ROOK_CEPHCSI[self.rook_version]
+
+    @property
+    def csi_operator(self) -> bool:
+        return rook_tuple(self.rook_version) >= CSI_OPERATOR_FROM
+
+    def kube_node(self, kube_name: str) -> LabNode | None:
+        """The lab node whose Kubernetes Node is ``kube_name``."""
+        return next((n for n in self.nodes if n.kube_name == kube_name), None)
 
     @property
     def repo_address(self) -> str:
@@ -130,7 +174,10 @@ class LabConfig:
         if settings.get("container_manager", "docker") not in CONTAINER_MANAGERS:
             raise ValueError(f"container manager must be one of {', '.join(CONTAINER_MANAGERS)}")
         net = settings.pop("net", 0)
-        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net), net=net,
+        domain = settings.get("domain", "")
+        if domain and not valid_domain(domain):
+            raise ValueError(f"--domain {domain!r} is not a DNS domain (e.g. example.internal)")
+        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net, domain), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)
 
     def save(self) -> None:
@@ -144,12 +191,18 @@ class LabConfig:
         if data is None:
             raise FileNotFoundError(f"no lab.json in {dir}")
         data["dir"] = Path(data["dir"])
-        data["nodes"] = tuple(LabNode(n["name"], n["index"], n["address"], tuple(n["roles"]))
+        data["nodes"] = tuple(LabNode(n["name"], n["index"], n["address"], tuple(n["roles"]), n.get("domain", ""))
                               for n in data["nodes"])
         return cls(**data)
 
 
-def make_nodes(n_nodes: int, net: int = 0) -> tuple[LabNode, ...]:
+def valid_domain(domain: str) -> bool:
+    parts = domain.split(".")
+    return all(p and len(p) <= 63 and p.replace("-", "").isalnum() and p.isascii() and not p.startswith("-")
+               and not p.endswith("-") for p in parts) and domain.lower() == domain
+
+
+def make_nodes(n_nodes: int, net: int = 0, domain: str = "") -> tuple[LabNode, ...]:
     """node1, node2 control plane (node1 alone below 3 nodes), the rest workers;
     etcd on node1-node3 (node1 alone below 3 nodes), as Kubespray lays out a small cluster."""
     nodes = []
@@ -161,5 +214,6 @@ def make_nodes(n_nodes: int, net: int = 0) -> tuple[LabNode, ...]:
             roles.append("worker")
         if i == 1 or (n_nodes >= 3 and i <= 3):
             roles.append("etcd")
-        nodes.append(LabNode(name=f"node{i}", index=i, address=f"127.{net}.1.{i}", roles=tuple(roles)))
+        nodes.append(LabNode(name=f"node{i}", index=i, address=f"127.{net}.1.{i}", roles=tuple(roles),
+                             domain=domain))
     return tuple(nodes)

@@ -101,6 +101,11 @@ def _write_inventory(config: LabConfig, inventory: Path, release: StandIn) -> No
                  f"{LOGIN_USER}@{bastion.address}")
         for node in config.nodes:
             hosts[node.name]["ansible_ssh_common_args"] = f"{strict} -o ProxyCommand=\"{proxy}\""
+    for n in config.nodes:
+        if n.domain:
+            # Short inventory names, FQDN Nodes: Kubespray's kube_override_hostname (kubelet
+            # --hostname-override, kubeadm nodeRegistration name; roles/kubernetes/node/defaults).
+            hosts[n.name]["kube_override_hostname"] = n.kube_name
     # Letters and digits only, so the YAML holds them unquoted and a plain grep finds them.
     become_password = "become" + secrets.token_hex(12)
     registry_password = "registry" + secrets.token_hex(12)

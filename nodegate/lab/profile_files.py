@@ -134,6 +134,7 @@ toolbox_selector = "app=rook-ceph-tools"
 [expect]
 # held_packages is not set: the expected holds follow the inventory's container_manager
 # ({manager}: {held_note}), as on an operator's profile that does not override them.
+kernel_packages = false      # lab nodes run the host's kernel: no linux-image package on them
 
 [upgrade]
 settle_s = 2

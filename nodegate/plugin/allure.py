@@ -174,13 +174,16 @@ def _read_starting_point(config: pytest.Config, profile: Any) -> None:
 
         kube = Kube.connect(settings=profile.kube, check=False, attempts=1, retry_limit_s=5.0)
         try:
-            images = {n.name: n.os_image for n in kube.list_nodes() if n.name in names}
+            kube_names = {n.kube_node for n in profile.nodes if n.name in names} | set(names)
+            images = {n.name: n.os_image for n in kube.list_nodes() if n.name in kube_names}
             namespace = profile.ceph.namespace
+            from nodegate.cluster.storage import csi_node_plugins
+
+            plugins = csi_node_plugins(kube, profile.ceph).plugins
             versions = {
                 "rook.version": _image_tag(kube.list_pods(namespace=namespace, selector="app=rook-ceph-operator"),
                                            "rook-ceph-operator"),
-                "cephcsi.version": _image_tag(kube.list_pods(namespace=namespace, selector="app=csi-rbdplugin"),
-                                              "csi-rbdplugin"),
+                "cephcsi.version": ", ".join(sorted({p.version or "?" for p in plugins})) or "none found",
             }
         finally:
             kube.close()

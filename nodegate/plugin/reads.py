@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from nodegate.cluster.kube.models import NodeStatus, PodSummary
     from nodegate.cluster.nodes.snapshot import NodeSnapshot
     from nodegate.cluster.nodes.ssh import NodeHost
+    from nodegate.profile.model import NodeSpec
 
 
 # Ceph commands of the checks run side by side, this many at a time: each is a `ceph` process in
@@ -160,14 +161,34 @@ class Reads:
                 name, pods=self.pods_on(name), pdbs=self.pdbs()))
         return self._get(("blockers", name), lambda: self.connect().pods_blocking_eviction(name))
 
-    def csi_rbdplugin(self, name: str):
-        from nodegate.cluster.kube.csi import CSI_RBD_SELECTOR
+    def csi_discovery(self):
+        """The Ceph RBD CSI node plugin(s), found by what they are (nodegate.core.csi)."""
+        from nodegate.cluster.storage import csi_node_plugins
 
-        namespace = self.access.profile.ceph.namespace
-        if self.fleet:   # the plugin pods of every node in one list (the compatibility check reads it too)
-            return self._get(("csi", name), lambda: self.connect().csi_rbdplugin(
-                name, namespace=namespace, pods=[p for p in self.pods(namespace, CSI_RBD_SELECTOR) if p.node == name]))
-        return self._get(("csi", name), lambda: self.connect().csi_rbdplugin(name, namespace=namespace))
+        return self._get(("cluster:csi-discovery",),
+                         lambda: csi_node_plugins(self.connect(), self.access.profile.ceph))
+
+    def rook_settings(self):
+        """managePodBudgets / osdMaintenanceTimeout of the CephCluster (nodegate.core.noout)."""
+        from nodegate.cluster.storage import rook_settings
+
+        return self._get(("cluster:rook-settings",),
+                         lambda: rook_settings(self.connect(), self.access.profile.ceph.namespace))
+
+    def csi_rbdplugin(self, name: str):
+        """The RBD node-plugin pod on Node ``name`` (its health), or None when no node plugin was
+        found in the cluster (``csi_discovery()`` says why)."""
+        found = self.csi_discovery()
+        if not found.plugins:
+            return None
+        plugin = found.plugins[0]
+        if len(found.plugins) > 1:   # several drivers: the plugin that has a pod on this node
+            on_node = [p for p in found.plugins
+                       if any(q.node == name for q in self.pods(p.namespace, p.label_selector))]
+            plugin = on_node[0] if on_node else plugin
+        pods = [p for p in self.pods(plugin.namespace, plugin.label_selector) if p.node == name]
+        return self._get(("csi", name), lambda: self.connect().csi_rbdplugin(
+            name, namespace=plugin.namespace, selector=plugin.label_selector, pods=pods))
 
     def pod_log(self, namespace: str, name: str, container: str, tail: int = 50) -> str:
         return self._get(("cluster:log", namespace, name, container, tail),
@@ -233,6 +254,28 @@ class Reads:
 
     def osd_ids(self, host: str) -> tuple[int, ...]:
         return self.osd_tree().get(host, ())
+
+    def osd_metadata_hosts(self) -> dict[int, str]:
+        return self._get(("cluster:osd-metadata",), self._ceph(lambda c: c.osd_metadata_hosts()))
+
+    def crush_mapping(self, spec: "NodeSpec"):
+        """The node's CRUSH host and OSDs, with the evidence that maps them (nodegate.core.crush):
+        its Node's hostname label as Rook normalises it, the OSD pods bound to it, `ceph osd tree`
+        and `ceph osd metadata`, and the profile's crush_host / ceph_osds."""
+        from nodegate.cluster.storage import OSD_POD_SELECTOR
+        from nodegate.core.crush import OSD_HOST_LABEL, OSD_ID_LABEL, OsdPod, map_crush_host
+
+        def read():
+            status = self.node_status(spec.kube_node)
+            pods = [p for p in self.pods(self.access.profile.ceph.namespace, OSD_POD_SELECTOR)
+                    if p.node == spec.kube_node and not p.deleting]
+            osd_pods = [OsdPod(p.name, int(p.labels[OSD_ID_LABEL]) if str(p.labels.get(OSD_ID_LABEL, "")).isdigit()
+                               else None, p.labels.get(OSD_HOST_LABEL)) for p in pods]
+            return map_crush_host(inventory_name=spec.name, node_name=status.name if status else None,
+                                  node_labels=status.labels if status else None, crush_hosts=self.osd_tree(),
+                                  osd_pods=osd_pods, osd_metadata_hosts=self.osd_metadata_hosts(),
+                                  override=spec.crush_host, no_osds_expected=not spec.ceph_osds)
+        return self._get(("crush", spec.name), read)
 
 
 def _quietly(read: Callable[[], Any]) -> None:

@@ -131,20 +131,21 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
     storage = {"test_ceph_healthy", "test_node_osds_up", "test_osds_ok_to_stop", "test_noout_as_expected"}
     if needs_kube and selected & storage:
         # side by side (see CEPH_PARALLEL); each node's ok-to-stop waits for the one OSD tree
-        ceph_reads: list[Callable[[], Any]] = [reads.osd_tree, reads.ceph_status, reads.osd_dump]
+        ceph_reads: list[Callable[[], Any]] = [reads.osd_tree, reads.ceph_status, reads.osd_dump,
+                                               reads.osd_metadata_hosts]
         if "test_osds_ok_to_stop" in selected:
-            def ok_to_stop(name: str) -> None:
-                ids = reads.osd_ids(name)
+            def ok_to_stop(spec: "NodeSpec") -> None:
+                ids = reads.crush_mapping(spec).osd_ids
                 if ids:
                     reads.ok_to_stop(tuple(ids))
-            ceph_reads += [functools.partial(ok_to_stop, n) for n in names]
+            ceph_reads += [functools.partial(ok_to_stop, spec) for spec in specs]
         reads.prefetch(*ceph_reads, ceph=True)
     if needs_kube and selected & {"test_csi_rbdplugin_healthy", "test_rbd_module"}:
-        wanted += [functools.partial(reads.csi_rbdplugin, n) for n in names]
+        wanted += [functools.partial(reads.csi_rbdplugin, spec.kube_node) for spec in specs]
     if needs_kube and "test_upgrade_lock_free" in selected:
         wanted.append(reads.lock)
     if needs_kube and "test_pods_evictable" in selected:
-        wanted += [functools.partial(reads.eviction_blockers, n) for n in names]
+        wanted += [functools.partial(reads.eviction_blockers, spec.kube_node) for spec in specs]
     if needs_ssh and "test_apt_update_clean" in selected:
         wanted += [functools.partial(reads.apt_update, n) for n in names]
     if needs_ssh and "test_nothing_upgradable" in selected:

@@ -16,7 +16,7 @@ from nodegate.core.errors import UsageError
 INVENTORY_VARS = frozenset({
     "ansible_host", "ansible_ssh_host", "ansible_user", "ansible_ssh_user", "ansible_port", "ansible_ssh_port",
     "ansible_ssh_private_key_file", "ansible_ssh_common_args", "ansible_become", "ansible_become_user",
-    "kube_version", "container_manager", "containerd_package", "containerd_version",
+    "kube_version", "kube_override_hostname", "container_manager", "containerd_package", "containerd_version",
     "docker_version", "docker_cli_version", "docker_containerd_version",
 })
 CONTROL_PLANE_GROUPS = ("kube_control_plane", "kube-master", "kube_master")

@@ -97,13 +97,14 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "kubespray": frozenset({"path", "inventory", "version"}),
     "kubernetes": frozenset({"kubeconfig", "context", "kube_version"}),
     "ssh": frozenset({"config", "user", "identity_file", "known_hosts", "trust_new_host_keys"}),
-    "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command"}),
-    "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb"}),
+    "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command", "csi_rbd", "csi_rbd_daemonset"}),
+    "expect": frozenset({"held_packages", "package_versions", "min_free_root_mb", "min_free_boot_mb",
+                         "kernel_packages"}),
     "upgrade": frozenset({"settle_s", "devel_release", "drain_timeout_s", "reboot_timeout_worker_s",
                           "reboot_timeout_control_plane_s", "lock_stale_after_s", "storage_timeout_s"}),
     "nodes": frozenset(),   # [nodes.<name>] tables, checked against the inventory
 }
-_NODE_KEYS = frozenset({"bmc"})
+_NODE_KEYS = frozenset({"bmc", "kube_node", "crush_host", "ceph_osds"})
 
 
 def load_profile(path: Path, *, environ: Mapping[str, str] | None = None) -> Profile:
@@ -191,6 +192,12 @@ class _TomlReader:
 
     def table(self, section: str) -> dict:
         return self.data.get(section, {})
+
+    def _bool(self, section: str, key: str, default: bool) -> bool:
+        value = self.table(section).get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"[{section}] {key} must be true or false", fix=f"write {key} = true or {key} = false")
+        return value
 
     def get(self, section: str, key: str, kind: type | tuple[type, ...], kind_name: str):
         value = self.table(section).get(key)
@@ -296,9 +303,17 @@ class _TomlReader:
             raise self.fail("[ceph] command must be a list of strings", fix='e.g. command = ["ceph", "--conf", "/etc/ceph/ceph.conf"]')
         if not command:
             raise self.fail("[ceph] command is empty", fix='e.g. command = ["ceph"]')
+        csi_rbd = self.table("ceph").get("csi_rbd", True)
+        if not isinstance(csi_rbd, bool):
+            raise self.fail("[ceph] csi_rbd must be true or false",
+                            fix="csi_rbd = false says the cluster has no Ceph RBD CSI node plugin to check")
+        daemonset = self.opt_str("ceph", "csi_rbd_daemonset")
+        if daemonset is not None and not re.match(r"^[a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*$", daemonset):
+            raise self.fail(f"[ceph] csi_rbd_daemonset {daemonset!r} is not <namespace>/<name>",
+                            fix='e.g. csi_rbd_daemonset = "ceph-csi-rbd/ceph-csi-rbd-nodeplugin"')
         return CephSettings(mode=mode, namespace=self.opt_str("ceph", "namespace") or "rook-ceph",
                             toolbox_selector=self.opt_str("ceph", "toolbox_selector") or "app=rook-ceph-tools",
-                            command=command)
+                            command=command, csi_rbd=csi_rbd, csi_rbd_daemonset=daemonset)
 
     def expect(self, discovered: Mapping[str, str], container_manager: str | None = None) -> Expectations:
         held = self.get("expect", "held_packages", list, "a list of package names")
@@ -333,7 +348,8 @@ class _TomlReader:
         return Expectations(held_packages=held_t, package_versions=versions, held_source=source,
                             container_manager=container_manager or "containerd",
                             min_free_root_mb=int(self.number("expect", "min_free_root_mb", defaults.min_free_root_mb)),
-                            min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)))
+                            min_free_boot_mb=int(self.number("expect", "min_free_boot_mb", defaults.min_free_boot_mb)),
+                            kernel_packages=self._bool("expect", "kernel_packages", True))
 
     def upgrade(self) -> UpgradeSettings:
         d = UpgradeSettings()
@@ -442,8 +458,12 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise UsageError(f"the Kubespray inventory {inventory_path}: host {host} has an invalid ansible_port",
                              fix="set ansible_port to a number from 1 to 65535")
+        override = (hv.get("kube_override_hostname") or "").strip()
+        if override and ("{" in override or not NAME_PATTERN.match(override)):
+            override = ""   # a template (Kubespray's default) is the inventory name
         nodes.append(NodeSpec(name=host, address=address.strip("[]"), user=user, roles=frozenset(roles_of[host]),
-                              port=int(port_text), **_access_vars(inventory_path, inventory, host, hv)))
+                              port=int(port_text), node_name=override or None,
+                              **_access_vars(inventory_path, inventory, host, hv)))
     known = {n.name for n in nodes}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -456,5 +476,16 @@ def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table:
         if bmc is not None and (not isinstance(bmc, str) or not bmc.strip()):
             raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] bmc must be a non-empty string",
                              fix='e.g. bmc = "10.0.9.14" (the node\'s BMC/IPMI/iRMC address)')
-        result.append(replace(node, bmc=bmc.strip() if bmc else None))
+        extra = table.get(node.name, {})
+        kube_node, crush_host, ceph_osds = extra.get("kube_node"), extra.get("crush_host"), extra.get("ceph_osds", True)
+        for key, value in (("kube_node", kube_node), ("crush_host", crush_host)):
+            if value is not None and (not isinstance(value, str) or not NAME_PATTERN.match(value)):
+                raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] {key} must be a node/host name",
+                                 fix=f'e.g. {key} = "{node.name}.example.com"' if key == "kube_node"
+                                 else f'e.g. {key} = "{node.name}-example-com" (as `ceph osd tree` shows it)')
+        if not isinstance(ceph_osds, bool):
+            raise UsageError(f"cluster profile {profile}: [nodes.{node.name}] ceph_osds must be true or false",
+                             fix="ceph_osds = false says the node carries no Ceph OSDs")
+        result.append(replace(node, bmc=bmc.strip() if bmc else None, node_name=kube_node or node.node_name,
+                              crush_host=crush_host, ceph_osds=ceph_osds))
     return tuple(result)

@@ -34,6 +34,15 @@ class NodeSpec:
     identity_file: Path | None = None   # ansible_ssh_private_key_file ([ssh] identity_file otherwise)
     route: SshRoute = SshRoute()        # ansible_ssh_common_args' ProxyJump/ProxyCommand, or the bastion group
     become_user: str = "root"           # ansible_become_user
+    # The Kubernetes Node: [nodes.<name>] kube_node, else the inventory's kube_override_hostname
+    # (Kubespray's kubelet --hostname-override and kubeadm node name), else the inventory name.
+    node_name: str | None = None
+    crush_host: str | None = None   # [nodes.<name>] crush_host: overrides the derived CRUSH host
+    ceph_osds: bool = True          # [nodes.<name>] ceph_osds = false: the node carries no OSDs
+
+    @property
+    def kube_node(self) -> str:
+        return self.node_name or self.name
 
     @property
     def is_control_plane(self) -> bool:
@@ -71,6 +80,8 @@ class CephSettings:
     namespace: str = "rook-ceph"
     toolbox_selector: str = "app=rook-ceph-tools"
     command: tuple[str, ...] = ("ceph",)        # argv prefix in 'command' mode, e.g. ("ceph", "--conf", "/x")
+    csi_rbd: bool = True                        # false: the cluster has no Ceph RBD CSI (nothing expected)
+    csi_rbd_daemonset: str | None = None        # "namespace/name" of the RBD node plugin, if not found by itself
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,7 @@ class Expectations:
     # "container_manager <name>" (the inventory; only Kubespray's docker role holds packages).
     held_source: str = "default"
     container_manager: str = "containerd"      # the inventory's (Kubespray's default when unset)
+    kernel_packages: bool = True     # false: the node's kernel is not installed by dpkg (no linux-image-*)
 
     def version_for(self, package: str, codename: str) -> str | None:
         """The expected version of `package` on a node running `codename`, or None if unknown

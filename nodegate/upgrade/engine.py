@@ -156,6 +156,7 @@ class Upgrade:
         self.profile = profile
         self.node = node
         self.name = node.name
+        self.kube_name = node.kube_node     # the Kubernetes Node (may differ from the inventory name)
         self.target = target
         self.journal = journal
         self.nodes = nodes
@@ -255,7 +256,7 @@ class Upgrade:
 
         kube = self.need_kube()
         live = wait_for_node(self.nodes, self.name, timeout=self.profile.upgrade.reboot_timeout_s(self.node),
-                             read=lambda host: incarnation(host, kube, self.name))
+                             read=lambda host: incarnation(host, kube, self.kube_name))
         missing = live.missing()
         if missing:
             raise StepFailed(f"could not read what identifies {self.name}: {', '.join(missing)} (a journal is bound "
@@ -269,7 +270,7 @@ class Upgrade:
 
         if self.kube is None:    # plan mode without the API: nothing to compare with
             return None
-        annotation = read_annotation(self.kube, self.name)
+        annotation = read_annotation(self.kube, self.kube_name)
         if current is None:
             foreign = foreign_open_upgrade(annotation, node=self.name, target=self.target.version,
                                            journal_path=str(self.journal.path))
@@ -327,7 +328,7 @@ class Upgrade:
             return
         summary = self.journal.summary()
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=json.dumps(summary, sort_keys=True))
         except NodegateError as exc:   # the journal file is the record; the annotation mirrors it
             log.warning("could not mirror the journal on node %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -335,7 +336,7 @@ class Upgrade:
         if self.kube is None:
             return
         try:
-            self.kube.set_node_annotation(self.name, key=ANNOTATION, value=None)
+            self.kube.set_node_annotation(self.kube_name, key=ANNOTATION, value=None)
         except NodegateError as exc:
             log.warning("could not remove the upgrade annotation from %s: %s", self.name, str(exc).splitlines()[0])
 
@@ -465,7 +466,8 @@ class Upgrade:
         elif self.records_of("drain") and not self.finished("uncordon"):
             holds.append("the node is cordoned (it was before this upgrade)")
         if self.value("noout_by_us") and not self.finished("unset_noout"):
-            holds.append(f"ceph noout is set for CRUSH host {self.name}")
+            holds.append(f"ceph noout is set for the OSDs of {self.name} ({self.value('noout_kind')}: "
+                         f"{self.value('noout_host')} {self.value('noout_osds')})")
         held = self.value("held_before")
         if held and not self.finished("hold"):
             holds.append("these packages are NOT held: " + ", ".join(sorted(held)))

@@ -20,7 +20,7 @@ PREFLIGHT_NODE4 = {
     "test_out_of_band_access[node4]", "test_other_nodes_ready[node4]", "test_one_node_at_a_time[node4]",
     "test_upgrade_lock_free[node4]", "test_control_plane_can_lose_node[node4]", "test_pods_evictable[node4]",
     "test_ceph_healthy", "test_node_osds_up[node4]", "test_osds_ok_to_stop[node4]",
-    "test_noout_as_expected[node4]", "test_csi_rbdplugin_healthy[node4]", "test_api_permissions",
+    "test_noout_as_expected[node4]", "test_noout_outlasts_rook[node4]", "test_csi_rbdplugin_healthy[node4]", "test_api_permissions",
     "test_kubespray_docker_task_has_the_downgrade_fix", "test_release_upgrade_prompt[node4]",
     "test_no_package_blocks_release_upgrade[node4]",
 }
@@ -163,7 +163,7 @@ def test_csi_rbd_broken_fails_csi_check(catalogue, lab, cli):
         fault(lab, cli, "csi-rbd-broken", "node4", clear=True)
     run.assert_failed_exactly({"test_csi_rbdplugin_healthy[node4]"})
     section = run.section("test_csi_rbdplugin_healthy[node4]")
-    assert "csi-rbdplugin on node4 is not healthy" in section
+    assert "the RBD node plugin rook-ceph/csi-rbdplugin-" in section and "on node4 is not healthy" in section
     assert "not Ready" in section and "modprobe rbd" in section
 
 

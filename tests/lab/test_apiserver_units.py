@@ -14,10 +14,14 @@ from nodegate.lab.apiserver.store import Store
 from nodegate.lab.config import LabConfig
 
 
-def csi_pod(version: str) -> dict:
-    return {"metadata": {"labels": {"app": "csi-rbdplugin"}},
+def csi_pod(version: str, app: str = "csi-rbdplugin") -> dict:
+    """An RBD node-plugin pod: recognised by its cephcsi RBD node-server container, whatever its
+    label (Rook <= v1.17 app=csi-rbdplugin; ceph-csi-operator app=<driver>-nodeplugin)."""
+    return {"metadata": {"labels": {"app": app}},
             "spec": {"containers": [{"name": "driver-registrar", "image": "registrar:v2.11.1"},
-                                    {"name": "csi-rbdplugin", "image": f"quay.io/cephcsi/cephcsi:{version}"}]}}
+                                    {"name": "csi-rbdplugin", "image": f"quay.io/cephcsi/cephcsi:{version}",
+                                     "args": ["--type=rbd", "--nodeserver=true",
+                                              "--drivername=rook-ceph.rbd.csi.ceph.com"]}]}}
 
 
 @pytest.fixture
@@ -37,6 +41,12 @@ def test_csi_crash_rule(cluster, release, modules, version, crashes):
     view = NodeView(node=cluster.config.nodes[1], state="up", os_release={"VERSION_ID": release},
                     modules=frozenset(modules))
     assert cluster.csi_crashing(csi_pod(version), view) is crashes
+
+
+def test_csi_crash_rule_applies_to_the_ceph_csi_operator_nodeplugin(cluster):
+    view = NodeView(node=cluster.config.nodes[1], state="up", os_release={"VERSION_ID": "24.04"},
+                    modules=frozenset())
+    assert cluster.csi_crashing(csi_pod("v3.11.0", app="rook-ceph.rbd.csi.ceph.com-nodeplugin"), view) is True
 
 
 def test_csi_broken_fault_crashes_any_release(cluster, tmp_path):

@@ -77,6 +77,18 @@ class Kube(KubeTransport, NodeWatch, DrainCalls, ExecCalls, CsiCalls):
         info = self._get("read the server version", "/version", attempts=attempts)
         return str(info.get("gitVersion") or "")
 
+    def list_objects(self, path: str, *, what: str, missing_ok: bool = False) -> list[Mapping[str, Any]]:
+        """The items of a list path as the API's JSON (``/apis/apps/v1/daemonsets``,
+        ``/apis/ceph.rook.io/v1/namespaces/rook-ceph/cephclusters``). ``missing_ok``: a path the
+        server does not serve (a CRD that is not installed) lists nothing instead of NotFoundError."""
+        try:
+            answer = self._get(what, path)
+        except NotFoundError:
+            if missing_ok:
+                return []
+            raise
+        return list(answer.get("items") or ())
+
     # -- nodes -----------------------------------------------------------------------------
     def get_node(self, name: str) -> NodeStatus | None:
         """The node's status, or None if the cluster has no such node."""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nodegate.kube")
 
 
-CSI_RBD_SELECTOR = "app=csi-rbdplugin"
+CSI_RBD_SELECTOR = "app=csi-rbdplugin"   # Rook <= v1.17 only; callers pass the discovered plugin's selector
 CSI_RBD_CONTAINER = "csi-rbdplugin"
 CSI_STUCK_LINE = "Still connecting to unix:///csi/csi.sock"     # node-driver-registrar, while the plugin is down
 CSI_RBD_ERRORS = ("failed to load kernel module rbd", "modprobe failed")  # the plugin itself (rook #14507)

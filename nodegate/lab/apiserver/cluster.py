@@ -191,6 +191,9 @@ class Cluster:
         self._osd_tasks: dict[str, asyncio.Task] = {}
         self._osd_state: dict[str, bool] = {}          # node -> OSD last made running (True) / stopped
         self._osd_checked = 0.0
+        from nodegate.lab.apiserver.disruption import DisruptionController
+
+        self.disruption = DisruptionController(self)
         self._sched_messages: dict[str, str] = {}      # pod uid -> last FailedScheduling message
         self._event_keys: dict[tuple, tuple[str, str]] = {}  # (uid, reason, message, source) -> event
         self.node_phase_seen: dict[str, str] = {}
@@ -303,6 +306,7 @@ class Cluster:
                     self.reconcile(now)
                     self.warm = False
                     self.couple_osds(now)
+                self.disruption.kick(now, self._ceph_ready())
                 if self.store.rv != self._saved_rv and now - self._last_save >= SAVE_EVERY_S:
                     self._last_save = now
                     self.save()
@@ -493,7 +497,7 @@ class Cluster:
         view = self.mirror.views.get(pod["spec"]["nodeName"])
         if view is not None and view.up:
             self.event(out, "Killing", f"Stopping container {pod['spec']['containers'][0]['name']}",
-                       host=view.node.name)
+                       host=view.node.kube_name)
             at = time.time() + min(grace, TERMINATE_CAP_S)
             rt.terminate_at = at if rt.terminate_at is None else min(at, rt.terminate_at)
             self.due(rt.terminate_at)
@@ -649,13 +653,13 @@ class Cluster:
         for view in self.mirror.views.values():
             if not view.up or not view.node.control_plane or not view.kubelet_boot_id:
                 continue
-            node = self.store.find(NODES, "", view.node.name)
+            node = self.store.find(NODES, "", view.node.kube_name)
             if node is None:
                 continue
             for spec in workloads.static_pods(self.config, view.node):
                 if self.store.find(PODS, "kube-system", spec["metadata"]["name"]) is not None:
                     continue
-                spec["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": view.node.name,
+                spec["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": view.node.kube_name,
                                                         "uid": node["metadata"]["uid"], "controller": True}]
                 spec = self._admit_pod(spec, None, spec["metadata"]["name"])
                 self.store.create(PODS, spec)
@@ -684,7 +688,7 @@ class Cluster:
             self.due(now + NODE_LEASE_RENEW_S)
 
     def _node_events(self, node: dict, view: NodeView) -> None:
-        name = view.node.name
+        name = view.node.kube_name
         if view.up and view.kubelet_boot_id and self.node_boot_seen.get(name) != view.kubelet_boot_id:
             if self.node_boot_seen.get(name):
                 self.event(node, "Rebooted", f"Node {name} has been rebooted, boot id: {view.kubelet_boot_id}",
@@ -900,7 +904,8 @@ class Cluster:
     def reconcile_pdb_block(self) -> None:
         """While `pdb-block` is on for a node, every evictable pod there carries the block
         label and a real PDB in its namespace needs all of them healthy."""
-        blocked_nodes = self.faults.nodes(PDB_BLOCK)
+        short = {n.name: n.kube_name for n in self.config.nodes}   # faults name the short lab node
+        blocked_nodes = {short.get(n, n) for n in self.faults.nodes(PDB_BLOCK)}
         per_ns: dict[str, int] = {}
         for pod in self.store.peek(PODS):
             labels = pod["metadata"].get("labels") or {}
@@ -1038,9 +1043,11 @@ class Cluster:
 
     # -- kubelets ----------------------------------------------------------------------------
     def csi_crashing(self, pod: dict, view: NodeView) -> bool:
-        """Whether this csi-rbdplugin pod's plugin container fails on its node (rook #14507)."""
+        """Whether this RBD node-plugin pod's plugin container fails on its node (rook #14507).
+        Recognised by what it runs (the csi-rbdplugin container, cephcsi as an RBD node server),
+        so Rook's csi-rbdplugin and ceph-csi-operator's <driver>-nodeplugin crash alike."""
         container = next((c for c in pod["spec"].get("containers") or [] if c["name"] == CSI_CONTAINER), None)
-        if container is None or not (pod["metadata"].get("labels") or {}).get("app") == "csi-rbdplugin":
+        if container is None or not {"--type=rbd", "--nodeserver=true"} <= set(container.get("args") or ()):
             return False
         if view.node.name in self.faults.nodes(CSI_RBD_BROKEN):
             return True
@@ -1110,7 +1117,7 @@ class Cluster:
                             self.ip_counter[view.node.name] = counter
                             rt.ip = pod_ip(pod, view, counter)
                         self.event(pod, "Started", f"Started container {pod['spec']['containers'][0]['name']}",
-                                   host=view.node.name)
+                                   host=view.node.kube_name)
                     else:
                         self.due(start_at)
             crashing = False
@@ -1134,7 +1141,7 @@ class Cluster:
                     if count != rt.backoff_seen and now >= end:
                         rt.backoff_seen = count
                         self.event(pod, "BackOff", "Back-off restarting failed container", type_="Warning",
-                                   host=view.node.name)
+                                   host=view.node.kube_name)
             if pod["spec"].get("nodeName") and (view.up or rt.started_at is not None or view.phase == LOST):
                 new_status = pod_status(pod, rt, view, now, crashing)
                 if new_status != pod.get("status"):
@@ -1260,7 +1267,7 @@ class Cluster:
                 continue
             if pod["metadata"].get("deletionTimestamp"):
                 continue  # SIGTERM went to ceph-osd with the deletion
-            want[node] = True
+            want[view.node.name] = True
         return want
 
     def couple_osds(self, now: float) -> None:

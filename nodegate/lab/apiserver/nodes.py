@@ -95,7 +95,9 @@ class NodeView:
 class NodeMirror:
     def __init__(self, config: LabConfig) -> None:
         self.config = config
-        self.views = {n.name: NodeView(node=n) for n in config.nodes}
+        # Keyed by the Kubernetes Node name (the FQDN in a lab with --domain); the node's
+        # directory keeps its short inventory name.
+        self.views = {n.kube_name: NodeView(node=n) for n in config.nodes}
         self._mtimes: dict[str, float | None] = {}
         self.kernel = platform.release()
 
@@ -106,7 +108,7 @@ class NodeMirror:
         """Re-read every state.json that changed and advance phases; True if anything changed."""
         changed = False
         for name, view in self.views.items():
-            path = self._node_dir(name) / "state.json"
+            path = self._node_dir(view.node.name) / "state.json"
             try:
                 mtime = path.stat().st_mtime_ns
             except FileNotFoundError:
@@ -211,7 +213,7 @@ class NodeMirror:
     def initial_node(self, view: NodeView, *, tainted_control_plane: bool) -> dict:
         n = view.node
         labels = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux"}
+                  "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": n.kube_name, "kubernetes.io/os": "linux"}
         taints = []
         if n.control_plane:
             labels["node-role.kubernetes.io/control-plane"] = ""
@@ -222,7 +224,7 @@ class NodeMirror:
         spec: dict = {"podCIDR": cidr, "podCIDRs": [cidr]}
         if taints:
             spec["taints"] = taints
-        return {"metadata": {"name": n.name, "labels": labels, "annotations": {
+        return {"metadata": {"name": n.kube_name, "labels": labels, "annotations": {
                     "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/cri-dockerd.sock",
                     "node.alpha.kubernetes.io/ttl": "0",
                     "projectcalico.org/IPv4Address": f"{n.address}/32",
@@ -277,7 +279,7 @@ class NodeMirror:
         pretty = view.os_release.get("PRETTY_NAME") or (old_status.get("nodeInfo") or {}).get("osImage") or "Unknown"
         return {
             "capacity": capacity, "allocatable": allocatable, "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": n.address}, {"type": "Hostname", "address": n.name}],
+            "addresses": [{"type": "InternalIP", "address": n.address}, {"type": "Hostname", "address": n.kube_name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {"machineID": self.machine_id(n.name),
                          "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{self.config.dir}/{n.name}")).upper(),

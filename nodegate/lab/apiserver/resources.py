@@ -73,11 +73,21 @@ RESOURCES: tuple[Resource, ...] = (
     # Never stored: a POST is answered with the verdict for the requesting user (auth.py).
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "", "SelfSubjectAccessReview", False,
              verbs=("create",)),
+    # Storage as a Rook cluster has it: read by the harness's storage gates, stored as they are.
+    Resource("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", False, ("pv",),
+             subresources=("status",), has_status=True),
+    Resource("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", False, ("sc",)),
+    Resource("storage.k8s.io", "v1", "csidrivers", "csidriver", "CSIDriver", False),
+    # Rook's CRD (deploy/examples/crds.yaml: shortName ceph, status subresource); the lab's Rook
+    # disruption controller reads its spec.disruptionManagement.
+    Resource("ceph.rook.io", "v1", "cephclusters", "cephcluster", "CephCluster", True, ("ceph",),
+             subresources=("status",), has_status=True, bumps_generation=True),
 )
 
 # group -> versions served, preferred first
 GROUPS: dict[str, tuple[str, ...]] = {"apps": ("v1",), "policy": ("v1",),
-                                      "coordination.k8s.io": ("v1",), "authorization.k8s.io": ("v1",)}
+                                      "coordination.k8s.io": ("v1",), "authorization.k8s.io": ("v1",),
+                                      "storage.k8s.io": ("v1",), "ceph.rook.io": ("v1",)}
 
 SUBRESOURCE_VERBS = {
     "status": ["get", "patch", "update"],

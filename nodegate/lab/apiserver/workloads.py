@@ -77,13 +77,76 @@ def pdb(namespace: str, name: str, selector: dict, *, min_available=None, max_un
 
 
 def last_worker(config: LabConfig) -> str:
-    workers = [n.name for n in config.nodes if "worker" in n.roles]
-    return workers[-1] if workers else config.nodes[-1].name
+    """The Kubernetes name of the last worker."""
+    workers = [n.kube_name for n in config.nodes if "worker" in n.roles]
+    return workers[-1] if workers else config.nodes[-1].kube_name
 
 
 def first_worker(config: LabConfig) -> str:
-    workers = [n.name for n in config.nodes if "worker" in n.roles]
-    return workers[0] if workers else config.nodes[0].name
+    workers = [n.kube_name for n in config.nodes if "worker" in n.roles]
+    return workers[0] if workers else config.nodes[0].kube_name
+
+
+RBD_DRIVER = "rook-ceph.rbd.csi.ceph.com"   # Rook's driver name: <operator namespace>.rbd.csi.ceph.com
+
+
+def rbd_node_plugin(config: LabConfig) -> dict:
+    """The RBD node plugin DaemonSet as the lab's Rook version deploys it.
+
+    Rook <= v1.17: `csi-rbdplugin`, label app=csi-rbdplugin (rook pkg/operator/ceph/csi/spec.go,
+    CsiRBDPlugin). Rook >= v1.18 runs ceph-csi-operator (ROOK_USE_CSI_OPERATOR, default "true"),
+    which names it `<driver>-nodeplugin` with label app=<driver>-nodeplugin and keeps the
+    containers csi-rbdplugin, driver-registrar, liveness-prometheus (ceph-csi-operator
+    internal/controller/driver_controller.go: generateName("nodeplugin"), "csi-%splugin")."""
+    csi = config.cephcsi_version
+    if config.csi_operator:
+        name = f"{RBD_DRIVER}-nodeplugin"
+        labels = {"app": name}
+        account = "ceph-csi-rbd-nodeplugin-sa"
+    else:
+        name, labels, account = "csi-rbdplugin", {"app": "csi-rbdplugin"}, "rook-csi-rbd-plugin-sa"
+    return daemonset("rook-ceph", name, labels, pod_spec(
+        [container("driver-registrar", REGISTRAR_IMAGE,
+                   args=["--v=0", "--csi-address=/csi/csi.sock",
+                         f"--kubelet-registration-path=/var/lib/kubelet/plugins/{RBD_DRIVER}/csi.sock"]),
+         container("csi-rbdplugin", f"quay.io/cephcsi/cephcsi:{csi}",
+                   args=["--nodeid=$(NODE_ID)", "--endpoint=$(CSI_ENDPOINT)", "--v=0", "--type=rbd",
+                         "--nodeserver=true", f"--drivername={RBD_DRIVER}"],
+                   securityContext={"privileged": True}),
+         container("liveness-prometheus", f"quay.io/cephcsi/cephcsi:{csi}",
+                   args=["--type=liveness", "--endpoint=$(CSI_ENDPOINT)", "--metricsport=9080"])],
+        host_network=True, tolerations=TOLERATE_CP, priority_class="system-node-critical",
+        service_account=account,
+        volumes=[{"name": "socket-dir", "hostPath": {"path": f"/var/lib/kubelet/plugins/{RBD_DRIVER}",
+                                                      "type": "DirectoryOrCreate"}},
+                 {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}}]))
+
+
+def storage_objects(config: LabConfig) -> list[tuple[str, dict]]:
+    """The CephCluster (with spec.disruptionManagement, read by the lab's Rook disruption
+    controller), Rook's RBD StorageClass (deploy/examples/csi/rbd/storageclass.yaml: provisioner
+    rook-ceph.rbd.csi.ceph.com) and the CSIDriver object registered for that driver."""
+    minutes = max(1, -(-int(config.osd_maintenance_timeout_s) // 60))
+    cluster = {"apiVersion": "ceph.rook.io/v1", "kind": "CephCluster",
+               "metadata": {"name": "rook-ceph", "namespace": "rook-ceph",
+                            # Rook reads whole minutes; the lab's controller may run faster than that.
+                            "annotations": {"lab.nodegate.io/osd-maintenance-timeout-seconds":
+                                            f"{config.osd_maintenance_timeout_s:g}"}},
+               "spec": {"cephVersion": {"image": CEPH_IMAGE}, "dataDirHostPath": "/var/lib/rook",
+                        "mon": {"count": 1}, "storage": {"useAllNodes": True, "useAllDevices": True},
+                        "disruptionManagement": {"managePodBudgets": config.manage_pod_budgets,
+                                                 "osdMaintenanceTimeout": minutes}},
+               "status": {"phase": "Ready", "state": "Created", "ceph": {"health": "HEALTH_OK"},
+                          "version": {"image": CEPH_IMAGE, "version": "16.2.15-0"}}}
+    storageclass = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                    "metadata": {"name": "rook-ceph-block"}, "provisioner": RBD_DRIVER,
+                    "parameters": {"clusterID": "rook-ceph", "pool": "replicapool", "imageFormat": "2",
+                                   "imageFeatures": "layering", "csi.storage.k8s.io/fstype": "ext4"},
+                    "reclaimPolicy": "Delete", "allowVolumeExpansion": True, "volumeBindingMode": "Immediate"}
+    driver = {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": RBD_DRIVER},
+              "spec": {"attachRequired": True, "podInfoOnMount": False, "fsGroupPolicy": "File",
+                       "requiresRepublish": False, "storageCapacity": False, "volumeLifecycleModes": ["Persistent"]}}
+    return [("CephCluster", cluster), ("StorageClass", storageclass), ("CSIDriver", driver)]
 
 
 def prefer_node(node: str) -> dict:
@@ -95,7 +158,6 @@ def prefer_node(node: str) -> dict:
 def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
     """(kind, object) pairs in creation order."""
     kube = config.kube_version
-    csi = config.cephcsi_version
     objs: list[tuple[str, dict]] = [("Namespace", {"metadata": {"name": ns, "labels": {
         "kubernetes.io/metadata.name": ns}}}) for ns in NAMESPACES]
 
@@ -111,7 +173,8 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
                   {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}, "status": {"loadBalancer": {}}}))
     # Rook's operator settings; empty data means Rook's default images (cephcsi per Rook release).
     objs.append(("ConfigMap", {"metadata": {"name": "rook-ceph-operator-config", "namespace": "rook-ceph"},
-                               "data": {"ROOK_CSI_ENABLE_RBD": "true", "CSI_ENABLE_CEPHFS": "false"}}))
+                               "data": {"ROOK_CSI_ENABLE_RBD": "true", "CSI_ENABLE_CEPHFS": "false",
+                                        "ROOK_USE_CSI_OPERATOR": "true" if config.csi_operator else "false"}}))
 
     # -- kube-system (Kubespray v2.21 defaults) --------------------------------------
     objs.append(("DaemonSet", daemonset("kube-system", "kube-proxy", {"k8s-app": "kube-proxy"}, pod_spec(
@@ -152,33 +215,20 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
         [container("rook-ceph-tools", CEPH_IMAGE, command=["/bin/bash", "-c", "/usr/local/bin/toolbox.sh"],
                    tty=True)], grace=2, tolerations=TOLERATE_CP),
         strategy="RollingUpdate")))
-    objs.append(("DaemonSet", daemonset("rook-ceph", "csi-rbdplugin", {"app": "csi-rbdplugin"}, pod_spec(
-        [container("driver-registrar", REGISTRAR_IMAGE,
-                   args=["--v=0", "--csi-address=/csi/csi.sock",
-                         "--kubelet-registration-path=/var/lib/kubelet/plugins/rook-ceph.rbd.csi.ceph.com/csi.sock"]),
-         container("csi-rbdplugin", f"quay.io/cephcsi/cephcsi:{csi}",
-                   args=["--nodeid=$(NODE_ID)", "--endpoint=$(CSI_ENDPOINT)", "--v=0", "--type=rbd",
-                         "--nodeserver=true", "--drivername=rook-ceph.rbd.csi.ceph.com"],
-                   securityContext={"privileged": True}),
-         container("liveness-prometheus", f"quay.io/cephcsi/cephcsi:{csi}",
-                   args=["--type=liveness", "--endpoint=$(CSI_ENDPOINT)", "--metricsport=9080"])],
-        host_network=True, tolerations=TOLERATE_CP, priority_class="system-node-critical",
-        service_account="rook-csi-rbd-plugin-sa",
-        volumes=[{"name": "socket-dir", "hostPath": {"path": "/var/lib/kubelet/plugins/rook-ceph.rbd.csi.ceph.com",
-                                                      "type": "DirectoryOrCreate"}},
-                 {"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": ""}}]))))
+    objs.append(("DaemonSet", rbd_node_plugin(config)))
+    objs.extend(storage_objects(config))
     for node in config.nodes:
         osd_id = node.index - 1
         labels = {"app": "rook-ceph-osd", "ceph-osd-id": str(osd_id), "osd": str(osd_id),
-                  "topology-location-host": node.name, "topology-location-root": "default",
-                  "failure-domain": node.name, "portable": "false", "rook_cluster": "rook-ceph",
+                  "topology-location-host": node.crush_host, "topology-location-root": "default",
+                  "failure-domain": node.crush_host, "portable": "false", "rook_cluster": "rook-ceph",
                   "app.kubernetes.io/name": "ceph-osd", "app.kubernetes.io/instance": str(osd_id)}
         objs.append(("Deployment", deployment("rook-ceph", f"rook-ceph-osd-{osd_id}", labels, pod_spec(
             [container("osd", CEPH_IMAGE, command=["ceph-osd"],
                        args=["--foreground", f"--id={osd_id}", "--fsid=$(ROOK_CEPH_FSID)",
-                             f"--crush-location=root=default host={node.name}"],
+                             f"--crush-location=root=default host={node.crush_host}"],
                        securityContext={"privileged": True})],
-            tolerations=TOLERATE_CP, node_selector={"kubernetes.io/hostname": node.name},
+            tolerations=TOLERATE_CP, node_selector={"kubernetes.io/hostname": node.kube_name},
             priority_class="system-node-critical", service_account="rook-ceph-osd",
             volumes=[{"name": "rook-data", "hostPath": {"path": "/var/lib/rook", "type": ""}}]),
             strategy="Recreate")))
@@ -186,7 +236,7 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
                                             max_unavailable=1)))
     # One mon and one mgr (the lab's real ones run on the host), pinned to the first node as
     # Rook pins a mon to the node that holds its data.
-    first = config.nodes[0].name
+    first = config.nodes[0].kube_name
     for daemon, pdb_name in (("mon", "rook-ceph-mon-pdb"), ("mgr", "rook-ceph-mgr-pdb")):
         labels = {"app": f"rook-ceph-{daemon}", daemon: "a", "ceph_daemon_id": "a", "ceph_daemon_type": daemon,
                   "rook_cluster": "rook-ceph"}
@@ -221,9 +271,9 @@ def static_pods(config: LabConfig, node: LabNode) -> list[dict]:
     kube = config.kube_version
     pods = []
     for component, port in (("kube-apiserver", 6443), ("kube-controller-manager", 10257), ("kube-scheduler", 10259)):
-        source_hash = hashlib.md5(f"{component}|{node.name}|{kube}".encode()).hexdigest()
+        source_hash = hashlib.md5(f"{component}|{node.kube_name}|{kube}".encode()).hexdigest()
         pods.append({"metadata": {
-            "name": f"{component}-{node.name}", "namespace": "kube-system",
+            "name": f"{component}-{node.kube_name}", "namespace": "kube-system",
             "labels": {"component": component, "tier": "control-plane"},
             "annotations": {"kubernetes.io/config.hash": source_hash, "kubernetes.io/config.mirror": source_hash,
                             "kubernetes.io/config.source": "file",
@@ -232,5 +282,5 @@ def static_pods(config: LabConfig, node: LabNode) -> list[dict]:
                                            command=[component, f"--secure-port={port}"])],
                                 host_network=True, priority_class="system-node-critical",
                                 tolerations=[{"operator": "Exists", "effect": "NoExecute"}]),
-                     "nodeName": node.name, "dnsPolicy": "ClusterFirst"}})
+                     "nodeName": node.kube_name, "dnsPolicy": "ClusterFirst"}})
     return pods

@@ -68,14 +68,14 @@ class Drain(Step):
                             timeout_s=up.profile.upgrade.drain_timeout_s)
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("Kubernetes API", f"cordon {up.name} (annotated nodegate.io/cordoned-by={up.options.run_id})"),
-                Planned("Kubernetes API", f"kubectl drain {up.name} {self.options(up).flags()} through the Eviction "
+        return (Planned("Kubernetes API", f"cordon {up.kube_name} (annotated nodegate.io/cordoned-by={up.options.run_id})"),
+                Planned("Kubernetes API", f"kubectl drain {up.kube_name} {self.options(up).flags()} through the Eviction "
                                           f"API (PDB refusals asked again every {PDB_RETRY_S:g}s)"))
 
     def already(self, up: Upgrade) -> str | None:
         kube = up.need_kube()
-        status = kube.node(up.name)
-        left = [p for p in kube.list_pods(node=up.name) if _evictable(p)]
+        status = kube.node(up.kube_name)
+        left = [p for p in kube.list_pods(node=up.kube_name) if _evictable(p)]
         if status.unschedulable and not left:
             return "the node is cordoned and has no evictable pod left"
         return None
@@ -85,14 +85,14 @@ class Drain(Step):
 
         kube = up.need_kube()
         ours = up.value("cordoned_by")
-        if not ours and kube.node(up.name).unschedulable:
+        if not ours and kube.node(up.kube_name).unschedulable:
             log.info("%s was cordoned before this upgrade: it will be left cordoned at the end", up.name)
         elif not ours:
             # Noted before the write: an interruption between the two must not forget that the
             # cordon is ours (the worst case is an uncordon the node was going to get anyway).
             up.note(self.name, cordoned_by=up.options.run_id)
         try:
-            result = kube.drain(up.name, options=self.options(up), cordon_by=ours or up.options.run_id)
+            result = kube.drain(up.kube_name, options=self.options(up), cordon_by=ours or up.options.run_id)
         except DrainError as exc:
             up.keep_text("drain", exc.result.evidence())
             raise
@@ -103,8 +103,8 @@ class Drain(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node(up.name)
-        left = [p.ref for p in kube.list_pods(node=up.name) if _evictable(p)]
+        status = kube.node(up.kube_name)
+        left = [p.ref for p in kube.list_pods(node=up.kube_name) if _evictable(p)]
         return holds(post.drain(up.name, unschedulable=status.unschedulable, evictable=left))
 
 
@@ -113,24 +113,24 @@ class Uncordon(Step):
     title = "uncordon the node (only if this upgrade cordoned it)"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (Planned("Kubernetes API", f"uncordon {up.name} only if nodegate.io/cordoned-by names this upgrade"),)
+        return (Planned("Kubernetes API", f"uncordon {up.kube_name} only if nodegate.io/cordoned-by names this upgrade"),)
 
     def already(self, up: Upgrade) -> str | None:
         if not up.value("cordoned_by"):
             return "left as found: the node was cordoned before this upgrade, so it stays cordoned"
-        if not up.need_kube().node(up.name).unschedulable:
+        if not up.need_kube().node(up.kube_name).unschedulable:
             return "the node is schedulable"
         return None
 
     def run(self, up: Upgrade) -> str:
-        result = up.need_kube().uncordon(up.name, only_if_cordoned_by=up.value("cordoned_by"))
+        result = up.need_kube().uncordon(up.kube_name, only_if_cordoned_by=up.value("cordoned_by"))
         if not result.changed and result.unschedulable:
             raise StepFailed(f"{up.name} was not uncordoned: {result.detail}",
                              fix="someone else cordoned it meanwhile; find out who before uncordoning it by hand")
         return f"{up.name} uncordoned"
 
     def verify(self, up: Upgrade) -> str:
-        status = up.need_kube().node(up.name)
+        status = up.need_kube().node(up.kube_name)
         return holds(post.uncordon(up.name, cordoned_by_us=bool(up.value("cordoned_by")),
                                     unschedulable=status.unschedulable, describe=status.describe()))
 

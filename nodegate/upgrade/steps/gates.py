@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nodegate.cluster.kube.csi import CSI_RBD_SELECTOR
 from nodegate.cluster.resume import RESTART_OPTION
 from nodegate.core import postconditions as post
 from nodegate.core.errors import UsageError
@@ -50,7 +49,7 @@ class Gate(Step):
         later = [r.step for r in up.records() if r.step not in ("begin", self.name, "lock")]
         if not later or up.agreement is None:
             return None
-        status = up.need_kube().node(up.name)
+        status = up.need_kube().node(up.kube_name)
         verdict = post.mid_upgrade(up.name, journal_cordoned_by=up.value("cordoned_by"),
                                    unschedulable=status.unschedulable, live_cordoned_by=status.cordoned_by,
                                    annotation=up.agreement.kind, annotation_detail=up.agreement.detail,
@@ -105,9 +104,12 @@ def _cluster_gate(up: Upgrade) -> None:
             status = up.ceph.status()
             if not status.healthy_in_full:
                 return NotYet("ceph: " + "; ".join(status.reasons()))
-        csi = [p for p in kube.list_pods(namespace=up.profile.ceph.namespace, selector=CSI_RBD_SELECTOR) if not p.ready]
+        from nodegate.upgrade.steps.ceph import rbd_node_plugins
+
+        csi = [p for plugin in rbd_node_plugins(up).plugins
+               for p in kube.list_pods(namespace=plugin.namespace, selector=plugin.label_selector) if not p.ready]
         if csi:
-            return NotYet("csi-rbdplugin not Ready: " + ", ".join(p.ref for p in csi))
+            return NotYet("RBD node plugin not Ready: " + ", ".join(p.ref for p in csi))
         return Done(True)
 
     wait_for(probe, what=f"the cluster gate after {up.options.previous_node}", timeout=up.options.storage_timeout_s,

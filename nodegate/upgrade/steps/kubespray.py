@@ -47,7 +47,7 @@ class Kubespray(Step):
 
     def verify(self, up: Upgrade) -> str:
         kube = up.need_kube()
-        status = kube.node(up.name)
+        status = kube.node(up.kube_name)
         verdict = post.kubespray(up.name, ready=status.is_ready, describe=status.describe(),
                                  kubelet_version=status.kubelet_version, want=up.profile.kube_version or "",
                                  recap=up.value("kubespray_recap") or "")

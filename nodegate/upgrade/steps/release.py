@@ -40,7 +40,7 @@ class Reboot(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
         return (on_node(up, "sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"),
-                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.name} Ready"))
+                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster.node_identity import boot_facts
@@ -87,7 +87,7 @@ class Reboot(Step):
         from nodegate.cluster.node_identity import boot_facts
 
         live = boot_facts(up.host)
-        status = up.kube.node(up.name) if up.kube is not None else None
+        status = up.kube.node(up.kube_name) if up.kube is not None else None
         verdict = post.reboot(up.name, before=up.value(f"{self.name}_boot_id_before"),
                               requested_at=up.value(f"{self.name}_requested_at"), live=live,
                               pending_matters=self._pending_matters(up),
@@ -116,7 +116,7 @@ def wait_rebooted(up: Upgrade, before: str) -> str:
         _, boot_id = wait_for_boot(up.nodes, up.name, timeout=timeout, new_boot_id_than=before)
         if up.kube is not None:
             left = max(1.0, timeout - (time.monotonic() - started))
-            up.kube.wait_node_ready(up.name, timeout=left, new_boot_id_than=before)
+            up.kube.wait_node_ready(up.kube_name, timeout=left, new_boot_id_than=before)
     except WaitTimeout as exc:
         raise NodeDidNotComeBack(
             f"{up.name} did not come back within {timeout:g}s after the reboot (role "
@@ -197,7 +197,7 @@ class ReleaseUpgrade(Step):
 
     def verify(self, up: Upgrade) -> str:
         release = up.host.release.os_release()
-        status = up.need_kube().node(up.name)
+        status = up.need_kube().node(up.kube_name)
         verdict = post.release(up.name, target=up.target.version, version_id=release.version_id, label=release.label,
                                audit=up.host.packages.audit(), os_image=status.os_image or None,
                                kubelet_boot_id=status.boot_id, boot_of_release=up.value("release_upgrade_boot_id"))
