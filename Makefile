@@ -42,33 +42,46 @@ venv: .venv/.installed
 image: venv
 	$(PY) -m nodegate.lab.image
 
-# The suite runs as two streams side by side, each with its own lab (address octets 0 and 40,
-# extra labs from +100): the long upgrade runs (procedures, scenarios) spend most
-# of their time waiting on reboots and daemons, so overlapping them with the rest keeps
-# `make test` well inside its 30 minutes. Stream B's output is printed after stream A's.
+# The suite runs as four streams side by side, each with its own lab and address octet (labs a
+# stream brings up beside its own take octets offset from it: tests/labkit.py NET_OFFSETS). The
+# upgrade runs (procedures, scenarios) spend most of their time waiting on reboots and daemons, so
+# overlapping them keeps `make test` inside its 30 minutes. Streams B-D print after stream A.
 TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks tests/reports tests/bench
-TEST_B := tests/procedures tests/scenarios
+TEST_B := tests/procedures tests/scenarios/test_course.py tests/scenarios/test_interrupts.py \
+	tests/scenarios/test_stuck_and_refused.py
+TEST_C := tests/scenarios/test_access.py tests/scenarios/test_storage_field.py \
+	tests/scenarios/test_first_commands.py
+TEST_D := tests/scenarios/test_release_path.py tests/scenarios/test_kubespray_v2_28.py
 PYTEST_FLAGS := -p no:randomly -x -q -rfE --durations=15
 TEST_NET_A ?= 0
 TEST_NET_B ?= 40
+TEST_NET_C ?= 120
+TEST_NET_D ?= 160
+TEST_ALL := $(TEST_A) $(TEST_B) $(TEST_C) $(TEST_D)
 test: setup
-	@for d in tests/*/; do case " $(TEST_A) $(TEST_B) " in *" $${d%/} "*) ;; \
-	  *) [ "$$d" = tests/__pycache__/ ] || { echo "$$d is in neither test stream (Makefile TEST_A/TEST_B)"; exit 1; };; esac; done
+	@for d in tests/*/; do [ "$$d" = tests/__pycache__/ ] || [ "$$d" = tests/scenarios/ ] || \
+	  case " $(TEST_ALL) " in *" $${d%/} "*) ;; *) echo "$$d is in no test stream (Makefile TEST_A..D)"; exit 1;; esac; done
+	@for f in tests/scenarios/test_*.py; do case " $(TEST_ALL) " in *" $$f "*) ;; \
+	  *) echo "$$f is in no test stream (Makefile TEST_B..D)"; exit 1;; esac; done
 	$(PY) -m ruff check .
 	@mkdir -p .make; \
 	NODEGATE_TEST_NET=$(TEST_NET_B) $(PY) -m pytest $(TEST_B) $(PYTEST_FLAGS) > .make/test-b.log 2>&1 & b=$$!; \
+	NODEGATE_TEST_NET=$(TEST_NET_C) $(PY) -m pytest $(TEST_C) $(PYTEST_FLAGS) > .make/test-c.log 2>&1 & c=$$!; \
+	NODEGATE_TEST_NET=$(TEST_NET_D) $(PY) -m pytest $(TEST_D) $(PYTEST_FLAGS) > .make/test-d.log 2>&1 & d=$$!; \
 	echo "== stream A: $(TEST_A)"; \
 	NODEGATE_TEST_NET=$(TEST_NET_A) $(PY) -m pytest $(TEST_A) $(PYTEST_FLAGS); a=$$?; \
-	wait $$b; rb=$$?; \
+	wait $$b; rb=$$?; wait $$c; rc=$$?; wait $$d; rd=$$?; \
 	echo "== stream B: $(TEST_B)"; cat .make/test-b.log; \
-	echo "== stream A exit $$a, stream B exit $$rb"; \
-	exit $$(( a != 0 || rb != 0 ))
+	echo "== stream C: $(TEST_C)"; cat .make/test-c.log; \
+	echo "== stream D: $(TEST_D)"; cat .make/test-d.log; \
+	echo "== stream A exit $$a, stream B exit $$rb, stream C exit $$rc, stream D exit $$rd"; \
+	exit $$(( a != 0 || rb != 0 || rc != 0 || rd != 0 ))
 
 # Not part of `make test`: the long streams (procedures, scenarios) run SOAK_COUNT times on one lab
 # (address octet SOAK_NET), then the failure rate per test and the log of every failure.
 # e.g. make soak SOAK_COUNT=20 SOAK_TESTS=tests/scenarios/test_interrupts.py SOAK_NET=29
 SOAK_COUNT ?= 5
-SOAK_TESTS ?= $(TEST_B)
+SOAK_TESTS ?= $(TEST_B) $(TEST_C) $(TEST_D)
 SOAK_NET ?= $(TEST_NET_A)
 SOAK_ARGS ?=
 soak: setup
