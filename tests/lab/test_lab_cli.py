@@ -62,7 +62,7 @@ def test_profile_files(lab):
     assert profile["kubernetes"]["kubeconfig"] == str(lab.dir / "kubeconfig")
     assert profile["kubespray"]["inventory"] == str(lab.dir / "kubespray/inventory/mycluster/hosts.yaml")
     assert "held_packages" not in profile["expect"], "the lab's holds follow container_manager (docker)"
-    from nodegate.profile import load_profile
+    from nodegate.profile.load import load_profile
 
     assert load_profile(lab.dir / "cluster.toml").expect.held_packages == ("containerd.io", "docker-ce", "docker-ce-cli")
     import yaml
