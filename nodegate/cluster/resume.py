@@ -105,12 +105,15 @@ def wait_for_node(nodes: "Nodes", node: str, *, timeout: float, read):
     """``read(host)`` once the node answers over SSH (it may be rebooting at the moment a rerun
     starts: the reboot an interrupted run asked for), bounded by the node's reboot limit."""
     from nodegate.cluster.nodes.ssh import CommandFailed, SshConnectError
+    from nodegate.core.errors import TransientError
     from nodegate.core.waits import Done, NotYet, wait_for
 
     def probe():
         try:
             return Done(read(nodes.reconnect(node)))
         except SshConnectError as exc:
+            if not isinstance(exc, TransientError):
+                raise   # a host key or login refused does not change by waiting: say so now
             return NotYet(str(exc).splitlines()[0])
         except CommandFailed as exc:
             if exc.result.rc == 255:
