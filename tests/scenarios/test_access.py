@@ -39,8 +39,9 @@ def access_lab(tmp_path_factory):
              "--ssh-user", "ubuntu", "--ssh-port", "2222", "--bastion", "--sudo-password", timeout=600)
     config = LabConfig.load(lab_dir)
     # the documented fix of kubespray #9114 (the preflight names it), as an operator applies it
-    task = lab_dir / "kubespray/roles/container-engine/docker/tasks/main.yml"
-    task.write_text(re.sub(r"(?m)^    update_cache: true$", "    update_cache: true\n    force: true", task.read_text()))
+    from nodegate.lab.kubespray import apply_force_fix
+
+    assert apply_force_fix(lab_dir / "kubespray")
     view = Lab(config)
     yield view
     view.kube.close()
