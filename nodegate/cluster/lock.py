@@ -291,6 +291,8 @@ class ClusterLock:
             self._keeper = None
         if self.info is None:
             return "not held by this run"
-        self.info = None
+        # forget the lock only once the release is through: a Ctrl-C/SIGTERM inside the request
+        # leaves it known, so the run's teardown releases it again
         released = release_lock(self.kube, holder=self.holder)
+        self.info = None
         return "released" if released else "not released: it was not ours any more (see the log)"
