@@ -194,7 +194,7 @@ def test_lock_held_by_another_run(catalogue, kube):
     kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder="someone@elsewhere:4242", duration_s=300,
                       annotations={"nodegate.io/node": "node3", "nodegate.io/run-id": "20260101-000000-abcd"})
     try:
-        run = catalogue("-m", "preflight", "-k", "lock")
+        run = catalogue("-m", "preflight", "-k", "upgrade_lock_free")
     finally:
         kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
     run.assert_failed_exactly({"test_upgrade_lock_free[node4]"})
@@ -219,7 +219,7 @@ def test_lock_of_an_interrupted_run_of_this_node_is_a_notice(catalogue, kube):
     kube.create_lease(namespace=LOCK_NAMESPACE, name=LOCK_NAME, holder=this_holder(), duration_s=300,
                       annotations={"nodegate.io/node": "node4", "nodegate.io/run-id": "20260101-000000-abcd"})
     try:
-        run = catalogue("-m", "preflight", "-k", "lock")
+        run = catalogue("-m", "preflight", "-k", "upgrade_lock_free")
     finally:
         kube.delete_lease(LOCK_NAMESPACE, LOCK_NAME)
     assert run.ret == 0 and run.passed() == {"test_upgrade_lock_free[node4]"}, run.stdout[-3000:]
