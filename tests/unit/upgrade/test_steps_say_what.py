@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-STEPS = Path(__file__).resolve().parents[2] / "nodegate" / "upgrade" / "steps"
+STEPS = Path(__file__).resolve().parents[3] / "nodegate" / "upgrade" / "steps"
 COMMANDS = ("apt", "apt-get", "apt-mark", "apt-cache", "apt-key", "dpkg", "dpkg-query", "dpkg-reconfigure",
             "do-release-upgrade", "unattended-upgrade")
 # the resources' apt settings: a step that needs one is building the command itself
