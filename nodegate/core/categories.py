@@ -1,6 +1,7 @@
 """Report categories: what a reviewer sorts failures by, and what to do about each.
 
-A failure raised as a typed error (``NodegateError.category``: NodeDidNotComeBack, LockHeld) is
+A failure raised as a typed error (``NodegateError.category``: NodeDidNotComeBack, LockHeld,
+DrainError, DrainBlocked) is
 filed under its class's category; any other failure (a check's assertion) by its message, with the
 same regexes Allure applies from categories.json.
 """

@@ -35,11 +35,21 @@ class ExecTimeout(TransientError):
 
 class DrainError(PermanentError):
     """The drain was refused before evicting anything, or did not finish in time. ``result`` holds
-    the per-pod outcomes so far (evidence); the node stays cordoned."""
+    the per-pod outcomes so far (evidence); the node stays cordoned. Filed as a node not ready for
+    the change: pods it may not evict (unmanaged, local data) or that do not go away."""
+
+    category = "Node not ready for the change"
 
     def __init__(self, message: str, *, result: "DrainResult", fix: str | None = None) -> None:
         super().__init__(message, fix=fix)
         self.result = result
+
+
+class DrainBlocked(DrainError):
+    """The drain timed out while evictions were still refused by a PodDisruptionBudget (the API's
+    429 answer to an eviction)."""
+
+    category = "Blocked by a PodDisruptionBudget"
 
 
 def _tls_failure(exc: BaseException) -> str | None:
