@@ -1,9 +1,8 @@
 """Report categories: what a reviewer sorts failures by, and what to do about each.
 
 A failure raised as a typed error (``NodegateError.category``: NodeDidNotComeBack, LockHeld,
-DrainError, DrainBlocked) is
-filed under its class's category; any other failure (a check's assertion) by its message, with the
-same regexes Allure applies from categories.json.
+DrainError, DrainBlocked) is filed under its class's category; any other failure (a check's
+assertion) by its message, with the same regexes Allure applies from categories.json.
 """
 from __future__ import annotations
 
