@@ -78,7 +78,15 @@ def with_apt_env(*argv: str) -> tuple[str, ...]:
 
 
 class Packages:
-    """dpkg's view: installed packages, holds, versions, audit; apt-mark holds."""
+    """dpkg's view: installed packages, holds, versions, audit; and the package writes::
+
+        >>> host.packages.held()
+        {'containerd.io': '1.6.4-1', 'docker-ce': '5:20.10.20~3-0~ubuntu-focal'}
+        >>> host.packages.unhold(["containerd.io"]).command
+        'apt-mark unhold -- containerd.io'
+        >>> host.packages.install({"containerd.io": "1.6.4-1"}, timeout=3600)   # downgrades, past holds
+        >>> host.packages.finish_interrupted(timeout=3600)                      # dpkg --configure -a
+    """
 
     def __init__(self, host: NodeHost) -> None:
         self.host = host
@@ -148,7 +156,15 @@ class Packages:
 
 
 class Apt:
-    """apt's view: `apt-get update` (read from its text, since the exit code proves little), sources."""
+    """apt's view: `apt-get update` (read from its text, since the exit code proves little), the
+    sources; and the apt writes::
+
+        >>> host.apt.update().report.errors
+        ()
+        >>> host.apt.dist_upgrade(timeout=3600).rc          # keeping every changed config file
+        0
+        >>> host.apt.repair_sources("focal", "jammy")       # third-party sources back on, keys moved
+    """
 
     SOURCE_PATHS = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
 
@@ -208,6 +224,13 @@ class Apt:
 
 
 class Release:
+    """The node's release, and the release upgrade::
+
+        >>> host.release.os_release().version_id
+        '20.04'
+        >>> host.release.upgrade(devel=False, timeout=3 * 3600)   # do-release-upgrade, no questions
+    """
+
     def __init__(self, host: NodeHost) -> None:
         self.host = host
 
@@ -264,6 +287,14 @@ class Boot:
 
 
 class Modules:
+    """Kernel modules: loaded now, and named in /etc/modules-load.d to load at boot::
+
+        >>> host.modules.is_loaded("rbd")
+        False
+        >>> host.modules.load("rbd"); host.modules.persist("rbd", "/etc/modules-load.d/rbd.conf")
+        True
+    """
+
     def __init__(self, host: NodeHost) -> None:
         self.host = host
 
