@@ -14,7 +14,6 @@ A write's ``*_command`` static method gives the command line as a plan shows it 
 """
 from __future__ import annotations
 
-import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -319,15 +318,13 @@ class Modules:
 
     @staticmethod
     def persist_command(name: str, path: str) -> tuple[str, ...]:
-        return ("sh", "-c", f"echo {name} > {path}")
+        return ("sh", "-c", f"echo {shlex.quote(name)} > {shlex.quote(path)}")
 
     def persist(self, name: str, path: str) -> bool:
         """Name ``name`` in ``path`` (a modules-load.d file) unless it is there already; whether it
-        was written."""
-        line, where = shlex.quote(name), shlex.quote(path)
-        out = self.host.run(["sh", "-c", f"grep -qx {line} {where} 2>/dev/null || {{ mkdir -p "
-                                         f"{shlex.quote(posixpath.dirname(path))} && echo {line} > {where} "
-                                         "&& echo written; }"], sudo=True)
+        was written. The values reach the script as its arguments, never as shell text."""
+        out = self.host.run(["sh", "-c", 'grep -qx "$1" "$2" 2>/dev/null || { mkdir -p "$(dirname "$2")" && '
+                                         'echo "$1" > "$2" && echo written; }', "sh", name, path], sudo=True)
         return "written" in out.stdout
 
 
