@@ -1,8 +1,8 @@
 """Report categories: what a reviewer sorts failures by, and what to do about each.
 
-A failure raised as a typed error (``NodegateError.category``: NodeDidNotComeBack, LockHeld) is
-filed under its class's category; any other failure (a check's assertion) by its message, with the
-same regexes Allure applies from categories.json.
+A failure raised as a typed error (``NodegateError.category``: NodeDidNotComeBack, LockHeld,
+DrainError, DrainBlocked) is filed under its class's category; any other failure (a check's
+assertion) by its message, with the same regexes Allure applies from categories.json.
 """
 from __future__ import annotations
 
@@ -16,29 +16,34 @@ ERROR_CATEGORY_LABEL = "failure_category"
 # the first). The regexes are written in the common subset of Java, JavaScript and Python syntax
 # ([\s\S] instead of (?s), no inline flags) because Allure 2 reads them with java.util.regex and
 # Allure 3 with JavaScript's RegExp; messages written by checks and steps carry these words.
+# A failed or broken result whose message matches: category name -> regex.
+_MESSAGE_RULES: dict[str, str] = {
+    "Blocked by a PodDisruptionBudget":
+        r"[\s\S]*(disruption budget|PodDisruptionBudget|blocked by PDB|\bPDB\b)[\s\S]*",
+    "Kubespray known issue":
+        r"[\s\S]*(Kubespray known issue|[Kk]ubespray #\d+|loop_control\.label|"
+        r"Packages were downgraded|Held packages were changed)[\s\S]*",
+    "Held-package drift":
+        r"[\s\S]*([Hh]eld[ -]package|not held|no longer held|hold drift|apt-mark hold|held at)[\s\S]*",
+    "Legacy apt keyring":
+        r"[\s\S]*(legacy trusted\.gpg|[Ll]egacy (apt )?keyring|/etc/apt/trusted\.gpg)[\s\S]*",
+    "CSI crash-loop":
+        r"[\s\S]*(csi-rbdplugin|csi\.sock|CrashLoopBackOff|cephcsi)[\s\S]*",
+    "Node did not come back":
+        r"[\s\S]*(did not come back|not Ready within|out-of-band|did not boot|hangs? on reboot|"
+        r"never came back|still down)[\s\S]*",
+    "Storage unhealthy":
+        r"[\s\S]*(HEALTH_WARN|HEALTH_ERR|[Cc]eph|\bOSDs?\b|placement group|\bPGs?\b|noout)[\s\S]*",
+    "Another upgrade holds the lock":
+        r"[\s\S]*([Ll]ock|Lease)[\s\S]*(held|holds|taken)[\s\S]*",
+    "Release upgrade refused":
+        r"[\s\S]*(do-release-upgrade|Please install all available updates|reboot before upgrading)[\s\S]*",
+    "Unsupported versions":
+        r"[\s\S]*(not supported|unsupported|end of life|\bEOL\b)[\s\S]*",
+}
 CATEGORIES: list[dict[str, Any]] = [
-    {"name": "Blocked by a PodDisruptionBudget", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(disruption budget|PodDisruptionBudget|blocked by PDB|\bPDB\b)[\s\S]*"},
-    {"name": "Kubespray known issue", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(Kubespray known issue|[Kk]ubespray #\d+|loop_control\.label|"
-                     r"Packages were downgraded|Held packages were changed)[\s\S]*"},
-    {"name": "Held-package drift", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*([Hh]eld[ -]package|not held|no longer held|hold drift|apt-mark hold|held at)[\s\S]*"},
-    {"name": "Legacy apt keyring", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(legacy trusted\.gpg|[Ll]egacy (apt )?keyring|/etc/apt/trusted\.gpg)[\s\S]*"},
-    {"name": "CSI crash-loop", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(csi-rbdplugin|csi\.sock|CrashLoopBackOff|cephcsi)[\s\S]*"},
-    {"name": "Node did not come back", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(did not come back|not Ready within|out-of-band|did not boot|hangs? on reboot|"
-                     r"never came back|still down)[\s\S]*"},
-    {"name": "Storage unhealthy", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(HEALTH_WARN|HEALTH_ERR|[Cc]eph|\bOSDs?\b|placement group|\bPGs?\b|noout)[\s\S]*"},
-    {"name": "Another upgrade holds the lock", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*([Ll]ock|Lease)[\s\S]*(held|holds|taken)[\s\S]*"},
-    {"name": "Release upgrade refused", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(do-release-upgrade|Please install all available updates|reboot before upgrading)[\s\S]*"},
-    {"name": "Unsupported versions", "matchedStatuses": ["failed", "broken"],
-     "messageRegex": r"[\s\S]*(not supported|unsupported|end of life|\bEOL\b)[\s\S]*"},
+    *({"name": name, "matchedStatuses": ["failed", "broken"], "messageRegex": regex}
+      for name, regex in _MESSAGE_RULES.items()),
     {"name": "Node not ready for the change", "matchedStatuses": ["failed"], "messageRegex": r"[\s\S]*"},
     {"name": "Harness or lab error", "matchedStatuses": ["broken"], "messageRegex": r"[\s\S]*"},
 ]

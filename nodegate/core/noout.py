@@ -16,7 +16,7 @@ CRUSH host only where Rook is known not to manage noout.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 ROOK_DEFAULT_MAINTENANCE_TIMEOUT_MIN = 30
@@ -75,6 +75,18 @@ class NooutPolicy:
             verb = "add-noout" if set_ else "rm-noout"
             return [["osd", verb, *(f"osd.{i}" for i in osd_ids)]] if osd_ids else []
         return [["osd", "set-group" if set_ else "unset-group", "noout", crush_host]]
+
+
+def flags_to_set(kind: str, osd_ids: Sequence[int], *, flagged: Collection[int] = (),
+                 recorded: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the OSDs whose noout this upgrade sets, and so undoes later; the OSDs whose per-OSD noout
+    was there before it, ``flagged`` now, left as they are): undo only what you did. A rerun passes
+    what the first run ``recorded``, since a flag it set meanwhile looks the same as an operator's.
+    A group flag is one flag for the whole host: a step that finds it set does not run at all."""
+    if kind != PER_OSD:
+        return tuple(osd_ids), ()
+    ours = tuple(recorded) if recorded is not None else tuple(i for i in osd_ids if i not in flagged)
+    return ours, tuple(i for i in osd_ids if i not in ours)
 
 
 def decide_noout(rook: RookDisruption) -> NooutPolicy:

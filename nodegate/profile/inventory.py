@@ -177,32 +177,33 @@ class _InventoryBuilder:
         if unknown:
             raise self.fail(f"group {trail} has unknown key(s) {', '.join(unknown)} (only hosts, children, vars)",
                             fix="put hosts under hosts:, groups under children:, variables under vars:")
-        hosts = body.get("hosts")
-        if hosts is not None:
-            if not isinstance(hosts, dict):
-                raise self.fail(f"{trail}.hosts must be a mapping of host names",
-                                fix="write each host as `name:` (with its vars indented below, or nothing)")
-            for host, host_vars in hosts.items():
-                if host_vars is not None and not isinstance(host_vars, dict):
-                    raise self.fail(f"host {host} in {trail}.hosts: its variables must be a mapping",
-                                    fix=f"write `{host}:` then `ansible_host: …` indented below")
-                self.add_host(name, str(host), host_vars or {})
-        group_vars = body.get("vars")
-        if group_vars is not None:
-            if not isinstance(group_vars, dict):
-                raise self.fail(f"{trail}.vars must be a mapping", fix="write variables as key: value")
-            self.add_vars(name, group_vars)
-        children = body.get("children")
-        if children is not None:
-            if not isinstance(children, dict):
-                raise self.fail(f"{trail}.children must be a mapping of group names",
-                                fix="write each child group as `group_name:`")
-            for child, child_body in children.items():
-                child = str(child)
-                if name != "all" and child == name:
-                    raise self.fail(f"group {name} lists itself as a child", fix="remove the loop")
-                self.group_children[name][child] = None
-                self._yaml_group(child, child_body, trail=f"{trail}.children.{child}", _parents=_parents + (name,))
+        hosts = self._mapping(body, "hosts", f"{trail}.hosts must be a mapping of host names",
+                              fix="write each host as `name:` (with its vars indented below, or nothing)")
+        for host, host_vars in hosts.items():
+            if host_vars is not None and not isinstance(host_vars, dict):
+                raise self.fail(f"host {host} in {trail}.hosts: its variables must be a mapping",
+                                fix=f"write `{host}:` then `ansible_host: …` indented below")
+            self.add_host(name, str(host), host_vars or {})
+        if body.get("vars") is not None:
+            self.add_vars(name, self._mapping(body, "vars", f"{trail}.vars must be a mapping",
+                                              fix="write variables as key: value"))
+        children = self._mapping(body, "children", f"{trail}.children must be a mapping of group names",
+                                 fix="write each child group as `group_name:`")
+        for child, child_body in children.items():
+            child = str(child)
+            if name != "all" and child == name:
+                raise self.fail(f"group {name} lists itself as a child", fix="remove the loop")
+            self.group_children[name][child] = None
+            self._yaml_group(child, child_body, trail=f"{trail}.children.{child}", _parents=_parents + (name,))
+
+    def _mapping(self, body: dict, key: str, problem: str, *, fix: str) -> dict:
+        """``body[key]`` when it is a mapping, {} when absent (or empty); else the problem, named."""
+        value = body.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(problem, fix=fix)
+        return value
 
     # -- INI ----------------------------------------------------------------
     def from_ini(self, text: str) -> None:

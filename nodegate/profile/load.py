@@ -78,13 +78,6 @@ def find_profile(option: str | None, *, cwd: Path | None = None,
         raise UsageError(f"cluster profile {path} (from {source}) does not exist or is not a file",
                          fix=f"check the path given by {source}")
     return path, source
-    if not path.is_absolute():
-        path = cwd / path
-    path = path.resolve()
-    if not path.is_file():
-        raise UsageError(f"cluster profile {path} (from {source}) does not exist or is not a file",
-                         fix=f"check the path given by {source}")
-    return path
 
 
 # no address starts with "-": one that does would read as an option to ssh or ansible (-oProxyCommand=…)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from nodegate.lab.apiserver import patch, selectors, status
-from nodegate.lab.apiserver.cluster import Cluster, node_matches_affinity, tolerates
+from nodegate.lab.apiserver.cluster import Cluster
 from nodegate.lab.apiserver.faults import Faults
 from nodegate.lab.apiserver.nodes import NodeView, read_os_release
+from nodegate.lab.apiserver.scheduler import node_matches_affinity, tolerates
 from nodegate.lab.apiserver.store import Store
 from nodegate.lab.config import LabConfig
 

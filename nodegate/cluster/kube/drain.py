@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from nodegate.cluster.kube.errors import DrainError, _first_line, _status_body
+from nodegate.cluster.kube.errors import DrainBlocked, DrainError, _first_line, _status_body
 from nodegate.cluster.kube.models import CordonResult, EvictionBlocker, EvictionResult, PdbSummary, PodSummary, _q
 from nodegate.core.errors import PermanentError, TransientError
 from nodegate.core.waits import Done, NotYet, ProgressReporter, WaitProgress, wait_for
@@ -284,7 +284,7 @@ class DrainCalls:
                 still = [blocked[r].describe() if r in blocked else f"pod {r}: no answer from the API"
                          for r in to_evict]
                 pdbs = sorted({b.pdb for b in blocked.values() if b.pdb})
-                raise DrainError(
+                raise (DrainBlocked if blocked else DrainError)(
                     f"drain of node {name} timed out after {time.monotonic() - started:.0f}s "
                     f"(limit {options.timeout_s:g}s): " + "; ".join(still), result=result(),
                     fix=(f"let PodDisruptionBudget {', '.join(pdbs)} allow a disruption (more healthy replicas "

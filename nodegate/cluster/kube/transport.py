@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodegate.cluster.kube import errors
 from nodegate.cluster.kube.errors import (
     ApiBusy,
     ClientClosed,
-    ConflictError,
-    NotFoundError,
     _first_line,
     _retryable,
-    _status_body,
-    _tls_failure,
 )
 from nodegate.cluster.kube.models import _q
 from nodegate.core.errors import PermanentError, TransientError, UsageError
@@ -282,72 +278,4 @@ class KubeTransport:
         return self._request(what, "PATCH", f"/api/v1/nodes/{_q(name)}", body=patch,
                              content_type="application/strategic-merge-patch+json")
 
-    def _translate(self, exc: BaseException, what: str) -> Exception | None:
-        """Map a client/urllib3 exception to nodegate's hierarchy (None: not ours, re-raise)."""
-        import urllib3.exceptions as u3
-        from kubernetes.client.exceptions import ApiException
-
-        if isinstance(exc, (PermanentError, TransientError, UsageError)):
-            return exc
-        where = f"the Kubernetes API at {self.server} ({self.origin})"
-        check = "check that the API server runs and `kubectl get nodes` works with the same kubeconfig"
-        if isinstance(exc, u3.NameResolutionError):
-            return TransientError(f"the name of the Kubernetes API server {self.server} ({self.origin}) does not "
-                                  f"resolve (while trying to {what})",
-                                  fix="check the server address in the kubeconfig and this machine's DNS")
-        if isinstance(exc, (u3.NewConnectionError, ConnectionRefusedError)):
-            return TransientError(f"{where} refused the connection while trying to {what}", fix=check)
-        if isinstance(exc, u3.ConnectTimeoutError):
-            return TransientError(f"{where} did not accept a connection in time while trying to {what}", fix=check)
-        if isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
-            return TransientError(f"{where} did not answer in time while trying to {what}", fix=check)
-        tls = _tls_failure(exc)
-        if tls is not None:
-            return UsageError(f"TLS verification of {where} failed: {tls}; the kubeconfig trusts "
-                              f"{self._ca_source()}",
-                              fix="put the cluster's CA in the kubeconfig (certificate-authority-data from the "
-                                  "control plane's /etc/kubernetes/ssl/ca.crt, or Kubespray's artifacts/admin.conf); "
-                                  "verification stays on")
-        if isinstance(exc, (u3.ProtocolError, u3.MaxRetryError, ConnectionError, u3.HTTPError)):
-            return TransientError(f"the connection to {where} broke while trying to {what}: {_first_line(exc)}",
-                                  fix=check)
-        if not isinstance(exc, ApiException):
-            return None
-        status = exc.status or 0
-        message, reason, _ = _status_body(exc.body)
-        said = f"{status} {reason or exc.reason or ''}".strip() + (f": {message}" if message else "")
-        if status == 0:  # the websocket layer reports connection and handshake failures this way
-            text = str(exc.reason or "")
-            found = re.search(r"Handshake status (\d{3})", text)
-            code = found.group(1) if found else ""
-            if code == "404":
-                return NotFoundError(f"cannot {what}: not found (404 from {self.server})")
-            if code in ("401", "403"):
-                return PermanentError(f"{where} refused to {what} ({code})",
-                                      fix="give the kubeconfig's user permission for pods/exec")
-            if (not code or code.startswith("5") or code == "429" or "refused" in text.lower()
-                    or "reset" in text.lower() or "timed out" in text.lower()):
-                return TransientError(f"{where} failed to {what}: {_first_line(text) or type(exc).__name__}",
-                                      fix=check)
-            return PermanentError(f"{where} failed to {what}: {_first_line(text)}")
-        if status == 404:
-            return NotFoundError(f"cannot {what}: {message or 'not found'} (404 from {self.server})")
-        if status == 409:
-            return ConflictError(f"cannot {what}: {said}",
-                                 fix="someone changed the object since it was read: read it again and decide again")
-        if status == 500 and "more than one PodDisruptionBudget" in message:
-            return PermanentError(f"{where} refused to {what}: {message}",
-                                  fix="the eviction API allows one PodDisruptionBudget per pod: delete or narrow the "
-                                      "overlapping PDBs (`kubectl get pdb -A`)")
-        if status == 429 or status >= 500:
-            return ApiBusy(f"{where} answered {said} while trying to {what}", fix=check)
-        if status == 401:
-            return PermanentError(f"{where} rejected the credentials while trying to {what} (401 Unauthorized)",
-                                  fix="renew the user's token or certificate in the kubeconfig")
-        if status == 403:
-            return PermanentError(f"{where} forbids this: {what} ({said})",
-                                  fix="give the kubeconfig's user the RBAC permission for this request")
-        if status == 422:
-            return PermanentError(f"{where} rejected the object as invalid while trying to {what}: {said}",
-                                  fix="this is a nodegate bug or an API version mismatch: report it with this message")
-        return PermanentError(f"{where} refused to {what}: {said}")
+    _translate = errors.translate

@@ -1,10 +1,21 @@
 """One small class per resource of a node (packages, apt, the release, boot, kernel modules, etcd),
 each delegating to its NodeHost, as pytest-testinfra's modules do. Reads parse with
-nodegate.core.parsing; the apt/dpkg commands live here, not in the steps.
+nodegate.core.parsing; every apt/dpkg/do-release-upgrade command, read or write, lives here, never
+in a step: a step says what it wants, the resource says how::
+
+    host.packages.held()                        # {"containerd.io": "1.6.28-1"}
+    host.packages.unhold(["containerd.io"])     # apt-mark unhold -- containerd.io
+    host.apt.update().report.errors             # apt-get update, read from its text
+    host.apt.dist_upgrade(timeout=3600)         # apt-get -y -q <keep config> dist-upgrade
+    host.release.upgrade(devel=False, timeout=3 * 3600)   # do-release-upgrade, non-interactive
+    host.modules.persist("rbd", "/etc/modules-load.d/rbd.conf")
+
+A write's ``*_command`` static method gives the command line as a plan shows it (no host needed).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,7 +24,6 @@ from nodegate.core.errors import PermanentError
 
 if TYPE_CHECKING:
     from nodegate.cluster.nodes.ssh import CommandResult, NodeHost
-    pass
 
 
 @dataclass(frozen=True)
@@ -57,10 +67,25 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "NEEDRESTART_MODE
 DPKG_KEEP_CONFIG = ("-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold")
 DIST_UPGRADE = ("apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "dist-upgrade")
 APT_UPDATE = ("apt-get", "update")
+# The process names (comm, at most 15 characters) of what takes dpkg's lock on a node.
+PACKAGE_TOOLS = frozenset({"apt-get", "apt", "dpkg", "do-release-upgr", "unattended-upgr"})
+
+
+def with_apt_env(*argv: str) -> tuple[str, ...]:
+    """``argv`` as it runs, with APT_ENV set (how a plan shows a command run with ``env=APT_ENV``)."""
+    return ("env", *(f"{k}={v}" for k, v in APT_ENV.items()), *argv)
 
 
 class Packages:
-    """dpkg's view: installed packages, holds, versions, audit; apt-mark holds."""
+    """dpkg's view: installed packages, holds, versions, audit; and the package writes::
+
+        >>> host.packages.held()
+        {'containerd.io': '1.6.4-1', 'docker-ce': '5:20.10.20~3-0~ubuntu-focal'}
+        >>> host.packages.unhold(["containerd.io"]).command
+        'apt-mark unhold -- containerd.io'
+        >>> host.packages.install({"containerd.io": "1.6.4-1"}, timeout=3600)   # downgrades, past holds
+        >>> host.packages.finish_interrupted(timeout=3600)                      # dpkg --configure -a
+    """
 
     def __init__(self, host: NodeHost) -> None:
         self.host = host
@@ -88,15 +113,57 @@ class Packages:
         """`dpkg --audit` output: empty when the package database is consistent."""
         return self.host.run(["dpkg", "--audit"], expect=(0, 1)).stdout.strip()
 
+    def tools_running(self) -> list[str]:
+        """"pid name" of every apt/dpkg/do-release-upgrade process on the node (PACKAGE_TOOLS)."""
+        out = self.host.run(["ps", "-e", "-o", "pid=,comm="])
+        return [" ".join(fields) for fields in (line.split(None, 1) for line in out.stdout.splitlines())
+                if len(fields) == 2 and fields[1].strip() in PACKAGE_TOOLS]
+
+    # The holds query as a plan shows it.
+    HELD_QUERY = ("dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n")
+
+    @staticmethod
+    def hold_command(names: Sequence[str]) -> tuple[str, ...]:
+        return ("apt-mark", "hold", "--", *names)
+
+    @staticmethod
+    def unhold_command(names: Sequence[str]) -> tuple[str, ...]:
+        return ("apt-mark", "unhold", "--", *names)
+
     def hold(self, names: Sequence[str]) -> CommandResult:
-        return self.host.run(["apt-mark", "hold", "--", *names], sudo=True)
+        return self.host.run(list(self.hold_command(names)), sudo=True)
 
     def unhold(self, names: Sequence[str]) -> CommandResult:
-        return self.host.run(["apt-mark", "unhold", "--", *names], sudo=True)
+        return self.host.run(list(self.unhold_command(names)), sudo=True)
+
+    @staticmethod
+    def install_command(pins: Sequence[str], *, quiet: bool = True) -> tuple[str, ...]:
+        """apt-get install of ``name=version`` pins, downgrading and past holds, keeping config files."""
+        return ("apt-get", "install", "-y", *(("-q",) if quiet else ()), "--allow-downgrades",
+                "--allow-change-held-packages", *DPKG_KEEP_CONFIG, *pins)
+
+    def install(self, versions: Mapping[str, str], *, timeout: float) -> CommandResult:
+        """Install each package at the version given (package -> version)."""
+        pins = [f"{n}={v}" for n, v in sorted(versions.items())]
+        return self.host.run(list(self.install_command(pins)), sudo=True, env=APT_ENV, timeout=timeout)
+
+    def finish_interrupted(self, *, timeout: float) -> CommandResult:
+        """`dpkg --configure -a` (keeping config files): what dpkg says to run after "dpkg was
+        interrupted"."""
+        return self.host.run(["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"], sudo=True,
+                             env=APT_ENV, timeout=timeout)
 
 
 class Apt:
-    """apt's view: `apt-get update` (read from its text, since the exit code proves little), sources."""
+    """apt's view: `apt-get update` (read from its text, since the exit code proves little), the
+    sources; and the apt writes::
+
+        >>> host.apt.update().report.errors
+        ()
+        >>> host.apt.dist_upgrade(timeout=3600).rc          # keeping every changed config file
+        0
+        >>> host.apt.repair_sources("focal", "jammy")       # third-party sources back on, keys moved
+    """
 
     SOURCE_PATHS = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
 
@@ -105,8 +172,40 @@ class Apt:
 
     def update(self, *, timeout: float = 300) -> AptUpdate:
         # rc 100 is apt's "errors happened": reported through the parsed text, not raised.
-        result = self.host.run(["apt-get", "update"], expect=(0, 100), sudo=True, env=APT_ENV, timeout=timeout)
+        result = self.host.run(list(APT_UPDATE), expect=(0, 100), sudo=True, env=APT_ENV, timeout=timeout)
         return AptUpdate(report=parsing.parse_apt_update(result.output), result=result)
+
+    @staticmethod
+    def update_command() -> tuple[str, ...]:
+        return APT_UPDATE
+
+    @staticmethod
+    def dist_upgrade_command() -> tuple[str, ...]:
+        return with_apt_env(*DIST_UPGRADE)
+
+    def dist_upgrade(self, *, timeout: float) -> CommandResult:
+        """A non-interactive dist-upgrade within the release, keeping config files."""
+        return self.host.run(list(DIST_UPGRADE), sudo=True, env=APT_ENV, timeout=timeout)
+
+    def fix_install(self, *, timeout: float) -> CommandResult:
+        """`apt-get -f install` (keeping config files): what apt says to run after a package run
+        was cut off."""
+        return self.host.run(["apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "-f", "install"], sudo=True, env=APT_ENV,
+                             timeout=timeout)
+
+    @staticmethod
+    def repair_sources_command(old: str, new: str) -> tuple[str, ...]:
+        return ("python3", "-c", "<apt repair: third-party sources disabled by the upgrade (one-line or deb822) back "
+                "on the new codename as Kubespray's own line, keys to /etc/apt/trusted.gpg.d, legacy trusted.gpg "
+                "retired; Ubuntu's sources untouched>", old, new)
+
+    def repair_sources(self, old: str, new: str) -> CommandResult:
+        """Run the apt repair program (nodegate.cluster.apt_repair) on the node: third-party sources
+        disabled or left on ``old`` back on ``new``, keys in trusted.gpg.d, the legacy keyring
+        retired. Idempotent: the end state gives an empty plan."""
+        from nodegate.cluster import apt_repair
+
+        return self.host.run(["python3", "-c", apt_repair.program(), old, new], sudo=True)
 
     def source_files(self) -> tuple[SourcesFile, ...]:
         """Every file under sources.list(.d), parsed when it is a .list/.sources file (other files,
@@ -124,11 +223,26 @@ class Apt:
 
 
 class Release:
+    """The node's release, and the release upgrade::
+
+        >>> host.release.os_release().version_id
+        '20.04'
+        >>> host.release.upgrade(devel=False, timeout=3 * 3600)   # do-release-upgrade, no questions
+    """
+
     def __init__(self, host: NodeHost) -> None:
         self.host = host
 
     def os_release(self) -> parsing.OsRelease:
         return parsing.parse_os_release(self.host.read_file("/etc/os-release"))
+
+    @staticmethod
+    def upgrade_command(*, devel: bool) -> tuple[str, ...]:
+        """do-release-upgrade without questions; ``devel``: to a release not yet released (-d)."""
+        return ("do-release-upgrade", "-f", "DistUpgradeViewNonInteractive", *(("-d",) if devel else ()))
+
+    def upgrade(self, *, devel: bool, timeout: float) -> CommandResult:
+        return self.host.run(list(self.upgrade_command(devel=devel)), sudo=True, env=APT_ENV, timeout=timeout)
 
 
 class Boot:
@@ -159,15 +273,27 @@ class Boot:
         return DiskFree(path=path, mount=fields[5], size_bytes=int(fields[1]), used_bytes=int(fields[2]),
                         avail_bytes=int(fields[3]))
 
+    @staticmethod
+    def reboot_command() -> tuple[str, ...]:
+        return ("sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &")
+
     def request_reboot(self) -> str:
         """Ask the node to reboot about a second from now, returning the boot id before it; the
         delay lets this command's SSH session end cleanly first."""
         before = self.boot_id()
-        self.host.run(["sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"], sudo=True)
+        self.host.run(list(self.reboot_command()), sudo=True)
         return before
 
 
 class Modules:
+    """Kernel modules: loaded now, and named in /etc/modules-load.d to load at boot::
+
+        >>> host.modules.is_loaded("rbd")
+        False
+        >>> host.modules.load("rbd"); host.modules.persist("rbd", "/etc/modules-load.d/rbd.conf")
+        True
+    """
+
     def __init__(self, host: NodeHost) -> None:
         self.host = host
 
@@ -178,8 +304,28 @@ class Modules:
     def is_loaded(self, name: str) -> bool:
         return name in self.loaded()
 
+    @staticmethod
+    def load_command(name: str) -> tuple[str, ...]:
+        return ("modprobe", "--", name)
+
     def load(self, name: str) -> CommandResult:
-        return self.host.run(["modprobe", "--", name], sudo=True)
+        return self.host.run(list(self.load_command(name)), sudo=True)
+
+    def persisted(self) -> frozenset[str]:
+        """The modules named in /etc/modules-load.d/*.conf (loaded at every boot)."""
+        text = self.host.run(["sh", "-c", "cat /etc/modules-load.d/*.conf 2>/dev/null"], expect=(0, 1)).stdout
+        return frozenset(w.strip() for w in text.splitlines())
+
+    @staticmethod
+    def persist_command(name: str, path: str) -> tuple[str, ...]:
+        return ("sh", "-c", f"echo {shlex.quote(name)} > {shlex.quote(path)}")
+
+    def persist(self, name: str, path: str) -> bool:
+        """Name ``name`` in ``path`` (a modules-load.d file) unless it is there already; whether it
+        was written. The values reach the script as its arguments, never as shell text."""
+        out = self.host.run(["sh", "-c", 'grep -qx "$1" "$2" 2>/dev/null || { mkdir -p "$(dirname "$2")" && '
+                                         'echo "$1" > "$2" && echo written; }', "sh", name, path], sudo=True)
+        return "written" in out.stdout
 
 
 _NO_ETCD_ENV, _NO_ETCDCTL = 90, 91

@@ -10,7 +10,7 @@ back, so ``Nodes.reconnect`` builds a fresh backend and host.
 Commands are argument lists, joined with ``shlex.join``: a value is never put into a shell
 line unquoted. ``NodeHost.run`` returns a frozen ``CommandResult`` and raises on an exit code
 outside ``expect``; connection failures are classified (refused / timed out / authentication /
-unknown or changed host key), each with its own message and fix.
+unknown or changed host key), each with its own message and fix (nodegate.cluster.nodes.sshfailures).
 
 Small classes read one resource each: ``Packages``, ``Apt``, ``Release``, ``Boot``, ``Modules``;
 parsing is nodegate.core.parsing's.
@@ -26,9 +26,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodegate.cluster.nodes import sshfailures
 from nodegate.cluster.nodes.backends import _ssh_target, _VerifyingParamikoBackend
 from nodegate.cluster.nodes.resources import Apt, Boot, Etcd, Modules, Packages, Release
-from nodegate.core.errors import NodegateError, PermanentError, TransientError, UsageError
+
+# the connection errors, importable from here as before (`as`: a re-export)
+from nodegate.cluster.nodes.sshfailures import HostKeyMismatch as HostKeyMismatch
+from nodegate.cluster.nodes.sshfailures import HostKeyUnknown as HostKeyUnknown
+from nodegate.cluster.nodes.sshfailures import SshAuthFailed as SshAuthFailed
+from nodegate.cluster.nodes.sshfailures import SshConnectError as SshConnectError
+from nodegate.cluster.nodes.sshfailures import SshConnectionLost as SshConnectionLost
+from nodegate.cluster.nodes.sshfailures import SshRefused as SshRefused
+from nodegate.cluster.nodes.sshfailures import SshTimeout as SshTimeout
+from nodegate.core.errors import PermanentError, TransientError, UsageError
 from nodegate.core.interrupts import checkpoint
 from nodegate.core.waits import Done, NotYet, wait_for
 
@@ -36,36 +46,6 @@ if TYPE_CHECKING:
     from nodegate.profile.model import NodeSpec, SSHSettings
 
 CONNECT_TIMEOUT_S = 5
-
-
-# -- errors -----------------------------------------------------------------------------------
-
-class SshConnectError(NodegateError):
-    """Reaching the node over SSH failed (before the command ran)."""
-
-
-class SshRefused(SshConnectError, TransientError):
-    """Nothing listens on the node's SSH port: the node is down or sshd is not running."""
-
-
-class SshTimeout(SshConnectError, TransientError):
-    """The node did not answer in time (unreachable, or hanging)."""
-
-
-class SshConnectionLost(SshConnectError, TransientError):
-    """The connection was closed or reset (typically: the node is going down)."""
-
-
-class SshAuthFailed(SshConnectError, UsageError):
-    """The node refused the key for the user."""
-
-
-class HostKeyUnknown(SshConnectError, UsageError):
-    """known_hosts has no key for the node."""
-
-
-class HostKeyMismatch(SshConnectError, PermanentError):
-    """The node's host key differs from the one in known_hosts."""
 
 
 class SudoPasswordRequired(UsageError):
@@ -370,104 +350,8 @@ class NodeHost:
     def _where(self) -> str:
         return f"{self.name} ({self.target}, user {self.user})"
 
-    def _key_hint(self) -> str:
-        return str(self.settings.identity_file) if self.settings.identity_file else "the default SSH keys"
-
-    def _trust_hint(self) -> str:
-        known = self.settings.known_hosts or "~/.ssh/known_hosts"
-        return (f"check the node's key out of band, then add it: `ssh-keyscan -t ed25519 {self.target} >> {known}`; "
-                "or run with --trust-new-host-keys (or set [ssh] trust_new_host_keys = true in the cluster "
-                "profile) to accept and record new keys; a changed key is never accepted")
-
-    def _classify_ssh(self, stderr: str) -> SshConnectError | None:
-        text = stderr.strip()
-        first = next((line for line in text.splitlines() if line.strip()), "")
-        jump = self.route.jump
-        if jump is not None and jump.host in text:
-            found = self._classify_jump(text, jump)
-            if found is not None:
-                return found
-        if "Connection refused" in text:
-            return SshRefused(f"{self._where()} refused the SSH connection: the node is down or its sshd is "
-                              f"not running ({first})",
-                              fix="wait for the node to boot, or start sshd on it (out-of-band console if needed)")
-        if re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", text):
-            return HostKeyMismatch(f"the host key of {self._where()} does not match known_hosts "
-                                   f"{self.settings.known_hosts or '~/.ssh/known_hosts'}: the node was reinstalled, "
-                                   "or something else answers at its address",
-                                   fix=f"if the node was reinstalled, remove the old key (`ssh-keygen -R {self.target} "
-                                       f"-f {self.settings.known_hosts or '~/.ssh/known_hosts'}`) and add the new "
-                                       "one after checking it out of band")
-        if "Host key verification failed" in text or re.search(r"No \S+ host key is known for", text):
-            return HostKeyUnknown(f"known_hosts {self.settings.known_hosts or '~/.ssh/known_hosts'} has no host key "
-                                  f"for {self._where()}, and host keys are verified", fix=self._trust_hint())
-        if "Permission denied" in text:
-            return SshAuthFailed(f"{self._where()} did not accept the key {self._key_hint()} for user {self.user} "
-                                 f"({first})",
-                                 fix=f"add {self._key_hint()}.pub to ~{self.user}/.ssh/authorized_keys on the node, "
-                                     "or set [ssh] user / identity_file in the cluster profile")
-        if re.search(r"timed out|No route to host|Network is unreachable", text):
-            return SshTimeout(f"{self._where()} did not answer SSH within {self.connect_timeout}s ({first})",
-                              fix="check that the node is powered on and reachable (out-of-band console if not)")
-        if re.search(r"Could not resolve hostname", text):
-            return SshTimeout(f"cannot resolve the address of {self._where()} ({first})",
-                              fix="set the node's ansible_host address in the Kubespray inventory")
-        if re.search(r"closed by|Connection reset|kex_exchange_identification|Broken pipe|"
-                     r"mux_client|Control socket connect|lost connection", text):
-            return SshConnectionLost(f"the SSH connection to {self._where()} was closed ({first}): the node is "
-                                     "probably going down or its sshd restarting",
-                                     fix="wait for the node to come back, then run again")
-        return None
-
-    def _classify_jump(self, text: str, jump: Any) -> SshConnectError | None:
-        """A failure of the hop through the bastion, named as such (ssh prints the bastion's address)."""
-        known = self.settings.known_hosts or "~/.ssh/known_hosts"
-        where = f"the jump host {jump.describe()} (the bastion on the way to {self.name})"
-        if re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", text):
-            return HostKeyMismatch(f"the host key of {where} does not match known_hosts {known}: the bastion was "
-                                   "reinstalled, or something else answers at its address",
-                                   fix=f"check the bastion's key out of band; if it was reinstalled, `ssh-keygen -R "
-                                       f"{jump.host} -f {known}` and add the new key")
-        if "Host key verification failed" in text or re.search(r"No \S+ host key is known for", text):
-            return HostKeyUnknown(f"known_hosts {known} has no host key for {where}, and host keys are verified",
-                                  fix=f"check the bastion's key out of band, then add it to {known}")
-        if "Connection refused" in text:
-            return SshRefused(f"{where} refused the SSH connection", fix="check that the bastion is up and its sshd runs")
-        if "Permission denied" in text:
-            return SshAuthFailed(f"{where} did not accept the key for user {jump.user or self.user}",
-                                 fix="add the key to the bastion user's authorized_keys, or set the bastion's "
-                                     "ansible_user / ansible_ssh_private_key_file in the inventory")
-        return None
-
-    def _classify_paramiko(self, exc: BaseException) -> SshConnectError | None:
-        import socket
-
-        import paramiko
-
-        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
-            return SshRefused(f"{self._where()} refused the SSH connection: the node is down or its sshd is not "
-                              f"running ({exc})",
-                              fix="wait for the node to boot, or start sshd on it (out-of-band console if needed)")
-        if isinstance(exc, paramiko.BadHostKeyException):
-            return HostKeyMismatch(f"the host key of {self._where()} does not match known_hosts "
-                                   f"{self.settings.known_hosts or '~/.ssh/known_hosts'}",
-                                   fix=f"if the node was reinstalled, remove the old key (`ssh-keygen -R {self.target}`) "
-                                       "and add the new one after checking it out of band")
-        if isinstance(exc, paramiko.AuthenticationException):
-            return SshAuthFailed(f"{self._where()} did not accept the key {self._key_hint()} for user {self.user} "
-                                 f"({exc})",
-                                 fix=f"add {self._key_hint()}.pub to ~{self.user}/.ssh/authorized_keys on the node, "
-                                     "or set [ssh] user / identity_file in the cluster profile")
-        if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
-            return HostKeyUnknown(f"known_hosts {self.settings.known_hosts or '~/.ssh/known_hosts'} has no host key "
-                                  f"for {self._where()}, and host keys are verified", fix=self._trust_hint())
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            return SshTimeout(f"{self._where()} did not answer SSH within {self.connect_timeout}s",
-                              fix="check that the node is powered on and reachable (out-of-band console if not)")
-        if isinstance(exc, (EOFError, ConnectionResetError, paramiko.SSHException, OSError)):
-            return SshConnectionLost(f"the SSH connection to {self._where()} broke ({type(exc).__name__}: {exc})",
-                                     fix="wait for the node to come back, then run again")
-        return None
+    _classify_ssh = sshfailures.classify_ssh
+    _classify_paramiko = sshfailures.classify_paramiko
 
     # -- resources -----------------------------------------------------------------------
     @functools.cached_property

@@ -2,7 +2,7 @@
 
 Every parser is total: any text (junk, a truncated output, an error page) gives a result,
 never an exception, because a check must be able to report "could not read X" instead of
-crashing with a traceback. A property test (tests/unit/test_properties.py) holds them to it.
+crashing with a traceback. A property test (tests/unit/core/parsing/test_properties.py) holds them to it.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from nodegate.core import aptsources
 from nodegate.core.parsing.system import strip_ansi
 
 # --------------------------------------------------------------------------- dpkg / apt-mark
@@ -222,8 +223,8 @@ class AptSource:
         return re.split(r"[-/]", self.suite, maxsplit=1)[0]
 
 
-_DISABLED_TAG = re.compile(r"#\s*disabled on upgrade to\s+(\S+)")
-_ONE_LINE = re.compile(r"^(deb|deb-src)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)((?:\s+[^\s#]+)*)")
+# deb822 field names (lower case) and the one-line option names AptSource.options uses
+# (sources.list(5)); other deb822 fields are not options of a source.
 _DEB822_KEYS = {"architectures": "arch", "languages": "lang", "targets": "target", "pdiffs": "pdiffs",
                 "by-hash": "by-hash", "allow-insecure": "allow-insecure", "allow-weak": "allow-weak",
                 "allow-downgrade-to-insecure": "allow-downgrade-to-insecure", "trusted": "trusted",
@@ -235,68 +236,16 @@ _DEB822_KEYS = {"architectures": "arch", "languages": "lang", "targets": "target
 
 def parse_sources_list(text: str) -> tuple[AptSource, ...]:
     """A sources.list / *.list file (one-line style, also the commented-out entries Ubuntu's
-    release upgrader leaves) or a deb822 *.sources file (detected from its fields)."""
-    if re.search(r"^(Types|URIs|Suites)\s*:", text, flags=re.MULTILINE | re.IGNORECASE):
-        return _parse_deb822(text)
-    return _parse_one_line(text)
-
-
-def _parse_one_line(text: str) -> tuple[AptSource, ...]:
+    release upgrader leaves) or a deb822 *.sources file (detected from its fields): one AptSource
+    per URI and suite. The one reader of both formats is nodegate.core.aptsources."""
     sources = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        enabled = True
-        if line.startswith("#"):
-            enabled = False
-            line = line.lstrip("#").strip()
-        match = _ONE_LINE.match(line)
-        if not match:
-            continue
-        kind, opts, uri, suite, comps = match.groups()
-        tag = _DISABLED_TAG.search(raw)
-        sources.append(AptSource(enabled=enabled, disabled_on_upgrade_to=tag.group(1) if tag else None,
-                                 types=(kind,), options=_one_line_options(opts or ""), uri=uri, suite=suite,
-                                 components=tuple(comps.split()), raw=raw))
-    return tuple(sources)
-
-
-def _one_line_options(text: str) -> dict[str, str]:
-    options = {}
-    for item in text.split():
-        key, _, value = item.partition("=")
-        key = key.rstrip("+-")  # 'arch+=amd64' / 'arch-=i386' modify the default; keep the value
-        if key:
-            options[key] = value
-    return options
-
-
-def _parse_deb822(text: str) -> tuple[AptSource, ...]:
-    sources: list[AptSource] = []
-    for stanza in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
-        fields: dict[str, str] = {}
-        tag = _DISABLED_TAG.search(stanza)
-        key = None
-        for line in stanza.split("\n"):
-            if line.startswith("#") or not line.strip():
-                continue
-            if line[0] in " \t" and key:   # continuation (e.g. an embedded Signed-By key block)
-                fields[key] += "\n" + line.strip()
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                continue
-            key = name.strip().lower()
-            fields[key] = value.strip()
-        if not fields.get("uris") or not fields.get("suites"):
-            continue
-        enabled = fields.get("enabled", "yes").strip().lower() not in ("no", "false", "0")
-        options = {_DEB822_KEYS[k]: v for k, v in fields.items() if k in _DEB822_KEYS}
-        types = tuple(fields.get("types", "deb").split()) or ("deb",)
-        for uri in fields["uris"].split():
-            for suite in fields["suites"].split():
-                sources.append(AptSource(enabled=enabled, disabled_on_upgrade_to=tag.group(1) if tag else None,
-                                         types=types, options=dict(options), uri=uri, suite=suite,
-                                         components=tuple(fields.get("components", "").split()), raw=stanza))
+    for entry in aptsources.entries("", text):
+        options = {_DEB822_KEYS.get(k, k): v for k, v in entry.options.items()
+                   if entry.format == "one-line" or k in _DEB822_KEYS}
+        sources += [AptSource(enabled=entry.enabled, disabled_on_upgrade_to=entry.disabled_on_upgrade_to,
+                              types=entry.types, options=dict(options), uri=uri, suite=suite,
+                              components=entry.components, raw=entry.raw)
+                    for uri in entry.uris for suite in entry.suites]
     return tuple(sources)
 
 

@@ -98,15 +98,31 @@ class Noout(Step):
         m = facts.need_mapping()
         up.keep_text("Node <-> CRUSH host", "\n".join([m.describe(), *m.evidence, *m.notes]))
         up.keep_text("noout policy", f"{facts.rook.describe()}\n{facts.policy.reason}")
-        # Recorded before acting: a run stopped right after the command still undoes it.
-        up.note(self.name, noout_by_us=True, noout_kind=facts.policy.kind, noout_osds=list(m.osd_ids),
+        ours, theirs = self._to_set(up, facts)
+        # Recorded before acting: a run stopped right after the command still undoes it. Only the
+        # flags this upgrade sets are recorded, so unset_noout leaves an operator's own alone.
+        up.note(self.name, noout_by_us=True, noout_kind=facts.policy.kind, noout_osds=list(ours),
                 noout_host=m.crush_host)
         done = []
-        for command in facts.policy.commands(crush_host=m.crush_host, osd_ids=m.osd_ids):
+        for command in facts.policy.commands(crush_host=m.crush_host, osd_ids=ours):
             result = up.need_ceph().run(command)
             up.keep_command(result)
             done.append(f"`{result.command}` rc {result.rc}")
-        return "; ".join(done) + f" (CRUSH host {m.crush_host}, {facts.policy.kind})"
+        kept = f"; noout of {', '.join(f'osd.{i}' for i in theirs)} was set before this upgrade (left as it is)"
+        return "; ".join(done) + f" (CRUSH host {m.crush_host}, {facts.policy.kind})" + (kept if theirs else "")
+
+    def _to_set(self, up: Upgrade, facts: StorageFacts) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(the OSDs this upgrade flags, the OSDs an operator flagged before it): see
+        nodegate.core.noout.flags_to_set."""
+        from nodegate.core.noout import PER_OSD, flags_to_set
+
+        kind, m = facts.policy.kind, facts.mapping
+        if kind != PER_OSD:
+            return flags_to_set(kind, m.osd_ids)
+        if up.value("noout_by_us") and up.value("noout_kind") == PER_OSD:
+            return flags_to_set(kind, m.osd_ids, recorded=[int(i) for i in up.value("noout_osds") or ()])
+        flags = up.need_ceph().osd_flags().value
+        return flags_to_set(kind, m.osd_ids, flagged=[i for i in m.osd_ids if "noout" in flags.osd_flags.get(i, ())])
 
     def verify(self, up: Upgrade) -> str:
         facts = storage_facts(up)

@@ -1,19 +1,16 @@
 """The package steps: unhold, dist-upgrade within the release, and hold again at the target's builds.
+They say what to do; the commands are the node's resources' (nodegate.cluster.nodes.resources).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from nodegate.cluster.nodes.resources import APT_ENV, APT_UPDATE, DIST_UPGRADE, DPKG_KEEP_CONFIG
+from nodegate.cluster.nodes.resources import Apt, Packages, with_apt_env
 from nodegate.core import postconditions as post
 from nodegate.core.errors import NodegateError
 from nodegate.core.waits import Done, NotYet, wait_for
 from nodegate.upgrade.engine import Planned, Step, StepFailed, Upgrade, heartbeat, holds, on_node
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("nodegate.upgrade")
 
@@ -36,8 +33,7 @@ class Unhold(Step):
             except NodegateError:
                 held = {n: "?" for n in up.profile.expect.held_packages}
         names = sorted(held) or list(up.profile.expect.held_packages)
-        return (on_node(up, "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\\n", root=False),
-                on_node(up, "apt-mark", "unhold", "--", *names))
+        return (on_node(up, *Packages.HELD_QUERY, root=False), on_node(up, *Packages.unhold_command(names)))
 
     def already(self, up: Upgrade) -> str | None:
         held = up.value("held_before")
@@ -71,8 +67,7 @@ class DistUpgrade(Step):
     superseded_by = "release_upgrade"   # the new release's sources bring new candidates
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        env = [f"{k}={v}" for k, v in APT_ENV.items()]
-        return (on_node(up, *APT_UPDATE), on_node(up, "env", *env, *DIST_UPGRADE))
+        return (on_node(up, *Apt.update_command()), on_node(up, *Apt.dist_upgrade_command()))
 
     def already(self, up: Upgrade) -> str | None:
         if not up.finished("unhold"):
@@ -93,7 +88,7 @@ class DistUpgrade(Step):
             raise StepFailed(f"`apt-get update` on {up.name} failed: " + "; ".join(update.report.errors[:5]),
                              fix="fix the apt sources or the network of the node, then run again")
         with heartbeat(f"running apt-get dist-upgrade on {up.name}", limit=DIST_UPGRADE_TIMEOUT_S):
-            result = up.host.run(list(DIST_UPGRADE), sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S)
+            result = up.host.apt.dist_upgrade(timeout=DIST_UPGRADE_TIMEOUT_S)
         up.keep_command(result)
         return (f"{repaired}; " if repaired else "") + f"dist-upgrade rc {result.rc} in {result.duration:.0f}s"
 
@@ -104,17 +99,12 @@ class DistUpgrade(Step):
         return holds(post.dist_upgrade(up.name, audit=audit, upgradable=list(pending)))
 
 
-PACKAGE_TOOLS = frozenset({"apt-get", "apt", "dpkg", "do-release-upgr", "unattended-upgr"})   # comm, ≤ 15 chars
-
-
 def _wait_package_tools(up: Upgrade) -> None:
     """Wait (bounded) until no apt/dpkg/do-release-upgrade runs on the node. After a lost SSH
     connection the command the earlier run started may still be going: it owns dpkg's lock and
     its outcome is not known yet."""
     def probe() -> Done | NotYet:
-        out = up.host.run(["ps", "-e", "-o", "pid=,comm="])
-        running = [" ".join(fields) for fields in (line.split(None, 1) for line in out.stdout.splitlines())
-                   if len(fields) == 2 and fields[1].strip() in PACKAGE_TOOLS]
+        running = up.host.packages.tools_running()
         return NotYet("still running on the node: " + ", ".join(running)) if running else Done(True)
 
     wait_for(probe, what=f"apt/dpkg started by an earlier run to end on {up.name}", timeout=DIST_UPGRADE_TIMEOUT_S,
@@ -146,9 +136,7 @@ def _settle_dpkg(up: Upgrade) -> str:
         return ""
     log.warning("%s: dpkg was left half done by an interrupted run (%s): dpkg --configure -a", up.name,
                 audit.splitlines()[0])
-    result = up.host.run(["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"], sudo=True, env=APT_ENV,
-                         timeout=DIST_UPGRADE_TIMEOUT_S)
-    up.keep_command(result)
+    up.keep_command(up.host.packages.finish_interrupted(timeout=DIST_UPGRADE_TIMEOUT_S))
     return "finished the interrupted dpkg run (dpkg --configure -a)"
 
 
@@ -176,10 +164,8 @@ class Hold(Step):
         names = sorted(wanted) or list(up.profile.expect.held_packages)
         pins = [f"{n}={v}" for n, v in sorted(wanted.items())] or [f"{n}=<recorded version, {up.target.codename} build>"
                                                                    for n in names]
-        env = [f"{k}={v}" for k, v in APT_ENV.items()]
-        return (on_node(up, "env", *env, "apt-get", "install", "-y", "--allow-downgrades", "--allow-change-held-packages",
-                     *DPKG_KEEP_CONFIG, *pins) ,
-                on_node(up, "apt-mark", "hold", "--", *names))
+        return (on_node(up, *with_apt_env(*Packages.install_command(pins, quiet=False))),
+                on_node(up, *Packages.hold_command(names)))
 
     def already(self, up: Upgrade) -> str | None:
         try:
@@ -195,10 +181,8 @@ class Hold(Step):
         installed = packages.versions(list(wanted))
         wrong = {n: v for n, v in wanted.items() if installed.get(n) != v}
         if wrong:
-            argv = ["apt-get", "install", "-y", "-q", "--allow-downgrades", "--allow-change-held-packages",
-                    *DPKG_KEEP_CONFIG, *(f"{n}={v}" for n, v in sorted(wrong.items()))]
             with heartbeat(f"installing the {up.target.codename} builds on {up.name}", limit=DIST_UPGRADE_TIMEOUT_S):
-                up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
+                up.keep_command(packages.install(wrong, timeout=DIST_UPGRADE_TIMEOUT_S))
         up.keep_command(packages.hold(sorted(wanted)))
         return "held " + ", ".join(f"{n}={v}" for n, v in sorted(wanted.items())) + (
             f" (installed {', '.join(sorted(wrong))} at those versions first)" if wrong else "")

@@ -1,15 +1,14 @@
 """The release steps: the reboots, do-release-upgrade, and the repair of what the release upgrade
-leaves behind (disabled third-party sources, the legacy keyring, the rbd module).
+leaves behind (disabled third-party sources, the legacy keyring, the rbd module). They say what to
+do; the commands are the node's resources' (nodegate.cluster.nodes.resources).
 """
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from nodegate.cluster.nodes.resources import APT_ENV, APT_UPDATE, DIST_UPGRADE, DPKG_KEEP_CONFIG
+from nodegate.cluster.nodes.resources import Apt, Boot, Modules, Release
 from nodegate.cluster.nodes.ssh import wait_for_boot
 from nodegate.core import postconditions as post
 from nodegate.core.aptsources import LEGACY_KEYRING
@@ -17,9 +16,6 @@ from nodegate.core.knowledge import next_release
 from nodegate.core.waits import WaitTimeout
 from nodegate.upgrade.engine import NodeDidNotComeBack, Planned, Step, StepFailed, Upgrade, heartbeat, holds, on_node
 from nodegate.upgrade.steps.packages import DIST_UPGRADE_TIMEOUT_S, _pending_now, _settle_dpkg, _wait_package_tools
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("nodegate.upgrade")
 
@@ -39,7 +35,7 @@ class Reboot(Step):
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
-        return (on_node(up, "sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"),
+        return (on_node(up, *Boot.reboot_command()),
                 Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
@@ -130,14 +126,8 @@ class ReleaseUpgrade(Step):
     name = "release_upgrade"
     title = "do-release-upgrade to the target release"
 
-    def command(self, up: Upgrade) -> list[str]:
-        argv = ["do-release-upgrade", "-f", "DistUpgradeViewNonInteractive"]
-        if up.profile.upgrade.devel_release:
-            argv.append("-d")
-        return argv
-
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        return (on_node(up, *self.command(up)),)
+        return (on_node(up, *Release.upgrade_command(devel=up.profile.upgrade.devel_release)),)
 
     def already(self, up: Upgrade) -> str | None:
         # An earlier run's do-release-upgrade may still be going (it outlives a lost SSH
@@ -163,8 +153,8 @@ class ReleaseUpgrade(Step):
         if release.version_id == up.target.version:
             # an earlier do-release-upgrade was cut off after the release moved: finish its
             # package work the way Ubuntu says to (dpkg --configure -a, then apt)
-            for argv in (["apt-get", "-y", "-q", *DPKG_KEEP_CONFIG, "-f", "install"], list(DIST_UPGRADE)):
-                up.keep_command(up.host.run(argv, sudo=True, env=APT_ENV, timeout=DIST_UPGRADE_TIMEOUT_S))
+            up.keep_command(up.host.apt.fix_install(timeout=DIST_UPGRADE_TIMEOUT_S))
+            up.keep_command(up.host.apt.dist_upgrade(timeout=DIST_UPGRADE_TIMEOUT_S))
             if not up.value("release_upgrade_boot_id"):
                 self._note_boot(up)
             return (f"{repaired}; " if repaired else "") + f"finished the interrupted release upgrade ({release.label})"
@@ -176,7 +166,8 @@ class ReleaseUpgrade(Step):
                              "do-release-upgrade refuses until then", fix="run again: the reboot step comes first")
         try:
             with heartbeat(f"running do-release-upgrade on {up.name}", limit=RELEASE_UPGRADE_TIMEOUT_S, every=10.0):
-                result = up.host.run(self.command(up), sudo=True, env=APT_ENV, timeout=RELEASE_UPGRADE_TIMEOUT_S)
+                result = up.host.release.upgrade(devel=up.profile.upgrade.devel_release,
+                                                 timeout=RELEASE_UPGRADE_TIMEOUT_S)
         except CommandFailed as exc:
             up.keep_command(exc.result)
             text = exc.result.output
@@ -212,7 +203,7 @@ def apt_repair(up: Upgrade, old: str, new: str) -> str:
     trusted.gpg.d, the legacy keyring retired. Idempotent: the end state gives an empty plan."""
     from nodegate.cluster import apt_repair as program
 
-    out = up.host.run(["python3", "-c", program.program(), old, new], sudo=True)
+    out = up.host.apt.repair_sources(old, new)
     up.keep_command(out)
     return program.summary(program.parse_output(out.stdout))
 
@@ -234,13 +225,11 @@ class Repair(Step):
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         old = (up.value("source_codename") or "<old codename>")
-        return (on_node(up, "python3", "-c", "<apt repair: third-party sources disabled by the upgrade (one-line or "
-                        "deb822) back on the new codename as Kubespray's own line, keys to /etc/apt/trusted.gpg.d, "
-                        "legacy trusted.gpg retired; Ubuntu's sources untouched>", old, up.target.codename),
-                on_node(up, *APT_UPDATE),
-                on_node(up, "modprobe", "--", "rbd"),
-                on_node(up, "sh", "-c", f"echo rbd > {MODULES_LOAD_FILE}"),
-                on_node(up, *APT_UPDATE))
+        return (on_node(up, *Apt.repair_sources_command(old, up.target.codename)),
+                on_node(up, *Apt.update_command()),
+                on_node(up, *Modules.load_command("rbd")),
+                on_node(up, *Modules.persist_command("rbd", MODULES_LOAD_FILE)),
+                on_node(up, *Apt.update_command()))
 
     def already(self, up: Upgrade) -> str | None:
         # the cheap reads only: `verify` (run right after) adds the `apt-get update` proof
@@ -262,10 +251,7 @@ class Repair(Step):
         if not host.modules.is_loaded("rbd"):
             up.keep_command(host.modules.load("rbd"))
             done.append("rbd loaded")
-        persisted = host.run(["sh", "-c", f"grep -qx rbd {shlex.quote(MODULES_LOAD_FILE)} 2>/dev/null || "
-                                          f"{{ mkdir -p /etc/modules-load.d && echo rbd > {shlex.quote(MODULES_LOAD_FILE)}"
-                                          " && echo written; }"], sudo=True)
-        if "written" in persisted.stdout:
+        if host.modules.persist("rbd", MODULES_LOAD_FILE):
             done.append(f"rbd persisted in {MODULES_LOAD_FILE}")
         return "; ".join(done) or "nothing needed repair"
 
@@ -278,7 +264,6 @@ class Repair(Step):
 
     def _verdict(self, up: Upgrade, *, update: bool) -> "post.Verdict":
         host = up.host
-        persisted = host.run(["sh", "-c", "cat /etc/modules-load.d/*.conf 2>/dev/null"], expect=(0, 1)).stdout
         update_problems = None
         if update:
             result = host.apt.update()
@@ -287,5 +272,5 @@ class Repair(Step):
             update_problems = [] if report.clean else [*report.errors, *report.warnings,
                                                        *(f"NO_PUBKEY {k}" for k in report.no_pubkey)]
         return post.repair(up.name, source_problems=apt_problems(up), rbd_loaded=host.modules.is_loaded("rbd"),
-                           rbd_persisted="rbd" in [w.strip() for w in persisted.splitlines()],
+                           rbd_persisted="rbd" in host.modules.persisted(),
                            update_problems=update_problems)
