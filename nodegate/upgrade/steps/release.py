@@ -40,7 +40,8 @@ class Reboot(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
         return (on_node(up, "sh", "-c", "(sleep 1; shutdown -r now || reboot) </dev/null >/dev/null 2>&1 &"),
-                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
+                Planned("local", f"wait ≤ {timeout:g}s ({up.profile.upgrade.reboot_timeout_source(up.node)}) for SSH "
+                                 f"with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster.node_identity import boot_facts
