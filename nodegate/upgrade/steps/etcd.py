@@ -70,7 +70,7 @@ class EtcdQuorum(Step):
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         if _not_etcd(up):
-            return ()
+            return (Planned("local", f"nothing: {_not_etcd(up)}"),)
         return (on_node(up, "etcdctl", "endpoint", "health", "-w", "json"),
                 Planned("local", f"every endpoint of /etc/etcd.env healthy, and more than half of them healthy "
                                  f"without {up.name}'s (waits ≤ {ETCD_HEALTHY_WAIT_S:g}s)"))
@@ -103,7 +103,7 @@ class EtcdCaughtUp(Step):
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         if _not_etcd(up):
-            return ()
+            return (Planned("local", f"nothing: {_not_etcd(up)}"),)
         return (on_node(up, "etcdctl", "endpoint", "health", "-w", "json"),
                 on_node(up, "etcdctl", "endpoint", "status", "-w", "json"),
                 Planned("local", f"{up.name}'s member healthy, its raftAppliedIndex within {gate.RAFT_LAG_MAX} of "
@@ -152,7 +152,7 @@ class ControlPlanePods(Step):
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         if not up.node.is_control_plane:
-            return ()
+            return (Planned("local", f"nothing: {self.already(up)}"),)
         return (Planned("Kubernetes API", f"mirror pods of {', '.join(CONTROL_PLANE_COMPONENTS)} on {up.kube_name} "
                                           f"in {CONTROL_PLANE_NAMESPACE} Ready (waits ≤ {CONTROL_PLANE_PODS_WAIT_S:g}s)"),)
 
