@@ -1,8 +1,8 @@
 """The etcd gate around an etcd node's upgrade, as pure verdicts over what etcdctl answered.
 
-Before the node goes: every member is healthy (`etcdctl endpoint health`, every endpoint Kubespray's
-/etc/etcd.env lists) and the members other than this node's still make a quorum (more than half
-of all members). After it returns: its member is healthy again and has applied the log up to the
+Before the node goes: every voting member (`etcdctl member list`) is healthy (`etcdctl endpoint
+health` over the endpoints Kubespray's /etc/etcd.env lists) and the members other than this node's
+still make a quorum (more than half of the voting members). After it returns: its member is healthy again and has applied the log up to the
 leader's raft index, within ``RAFT_LAG_MAX`` entries (`etcdctl endpoint status`: ``raftAppliedIndex``
 of the member against ``raftIndex`` of the leader). A member that cannot be found among the
 answers fails the gate, naming the address looked for: nothing is passed on an empty answer.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nodegate.core.parsing.etcd import EtcdEndpoint, EtcdHealth, EtcdStatus
+from nodegate.core.parsing.etcd import EtcdEndpoint, EtcdHealth, EtcdMembers, EtcdStatus
 from nodegate.core.postconditions import Verdict
 
 # How far (in raft entries) a returned member's applied index may trail the leader's raft index
@@ -30,29 +30,44 @@ def _label(endpoint: str, host: str, names_by_address: Mapping[str, str]) -> str
     return f"{endpoint} ({names_by_address[host]})" if host in names_by_address else endpoint
 
 
-def quorum_before(node: str, address: str, health: EtcdHealth, names_by_address: Mapping[str, str]) -> Verdict:
-    """Every member healthy, and a quorum left with ``node``'s member (on ``address``) down."""
+def quorum_before(node: str, address: str, health: EtcdHealth, members: EtcdMembers,
+                  names_by_address: Mapping[str, str]) -> Verdict:
+    """Every voting member (`etcdctl member list`) healthy (`etcdctl endpoint health`), and a quorum
+    of the voting members left with ``node``'s member (on ``address``) down. A member with no
+    endpoint in /etc/etcd.env counts as not seen healthy."""
+    if not members.members:
+        return Verdict.no(f"etcdctl on {node} could not read etcd's members: {members.message}",
+                          fix=f"on {node}: `set -a; . /etc/etcd.env; etcdctl member list`; check the members "
+                              f"(`systemctl status etcd`, `journalctl -u etcd`) and {ENV_HINT}")
     if not health.read:
         return Verdict.no(f"etcdctl on {node} could not read etcd's health: {health.message}",
                           fix=f"on {node}: `set -a; . /etc/etcd.env; etcdctl endpoint health`; check the members "
                               f"(`systemctl status etcd`, `journalctl -u etcd`) and {ENV_HINT}")
-    if not any(e.host == address for e in health.endpoints):
-        return Verdict.no(f"no etcd endpoint on {node}'s address {address} among "
-                          f"{', '.join(e.endpoint for e in health.endpoints)}: this node's member cannot be told "
-                          "from the others, so quorum without it cannot be judged",
-                          fix=f"check {ENV_HINT} and the inventory's ansible_host/ip for {node}")
-    members, majority = len(health.endpoints), health.majority
+    voting = members.voting
+    mine = [m for m in voting if address in m.hosts]
+    if not mine:
+        return Verdict.no(f"no voting etcd member on {node}'s address {address} (members: "
+                          f"{', '.join(f'{m.name or m.member_id} {m.client_urls}' for m in members.members)}): this "
+                          "node's member cannot be told from the others, so quorum without it cannot be judged",
+                          fix=f"check {ENV_HINT}, `etcdctl member list` and the inventory's ansible_host/ip for {node}")
+    healthy_hosts = {e.host for e in health.endpoints if e.healthy}
     problems = [f"{_label(e.endpoint, e.host, names_by_address)}: {e.error or 'unhealthy'}" for e in health.unhealthy]
-    left = health.healthy_without(address)
+    unseen = [m for m in voting if not any(EtcdEndpoint(u, True).host in {e.host for e in health.endpoints}
+                                           for u in m.client_urls)]
+    problems += [f"member {m.name or m.member_id} ({', '.join(m.client_urls) or 'no client URL: never started'}) "
+                 "is not among the endpoints /etc/etcd.env lists" for m in unseen]
+    majority = len(voting) // 2 + 1
+    left = sum(1 for m in voting if m not in mine and any(EtcdEndpoint(u, True).host in healthy_hosts
+                                                            for u in m.client_urls))
     if left < majority:
-        problems.append(f"quorum: {members} member(s) need {majority}; with {node}'s member down only {left} "
-                        "healthy member(s) would be left")
+        problems.append(f"quorum: {len(voting)} voting member(s) need {majority}; with {node}'s member down only "
+                        f"{left} healthy member(s) would be left")
     if problems:
         return Verdict.no(f"etcd cannot spare {node}'s member now: " + "; ".join(problems),
                           fix="bring the unhealthy member(s) back first (on that node: `systemctl restart etcd`, "
                               "`journalctl -u etcd`) until `etcdctl endpoint health` shows every member healthy; "
                               "upgrade etcd nodes one at a time")
-    return Verdict.ok(f"all {members} etcd members healthy; with {node}'s member down {left} of {members} "
+    return Verdict.ok(f"all {len(voting)} etcd members healthy; with {node}'s member down {left} of {len(voting)} "
                       f"remain (quorum {majority})")
 
 

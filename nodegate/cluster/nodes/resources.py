@@ -230,3 +230,8 @@ class Etcd:
         an endpoint that does not answer is missing from it."""
         result = self.etcdctl("endpoint", "status", "-w", "json")
         return parsing.parse_etcd_endpoint_status(result.stdout, result.rc, result.stderr)
+
+    def member_list(self) -> parsing.EtcdMembers:
+        """The cluster's members, learners marked (`etcdctl member list -w json`)."""
+        result = self.etcdctl("member", "list", "-w", "json")
+        return parsing.parse_etcd_member_list(result.stdout, result.rc, result.stderr)

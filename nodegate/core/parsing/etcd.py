@@ -138,3 +138,45 @@ def parse_etcd_endpoint_status(json_text: str, rc: int = 0, stderr: str = "") ->
     if not members:
         return EtcdStatus(message=error or f"no JSON answer from etcdctl endpoint status (rc {rc})")
     return EtcdStatus(members=tuple(sorted(members, key=lambda m: m.endpoint)), message=error if rc != 0 else "")
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    member_id: int
+    name: str
+    client_urls: tuple[str, ...]
+    peer_urls: tuple[str, ...]
+    learner: bool = False      # a learner does not vote: it does not count for quorum
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(EtcdEndpoint(url, True).host for url in (*self.client_urls, *self.peer_urls))
+
+
+@dataclass(frozen=True)
+class EtcdMembers:
+    """`etcdctl member list -w json`: the cluster's membership as the answering member knows it."""
+    members: tuple[EtcdMember, ...] = ()
+    message: str = ""
+
+    @property
+    def voting(self) -> tuple[EtcdMember, ...]:
+        return tuple(m for m in self.members if not m.learner)
+
+
+def parse_etcd_member_list(json_text: str, rc: int = 0, stderr: str = "") -> EtcdMembers:
+    """etcdctl 3.4 prints {"header": {...}, "members": [{"ID", "name", "peerURLs", "clientURLs",
+    "isLearner"?}]}; a member that never started has no name and no client URLs yet."""
+    error = next((line.strip() for line in reversed(stderr.splitlines()) if line.startswith("Error")), "")
+    members = []
+    for item in _as_list(_as_dict(_load_json(json_text)).get("members")):
+        item = _as_dict(item)
+        urls = {key: tuple(u for u in _as_list(item.get(key)) if isinstance(u, str) and u)
+                for key in ("clientURLs", "peerURLs")}
+        name = item.get("name")
+        members.append(EtcdMember(member_id=_as_int(item.get("ID")), name=name if isinstance(name, str) else "",
+                                  client_urls=urls["clientURLs"], peer_urls=urls["peerURLs"],
+                                  learner=item.get("isLearner") is True))
+    if not members:
+        return EtcdMembers(message=error or f"no JSON answer from etcdctl member list (rc {rc})")
+    return EtcdMembers(members=tuple(sorted(members, key=lambda m: m.name)), message=error if rc != 0 else "")

@@ -71,9 +71,10 @@ class EtcdQuorum(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         if _not_etcd(up):
             return (Planned("local", f"nothing: {_not_etcd(up)}"),)
-        return (on_node(up, "etcdctl", "endpoint", "health", "-w", "json"),
-                Planned("local", f"every endpoint of /etc/etcd.env healthy, and more than half of them healthy "
-                                 f"without {up.name}'s (waits ≤ {ETCD_HEALTHY_WAIT_S:g}s)"))
+        return (on_node(up, "etcdctl", "member", "list", "-w", "json"),
+                on_node(up, "etcdctl", "endpoint", "health", "-w", "json"),
+                Planned("local", f"every voting member healthy, and more than half of them healthy without "
+                                 f"{up.name}'s (waits ≤ {ETCD_HEALTHY_WAIT_S:g}s)"))
 
     def already(self, up: Upgrade) -> str | None:
         return _not_etcd(up)
@@ -85,9 +86,11 @@ class EtcdQuorum(Step):
         return verdict.text
 
     def _read(self, up: Upgrade) -> post.Verdict:
-        health = up.host.etcd.endpoint_health()
-        up.keep_json(f"{up.name}: etcdctl endpoint health", [e.__dict__ for e in health.endpoints])
-        return gate.quorum_before(up.name, up.node.address, health, _names(up))
+        etcd = up.host.etcd
+        members, health = etcd.member_list(), etcd.endpoint_health()
+        up.keep_json(f"{up.name}: etcdctl member list, endpoint health",
+                     {"members": [m.__dict__ for m in members.members], "health": [e.__dict__ for e in health.endpoints]})
+        return gate.quorum_before(up.name, up.node.address, health, members, _names(up))
 
     def verify(self, up: Upgrade) -> str:
         reason = _not_etcd(up)
