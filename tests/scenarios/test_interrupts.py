@@ -25,7 +25,7 @@ and postflight checks (pytest subprocesses), the drain (PDB refusals), apt and d
 the node, the reboot wait (node down), the Ready wait (node up, not Ready), Kubespray, the Ceph health
 wait (HEALTH_WARN injected with the lab's ceph-warn fault). The lock step has no wait: a held lock is
 refused at once (tests/scenarios/test_course.py), so it is interrupted at its boundary only.
-26 interrupted runs and the last one: 4m46s-7m45s for this file on a developer lab (2 cores, load
+26 interrupted runs (with 17 steps; the 3 control-plane steps add 3 boundaries) and the last one: 4m46s-7m45s for this file on a developer lab (2 cores, load
 average 6-7 from other work); each interrupted run exits in 0.6-9 s.
 """
 from __future__ import annotations
