@@ -31,6 +31,20 @@ log = logging.getLogger("nodegate.waits")
 
 T = TypeVar("T")
 
+# -- named bounds of the procedure's waits on the control plane --------------------------------------
+# Before an etcd node goes down: every member healthy. A member restarting (the node's own, on a
+# resumed run after its reboot) answers within seconds; a member down for good fails the gate then.
+ETCD_HEALTHY_WAIT_S = 120.0
+# After an etcd node returns: its member healthy and caught up with the leader's raft index. A
+# member back from a reboot replays its log in seconds; one sent a snapshot may take minutes.
+ETCD_CATCH_UP_WAIT_S = 300.0
+# Before a control-plane node is uncordoned: its static pods' mirror pods Ready. The kubelet starts
+# them from /etc/kubernetes/manifests at boot and again when Kubespray's kubeadm upgrade rewrites
+# them; kube-apiserver's readiness waits for etcd and its informers, which takes minutes on big clusters.
+CONTROL_PLANE_PODS_WAIT_S = 600.0
+# How often those waits ask again.
+CONTROL_PLANE_POLL_S = 2.0
+
 
 @dataclass(frozen=True)
 class Done(Generic[T]):

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
 
     up = with_dir(sub.add_parser("up", help="bring the lab up (nothing changes if it runs already)"))
     up.add_argument("--nodes", type=int, default=4, help=f"number of nodes, 1 to {MAX_NODES} (default 4)")
+    up.add_argument("--control-planes", type=int, default=None, metavar="N",
+                    help="node1..N in kube_control_plane (default: node1 and node2, node1 alone below 3 nodes); "
+                         "etcd stays on node1-node3")
     up.add_argument("--rook", default=DEFAULT_ROOK, choices=sorted(ROOK_CEPHCSI), help="Rook version the lab claims")
     up.add_argument("--kubespray", default=kubespray_releases.DEFAULT, choices=kubespray_releases.choices(),
                     metavar="VERSION", help="the Kubespray release the lab's checkout is laid out as: "
@@ -161,6 +164,8 @@ def cmd_up(args) -> int:
         return 0
     if not 1 <= args.nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be 1 to {MAX_NODES}, not {args.nodes}")
+    if args.control_planes is not None and not 1 <= args.control_planes <= args.nodes:
+        raise UsageError(f"--control-planes must be 1 to --nodes ({args.nodes}), not {args.control_planes}")
     if not 0 <= args.net <= 255:
         raise UsageError(f"--net must be 0 to 255, not {args.net}")
     if args.domain and not valid_domain(args.domain):
@@ -182,7 +187,7 @@ def cmd_up(args) -> int:
                         bastion=args.bastion, domain=args.domain,
                         osd_maintenance_timeout_s=args.osd_maintenance_timeout,
                         manage_pod_budgets=args.manage_pod_budgets,
-                        osd_down_out_interval_s=args.osd_down_out_interval)
+                        osd_down_out_interval_s=args.osd_down_out_interval, control_planes=args.control_planes)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)

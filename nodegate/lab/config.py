@@ -177,7 +177,10 @@ class LabConfig:
         domain = settings.get("domain", "")
         if domain and not valid_domain(domain):
             raise ValueError(f"--domain {domain!r} is not a DNS domain (e.g. example.internal)")
-        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net, domain), net=net,
+        control_planes = settings.pop("control_planes", None)
+        if control_planes is not None and not 1 <= control_planes <= n_nodes:
+            raise ValueError(f"a lab of {n_nodes} node(s) has 1 to {n_nodes} control-plane nodes, not {control_planes}")
+        return cls(dir=Path(dir).resolve(), nodes=make_nodes(n_nodes, net, domain, control_planes), net=net,
                    token=settings.pop("token", None) or secrets.token_hex(24), **settings)
 
     def save(self) -> None:
@@ -202,13 +205,15 @@ def valid_domain(domain: str) -> bool:
                and not p.endswith("-") for p in parts) and domain.lower() == domain
 
 
-def make_nodes(n_nodes: int, net: int = 0, domain: str = "") -> tuple[LabNode, ...]:
+def make_nodes(n_nodes: int, net: int = 0, domain: str = "", control_planes: int | None = None) -> tuple[LabNode, ...]:
     """node1, node2 control plane (node1 alone below 3 nodes), the rest workers;
-    etcd on node1-node3 (node1 alone below 3 nodes), as Kubespray lays out a small cluster."""
+    etcd on node1-node3 (node1 alone below 3 nodes), as Kubespray lays out a small cluster.
+    ``control_planes`` N: node1..N control plane instead (3 gives Kubespray's HA layout, the
+    control plane stacked with etcd on node1-node3)."""
     nodes = []
     for i in range(1, n_nodes + 1):
         roles: list[str] = []
-        if i == 1 or (i == 2 and n_nodes >= 3):
+        if (i <= control_planes) if control_planes is not None else (i == 1 or (i == 2 and n_nodes >= 3)):
             roles.append("control-plane")
         else:
             roles.append("worker")

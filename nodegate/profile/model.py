@@ -138,6 +138,11 @@ class UpgradeSettings:
     def reboot_timeout_s(self, node: NodeSpec) -> float:
         return self.reboot_timeout_control_plane_s if node.is_control_plane else self.reboot_timeout_worker_s
 
+    def reboot_timeout_source(self, node: NodeSpec) -> str:
+        """Which profile setting bounds the node's reboots (said in the plan and when one times out)."""
+        which = "control_plane" if node.is_control_plane else "worker"
+        return f"[upgrade] reboot_timeout_{which}_s, the {which.replace('_', '-')} limit"
+
 
 @dataclass(frozen=True)
 class Profile:

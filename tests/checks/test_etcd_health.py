@@ -36,3 +36,34 @@ def test_stopped_member_fails_naming_it(catalogue, lab):
         assert f"without {node}'s member only 1 healthy member(s)" in section, section
         assert "fix: bring the unhealthy member(s) back" in section, section
     print(f"check with node3's member stopped: {run.seconds:.1f} s")
+
+
+def test_etcd_gate_reads_the_real_members(lab):
+    """The procedure's etcd gate (nodegate.core.etcd over the node resource Etcd): with every member
+    up, node2 may go and node3's member is caught up; with node3's member stopped, node2 may not go
+    (node3 named, quorum margin lost) and node3 is not caught up, named by its endpoint; back, it is."""
+    from labkit import LabAccess
+
+    from nodegate.core.etcd import caught_up, quorum_before
+
+    access = LabAccess(lab)
+    names = {n.address: n.name for n in access.profile.nodes}
+    node2, node3 = lab.node("node2"), lab.node("node3")
+    etcd2 = access.nodes.host("node2").etcd
+    before = quorum_before("node2", node2.address, etcd2.endpoint_health(), etcd2.member_list(), names)
+    assert before.holds and "with node2's member down 2 of 3 remain (quorum 2)" in before.text, before
+    assert caught_up("node3", node3.address, etcd2.endpoint_health(), etcd2.endpoint_status()).holds
+    etcd = LabEtcd(lab)
+    etcd.stop_member("node3")
+    try:
+        blocked = quorum_before("node2", node2.address, etcd2.endpoint_health(), etcd2.member_list(), names)
+        behind = caught_up("node3", node3.address, etcd2.endpoint_health(), etcd2.endpoint_status())
+    finally:
+        etcd.start_member("node3")
+        etcd.wait_healthy(30)
+    assert not blocked.holds and f"http://{node3.address}:2379 (node3)" in blocked.text, blocked
+    assert "with node2's member down only 1 healthy member(s) would be left" in blocked.text, blocked
+    assert not behind.holds and f"node3's etcd member http://{node3.address}:2379 is not healthy" in behind.text
+    back = caught_up("node3", node3.address, etcd2.endpoint_health(), etcd2.endpoint_status())
+    assert back.holds and "caught up" in back.text, back
+    access.kube.close()

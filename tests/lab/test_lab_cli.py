@@ -108,6 +108,19 @@ def test_eight_node_lab_has_right_nodes_and_roles(make_lab, cli, node_ssh):
     assert_nothing_left(config.dir, pids)
 
 
+def test_control_planes_lays_out_kubespray_ha_and_refuses_more_than_the_nodes(tmp_path, cli):
+    """--control-planes 3: node1-node3 control plane stacked with etcd, the rest workers (Kubespray's
+    HA sample); more control-plane nodes than nodes is refused before anything starts."""
+    from nodegate.lab.config import LabConfig
+
+    config = LabConfig.new(tmp_path / "layout", 5, net=9, control_planes=3)
+    assert {n.name: n.roles for n in config.nodes} == {
+        **{f"node{i}": ("control-plane", "etcd") for i in (1, 2, 3)}, "node4": ("worker",), "node5": ("worker",)}
+    refused = cli("lab", "up", "--dir", str(tmp_path / "lab"), "--nodes", "5", "--control-planes", "6", check=False)
+    assert refused.returncode != 0 and "--control-planes must be 1 to --nodes (5), not 6" in refused.stderr, refused
+    assert not (tmp_path / "lab" / "lab.json").exists()
+
+
 def test_down_after_supervisor_killed_leaves_nothing(make_lab, cli):
     config = make_lab.up(nodes=2)
     pids = lab_processes(config.dir)

@@ -10,7 +10,7 @@ from labkit import wait_until
 from nodegate.cluster.lock import acquire_lock, read_lock
 from nodegate.upgrade import STEP_NAMES
 
-FIRST_SIX = STEP_NAMES[:6]
+THROUGH_DIST_UPGRADE = STEP_NAMES[:STEP_NAMES.index("dist_upgrade") + 1]
 
 
 def _state(lab_nodes, name: str) -> dict:
@@ -161,7 +161,7 @@ def test_interrupted_in_a_reboot_wait_then_resumed(procedure, lab_nodes, fixed_k
     assert '"reboot"' in status.annotations.get("nodegate.io/upgrade", ""), status.annotations
 
     lab_nodes.cli("fault", "hang-on-reboot", "--node", "node4", "--clear")   # the node boots now
-    upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(STEP_NAMES[:9], 1))
+    upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(STEP_NAMES[:STEP_NAMES.index("reboot_release") + 1], 1))
     resumed = procedure("-k", upto, cluster=fixed_kubespray)
     assert resumed.ret == 0, resumed.text[-3000:]
     assert "already asked to reboot" in resumed.text
@@ -185,7 +185,7 @@ def test_a_killed_run_is_resumed_by_the_same_command(procedure, lab_nodes, fixed
     lock = read_lock(lab_nodes.kube)
     assert lock is not None and lock.held and lock.node == "node4", "a killed run cannot release its lock"
     assert lab_nodes.kube.node("node4").unschedulable
-    upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(FIRST_SIX, 1))
+    upto = " or ".join(f"{i:02d}-{name}" for i, name in enumerate(THROUGH_DIST_UPGRADE, 1))
     resumed = procedure("-k", upto, cluster=fixed_kubespray)
     assert resumed.ret == 0, resumed.text[-3000:]
     records = procedure.journal()

@@ -20,6 +20,7 @@ from reportkit import chromium, html_payloads, keep, labels, load_results, repor
 
 from nodegate.core.categories import classify
 from nodegate.core.knowledge import cephcsi_for_rook
+from nodegate.upgrade import STEP_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLANTED_PASSWORD = "Lab-Inv-Secret-4t9QwZ"
@@ -69,7 +70,7 @@ def test_failing_lab_upgrade_and_its_resumed_run_leave_complete_evidence(make_la
     run1 = sorted((reports / "runs").glob("2*"))[-1]
     results = run1 / "results"
     steps = procedure_results(results)
-    assert len(steps) == 17, sorted(steps)
+    assert len(steps) == len(STEP_NAMES), sorted(steps)
     statuses = {name: r["status"] for name, r in steps.items()}
     assert statuses["gate"] == "failed"
     assert {status for name, status in statuses.items() if name != "gate"} == {"skipped"}, statuses

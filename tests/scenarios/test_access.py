@@ -26,6 +26,7 @@ from scenariotools import NODE, Lab, Operator, leaked_secrets, no_traceback, wri
 from nodegate.lab.config import LabConfig
 from nodegate.lab.kubespray import planted_secrets
 from nodegate.lab.pki import make_ca
+from nodegate.upgrade import STEP_NAMES
 
 pytestmark = pytest.mark.lab
 
@@ -159,7 +160,7 @@ def test_full_upgrade_through_the_bastion_with_become_env(access_lab, operator, 
     run = _run_with_env(operator, profile_with(lab, tmp_path / "p.toml", kubeconfig=lab.dir / "kubeconfig-token"),
                         {PASSWORD_ENV: password}, "--become-password-env", PASSWORD_ENV, timeout=1200)
     assert run.rc == 0, run.text[-5000:]
-    assert len(run.passed()) == 17, run.outcomes
+    assert len(run.passed()) == len(STEP_NAMES), run.outcomes
     # the node says so itself, over its own SSH (root, through the bastion)
     release = access_lab.ssh(". /etc/os-release; echo $VERSION_ID; dpkg -l | awk '/^hi/ {print $2}'").stdout.split()
     assert release == ["22.04", "containerd.io", "docker-ce", "docker-ce-cli"], release

@@ -20,12 +20,12 @@ the journal ending in `complete done`. The interruption points are a schedule ov
 aimed at a step boundary may land a little later (the step was quick) — the table at the end says where
 each one really landed, and the waits are asserted to have been hit inside.
 
-Points: the boundary into each of the 17 steps, and the inside of each step that waits — the preflight
+Points: the boundary into each step (nodegate.upgrade.STEP_NAMES), and the inside of each step that waits — the preflight
 and postflight checks (pytest subprocesses), the drain (PDB refusals), apt and do-release-upgrade on
 the node, the reboot wait (node down), the Ready wait (node up, not Ready), Kubespray, the Ceph health
 wait (HEALTH_WARN injected with the lab's ceph-warn fault). The lock step has no wait: a held lock is
 refused at once (tests/scenarios/test_course.py), so it is interrupted at its boundary only.
-26 interrupted runs and the last one: 4m46s-7m45s for this file on a developer lab (2 cores, load
+26 interrupted runs (with 17 steps; the 3 control-plane steps add 3 boundaries) and the last one: 4m46s-7m45s for this file on a developer lab (2 cores, load
 average 6-7 from other work); each interrupted run exits in 0.6-9 s.
 """
 from __future__ import annotations
@@ -52,10 +52,11 @@ from interrupttools import (
 from labkit import fixed_kubespray_checkout
 from scenariotools import write_profile
 
+from nodegate.upgrade import STEP_NAMES
+
 LIMITS = dict(reboot_timeout_worker_s=60, storage_timeout_s=60, lock_stale_after_s=60, settle_s=0)
 EXIT_WITHIN_S = 30.0
-STEPS = ("gate", "lock", "drain", "noout", "unhold", "dist_upgrade", "reboot", "release_upgrade", "reboot_release",
-         "repair", "kubespray", "hold", "uncordon", "unset_noout", "storage_healthy", "postflight", "unlock")
+STEPS = STEP_NAMES
 
 
 @dataclass(frozen=True)

@@ -370,3 +370,14 @@ class Etcd:
         """Every endpoint listed in the env file (Kubespray lists all members), healthy or not."""
         result = self.etcdctl("endpoint", "health", "-w", "json")
         return parsing.parse_etcd_endpoint_health(result.stdout, result.rc, result.stderr)
+
+    def endpoint_status(self) -> parsing.EtcdStatus:
+        """Every endpoint's member id, leader and raft indexes (`etcdctl endpoint status -w json`);
+        an endpoint that does not answer is missing from it."""
+        result = self.etcdctl("endpoint", "status", "-w", "json")
+        return parsing.parse_etcd_endpoint_status(result.stdout, result.rc, result.stderr)
+
+    def member_list(self) -> parsing.EtcdMembers:
+        """The cluster's members, learners marked (`etcdctl member list -w json`)."""
+        result = self.etcdctl("member", "list", "-w", "json")
+        return parsing.parse_etcd_member_list(result.stdout, result.rc, result.stderr)

@@ -31,7 +31,17 @@ from nodegate.core.parsing.ceph import (
     parse_ok_to_stop,
     parse_osd_dump_flags,
 )
-from nodegate.core.parsing.etcd import EtcdEndpoint, EtcdHealth, parse_etcd_endpoint_health
+from nodegate.core.parsing.etcd import (
+    EtcdEndpoint,
+    EtcdHealth,
+    EtcdMember,
+    EtcdMembers,
+    EtcdMemberStatus,
+    EtcdStatus,
+    parse_etcd_endpoint_health,
+    parse_etcd_endpoint_status,
+    parse_etcd_member_list,
+)
 from nodegate.core.parsing.system import OsRelease, parse_os_release, strip_ansi
 
-__all__ = ['strip_ansi', 'OsRelease', 'parse_os_release', 'DpkgEntry', 'parse_dpkg_l', 'parse_apt_mark_showhold', 'AptUpdateReport', 'parse_apt_update', 'UpgradablePackage', 'AptUpgradable', 'parse_apt_upgradable', 'AptSource', 'parse_sources_list', 'RecapLine', 'parse_ansible_recap', 'FailedTask', 'failed_tasks', 'HealthCheck', 'CephHealth', 'parse_ceph_health', 'CephStatus', 'parse_ceph_status', 'OkToStop', 'parse_ok_to_stop', 'OsdFlags', 'parse_osd_dump_flags', 'parse_ls_tree', 'EtcdEndpoint', 'EtcdHealth', 'parse_etcd_endpoint_health']
+__all__ = ['strip_ansi', 'OsRelease', 'parse_os_release', 'DpkgEntry', 'parse_dpkg_l', 'parse_apt_mark_showhold', 'AptUpdateReport', 'parse_apt_update', 'UpgradablePackage', 'AptUpgradable', 'parse_apt_upgradable', 'AptSource', 'parse_sources_list', 'RecapLine', 'parse_ansible_recap', 'FailedTask', 'failed_tasks', 'HealthCheck', 'CephHealth', 'parse_ceph_health', 'CephStatus', 'parse_ceph_status', 'OkToStop', 'parse_ok_to_stop', 'OsdFlags', 'parse_osd_dump_flags', 'parse_ls_tree', 'EtcdEndpoint', 'EtcdHealth', 'parse_etcd_endpoint_health', 'EtcdMemberStatus', 'EtcdStatus', 'parse_etcd_endpoint_status', 'EtcdMember', 'EtcdMembers', 'parse_etcd_member_list']

@@ -1,10 +1,10 @@
-"""Parser of `etcdctl endpoint health` JSON.
+"""Parsers of `etcdctl endpoint health` and `etcdctl endpoint status` JSON.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nodegate.core.parsing.ceph import _as_dict, _as_list, _load_json
+from nodegate.core.parsing.ceph import _as_dict, _as_int, _as_list, _load_json
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,109 @@ def parse_etcd_endpoint_health(json_text: str, rc: int = 0, stderr: str = "") ->
         return EtcdHealth(message=error or f"no JSON answer from etcdctl endpoint health (rc {rc})")
     return EtcdHealth(endpoints=tuple(sorted(endpoints, key=lambda e: e.endpoint)),
                       message=error if rc != 0 else "")
+
+
+@dataclass(frozen=True)
+class EtcdMemberStatus:
+    """One member's `etcdctl endpoint status` answer."""
+    endpoint: str
+    member_id: int             # header.member_id
+    leader: int                # the member id this member takes for the leader (0: none known)
+    raft_index: int
+    raft_applied_index: int    # raftAppliedIndex (etcd 3.4+); the raft index where it is absent
+    raft_term: int
+    version: str = ""
+
+    @property
+    def host(self) -> str:
+        return EtcdEndpoint(self.endpoint, True).host
+
+    @property
+    def is_leader(self) -> bool:
+        return self.member_id != 0 and self.member_id == self.leader
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    """`etcdctl endpoint status -w json` over every member's endpoint. etcdctl leaves an endpoint
+    that does not answer out of the list (its reason is on stderr) and exits 1."""
+    members: tuple[EtcdMemberStatus, ...] = ()
+    message: str = ""
+
+    def on(self, host: str) -> EtcdMemberStatus | None:
+        return next((m for m in self.members if m.host == host), None)
+
+    @property
+    def leader(self) -> EtcdMemberStatus | None:
+        """The member every answering member names as leader, when it answered itself."""
+        named = {m.leader for m in self.members if m.leader}
+        if len(named) != 1:
+            return None
+        leader_id = named.pop()
+        return next((m for m in self.members if m.member_id == leader_id), None)
+
+
+def parse_etcd_endpoint_status(json_text: str, rc: int = 0, stderr: str = "") -> EtcdStatus:
+    """etcdctl 3.4 prints a JSON list of {"Endpoint", "Status": {"header": {"member_id", ...},
+    "leader", "raftIndex", "raftTerm", "raftAppliedIndex", "version", ...}}."""
+    error = next((line.strip() for line in reversed(stderr.splitlines())
+                  if line.startswith(("Error", "Failed"))), "")
+    members = []
+    for item in _as_list(_load_json(json_text)):
+        item = _as_dict(item)
+        url, status = item.get("Endpoint"), _as_dict(item.get("Status"))
+        header = _as_dict(status.get("header"))
+        if not isinstance(url, str) or not url or not status:
+            continue
+        index = _as_int(status.get("raftIndex"))
+        applied = _as_int(status.get("raftAppliedIndex"), index) if "raftAppliedIndex" in status else index
+        version = status.get("version")
+        members.append(EtcdMemberStatus(endpoint=url, member_id=_as_int(header.get("member_id")),
+                                        leader=_as_int(status.get("leader")), raft_index=index,
+                                        raft_applied_index=applied, raft_term=_as_int(status.get("raftTerm")),
+                                        version=version if isinstance(version, str) else ""))
+    if not members:
+        return EtcdStatus(message=error or f"no JSON answer from etcdctl endpoint status (rc {rc})")
+    return EtcdStatus(members=tuple(sorted(members, key=lambda m: m.endpoint)), message=error if rc != 0 else "")
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    member_id: int
+    name: str
+    client_urls: tuple[str, ...]
+    peer_urls: tuple[str, ...]
+    learner: bool = False      # a learner does not vote: it does not count for quorum
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(EtcdEndpoint(url, True).host for url in (*self.client_urls, *self.peer_urls))
+
+
+@dataclass(frozen=True)
+class EtcdMembers:
+    """`etcdctl member list -w json`: the cluster's membership as the answering member knows it."""
+    members: tuple[EtcdMember, ...] = ()
+    message: str = ""
+
+    @property
+    def voting(self) -> tuple[EtcdMember, ...]:
+        return tuple(m for m in self.members if not m.learner)
+
+
+def parse_etcd_member_list(json_text: str, rc: int = 0, stderr: str = "") -> EtcdMembers:
+    """etcdctl 3.4 prints {"header": {...}, "members": [{"ID", "name", "peerURLs", "clientURLs",
+    "isLearner"?}]}; a member that never started has no name and no client URLs yet."""
+    error = next((line.strip() for line in reversed(stderr.splitlines()) if line.startswith("Error")), "")
+    members = []
+    for item in _as_list(_as_dict(_load_json(json_text)).get("members")):
+        item = _as_dict(item)
+        urls = {key: tuple(u for u in _as_list(item.get(key)) if isinstance(u, str) and u)
+                for key in ("clientURLs", "peerURLs")}
+        name = item.get("name")
+        members.append(EtcdMember(member_id=_as_int(item.get("ID")), name=name if isinstance(name, str) else "",
+                                  client_urls=urls["clientURLs"], peer_urls=urls["peerURLs"],
+                                  learner=item.get("isLearner") is True))
+    if not members:
+        return EtcdMembers(message=error or f"no JSON answer from etcdctl member list (rc {rc})")
+    return EtcdMembers(members=tuple(sorted(members, key=lambda m: m.name)), message=error if rc != 0 else "")

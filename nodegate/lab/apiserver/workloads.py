@@ -267,7 +267,12 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
 
 def static_pods(config: LabConfig, node: LabNode) -> list[dict]:
     """kube-apiserver, kube-controller-manager and kube-scheduler of one control-plane node, as
-    the mirror pods its kubelet posts for /etc/kubernetes/manifests (Kubespray v2.21 layout)."""
+    the mirror pods its kubelet posts for /etc/kubernetes/manifests (Kubespray v2.21 layout: kubeadm
+    writes those manifests, labelled component=<name> and tier=control-plane; etcd runs on the host).
+    Their status follows the node as upstream's does: while the node is down they turn NotReady (the
+    node lifecycle controller marks every pod of a node whose kubelet stopped posting NotReady,
+    MarkPodsNotReady), and the kubelet back from a reboot starts them again (hostNetwork: before the
+    node itself is Ready) and reports them Ready (podstate.pod_status)."""
     kube = config.kube_version
     pods = []
     for component, port in (("kube-apiserver", 6443), ("kube-controller-manager", 10257), ("kube-scheduler", 10259)):

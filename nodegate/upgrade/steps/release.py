@@ -36,7 +36,8 @@ class Reboot(Step):
     def plan(self, up: Upgrade) -> Sequence[Planned]:
         timeout = up.profile.upgrade.reboot_timeout_s(up.node)
         return (on_node(up, *Boot.reboot_command()),
-                Planned("local", f"wait ≤ {timeout:g}s for SSH with a new boot id, then Node {up.kube_name} Ready"))
+                Planned("local", f"wait ≤ {timeout:g}s ({up.profile.upgrade.reboot_timeout_source(up.node)}) for SSH "
+                                 f"with a new boot id, then Node {up.kube_name} Ready"))
 
     def run(self, up: Upgrade) -> str:
         from nodegate.cluster.node_identity import boot_facts
