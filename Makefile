@@ -41,6 +41,7 @@ venv: .venv/.installed
 
 image: venv
 	$(PY) -m nodegate.lab.image
+	$(PY) -m nodegate.lab.kubespray
 
 # The suite runs as four streams side by side, each with its own lab and address octet (labs a
 # stream brings up beside its own take octets offset from it: tests/labkit.py NET_OFFSETS). The
