@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from nodegate.lab.admin_conf import write_admin_conf
 from nodegate.lab.config import LOGIN_USER, LabConfig
 from nodegate.lab.image import CACHE_ROOT
 from nodegate.lab.kubespray_releases import StandIn, commit_as_release, lay_out, stand_in
@@ -70,6 +71,7 @@ def write_checkout(config: LabConfig, *, cache_root: Path = CACHE_ROOT, with_ven
     lay_out(tmp, release)
     commit_as_release(tmp, release)   # a clone at the release tag; the inventory stays untracked
     _write_inventory(config, tmp / INVENTORY, release)
+    write_admin_conf(config, tmp / INVENTORY)   # kubeconfig_localhost's artifacts/admin.conf
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
