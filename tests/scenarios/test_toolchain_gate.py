@@ -86,10 +86,19 @@ def test_ansible_outside_the_checkout_range_is_refused_at_the_gate(scenario_lab,
     profile = write_profile(scenario_lab.config, tmp_path / "other-ansible.toml", kubespray=checkout, **LIMITS)
     profile.write_text(profile.read_text().replace(
         "[kubespray]\n", f"[kubespray]\nansible_playbook = \"{harness_ansible}\"\n", 1))
+    # the plan names the ansible-playbook and what the gate checks about it
+    rc, plan, _, _ = _run(tmp_path, profile, "node4")
+    assert rc == 0 and "nodegate upgrade plan (nothing was changed)" in plan, plan[-4000:]
+    assert (f"toolchain, checked at the gate (read-only): {harness_ansible} (ansible-core 2.1" in plan
+            and "[kubespray] ansible_playbook in the profile) against the checkout's 2.11.0 <= ansible-core < "
+                "2.13.0 and requirements.txt" in plan), plan[-4000:]
+
     message = _refused_at_gate(scenario_lab, tmp_path, profile, "node4")
     assert "test_ansible_in_checkout_range" in message, message
     assert "outside the range Kubespray v2.21.0 accepts: 2.11.0 <= ansible-core < 2.13.0" in message, message
     assert "[kubespray] ansible_playbook in the profile" in message, message
+    assert "(fix: use an ansible-playbook with ansible-core>=2.11.0,<2.13.0: install the checkout's toolchain" in \
+        message, message
     assert "nothing was changed" in message
 
 
@@ -105,7 +114,8 @@ def test_kubeconfig_on_the_node_is_refused_at_the_gate(scenario_lab, checkout, t
     message = _refused_at_gate(scenario_lab, tmp_path, profile, "node1")
     assert "test_api_endpoint_not_on_node" in message, message
     assert f"is node1 itself (ansible_host {node1}" in message, message
-    assert "load balancer" in message and "another control-plane node" in message, message
+    assert "(fix: point the kubeconfig's server at a load balancer" in message, message
+    assert "or at another control-plane node" in message or "only a load balancer can stand in" in message, message
 
     # the worker node4 with the same kubeconfig (the API reached through node1's address): not refused
     rc, out, outcomes, _ = _run(tmp_path, profile, "node4", "-m", "preflight", what="checks")
