@@ -133,30 +133,43 @@ class KubesprayTimeout(TransientError):
 # --------------------------------------------------------------------------- the command
 
 def find_ansible_playbook(checkout: Path, explicit: Path | str | None = None,
-                          environ: Mapping[str, str] | None = None) -> Path:
-    """The ansible-playbook to run: explicit, $NODEGATE_ANSIBLE_PLAYBOOK, the checkout's venv
-    (kubespray-venv beside it, or venv/.venv in it), the harness's own venv, then PATH."""
+                          environ: Mapping[str, str] | None = None, configured: Path | None = None) -> Path:
+    """The ansible-playbook to run (see locate_ansible_playbook)."""
+    return locate_ansible_playbook(checkout, explicit, environ, configured)[0]
+
+
+def locate_ansible_playbook(checkout: Path, explicit: Path | str | None = None,
+                            environ: Mapping[str, str] | None = None,
+                            configured: Path | None = None) -> tuple[Path, str]:
+    """The ansible-playbook to run and how it was chosen: explicit, $NODEGATE_ANSIBLE_PLAYBOOK, the
+    profile's [kubespray] ansible_playbook, the checkout's venv (kubespray-venv beside it, or
+    venv/.venv in it), the harness's own venv, then PATH."""
     environ = os.environ if environ is None else environ
-    given = explicit or environ.get("NODEGATE_ANSIBLE_PLAYBOOK")
-    if given:
+    for given, how, fix in (
+            (explicit, "given to the run", "give the ansible-playbook of your Kubespray venv"),
+            (environ.get("NODEGATE_ANSIBLE_PLAYBOOK"), "$NODEGATE_ANSIBLE_PLAYBOOK",
+             "point NODEGATE_ANSIBLE_PLAYBOOK at the ansible-playbook of your Kubespray venv"),
+            (configured, "[kubespray] ansible_playbook in the profile",
+             "point [kubespray] ansible_playbook at the ansible-playbook of your Kubespray venv")):
+        if not given:
+            continue
         path = Path(given).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise UsageError(f"ansible-playbook {str(path)!r} is not an executable file",
-                             fix="point NODEGATE_ANSIBLE_PLAYBOOK at the ansible-playbook of your Kubespray venv")
-        return path
+            raise UsageError(f"ansible-playbook {str(path)!r} ({how}) is not an executable file", fix=fix)
+        return path, how
     for rel in _VENV_CANDIDATES:
         candidate = Path(os.path.normpath(checkout / rel / "bin" / "ansible-playbook"))
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
+            return candidate, f"the checkout's virtualenv ({rel})"
     beside = Path(sys.executable).parent / "ansible-playbook"
     if beside.is_file():
-        return beside
+        return beside, "nodegate's own virtualenv (no Kubespray virtualenv was found beside the checkout)"
     found = shutil.which("ansible-playbook")
     if found:
-        return Path(found)
+        return Path(found), "the PATH"
     raise UsageError(f"no ansible-playbook found for the Kubespray checkout {checkout}",
-                     fix="create Kubespray's venv beside the checkout (kubespray-venv, pip install -r requirements.txt) "
-                         "or set NODEGATE_ANSIBLE_PLAYBOOK")
+                     fix="create Kubespray's venv beside the checkout (kubespray-venv, pip install -r requirements.txt), "
+                         "set [kubespray] ansible_playbook in the profile or NODEGATE_ANSIBLE_PLAYBOOK")
 
 
 @functools.lru_cache(maxsize=8)
@@ -219,7 +232,7 @@ def facts_argv(profile: Profile, *, ansible_playbook: Path | str = "ansible-play
 def describe_facts(*, profile: Profile) -> str:
     """The plan line of the facts run (every host, read-only)."""
     try:
-        playbook = find_ansible_playbook(profile.kubespray.path)
+        playbook = find_ansible_playbook(profile.kubespray.path, configured=profile.kubespray.ansible_playbook)
     except UsageError:
         playbook = Path("ansible-playbook")
     return f"in {profile.kubespray.path}: {shlex.join(facts_argv(profile, ansible_playbook=playbook))}"
@@ -230,7 +243,8 @@ def refresh_facts(*, profile: Profile, node: str, timeout_s: float = DEFAULT_TIM
                   on_line: Callable[[str], None] | None = None) -> PlaybookResult:
     """Run the facts playbook over every host (before the --limit run for NODE); raise
     KubesprayFailed unless it ended with rc 0 and no host failed or unreachable."""
-    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook,
+                                       configured=profile.kubespray.ansible_playbook)
     argv = facts_argv(profile, ansible_playbook=executable)
     result = _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=argv[1],
                       timeout_s=timeout_s, on_line=on_line)
@@ -249,7 +263,7 @@ def describe_upgrade(*, profile: Profile, node: str, kube_version: str | None = 
     """The plan line: where and what would run (no secret is part of the command)."""
     checkout = profile.kubespray.path
     try:
-        playbook = find_ansible_playbook(checkout)
+        playbook = find_ansible_playbook(checkout, configured=profile.kubespray.ansible_playbook)
     except UsageError:
         playbook = Path("ansible-playbook")
     argv = playbook_argv(profile, node=node, kube_version=kube_version, ansible_playbook=playbook)
@@ -272,6 +286,11 @@ def _become_password_helper() -> Path:
                         f'exec printf \'%s\\n\' "${BECOME_PASSWORD_VARIABLE}"\n')
         path.chmod(0o700)
     return path
+
+
+def playbook_environment() -> dict[str, str]:
+    """The environment ansible-playbook runs in: plain output, none of the harness's Python settings."""
+    return _environment()
 
 
 def _environment() -> dict[str, str]:
@@ -321,7 +340,8 @@ def run_playbook(*, profile: Profile, node: str, kube_version: str | None = None
     raises KubesprayTimeout)."""
     if timeout_s <= 0:
         raise UsageError(f"timeout {timeout_s} s is not positive", fix="give the playbook a positive time limit")
-    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook)
+    executable = find_ansible_playbook(profile.kubespray.path, ansible_playbook,
+                                       configured=profile.kubespray.ansible_playbook)
     argv = playbook_argv(profile, node=node, kube_version=kube_version, skip_multus=skip_multus, playbook=playbook,
                          extra_vars=extra_vars, ansible_playbook=executable)
     return _execute(profile=profile, node=node, argv=argv, executable=executable, playbook=playbook,

@@ -8,10 +8,13 @@ The tree is a real Ansible project: `ansible-playbook upgrade-cluster.yml` runs 
 lab nodes and changes them (see kubespray_tree/README.md for what each role does and which
 known Kubespray failures it reproduces).
 
-`ensure_ansible_env()` builds, once per machine, a virtualenv with the ansible-core that
-Kubespray v2.21 pins (its requirements.txt), cached next to the base image, and `lab up` links
-it as DIR/kubespray-venv (Kubespray's documented layout: a venv beside the checkout). Failing
-to build it is not fatal: the playbooks also run with the project's own ansible-core.
+`ensure_ansible_env(requirements)` builds, once per machine, a virtualenv from a release's
+stand-in requirements.txt (an ansible-core inside that release's ansible_version.yml range:
+kubespray_releases.py), cached next to the base image, and `lab up` links the lab's release's one
+as DIR/kubespray-venv (Kubespray's documented layout: a venv beside the checkout); `make setup`
+builds all of them (`python -m nodegate.lab.kubespray`). Failing to build one is not fatal to the
+lab; the harness then finds no venv beside the checkout, and its toolchain preflight refuses the
+Ansible it would fall back to when that is outside the release's range, as on a real cluster.
 
 Planted secrets: the inventory holds an `ansible_become_password` and a registry password
 (`containerd_registry_auth`), random per lab, so tests can prove they never reach a log or a
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from nodegate.lab.admin_conf import write_admin_conf
 from nodegate.lab.config import LOGIN_USER, LabConfig
 from nodegate.lab.image import CACHE_ROOT
 from nodegate.lab.kubespray_releases import StandIn, commit_as_release, lay_out, stand_in
@@ -67,6 +71,7 @@ def write_checkout(config: LabConfig, *, cache_root: Path = CACHE_ROOT, with_ven
     lay_out(tmp, release)
     commit_as_release(tmp, release)   # a clone at the release tag; the inventory stays untracked
     _write_inventory(config, tmp / INVENTORY, release)
+    write_admin_conf(config, tmp / INVENTORY)   # kubeconfig_localhost's artifacts/admin.conf
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -180,19 +185,26 @@ def planted_secrets(lab_dir: Path) -> dict[str, str]:
 
 
 # -- Kubespray's Python environment --------------------------------------------------------------
-def _env_key() -> str:
-    text = (TREE / "requirements.txt").read_text() + f"\n{sys.version_info[:2]}"
+def release_requirements(version: str) -> str:
+    """The stand-in requirements.txt of the lab's Kubespray VERSION ('v2.28.1' or 'v2.28.x')."""
+    return stand_in(version).requirements_text((TREE / "requirements.txt").read_text())
+
+
+def _env_key(requirements: str) -> str:
+    text = requirements + f"\n{sys.version_info[:2]}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def ansible_env_dir(cache_root: Path = CACHE_ROOT) -> Path:
-    return cache_root / f"kubespray-venv-{_env_key()}"
+def ansible_env_dir(cache_root: Path = CACHE_ROOT, requirements: str | None = None) -> Path:
+    text = requirements if requirements is not None else (TREE / "requirements.txt").read_text()
+    return cache_root / f"kubespray-venv-{_env_key(text)}"
 
 
-def ensure_ansible_env(cache_root: Path = CACHE_ROOT) -> Path | None:
-    """The cached venv with Kubespray v2.21's ansible-core, built on first use (~10 s, needs the
-    package index); None if it cannot be built (the caller falls back to the project's ansible)."""
-    venv = ansible_env_dir(cache_root)
+def ensure_ansible_env(cache_root: Path = CACHE_ROOT, requirements: str | None = None) -> Path | None:
+    """The cached venv built from REQUIREMENTS (default: the tree's, v2.21's ansible-core), built on
+    first use (~10 s, needs the package index); None if it cannot be built."""
+    requirements = requirements if requirements is not None else (TREE / "requirements.txt").read_text()
+    venv = ansible_env_dir(cache_root, requirements)
     if (venv / "complete").exists():
         return venv
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -211,13 +223,14 @@ def ensure_ansible_env(cache_root: Path = CACHE_ROOT) -> Path | None:
             python = getattr(sys, "_base_executable", None) or sys.executable
             subprocess.run([python, "-m", "venv", str(tmp)], check=True, capture_output=True,
                            timeout=VENV_BUILD_TIMEOUT_S)
+            (tmp / "requirements.txt").write_text(requirements)
             subprocess.run([str(tmp / "bin/pip"), "install", "-q", "--disable-pip-version-check",
-                            "-r", str(TREE / "requirements.txt")], check=True, capture_output=True, text=True,
+                            "-r", str(tmp / "requirements.txt")], check=True, capture_output=True, text=True,
                            timeout=VENV_BUILD_TIMEOUT_S)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             detail = getattr(exc, "stderr", None) or str(exc)
-            log.warning("could not build Kubespray's ansible environment (%s); the stand-in will run with "
-                        "the project's ansible-core", str(detail).strip()[-400:])
+            log.warning("could not build Kubespray's ansible environment (%s); the lab has no venv beside its "
+                        "checkout", str(detail).strip()[-400:])
             shutil.rmtree(tmp, ignore_errors=True)
             return None
         # venvs are not relocatable: the scripts name their interpreter by absolute path. So the
@@ -233,15 +246,15 @@ def ensure_ansible_env(cache_root: Path = CACHE_ROOT) -> Path | None:
         if venv.exists():
             shutil.rmtree(venv)
         tmp.rename(venv)
-        (venv / "complete").write_text(_env_key() + "\n")
+        (venv / "complete").write_text(_env_key(requirements) + "\n")
         log.info("built Kubespray's ansible environment in %.1f s (%s)", time.monotonic() - started, venv)
         return venv
 
 
 def link_venv(config: LabConfig, *, cache_root: Path = CACHE_ROOT) -> Path | None:
-    """DIR/kubespray-venv → the cached environment (absent when it cannot be built)."""
+    """DIR/kubespray-venv → the cached environment of the lab's release (absent when it cannot be built)."""
     link = config.dir / VENV_LINK
-    venv = ensure_ansible_env(cache_root)
+    venv = ensure_ansible_env(cache_root, release_requirements(config.kubespray_version))
     if link.is_symlink() or link.exists():
         link.unlink()
     if venv is None:
@@ -269,3 +282,23 @@ def apply_force_fix(checkout: Path, argument: str = "force") -> bool:
         raise ValueError(f"{path}: no `state:` line of the docker package task to add {line.strip()!r} after")
     path.write_text(fixed)
     return True
+
+
+def build_all_envs(cache_root: Path = CACHE_ROOT) -> list[str]:
+    """Every release stand-in's venv (`make setup`); the releases whose venv could not be built."""
+    from nodegate.lab.kubespray_releases import STAND_INS
+
+    failed = []
+    for tag in STAND_INS:
+        if ensure_ansible_env(cache_root, release_requirements(tag)) is None:
+            failed.append(tag)
+    return failed
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    missing = build_all_envs()
+    if missing:
+        print(f"could not build the Kubespray venvs of {', '.join(missing)}: labs of those releases get no "
+              "venv beside their checkout (the harness's toolchain preflight then says what is missing)")
+    sys.exit(1 if missing else 0)

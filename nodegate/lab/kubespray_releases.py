@@ -19,8 +19,16 @@ kubernetes-sigs/kubespray at the tag (field-facts.md, "Real clusters against the
 - the multus --limit failure (kubespray #9703): fixed in v2.23.0 by PR #10347, back in
   v2.25.0–v2.26.x (#11431, #11794), fixed again in v2.27.0.
 
-The stand-in does not assert its ansible_version.yml range: the lab runs every release with the
-one ansible-core its venv holds (v2.21's pin), the range is there to be read.
+Each stand-in's ansible_version.yml asserts its range as the release's does (upgrade-cluster.yml
+imports it first; an ansible-core outside it stops the run at that first play), and each gets a
+Kubespray venv with an ansible-core inside that range (`lab_core`), the one pip installs from the
+release's real requirements.txt on this machine's Python (3.11; every one of them installs and
+runs here): v2.21.0 pins ansible-core==2.12.5 itself; v2.23.1's ansible==7.6.0 needs
+ansible-core~=2.14.6 (2.14.18 is the newest); v2.25.1's ansible==9.5.1 ~=2.16.6 and v2.27.1's and
+v2.28.1's ansible==9.13.0 ~=2.16.14 (2.16.20 the newest). The stand-in's requirements.txt pins that
+ansible-core alone: its roles use only ansible-core's builtin modules, so the `ansible` bundle's
+collections (and jmespath, netaddr, cryptography, which those collections use) are left out; the
+line the release really has is kept as a comment.
 """
 from __future__ import annotations
 
@@ -36,7 +44,8 @@ class StandIn:
     galaxy: str | None                # what galaxy.yml says (None: no galaxy.yml)
     playbooks_dir: bool               # playbooks/ (v2.22.0+) or everything at the top
     ansible_core: tuple[str, str]     # ansible_version.yml: minimal <= core < maximal
-    ansible_pin: str                  # requirements.txt
+    ansible_pin: str                  # requirements.txt (the real release's ansible line)
+    lab_core: str                     # the ansible-core of the lab's venv for it (inside ansible_core)
     defaults_role: str                # roles/<this>
     defaults_split: bool              # defaults/main/ folder (v2.24+) or defaults/main.yaml
     kube_version_with_v: bool
@@ -47,20 +56,28 @@ class StandIn:
         major, minor, _ = self.tag.lstrip("v").split(".")
         return f"release-{major}.{minor}"
 
+    def requirements_text(self, tree_requirements: str) -> str:
+        """The stand-in's requirements.txt (what the lab's venv for this release is built from)."""
+        if self.tag == DEFAULT:
+            return tree_requirements    # the tree's own file: v2.21.0's pin, ansible-core==2.12.5
+        return (f"# Kubespray {self.tag} pins {self.ansible_pin} (ansible-core {self.ansible_core[0]} <= core < "
+                f"{self.ansible_core[1]}); the stand-in's roles need only\n# ansible-core, the version pip resolves "
+                f"for that pin.\nansible-core=={self.lab_core}\n")
+
     def kube_version(self, version: str) -> str:
         """The cluster's version ('v1.25.6') as this release's inventory writes it."""
         return version if self.kube_version_with_v else version.removeprefix("v")
 
 
 STAND_INS = {s.tag: s for s in (
-    StandIn("v2.21.0", None, False, ("2.11.0", "2.13.0"), "ansible-core==2.12.5", "kubespray-defaults", False, True,
+    StandIn("v2.21.0", None, False, ("2.11.0", "2.13.0"), "ansible-core==2.12.5", "2.12.5", "kubespray-defaults", False, True,
             True),
-    StandIn("v2.23.1", "2.22.1", True, ("2.14.0", "2.15.0"), "ansible==7.6.0", "kubespray-defaults", False, True,
+    StandIn("v2.23.1", "2.22.1", True, ("2.14.0", "2.15.0"), "ansible==7.6.0", "2.14.18", "kubespray-defaults", False, True,
             False),
-    StandIn("v2.25.1", "2.25.1", True, ("2.16.4", "2.17.0"), "ansible==9.5.1", "kubespray-defaults", True, True, True),
-    StandIn("v2.27.1", "2.27.1", True, ("2.16.4", "2.17.0"), "ansible==9.13.0", "kubespray-defaults", True, True,
+    StandIn("v2.25.1", "2.25.1", True, ("2.16.4", "2.17.0"), "ansible==9.5.1", "2.16.20", "kubespray-defaults", True, True, True),
+    StandIn("v2.27.1", "2.27.1", True, ("2.16.4", "2.17.0"), "ansible==9.13.0", "2.16.20", "kubespray-defaults", True, True,
             False),
-    StandIn("v2.28.1", "2.28.1", True, ("2.16.4", "2.17.0"), "ansible==9.13.0", "kubespray_defaults", True, False,
+    StandIn("v2.28.1", "2.28.1", True, ("2.16.4", "2.17.0"), "ansible==9.13.0", "2.16.20", "kubespray_defaults", True, False,
             False),
 )}
 DEFAULT = "v2.21.0"
@@ -113,11 +130,8 @@ def _galaxy(tree: Path, release: StandIn) -> None:
 
 
 def _requirements(tree: Path, release: StandIn) -> None:
-    if release.tag == DEFAULT:
-        return      # the tree's own file, from which the lab's venv is built
-    (tree / "requirements.txt").write_text(
-        f"# Kubespray {release.tag} pins this ansible; the lab's venv (built from v2.21's pin) runs every release.\n"
-        f"{release.ansible_pin}\n")
+    path = tree / "requirements.txt"
+    path.write_text(release.requirements_text(path.read_text()))
 
 
 def _into_playbooks_dir(tree: Path) -> None:
@@ -132,21 +146,31 @@ def _into_playbooks_dir(tree: Path) -> None:
 
 
 def _ansible_version(tree: Path, release: StandIn) -> None:
+    """The range play, as each release has it: every host, run once, tagged always (so no
+    --tags/--skip-tags leaves it out), an assert that runs on the controller."""
     low, high = release.ansible_core
     place = tree / ("playbooks/ansible_version.yml" if release.playbooks_dir else "ansible_version.yml")
     place.write_text(
         "---\n"
-        f"# nodegate lab stand-in: the Ansible range Kubespray {release.tag} accepts (not asserted in the lab).\n"
+        f"# nodegate lab stand-in: the Ansible range Kubespray {release.tag} accepts, checked first.\n"
         "- name: The Ansible range this checkout accepts\n"
-        "  hosts: localhost\n"
+        "  hosts: all\n"
         "  gather_facts: false\n"
+        "  become: false\n"
+        "  run_once: true\n"
+        "  tags: always\n"
         "  vars:\n"
         f"    minimal_ansible_version: {low}\n"
         f"    maximal_ansible_version: {high}\n"
         "  tasks:\n"
-        "    - name: Show the range\n"
-        "      debug:\n"
-        '        msg: "{{ minimal_ansible_version }} <= ansible-core < {{ maximal_ansible_version }}"\n')
+        "    - name: Stop unless minimal_ansible_version <= ansible-core < maximal_ansible_version\n"
+        "      assert:\n"
+        "        that:\n"
+        "          - ansible_version.string is version(minimal_ansible_version, '>=')\n"
+        "          - ansible_version.string is version(maximal_ansible_version, '<')\n"
+        "        fail_msg: \"this checkout runs with {{ minimal_ansible_version }} <= ansible-core < "
+        "{{ maximal_ansible_version }}, not {{ ansible_version.string }}\"\n"
+        "        quiet: true\n")
 
 
 def _defaults_role(tree: Path, release: StandIn) -> None:

@@ -171,10 +171,11 @@ def _issue(ca_cert: Path, ca_key: Path, cert_path: Path, key_path: Path, *, comm
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
-def write_pki(lab_dir: Path, api_address: str, admin_token: str) -> Pki:
-    """CA, serving certificate for api_address, the two client certificates, the token table and
+def write_pki(lab_dir: Path, api_address: str, admin_token: str, node_addresses: tuple[str, ...] = ()) -> Pki:
+    """CA, serving certificate for api_address (and the control-plane NODE_ADDRESSES, which
+    Kubespray puts in the apiserver's certSANs), the two client certificates, the token table and
     the exec credential plugin. The CA and client certificates are kept when present; the
-    serving certificate is issued again when the address changed (a lab moved to another net)."""
+    serving certificate is issued again when the addresses changed (a lab moved to another net)."""
     pki = Pki.of(lab_dir)
     pki.dir.mkdir(parents=True, exist_ok=True)
     pki.dir.chmod(0o700)
@@ -183,9 +184,10 @@ def write_pki(lab_dir: Path, api_address: str, admin_token: str) -> Pki:
         for stale in pki.dir.glob("*.crt"):
             if stale != pki.ca_cert:
                 stale.unlink()
-    if not pki.server_cert.exists() or _server_address(pki.server_cert) != api_address:
+    ips = tuple(dict.fromkeys((api_address, *node_addresses)))
+    if not pki.server_cert.exists() or _server_addresses(pki.server_cert) != ips:
         _issue(pki.ca_cert, pki.ca_key, pki.server_cert, pki.server_key, common_name="kube-apiserver",
-               ips=(api_address,), dns=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
+               ips=ips, dns=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
                                         "kubernetes.default.svc.cluster.local"), server=True)
     for user, group in ((ADMIN_USER, ADMIN_GROUP), (RESTRICTED_USER, None)):
         if not pki.client_cert(user).exists():
@@ -209,16 +211,15 @@ def write_pki(lab_dir: Path, api_address: str, admin_token: str) -> Pki:
     return pki
 
 
-def _server_address(cert_path: Path) -> str | None:
+def _server_addresses(cert_path: Path) -> tuple[str, ...]:
     from cryptography import x509
 
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound, OSError):
-        return None
-    ips = san.get_values_for_type(x509.IPAddress)
-    return str(ips[0]) if ips else None
+        return ()
+    return tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
 
 
 def read_tokens(lab_dir: Path) -> dict[str, dict]:

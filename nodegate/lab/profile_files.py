@@ -196,7 +196,8 @@ def _b64(path: Path) -> str:
 def write_profile_files(config: LabConfig) -> None:
     write_ssh_files(config)
     if config.api_tls:
-        write_pki(config.dir, config.api_address, config.token)
+        write_pki(config.dir, config.api_address, config.token,
+                  tuple(n.address for n in config.nodes if n.control_plane))
         for auth, name in KUBECONFIGS.items():
             _write(config.dir / name, kubeconfig(config, auth), mode=0o600)
     else:

@@ -335,7 +335,10 @@ def _junit_failures(path: Path) -> tuple[tuple[str, ...], str]:
             if bad is not None:
                 message = (bad.get("message") or bad.text or "").strip().splitlines()
                 first = next((line for line in message if line.strip()), "")
-                failed.append(f"{case.get('name')}: {first[:600]}")
+                # the check's own fix (fail_check's "  fix: …" line), so the gate says it too
+                everything = message + (bad.text or "").splitlines()
+                fix = next((line.strip()[5:].strip() for line in everything if line.strip().startswith("fix: ")), "")
+                failed.append(f"{case.get('name')}: {first[:600]}" + (f" (fix: {fix[:600]})" if fix else ""))
     passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     counts = f"{passed} passed, {total['failures']} failed, {total['errors']} errors, {total['skipped']} skipped"
     return tuple(failed), counts

@@ -18,6 +18,7 @@ INVENTORY_VARS = frozenset({
     "ansible_ssh_private_key_file", "ansible_ssh_common_args", "ansible_become", "ansible_become_user",
     "kube_version", "kube_override_hostname", "container_manager", "containerd_package", "containerd_version",
     "docker_version", "docker_cli_version", "docker_containerd_version",
+    "ip", "access_ip",   # where the node's services listen and are reached (the API endpoint check)
 })
 CONTROL_PLANE_GROUPS = ("kube_control_plane", "kube-master", "kube_master")
 WORKER_GROUPS = ("kube_node", "kube-node")

@@ -87,7 +87,7 @@ _USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
 
 _SECTIONS: dict[str, frozenset[str]] = {
     "cluster": frozenset({"name", "ticket_link_pattern"}),
-    "kubespray": frozenset({"path", "inventory", "version"}),
+    "kubespray": frozenset({"path", "inventory", "version", "ansible_playbook"}),
     "kubernetes": frozenset({"kubeconfig", "context", "kube_version"}),
     "ssh": frozenset({"config", "user", "identity_file", "known_hosts", "trust_new_host_keys"}),
     "ceph": frozenset({"mode", "namespace", "toolbox_selector", "command", "csi_rbd", "csi_rbd_daemonset"}),
@@ -246,7 +246,8 @@ class _TomlReader:
         from nodegate.core.kubespray_version import detect
 
         found = detect(checkout, override=self.opt_str("kubespray", "version"))
-        return KubesprayCheckout(path=checkout, inventory=inventory, version=found.version, version_source=found.how)
+        return KubesprayCheckout(path=checkout, inventory=inventory, version=found.version, version_source=found.how,
+                                 ansible_playbook=self.opt_path("kubespray", "ansible_playbook", must_exist=True))
 
     def ssh(self) -> SSHSettings:
         trust = self.get("ssh", "trust_new_host_keys", bool, "true or false") or False

@@ -119,6 +119,7 @@ class KubesprayCheckout:
     inventory: Path                  # the inventory file (hosts.yaml or INI)
     version: str | None = None       # 'v2.21.0', 'v2.21' (the minor only) or None if unknown
     version_source: str | None = None   # how it was found (nodegate.core.kubespray_version)
+    ansible_playbook: Path | None = None   # [kubespray] ansible_playbook: the one to run it with
 
     @property
     def inventory_dir(self) -> Path:

@@ -1,7 +1,10 @@
 """`python -m nodegate.lab.apiserver --dir DIR`: serve the lab's Kubernetes API.
 
 Started by the supervisor (its output goes to DIR/logs/apiserver.log). Listens on
-LabConfig.api_address:api_port: HTTPS with the lab's CA, client certificates and tokens
+LabConfig.api_address:api_port (the address a load balancer in front of the API servers has) and on
+every control-plane node's address at the same port, as each control-plane node's kube-apiserver
+does (Kubespray binds it to 0.0.0.0:6443, kube_apiserver_bind_address and kube_apiserver_port;
+its admin.conf names the first control-plane node's address: lab/admin_conf.py). Either way: HTTPS with the lab's CA, client certificates and tokens
 (DIR/pki, written by `lab up`), or plain HTTP with the lab's bearer token (`--plain-http`);
 SIGTERM stops it.
 """
@@ -50,9 +53,10 @@ async def serve(config: LabConfig) -> None:
     api = Api(cluster, faults, config.token, tls=config.api_tls, tokens=read_tokens(config.dir))
     runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.api_address, config.api_port, reuse_address=True,
-                       ssl_context=server_tls_context(config) if config.api_tls else None)
-    await site.start()
+    tls = server_tls_context(config) if config.api_tls else None
+    for address in dict.fromkeys((config.api_address, *(n.address for n in config.nodes if n.control_plane))):
+        site = web.TCPSite(runner, address, config.api_port, reuse_address=True, ssl_context=tls)
+        await site.start()
     log.info("serving the Kubernetes API on %s (%d nodes)", config.api_url, len(config.nodes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

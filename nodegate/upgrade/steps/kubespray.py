@@ -19,9 +19,10 @@ class Kubespray(Step):
     title = "Kubespray: the facts playbook over every host, then upgrade-cluster.yml limited to the node"
 
     def plan(self, up: Upgrade) -> Sequence[Planned]:
-        from nodegate.cluster import kubespray
+        from nodegate.cluster import kubespray, toolchain
 
-        return (Planned("local", kubespray.describe_facts(profile=up.profile) + "  (every host, read-only: first)"),
+        return (Planned("local", toolchain.describe(up.profile, up.name)),
+                Planned("local", kubespray.describe_facts(profile=up.profile) + "  (every host, read-only: first)"),
                 Planned("local", kubespray.describe_upgrade(profile=up.profile, node=up.name)))
 
     def run(self, up: Upgrade) -> str:

@@ -87,6 +87,6 @@ def test_junit_failures_name_each_failing_check(tmp_path):
 second</error></testcase>
     </testsuite></testsuites>""")
     failed, counts = _junit_failures(junit)
-    assert failed == ("test_b[node4]: Failed: the lock is held by x", "test_c[node4]: boom")
+    assert failed == ("test_b[node4]: Failed: the lock is held by x (fix: wait)", "test_c[node4]: boom")
     assert counts == "1 passed, 1 failed, 1 errors, 0 skipped"
     assert _junit_failures(tmp_path / "missing.xml") == ((), "")
