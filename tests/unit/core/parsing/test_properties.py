@@ -483,7 +483,7 @@ def dpkg_compare():
 
 
 @settings(max_examples=120, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(versions=st.lists(debian_versions(), min_size=2, max_size=6))
 @example(versions=["1.0~rc1", "1.0", "1.0-0", "1.0+b1", "1:0.9", "0:1.0", "1.0~", "1.0~~"])
 @example(versions=["5:20.10.20~3-0~ubuntu-focal", "5:20.10.20~3-0~ubuntu-jammy", "1.6.4-1", "1.6.20-1"])
