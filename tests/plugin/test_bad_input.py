@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from nodegate.lab import apiclient
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "checks"
 PROCEDURES = ROOT / "procedures"
@@ -41,8 +43,8 @@ class LabState:
 
 
 def _api_nodes(lab) -> dict[str, bool]:
-    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes", headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes")
+    with apiclient.urlopen(lab, request) as response:
         items = json.load(response)["items"]
     return {i["metadata"]["name"]: bool(i.get("spec", {}).get("unschedulable")) for i in items}
 
@@ -168,9 +170,8 @@ def _lease(lab) -> dict | None:
     """The upgrade lock's Lease, or None when no run holds it."""
     import urllib.error
 
-    request = urllib.request.Request(f"{lab.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
-                                     headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases")
+    with apiclient.urlopen(lab, request) as response:
         items = json.load(response).get("items", [])
     held = [i for i in items if (i.get("spec") or {}).get("holderIdentity")]
     return held[0] if held else None
