@@ -85,8 +85,10 @@ class Packages:
         return parsing.parse_apt_upgradable(out.stdout)
 
     def audit(self) -> str:
-        """`dpkg --audit` output: empty when the package database is consistent."""
-        return self.host.run(["dpkg", "--audit"], expect=(0, 1)).stdout.strip()
+        """`dpkg --audit` output: empty when the package database is consistent. As root: dpkg
+        (1.21, and the lab's) checks its database lock first, and a non-root login gets
+        "unable to check lock file … Permission denied" (exit 2) instead of the audit."""
+        return self.host.run(["dpkg", "--audit"], expect=(0, 1), sudo=True).stdout.strip()
 
     def hold(self, names: Sequence[str]) -> CommandResult:
         return self.host.run(["apt-mark", "hold", "--", *names], sudo=True)
