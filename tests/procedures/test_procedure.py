@@ -31,7 +31,7 @@ def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, r
     for line in ("[ceph] ceph osd set-group noout node4",
                  "apt-mark unhold -- containerd.io docker-ce docker-ce-cli",
                  "Dpkg::Options::=--force-confold",
-                 "[node4 (ssh root@127.", "] do-release-upgrade -f DistUpgradeViewNonInteractive",
+                 f"[node4 (ssh {lab_nodes.config.ssh_user}@127.", "] do-release-upgrade -f DistUpgradeViewNonInteractive",
                  "--limit=node4", "-e kube_version=v1.25.6", "--skip-tags=multus",
                  "docker-ce=5:20.10.20~3-0~ubuntu-jammy",
                  "[ceph] ceph osd unset-group noout node4"):
