@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Iterator
 
 from labkit import wait_until
 
-from nodegate.lab import shared_files
+from nodegate.lab import apiclient, shared_files
 from nodegate.lab.config import LabConfig
+from nodegate.lab.pki import write_pki
 from nodegate.lab.profile_files import kubeconfig
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -92,17 +92,10 @@ class StandaloneApiServer:
 
     def request(self, method: str, path: str, body: object = None, *,
                 content_type: str = "application/json") -> tuple[int, dict]:
-        """One plain HTTP request with the lab's token, as bytes on the wire (set-up nodegate.cluster.kube.client does
-        not offer, and what the official client refuses to send); (status, decoded JSON body)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.config.api_url + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.config.token}",
-                                              "Content-Type": content_type})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+        """One request with the lab's admin credentials, as bytes on the wire (set-up
+        nodegate.cluster.kube.client does not offer, and what the official client refuses to
+        send); (status, decoded JSON body)."""
+        return apiclient.request(self.config, method, path, body, content_type=content_type)
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         result = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True,
@@ -129,8 +122,8 @@ def start_server(config: LabConfig) -> subprocess.Popen:
 
     def answering() -> bool:
         try:
-            urllib.request.urlopen(f"{config.api_url}/healthz", timeout=1)
-            return True
+            with apiclient.urlopen(config, "/healthz", timeout=1):
+                return True
         except urllib.error.HTTPError:
             return True  # an HTTP answer of any kind: the server is up
         except OSError:
@@ -170,6 +163,8 @@ def standalone_api_server(lab_dir: Path, *, net: int, nodes: int = 4, os_release
         (lab_dir / sub).mkdir(parents=True)
     config = LabConfig.new(lab_dir, nodes, net=net, **{"ready_delay_s": 0.3, **settings})
     config.save()
+    if config.api_tls:
+        write_pki(lab_dir, config.api_address, config.token)
     (lab_dir / "kubeconfig").write_text(kubeconfig(config))
     server = StandaloneApiServer(config, start_server(config))
     try:

@@ -99,6 +99,56 @@ def debian_kubectl() -> Path:
     return kubectl
 
 
+def run_on_terminal(argv: list[str], *, answers: dict[str, str], cwd: Path, env: dict[str, str],
+                    timeout: float) -> tuple[int, str, list[str]]:
+    """Run argv on a new pseudo-terminal (its controlling tty, as an operator's shell gives it) and
+    type answers[prompt] + Enter each time a prompt appears in what the terminal shows; returns
+    (exit code, everything the terminal showed, the prompts answered in order)."""
+    import os
+    import pty
+    import select
+    import signal
+
+    pid, fd = pty.fork()
+    if pid == 0:   # the child: a session leader whose controlling terminal is the pty
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    shown, answered, seen = b"", [], 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{argv} did not end within {timeout} s on its terminal:\n"
+                                     f"{shown.decode(errors='replace')[-3000:]}")
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:   # EIO: the child closed its side (it ended)
+                break
+            if not chunk:
+                break
+            shown += chunk
+            for prompt, answer in answers.items():
+                at = shown.find(prompt.encode(), seen)
+                if at >= 0:
+                    seen = at + len(prompt)
+                    answered.append(prompt)
+                    os.write(fd, answer.encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), answered
+
+
 def wait_until(probe, *, timeout: float, interval: float = 0.1, what: str = "condition"):
     """Poll probe() until it returns something truthy (and return that); fail the test after timeout seconds."""
     deadline = time.monotonic() + timeout

@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from nodegate.core.errors import PermanentError, TransientError, UsageError
+from nodegate.lab import apiclient
 from nodegate.lab import faults as lab_faults
 from nodegate.lab import kubespray_releases, shared_files
 from nodegate.lab.config import (CONTAINER_MANAGERS, DEFAULT_API_TLS, DEFAULT_ROOK, DEFAULT_SSH_USER, LOGIN_USER,
@@ -327,21 +327,9 @@ def wait_ready(config: LabConfig, *, timeout_s: float, started: float, proc: sub
         time.sleep(0.05)
 
 
-def api_tls_context(config: LabConfig):
-    """An ssl context that trusts the lab's CA (None for a plain-HTTP lab)."""
-    if not config.api_tls:
-        return None
-    import ssl
-
-    from nodegate.lab.pki import Pki
-
-    return ssl.create_default_context(cafile=str(Pki.of(config.dir).ca_cert))
-
-
 def _api_answers(config: LabConfig) -> bool:
-    req = urllib.request.Request(config.api_url + "/version", headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
+        with apiclient.urlopen(config, "/version", timeout=1.0) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -472,10 +460,8 @@ def cmd_reset(args) -> int:
 
 
 def _node_ready(config: LabConfig, name: str) -> bool:
-    req = urllib.request.Request(f"{config.api_url}/api/v1/nodes/{name}",
-                                 headers={"Authorization": f"Bearer {config.token}"})
     try:
-        with urllib.request.urlopen(req, timeout=1.0, context=api_tls_context(config)) as resp:
+        with apiclient.urlopen(config, f"/api/v1/nodes/{name}", timeout=1.0) as resp:
             conditions = json.load(resp).get("status", {}).get("conditions", [])
     except (OSError, ValueError):
         return False

@@ -15,13 +15,13 @@ MAX_NODES = 16
 KUBE_VERSION = "v1.25.6"
 KUBESPRAY_VERSION = "v2.21.0"
 DEFAULT_ROOK = "v1.15.9"
-# How a lab is reached unless `lab up` is told otherwise. The production way (HTTPS with the
-# lab's CA and a client-certificate kubeconfig, SSH as `ubuntu` with sudo) is one flag away:
-# `--https --ssh-user ubuntu`; plain HTTP and root stay the default until the whole suite has
-# run against the other.
-DEFAULT_API_TLS = False
-DEFAULT_SSH_USER = "root"
 LOGIN_USER = "ubuntu"        # Ubuntu cloud images' login user; every lab node has it, with sudo
+# How a lab is reached unless `lab up` is told otherwise: the way a Kubespray cluster is reached
+# (HTTPS with the cluster's own CA and an admin.conf-like client-certificate kubeconfig; SSH as a
+# non-root login user with passwordless sudo). `--plain-http` and `--ssh-user root` stay as
+# options, for speed.
+DEFAULT_API_TLS = True
+DEFAULT_SSH_USER = LOGIN_USER
 SSH_USERS = ("root", LOGIN_USER)
 BASTION_NAME = "bastion"
 CONTAINER_MANAGERS = ("docker", "containerd")   # Kubespray container_manager values the lab lays out

@@ -44,13 +44,14 @@ class RunOptions:
     drain_timeout_s: float | None = None
     restart_journal: bool = False
     become_password_env: str | None = None   # the NAME of the variable, never its value
+    ask_become_pass: bool = False            # read sudo's password once from the terminal
 
     @property
     def active(self) -> bool:
         """Any nodegate option given: then the profile is read and checked up front."""
         return any((self.cluster, self.node, self.target_release, self.execute, self.ticket,
                     self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None,
-                    self.restart_journal, self.become_password_env))
+                    self.restart_journal, self.become_password_env, self.ask_become_pass))
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--become-password-env", metavar="NAME", default=None,
                     help="read the nodes' sudo password from environment variable NAME (passed to sudo on stdin, "
                          "never logged); without it, sudo must not ask for a password")
+    group.addoption("--ask-become-pass", "-K", action="store_true", default=False,
+                    help="ask once, on the terminal, for the nodes' sudo password (as Ansible's -K); passed to sudo "
+                         "on stdin, never logged, masked in reports")
     group.addoption("--take-over-stale-lock", action="store_true", default=False,
                     help="take over the upgrade lock when its holder is gone and it is older than the profile allows")
     group.addoption("--restart-journal", action="store_true", default=False,
@@ -110,7 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
     options = _read_options(config)
     run = NodegateRun(options=options)
     if options.active:
-        run = _load(options, Path(config.invocation_params.dir))
+        run = _load(options, Path(config.invocation_params.dir), worker=hasattr(config, "workerinput"))
     config.stash[RUN_KEY] = run
 
 
@@ -153,10 +157,17 @@ def _read_options(config: pytest.Config) -> RunOptions:
                 f"--become-password-env {become_env}: the environment variable {become_env} is not set or empty\n"
                 f"  fix: export {become_env} with the nodes' sudo password (e.g. `read -s {become_env}; export "
                 f"{become_env}`), or drop the option if sudo needs no password")
+    ask = bool(get("ask_become_pass"))
+    if ask and become_env is not None:
+        raise pytest.UsageError(
+            "--ask-become-pass and --become-password-env both say where sudo's password comes from\n"
+            "  fix: give one of them: --ask-become-pass asks on the terminal, --become-password-env NAME reads "
+            "the environment variable NAME")
     options = RunOptions(cluster=get("cluster"), node=node, target_release=target, execute=bool(get("execute")),
                          ticket=ticket, trust_new_host_keys=bool(get("trust_new_host_keys")),
                          take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s,
-                         restart_journal=bool(get("restart_journal")), become_password_env=become_env)
+                         restart_journal=bool(get("restart_journal")), become_password_env=become_env,
+                         ask_become_pass=ask)
     if options.execute and not options.node:
         raise pytest.UsageError(
             "--execute needs --node: nodegate changes only the nodes it is told to\n"
@@ -172,7 +183,38 @@ def _read_options(config: pytest.Config) -> RunOptions:
     return options
 
 
-def _load(options: RunOptions, cwd: Path) -> NodegateRun:
+# Where a password read with --ask-become-pass is kept for this run's own processes (xdist workers,
+# the procedure's check runs, Kubespray's become helper): they inherit it instead of asking again.
+ASKED_BECOME_PASSWORD_ENV = "NODEGATE_ASKED_BECOME_PASSWORD"
+
+
+def ask_become_password(*, worker: bool) -> str:
+    """sudo's password, read once from the controlling terminal (getpass: no echo). An xdist worker
+    takes the one its controller read. No terminal: a UsageError naming --become-password-env."""
+    import getpass
+
+    asked = os.environ.get(ASKED_BECOME_PASSWORD_ENV)
+    if worker and asked:
+        return asked
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise pytest.UsageError(
+            "--ask-become-pass: there is no terminal to ask on (no controlling tty)\n"
+            "  fix: put the password in an environment variable and give its name with --become-password-env NAME"
+        ) from None
+    try:
+        password = getpass.getpass("BECOME password (sudo on the nodes): ")
+    except (EOFError, KeyboardInterrupt):
+        raise pytest.UsageError("--ask-become-pass: no password was entered\n"
+                                "  fix: run again and type the nodes' sudo password at the prompt") from None
+    if not password:
+        raise pytest.UsageError("--ask-become-pass: the password entered is empty\n"
+                                "  fix: type the nodes' sudo password, or drop --ask-become-pass if sudo needs none")
+    return password
+
+
+def _load(options: RunOptions, cwd: Path, *, worker: bool = False) -> NodegateRun:
     """Read the profile and select the nodes; any problem becomes a pytest.UsageError."""
     from nodegate.core.errors import UsageError
     from nodegate.profile.load import find_profile, load_profile
@@ -187,6 +229,15 @@ def _load(options: RunOptions, cwd: Path) -> NodegateRun:
         profile = replace(profile, ssh=replace(profile.ssh, trust_new_host_keys=True))
     if options.drain_timeout_s is not None:
         profile = replace(profile, upgrade=replace(profile.upgrade, drain_timeout_s=options.drain_timeout_s))
+    if options.ask_become_pass:
+        from nodegate.core.secrets import register_secret
+
+        password = ask_become_password(worker=worker)
+        register_secret(password)
+        os.environ[ASKED_BECOME_PASSWORD_ENV] = password
+        # from here on the run holds it as if given with --become-password-env: the procedure's
+        # check runs get that option with this variable's name, never the value
+        options = replace(options, become_password_env=ASKED_BECOME_PASSWORD_ENV)
     if options.become_password_env:
         from nodegate.core.secrets import register_secret
 

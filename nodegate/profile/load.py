@@ -415,7 +415,24 @@ def _access_vars(inventory_path: Path, inventory: Inventory, host: str, hv: Mapp
                                        user=bv.get("ansible_user") or bv.get("ansible_ssh_user"),
                                        identity_file=bv.get("ansible_ssh_private_key_file")))
     return {"identity_file": Path(key).expanduser() if key and "{{" not in key else None, "route": route,
-            "become_user": become_user}
+            "become_user": become_user, "become": _ansible_bool(hv.get("ansible_become"), f"{what}: ansible_become")}
+
+
+# Ansible's boolean spellings (ansible.module_utils.parsing.convert_bool), lower-cased.
+_TRUE = frozenset({"true", "yes", "on", "1", "y", "t"})
+_FALSE = frozenset({"false", "no", "off", "0", "n", "f"})
+
+
+def _ansible_bool(value: str | None, what: str) -> bool | None:
+    """An inventory boolean as Ansible reads it; None when unset or a template nodegate cannot render."""
+    if value is None or "{{" in value:
+        return None
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"{what} is {value!r}, not a boolean", fix="write true or false")
 
 
 def _nodes(inventory_path: Path, inventory: Inventory, default_user: str, table: Mapping[str, Mapping[str, object]],

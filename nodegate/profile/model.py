@@ -34,6 +34,7 @@ class NodeSpec:
     identity_file: Path | None = None   # ansible_ssh_private_key_file ([ssh] identity_file otherwise)
     route: SshRoute = SshRoute()        # ansible_ssh_common_args' ProxyJump/ProxyCommand, or the bastion group
     become_user: str = "root"           # ansible_become_user
+    become: bool | None = None          # ansible_become as the inventory says it (None: not said)
     # The Kubernetes Node: [nodes.<name>] kube_node, else the inventory's kube_override_hostname
     # (Kubespray's kubelet --hostname-override and kubeadm node name), else the inventory name.
     node_name: str | None = None
@@ -47,6 +48,24 @@ class NodeSpec:
     @property
     def is_control_plane(self) -> bool:
         return "control-plane" in self.roles
+
+    def privilege_problem(self) -> tuple[str, str] | None:
+        """Why nodegate cannot run root's commands on this node as the inventory says to reach it,
+        as (problem, fix), or None. nodegate's checks and steps need root (apt, dpkg, reboot,
+        do-release-upgrade): a non-root login must be allowed to become root. Ansible gives an
+        inventory's ansible_become precedence over the command line's -b, so a host with
+        `ansible_become: false` is not made root by Kubespray's `-b` either."""
+        where = f"host {self.name} (ssh {self.user}@{self.address})"
+        if self.become_user != "root":
+            return (f"{where} has ansible_become_user {self.become_user!r}: nodegate's checks and steps run as root "
+                    "(apt, dpkg, reboot, do-release-upgrade), not as another user",
+                    f"remove ansible_become_user for {self.name} from the inventory, or set it to root")
+        if self.become is False and self.user != "root":
+            return (f"{where} has ansible_become false while logging in as {self.user}: nodegate's checks and steps "
+                    "need root, and neither nodegate nor Kubespray's `-b` would become root on it",
+                    f"set ansible_become: true for {self.name} (Kubespray's inventories do), or log in as root "
+                    "(ansible_user: root)")
+        return None
 
     @property
     def is_worker(self) -> bool:

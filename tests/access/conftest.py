@@ -20,14 +20,16 @@ CEPH_NET = net_beside("access-ceph")
 
 
 def node_specs(config: LabConfig) -> list[NodeSpec]:
-    return [NodeSpec(name=n.name, address=n.address, user="root",
+    """The lab's nodes as the profile loader sees them, logging in as the lab's user (`ubuntu`
+    with sudo by default; root with `lab up --ssh-user root`)."""
+    return [NodeSpec(name=n.name, address=n.address, user=config.ssh_user,
                      roles=frozenset(r for r in n.roles if r in ("control-plane", "worker", "etcd")))
             for n in config.nodes]
 
 
 def ssh_settings(lab: LabConfig, *, with_config: bool = True, **overrides) -> SSHSettings:
     d = lab.dir / "ssh"
-    values = dict(config=d / "config" if with_config else None, user="root", identity_file=d / "id_ed25519",
+    values = dict(config=d / "config" if with_config else None, user=lab.ssh_user, identity_file=d / "id_ed25519",
                   known_hosts=d / "known_hosts")
     values.update(overrides)
     return SSHSettings(**values)

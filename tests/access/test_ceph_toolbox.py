@@ -15,6 +15,7 @@ from nodegate.cluster.ceph import Ceph, CephCommandFailed
 from nodegate.cluster.kube.client import Kube
 from nodegate.core.errors import PermanentError
 from nodegate.core.waits import Done, NotYet, wait_for
+from nodegate.lab import apiclient
 from nodegate.profile.load import load_profile
 from nodegate.profile.model import CephSettings
 
@@ -49,9 +50,8 @@ def wait_healthy(ceph: Ceph, *, timeout: float):
 
 
 def delete_pod(lab, namespace: str, name: str) -> None:
-    request = urllib.request.Request(f"{lab.api_url}/api/v1/namespaces/{namespace}/pods/{name}", method="DELETE",
-                                     headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/namespaces/{namespace}/pods/{name}", method="DELETE")
+    with apiclient.urlopen(lab, request) as response:
         assert response.status == 200
 
 

@@ -128,28 +128,29 @@ def test_release_boot_and_disk(nodes):
     assert disk.mount == "/" and disk.size_bytes > disk.avail_bytes > 0
     assert host.boot.reboot_required().required is False
     host.run(["sh", "-c", "printf 'libc6\\nlinux-base\\n' > /var/run/reboot-required.pkgs; "
-                          "touch /var/run/reboot-required"])
+                          "touch /var/run/reboot-required"], sudo=True)
     try:
         assert host.boot.reboot_required().packages == ("libc6", "linux-base")
     finally:
-        host.run(["rm", "-f", "/var/run/reboot-required", "/var/run/reboot-required.pkgs"])
+        host.run(["rm", "-f", "/var/run/reboot-required", "/var/run/reboot-required.pkgs"], sudo=True)
 
 
 def test_apt_sources_are_read_and_parsed(nodes):
     host = nodes.host("node1")
     host.run(["sh", "-c", "echo 'deb [arch=amd64 signed-by=/etc/apt/keyrings/x.gpg] http://127.0.0.9/x focal stable'"
-                          " > /etc/apt/sources.list.d/ng-test.list"])
+                          " > /etc/apt/sources.list.d/ng-test.list"], sudo=True)
     try:
         files = {f.path: f for f in host.apt.source_files()}
         mine = files["/etc/apt/sources.list.d/ng-test.list"].sources
         assert [(s.uri, s.suite, s.signed_by) for s in mine] == [("http://127.0.0.9/x", "focal",
                                                                    "/etc/apt/keyrings/x.gpg")]
     finally:
-        host.run(["rm", "-f", "/etc/apt/sources.list.d/ng-test.list"])
+        host.run(["rm", "-f", "/etc/apt/sources.list.d/ng-test.list"], sudo=True)
 
 
 def test_refused_is_transient_and_says_node_down(bare_lab, nodes):
-    absent = NodeSpec(name="node9", address=f"127.{bare_lab.net}.1.9", user="root", roles=frozenset({"worker"}))
+    absent = NodeSpec(name="node9", address=f"127.{bare_lab.net}.1.9", user=bare_lab.ssh_user,
+                      roles=frozenset({"worker"}))
     registry = Nodes(settings=nodes.settings, nodes=[absent])
     with pytest.raises(SshRefused) as info:
         registry.host("node9").run(["true"])
@@ -174,7 +175,7 @@ def test_wrong_key_is_an_auth_failure_naming_key_and_user(bare_lab, nodes, tmp_p
         registry.host("node1").run(["true"])
     assert isinstance(info.value, UsageError)
     text = str(info.value)
-    assert str(key) in text and "user root" in text and "authorized_keys" in text
+    assert str(key) in text and f"user {bare_lab.ssh_user}" in text and "authorized_keys" in text
 
 
 def test_unknown_host_key_is_refused_with_how_to_trust(bare_lab, nodes, tmp_path, specs_for, settings_for):

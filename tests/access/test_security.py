@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from nodegate.lab import apiclient
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "checks"
 PROCEDURES = ROOT / "procedures"
@@ -253,8 +255,8 @@ def test_no_secret_in_output_log_journal_report_or_annotation(lab, pytester, mon
     files = [p for p in reports.rglob("*") if p.is_file()]
     assert any("journal" in str(p) for p in files), f"no journal was written under {reports}"
     assert any(p.name.endswith("-result.json") for p in files), f"no Allure result under {reports}"
-    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/node4", headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/node4")
+    with apiclient.urlopen(lab, request) as response:
         annotations = json.dumps(json.load(response)["metadata"].get("annotations", {}))
     corpus = {"terminal and log": "\n".join(texts), "node annotations": annotations}
     corpus.update({str(p.relative_to(reports)): p.read_text(errors="replace") for p in files})

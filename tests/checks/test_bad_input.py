@@ -124,3 +124,22 @@ def test_bad_input_under_xdist_is_one_usage_error_from_the_controller(catalogue,
     assert_usage_error(run, *said)
     assert "INTERNALERROR" not in run.text and "[gw" not in run.text, run.text[-3000:]
     assert run.seconds < 30, f"took {run.seconds:.1f} s"
+
+
+@pytest.mark.parametrize("host_vars, phrases", [
+    ({"ansible_become": False}, ("host node4 (ssh ubuntu@", "has ansible_become false while logging in as ubuntu",
+                                 "set ansible_become: true for node4")),
+    ({"ansible_become": True, "ansible_become_user": "deploy"},
+     ("host node4 (ssh ubuntu@", "has ansible_become_user 'deploy'", "remove ansible_become_user for node4")),
+], ids=["become-false", "become-user-not-root"])
+def test_inventory_that_cannot_become_root_is_refused_at_preflight(catalogue, fixed_profile, host_vars, phrases):
+    """The lab logs in as ubuntu; an inventory whose node4 may not become root (or becomes another
+    user) is refused before any check, naming the host and the inventory fix."""
+    import yaml
+
+    inventory = fixed_profile.parent / "kubespray/inventory/mycluster/hosts.yaml"
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["hosts"]["node4"].update(host_vars)
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = catalogue("-m", "preflight", "--target-release", "22.04")
+    assert_usage_error(run, *phrases)

@@ -19,6 +19,8 @@ import pytest
 from apiservertools import standalone_api_server, start_server, stop_server
 from labkit import net_beside, wait_until
 
+from nodegate.lab import apiclient
+
 pytestmark = pytest.mark.lab
 
 NET = net_beside("lab-apiserver")   # one of the two modules at a time in a session
@@ -318,9 +320,7 @@ def test_filtered_watch_reports_objects_entering_and_leaving(k8s):
 def test_logs_are_text_plain_and_name_containers(fake_lab, k8s):
     core = k8s[0]
     pod = core.list_namespaced_pod("demo", label_selector="run=debug-shell").items[0]
-    req = urllib.request.Request(f"{fake_lab.config.api_url}/api/v1/namespaces/demo/pods/{pod.metadata.name}/log",
-                                 headers={"Authorization": f"Bearer {fake_lab.config.token}"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with apiclient.urlopen(fake_lab.config, f"/api/v1/namespaces/demo/pods/{pod.metadata.name}/log") as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         assert resp.read().decode().strip()
     csi = core.list_namespaced_pod("rook-ceph", label_selector="app=csi-rbdplugin").items[0]
@@ -329,7 +329,7 @@ def test_logs_are_text_plain_and_name_containers(fake_lab, k8s):
     bad = urllib.request.Request(f"{fake_lab.config.api_url}/api/v1/nodes",
                                  headers={"Authorization": "Bearer wrong"})
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(bad, timeout=5)
+        apiclient.urlopen(fake_lab.config, bad)
     assert info.value.code == 401
 
 
@@ -426,7 +426,7 @@ def test_drain_retries_a_pdb_refusal_then_moves_pods(fake_lab, k8s):
     assert "SchedulingDisabled" not in fake_lab.kubectl("get", "node", "node4").stdout
 
 
-def test_eviction_is_graceful_and_respects_the_budget(k8s):
+def test_eviction_is_graceful_and_respects_the_budget(fake_lab, k8s):
     from kubernetes import client
 
     core, _, policy, _, _ = k8s
@@ -458,24 +458,16 @@ def test_eviction_is_graceful_and_respects_the_budget(k8s):
     wait_until(lambda: settled(core), timeout=10, what="second replacement ready")
     third = [p for p in core.list_namespaced_pod("demo", label_selector="app=web").items
              if not p.metadata.deletion_timestamp][0].metadata.name
-    code, body3 = raw_eviction(core, third)
+    code, body3 = raw_eviction(fake_lab, third)
     assert (code, body3) == (201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
     assert api_error(core.create_namespaced_pod_eviction, "nope", "demo", client.V1Eviction(
         metadata=client.V1ObjectMeta(name="nope", namespace="demo")))[0] == 404
 
 
-def raw_eviction(core, name: str) -> tuple[int, dict]:
-    cfg = core.api_client.configuration
-    data = json.dumps({"apiVersion": "policy/v1beta1", "kind": "Eviction",
-                       "metadata": {"name": name, "namespace": "demo"}}).encode()
-    req = urllib.request.Request(f"{cfg.host}/api/v1/namespaces/demo/pods/{name}/eviction", data=data, method="POST",
-                                 headers={"Content-Type": "application/json", **({"Authorization": cfg.api_key["authorization"]}
-                                                                                 if cfg.api_key.get("authorization") else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def raw_eviction(fake_lab, name: str) -> tuple[int, dict]:
+    return apiclient.request(fake_lab.config, "POST", f"/api/v1/namespaces/demo/pods/{name}/eviction",
+                             {"apiVersion": "policy/v1beta1", "kind": "Eviction",
+                              "metadata": {"name": name, "namespace": "demo"}})
 
 
 # -- the node lifecycle and csi-rbdplugin -------------------------------------------------------
@@ -584,18 +576,17 @@ def test_csi_rbdplugin_crash_loops_on_noble_with_old_cephcsi(fake_lab, k8s):
 
 
 def test_api_flaky_fails_requests_then_recovers(fake_lab, k8s):
-    url = f"{fake_lab.config.api_url}/api/v1/namespaces"
-    headers = {"Authorization": f"Bearer {fake_lab.config.token}"}
+    url = "/api/v1/namespaces"
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "503"}})
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+        apiclient.urlopen(fake_lab.config, url, timeout=5)
     assert info.value.code == 503 and json.loads(info.value.read())["reason"] == "ServiceUnavailable"
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time(), "ratio": 1.0, "mode": "drop"}})
     with pytest.raises((ConnectionError, urllib.error.URLError, http_client_errors())):
-        urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+        apiclient.urlopen(fake_lab.config, url, timeout=5)
     fake_lab.set_faults({"api-flaky": {"nodes": [], "since": time.time() - 10, "ratio": 1.0, "for_s": 5}})
     # expired: answered again
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+    with apiclient.urlopen(fake_lab.config, url, timeout=5) as resp:
         assert json.loads(resp.read())["kind"] == "NamespaceList"
     fake_lab.set_faults({})
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from labkit import debian_kubectl
 
 from nodegate.lab.node import mounted_paths, pid_alive
 
@@ -69,9 +72,33 @@ def test_profile_files(lab):
 
     kube = yaml.safe_load((lab.dir / "kubeconfig").read_text())
     assert kube["current-context"] == "nodegate-lab"
+    # the default lab is reached as a Kubespray cluster is: HTTPS with its own CA, admin.conf's
+    # client certificate, and SSH as `ubuntu` with sudo
+    assert lab.api_tls and lab.api_url == f"https://{lab.api_address}:{lab.api_port}"
     assert kube["clusters"][0]["cluster"]["server"] == lab.api_url
-    assert kube["users"][0]["user"]["token"] == lab.token
+    assert kube["clusters"][0]["cluster"]["certificate-authority-data"]
+    assert kube["users"][0]["name"] == "kubernetes-admin"
+    assert set(kube["users"][0]["user"]) == {"client-certificate-data", "client-key-data"}
+    assert lab.token not in (lab.dir / "kubeconfig").read_text()
     assert oct((lab.dir / "kubeconfig").stat().st_mode & 0o777) == "0o600"
+    assert profile["ssh"]["user"] == "ubuntu" and lab.ssh_user == "ubuntu"
+    hosts = yaml.safe_load((lab.dir / "kubespray/inventory/mycluster/hosts.yaml").read_text())["all"]
+    assert hosts["vars"]["ansible_user"] == "ubuntu"
+
+
+def test_both_kubectls_get_nodes_with_the_default_kubeconfig(lab):
+    """The image's kubectl (on the PATH) and Debian's (kubernetes-client 1.20) both verify the lab's
+    serving certificate against the kubeconfig's CA and authenticate with its client certificate."""
+    versions = set()
+    for binary in (shutil.which("kubectl") or "/usr/bin/kubectl", str(debian_kubectl())):
+        done = subprocess.run([binary, "--kubeconfig", str(lab.dir / "kubeconfig"), "get", "nodes", "-o", "name"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{binary}: {done.stderr}"
+        assert done.stdout.split() == [f"node/{n.kube_name}" for n in lab.nodes], (binary, done.stdout)
+        version = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True, text=True,
+                                 timeout=60)
+        versions.add(json.loads(version.stdout)["clientVersion"]["gitVersion"])
+    assert len(versions) == 2, f"one kubectl twice: {versions}"
 
 
 def test_single_node_lab_up_and_down_leaves_nothing(make_lab, cli, node_ssh):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from nodegate.lab import apiclient
 from nodegate.lab.node import NodeRuntime, NodeState
 
 pytestmark = pytest.mark.lab
@@ -39,9 +40,8 @@ def test_every_node_has_its_own_machine_id_reported_by_its_kubelet(lab, lab_ssh)
     for node in lab.nodes:
         ids[node.name] = lab_ssh(node.name, "cat /etc/machine-id").stdout.strip()
         assert len(ids[node.name]) == 32 and int(ids[node.name], 16) >= 0, ids[node.name]
-        request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node.name}",
-                                         headers={"Authorization": f"Bearer {lab.token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node.name}")
+        with apiclient.urlopen(lab, request) as response:
             assert json.load(response)["status"]["nodeInfo"]["machineID"] == ids[node.name]
     assert len(set(ids.values())) == len(lab.nodes), ids
 
@@ -120,8 +120,8 @@ def test_reset_puts_node_back_in_seconds(lab, lab_ssh, cli):
     assert f"{node} reset and up again" in result.stdout and f"{node} Ready" in result.stdout, result.stdout
     assert took < 10, f"reset took {took:.1f} s"
     # Ready as soon as the command returns: a preflight started on its word meets a Ready node
-    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node}", headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes/{node}")
+    with apiclient.urlopen(lab, request) as response:
         conditions = json.load(response)["status"]["conditions"]
     assert {"type": "Ready", "status": "True"}.items() <= next(c for c in conditions if c["type"] == "Ready").items()
     out = lab_ssh(node, "ls /root/reset-me /etc/nodegate-test 2>&1; hostname", check=False).stdout

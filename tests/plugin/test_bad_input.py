@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from nodegate.lab import apiclient
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "checks"
 PROCEDURES = ROOT / "procedures"
@@ -41,8 +43,8 @@ class LabState:
 
 
 def _api_nodes(lab) -> dict[str, bool]:
-    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes", headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/api/v1/nodes")
+    with apiclient.urlopen(lab, request) as response:
         items = json.load(response)["items"]
     return {i["metadata"]["name"]: bool(i.get("spec", {}).get("unschedulable")) for i in items}
 
@@ -168,9 +170,8 @@ def _lease(lab) -> dict | None:
     """The upgrade lock's Lease, or None when no run holds it."""
     import urllib.error
 
-    request = urllib.request.Request(f"{lab.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
-                                     headers={"Authorization": f"Bearer {lab.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    request = urllib.request.Request(f"{lab.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases")
+    with apiclient.urlopen(lab, request) as response:
         items = json.load(response).get("items", [])
     held = [i for i in items if (i.get("spec") or {}).get("holderIdentity")]
     return held[0] if held else None
@@ -246,6 +247,8 @@ CONTRADICTIONS = [
      ("only makes sense with --execute",)),
     ("target without node for node checks", ["--target-release", "22.04", "-m", "preflight"], None,
      ("no --node was given",)),
+    ("ask and env for the sudo password", ["--ask-become-pass", "--become-password-env", "PATH"], "node4",
+     ("both say where sudo's password comes from",)),
 ]
 
 
@@ -253,6 +256,22 @@ CONTRADICTIONS = [
 def test_contradicting_options_are_rejected(lab, run_pytest, label, args, node, expect):
     run_pytest(label, *lab_args(lab, *args, node=node), where=PROCEDURES if "--execute" in args else CHECKS,
                expect=expect)
+
+
+def test_ask_become_pass_without_a_terminal_names_the_alternative(lab):
+    """A run with no controlling terminal (a new session: cron, CI) cannot be asked: it is refused
+    before anything runs, naming --become-password-env."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS), *lab_args(lab, "-m", "preflight",
+                                                                                 "--ask-become-pass"),
+                           "-p", "no:cacheprovider", "-p", "no:randomly"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, start_new_session=True)
+    text = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, text[-3000:]
+    assert "--ask-become-pass: there is no terminal to ask on" in text and "--become-password-env NAME" in text
+    assert "Traceback" not in text
 
 
 def test_a_release_that_skips_one_is_refused_before_any_check(lab, run_pytest):

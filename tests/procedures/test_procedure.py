@@ -21,6 +21,14 @@ def _state(lab_nodes, name: str) -> dict:
             "noout": name in lab_nodes.ceph.noout_hosts(), "lock": read_lock(lab_nodes.kube)}
 
 
+def _root_command(lab_nodes, command: str) -> tuple[str, str]:
+    """How the plan shows a root command on node4: through sudo when the lab logs in as ubuntu."""
+    user = lab_nodes.config.ssh_user
+    if user == "root":
+        return "[node4 (ssh root@127.", f"] {command}"
+    return f"[node4 (ssh {user}@127.", f", as root via sudo)] sudo {command}"
+
+
 def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, restore_node4):
     before = _state(lab_nodes, "node4")
     run = procedure(execute=False)
@@ -31,7 +39,7 @@ def test_plan_mode_prints_every_step_and_changes_nothing(procedure, lab_nodes, r
     for line in ("[ceph] ceph osd set-group noout node4",
                  "apt-mark unhold -- containerd.io docker-ce docker-ce-cli",
                  "Dpkg::Options::=--force-confold",
-                 "[node4 (ssh root@127.", "] do-release-upgrade -f DistUpgradeViewNonInteractive",
+                 *_root_command(lab_nodes, "do-release-upgrade -f DistUpgradeViewNonInteractive"),
                  "--limit=node4", "-e kube_version=v1.25.6", "--skip-tags=multus",
                  "docker-ce=5:20.10.20~3-0~ubuntu-jammy",
                  "[ceph] ceph osd unset-group noout node4"):

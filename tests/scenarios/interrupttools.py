@@ -24,6 +24,7 @@ from typing import Callable
 
 from scenariotools import NODE, Operator, terminal_signals
 
+from nodegate.lab import apiclient
 from nodegate.lab.config import LabConfig
 
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
@@ -68,13 +69,12 @@ class Reader:
         self.config = config
         self.dir = Path(config.dir)
 
-    # -- Kubernetes API over plain HTTP ----------------------------------------------------------
+    # -- Kubernetes API, raw requests ----------------------------------------------------------
     def api(self, path: str) -> dict | None:
-        request = urllib.request.Request(f"{self.config.api_url}{path}",
-                                         headers={"Authorization": f"Bearer {self.config.token}"})
+        request = urllib.request.Request(f"{self.config.api_url}{path}")
         for attempt in range(20):
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:
+                with apiclient.urlopen(self.config, request) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:

@@ -24,6 +24,7 @@ from pathlib import Path
 from labkit import LabAccess
 
 from nodegate.cluster.lock import read_lock
+from nodegate.lab import apiclient
 from nodegate.lab.config import LabConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,17 +228,16 @@ class Lab(LabAccess):
         request = urllib.request.Request(
             f"{self.config.api_url}/apis/coordination.k8s.io/v1/namespaces/{LOCK_NAMESPACE}/leases",
             data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+            headers={"Content-Type": "application/json"})
+        with apiclient.urlopen(self.config, request) as response:
             assert response.status in (200, 201), response.status
 
     # -- a PodDisruptionBudget, as an application team would add one -------------------------------
     def _api(self, method: str, path: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(f"{self.config.api_url}{path}", method=method,
                                          data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": f"Bearer {self.config.token}",
-                                                  "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+                                         headers={"Content-Type": "application/json"})
+        with apiclient.urlopen(self.config, request) as response:
             return json.load(response)
 
     def node4_pdb(self) -> tuple[str, str, dict]:
@@ -262,8 +262,8 @@ class Lab(LabAccess):
         request = urllib.request.Request(
             f"{self.config.api_url}/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}",
             method="PATCH", data=json.dumps({"spec": spec_change}).encode(),
-            headers={"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/merge-patch+json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+            headers={"Content-Type": "application/merge-patch+json"})
+        with apiclient.urlopen(self.config, request) as response:
             assert response.status == 200, response.status
 
     # -- Rook, as an upgrade or a downgrade of it leaves the cluster -------------------------------

@@ -5,6 +5,7 @@ bastion, and `ubuntu`'s sudo asking for a password (`lab up --https --ssh-user u
 --ssh-port 2222 --bastion --sudo-password`). The operator's profile uses the bastion from the
 Kubespray inventory and a bearer-token kubeconfig. In order, on node4 as it starts:
 - sudo needs a password and none is given: refused before any check, naming node and fix;
+- the password typed once at --ask-become-pass's prompt on a pseudo-terminal reaches sudo;
 - the restricted RBAC user: the gate's preflight lists each missing permission;
 - a kubeconfig with the wrong CA, and a changed host key on the bastion: each refused with its cause;
   after each of these, nothing on the node or in the cluster changed;
@@ -20,7 +21,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from labkit import net_beside, nodegate
+from labkit import net_beside, nodegate, run_on_terminal
 from scenariotools import NODE, Lab, Operator, leaked_secrets, no_traceback, write_profile
 
 from nodegate.lab.config import LabConfig
@@ -120,6 +121,34 @@ def test_restricted_user_gets_each_missing_permission_listed(access_lab, operato
         assert missing in run.text, missing
     assert "lacks 4 of the 12 API permissions" in run.text
     no_traceback(run)
+    unchanged(access_lab, before)
+
+
+def test_sudo_password_asked_once_on_the_terminal(access_lab, operator, tmp_path):
+    """--ask-become-pass (as Ansible's -K) on a real pseudo-terminal: the password typed once at
+    the prompt reaches sudo on node4, also in the gate's own preflight run (a subprocess that must
+    not ask again); it is never echoed nor written anywhere. With the restricted user the gate then
+    stops on the missing permissions, so nothing changes; a wrong password is refused by name."""
+    lab = access_lab.config
+    before = access_lab.standing()
+    password = planted_secrets(lab.dir)["ansible_become_password"]
+    prompt = "BECOME password (sudo on the nodes): "
+    profile = profile_with(lab, tmp_path / "p.toml", kubeconfig=lab.dir / "kubeconfig-restricted")
+    argv, _ = operator.argv(profile, "--ask-become-pass")
+    rc, shown, asked = run_on_terminal(argv, answers={prompt: password}, cwd=operator.work, env=operator.env(),
+                                       timeout=900)
+    (operator.work / "terminal-1.log").write_text(shown)
+    assert asked == [prompt], shown[-3000:]                 # asked once, by the operator's run only
+    assert rc == 1 and "lacks 4 of the 12 API permissions" in shown, shown[-3000:]
+    assert "asks for a password" not in shown and "rejected the password" not in shown, shown[-3000:]
+    assert password not in shown                             # getpass: no echo
+    assert leaked_secrets(lab, operator) == []
+    unchanged(access_lab, before)
+    rc, shown, asked = run_on_terminal(argv, answers={prompt: "wrong-" + password}, cwd=operator.work,
+                                       env=operator.env(), timeout=900)
+    assert asked == [prompt] and rc != 0, shown[-3000:]
+    assert "sudo on node4 (127." in shown and "rejected the password given" in shown, shown[-3000:]
+    assert password not in shown
     unchanged(access_lab, before)
 
 

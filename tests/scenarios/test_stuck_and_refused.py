@@ -32,6 +32,8 @@ import pytest
 from labkit import fixed_kubespray_checkout
 from scenariotools import NODE, Lab, Operator, leaked_secrets, lock_free, no_traceback, write_profile
 
+from nodegate.lab import apiclient
+
 pytestmark = pytest.mark.usefixtures("scenario_lab")
 HELD = ("containerd.io", "docker-ce", "docker-ce-cli")
 # The reboot limit leaves room for the run being held (SIGSTOP) while the fault is set over SSH.
@@ -93,9 +95,8 @@ def node_state(lab: Lab) -> tuple[str, int]:
 def merge_patch(lab: Lab, path: str, body: dict) -> dict:
     """A JSON merge patch through the lab's API, as `kubectl patch --type=merge` sends it."""
     request = urllib.request.Request(f"{lab.config.api_url}{path}", method="PATCH", data=json.dumps(body).encode(),
-                                     headers={"Authorization": f"Bearer {lab.config.token}",
-                                              "Content-Type": "application/merge-patch+json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+                                     headers={"Content-Type": "application/merge-patch+json"})
+    with apiclient.urlopen(lab.config, request) as response:
         return json.load(response)
 
 

@@ -110,8 +110,16 @@ class Packages:
         return parsing.parse_apt_upgradable(out.stdout)
 
     def audit(self) -> str:
-        """`dpkg --audit` output: empty when the package database is consistent."""
-        return self.host.run(["dpkg", "--audit"], expect=(0, 1)).stdout.strip()
+        """`dpkg --audit` output: empty when the package database is consistent. A non-root login
+        reads a clean database (exit 0); when something is half installed, dpkg (1.21, the lab's)
+        first checks its database lock and a non-root login gets "unable to check lock file …
+        Permission denied" (exit 2) instead of the audit: then it is asked again through sudo."""
+        if not self.host.needs_sudo:
+            return self.host.run(["dpkg", "--audit"], expect=(0, 1)).stdout.strip()
+        out = self.host.run(["dpkg", "--audit"], expect=(0, 1, 2))
+        if out.rc == 2:
+            out = self.host.run(["dpkg", "--audit"], expect=(0, 1), sudo=True)
+        return out.stdout.strip()
 
     def tools_running(self) -> list[str]:
         """"pid name" of every apt/dpkg/do-release-upgrade process on the node (PACKAGE_TOOLS)."""

@@ -124,10 +124,13 @@ class Snapshot:
                           if line.split("#", 1)[0].strip())
         kernels = tuple(sorted({m.group(1) for e in entries if e.installed
                                 for m in [re.match(r"^linux-image-(\d\S*)$", e.name)] if m}))
+        # dpkg --audit exits 2 without auditing when it cannot check its lock (a non-root login):
+        # then it is asked again through sudo, never taken as a clean database
+        audit_text = audit.stdout.strip() if audit.rc in (0, 1) else self.host.packages.audit()
         return NodeSnapshot(
             os_release=parsing.parse_os_release(osr.stdout),
             packages=entries,
-            audit=audit.stdout.strip(),
+            audit=audit_text,
             reboot=(RebootRequired(required=True, packages=tuple(reboot.stdout.split())) if reboot.rc == 0
                     else RebootRequired(required=False)),
             kernel=kernel.stdout.strip(),

@@ -56,6 +56,10 @@ class SudoPasswordRejected(UsageError):
     """The node's sudo did not accept the password nodegate was given."""
 
 
+class BecomeRefused(UsageError):
+    """The inventory's ansible_become / ansible_become_user do not let nodegate become root on the node."""
+
+
 class CommandFailed(PermanentError):
     """A command ended with an exit code outside the expected ones; ``result`` has its output."""
 
@@ -234,6 +238,8 @@ class NodeHost:
         if timeout is not None:
             argv = ["timeout", "-k", "5", f"{timeout:g}", *argv]
         password = None
+        if sudo:
+            self._refuse_unusable_become()
         if sudo and self.needs_sudo:
             password = self.settings.become_password
             target = [] if self.become_user == "root" else ["-u", self.become_user]
@@ -261,6 +267,12 @@ class NodeHost:
     def needs_sudo(self) -> bool:
         return self.user != self.become_user
 
+    def _refuse_unusable_become(self) -> None:
+        __tracebackhide__ = True
+        problem = self.spec.privilege_problem()
+        if problem is not None:
+            raise BecomeRefused(problem[0], fix=problem[1])
+
     def _check_sudo(self, stderr: str) -> None:
         __tracebackhide__ = True
         if "a password is required" in stderr:
@@ -268,12 +280,12 @@ class NodeHost:
                 f"sudo on {self._where()} asks for a password, and nodegate was given none (`sudo -n true` fails: "
                 f"{stderr.strip().splitlines()[-1][:200]})",
                 fix=f"give {self.user} passwordless sudo on {self.name} (e.g. `{self.user} ALL=(ALL) NOPASSWD:ALL` in "
-                    "/etc/sudoers.d/), or run with --become-password-env NAME with the password in the environment "
-                    "variable NAME")
+                    "/etc/sudoers.d/), or run with --ask-become-pass (asked once on the terminal) or with "
+                    "--become-password-env NAME with the password in the environment variable NAME")
         if re.search(r"incorrect password|Sorry, try again", stderr):
             raise SudoPasswordRejected(
-                f"sudo on {self._where()} rejected the password given with --become-password-env",
-                fix=f"put {self.user}'s sudo password on {self.name} in that environment variable")
+                f"sudo on {self._where()} rejected the password given (--ask-become-pass / --become-password-env)",
+                fix=f"give {self.user}'s sudo password on {self.name} (typed at the prompt, or in that variable)")
 
     def run_expect(self, expect: Sequence[int], args: Sequence[str], **kwargs: Any) -> CommandResult:
         """testinfra's spelling: ``run_expect([0, 1], [...])``."""
@@ -333,11 +345,14 @@ class NodeHost:
 
     def privilege(self) -> str:
         """How this node's root commands will run, checked now (`sudo -n true`, or `sudo -S true`
-        with the given password); raises SudoPasswordRequired / SudoPasswordRejected."""
+        with the given password); raises BecomeRefused (the inventory's ansible_become /
+        ansible_become_user say root cannot be reached), SudoPasswordRequired / SudoPasswordRejected."""
+        self._refuse_unusable_become()
         if not self.needs_sudo:
             return f"logged in as {self.user}: no sudo needed"
         self.run(["true"], sudo=True)
-        how = "with the password from --become-password-env" if self.settings.become_password else "without a password"
+        how = "with the password given (--ask-become-pass / --become-password-env)" if self.settings.become_password \
+            else "without a password"
         return f"{self.user} becomes {self.become_user} with sudo {how}"
 
     def read_file(self, path: str) -> str:
