@@ -19,7 +19,9 @@ from typing import Any
 MASK = "***"
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 # Values that look like credentials by their key, e.g. `token: abc`, `password=abc`, a bearer header.
-_KEYED = re.compile(r"(?i)((?:token|password|passwd|secret|client-key-data|bearer)[\"']?\s*[:=]?\s*[\"']?)"
+# The key must be followed by a separator, so a name that merely contains the word
+# (SudoPasswordRequired, secretsFile) is left as it is.
+_KEYED = re.compile(r"(?i)((?:token|password|passwd|secret|client-key-data|bearer)[\"']?(?:\s*[:=]\s*|\s+)[\"']?)"
                     r"([A-Za-z0-9+/=._\-]{8,})")
 _lock = threading.Lock()
 _secrets: set[str] = set()

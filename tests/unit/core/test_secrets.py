@@ -21,6 +21,12 @@ def test_ordinary_text_is_left_alone():
     assert redact(text) == text
 
 
+def test_names_that_contain_a_key_word_are_left_alone():
+    text = "SudoPasswordRequired: node4's sudo asks a password; see secretsFile and tokenReviewer"
+    assert redact(text) == text
+    assert "hunter2hunter2" not in redact("password: hunter2hunter2") and "token x" in redact("token x")
+
+
 def test_log_records_are_redacted_before_any_handler(caplog):
     install_log_redaction()
     register_secret("another-secret-9876")
