@@ -5,14 +5,17 @@ The procedure drains as Kubespray and kubectl do with ``--ignore-daemonsets --de
 --force`` and a finite timeout (field-facts.md: Kubespray's ``drain_timeout``; kubectl's PDB refusals
 are HTTP 429, asked again every 5 s). So:
 
-- a PodDisruptionBudget with no disruption left for the pods the batch evicts blocks the drain until
-  it times out (a single-replica budget never has one: the pod must run twice to leave once);
+- a PodDisruptionBudget with no disruption left blocks the drain until it times out (a single-replica
+  budget never has one: the pod must run twice to leave once); one with fewer disruptions left than
+  the batch evicts makes the drain wait until the first pods' replacements are Ready elsewhere
+  (Rook's OSD pods, pinned to their node, never are: that waits for ever);
 - Rook's ``rook-ceph-osd-<type>-<bucket>`` budgets (``maxUnavailable: 0``) exist while Rook holds
   another failure domain down (rook ``clusterdisruption/osd.go``): they block until that domain is
   back and PGs are clean; with ``managePodBudgets`` a batch over two failure domains blocks on them;
 - a pod no controller recreates is deleted for good (``--force``), and emptyDir data is deleted
   (``--delete-emptydir-data``): the drain goes on, the loss is the operator's to accept first;
-- a pod whose terminationGracePeriodSeconds is longer than the drain timeout stalls the drain past it.
+- a pod whose terminationGracePeriodSeconds is longer than the drain timeout outlasts the drain: it
+  fails on its timeout.
 """
 from __future__ import annotations
 
@@ -21,14 +24,14 @@ from dataclasses import dataclass
 
 from nodegate.core.batching import Budget, BudgetPod, simulate_evictions
 
-BLOCKS = "blocks"     # the drain cannot finish
-STALLS = "stalls"     # the drain runs past its timeout
+BLOCKS = "blocks"     # the drain cannot finish before its timeout
+WAITS = "waits"       # the drain finishes later: evictions wait for replacements elsewhere
 LOSES = "loses"       # the drain finishes and something is gone for good
 
 
 @dataclass(frozen=True)
 class DrainIssue:
-    severity: str          # BLOCKS, STALLS or LOSES
+    severity: str          # BLOCKS, WAITS or LOSES
     pod: str               # namespace/name (or several, comma-separated, for a budget)
     owner: str
     node: str
@@ -65,11 +68,16 @@ def preview(pods: Sequence[BudgetPod], budgets: Sequence[Budget], nodes: Sequenc
             fix = (f"make the pods of {budget.ref} healthy elsewhere (scale up, fix unready replicas) or relax "
                    "the budget before the drain")
         single = " (single replica)" if budget.expected_pods <= 1 and not budget.rook_osd else ""
-        issues.append(DrainIssue(BLOCKS, ", ".join(short.pods), ", ".join(owners), ", ".join(short.nodes),
+        pinned = budget.rook_osd or budget.ref.split("/", 1)[-1].startswith("rook-ceph-osd")
+        severity = WAITS if short.allowed >= 1 and not pinned else BLOCKS
+        if budget.rook_osd and not rook_manages:
+            fix = ("Rook does not manage this budget (managePodBudgets false) and OSD pods cannot run elsewhere: "
+                   "upgrade these nodes in different batches")
+        issues.append(DrainIssue(severity, ", ".join(short.pods), ", ".join(owners), ", ".join(short.nodes),
                                  f"PodDisruptionBudget {budget.ref}{single} {short.detail}", fix))
     for pod in mine:
         if pod.grace_period_s is not None and pod.grace_period_s > drain_timeout_s:
-            issues.append(DrainIssue(STALLS, pod.ref, pod.owner, pod.node,
+            issues.append(DrainIssue(BLOCKS, pod.ref, pod.owner, pod.node,
                                      f"terminationGracePeriodSeconds {pod.grace_period_s} is longer than the drain "
                                      f"timeout ({drain_timeout_s:g} s)",
                                      "lower the pod's terminationGracePeriodSeconds, or raise [upgrade] "
@@ -83,5 +91,5 @@ def preview(pods: Sequence[BudgetPod], budgets: Sequence[Budget], nodes: Sequenc
             issues.append(DrainIssue(LOSES, pod.ref, pod.owner, pod.node,
                                      "its emptyDir (local storage) is deleted with it (--delete-emptydir-data)",
                                      "keep what must survive on a PersistentVolume, or accept losing the emptyDir"))
-    order = {BLOCKS: 0, STALLS: 1, LOSES: 2}
+    order = {BLOCKS: 0, WAITS: 1, LOSES: 2}
     return sorted(issues, key=lambda i: order[i.severity])

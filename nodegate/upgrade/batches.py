@@ -9,18 +9,20 @@ nodegate.core.batching's; this module reads the cluster once and asks Ceph once 
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodegate.core import batching
 from nodegate.core.crush import OSD_HOST_LABEL, OSD_ID_LABEL, OsdPod, map_crush_host
+from nodegate.core.drainpreview import BLOCKS, LOSES, WAITS, DrainIssue
+from nodegate.core.drainpreview import preview as drain_issues
 from nodegate.core.errors import UsageError
 
 if TYPE_CHECKING:
     from nodegate.cluster.ceph import Ceph
     from nodegate.cluster.kube.client import Kube
+    from nodegate.cluster.kube.models import PdbSummary, PodSummary
     from nodegate.cluster.session import Access
     from nodegate.profile.model import NodeSpec, Profile
 
@@ -79,26 +81,39 @@ class ClusterView:
                                            osd_domain=self.osd_domain)
 
 
+def budget_pods(pods: Sequence["PodSummary"]) -> tuple[batching.BudgetPod, ...]:
+    """The pods a drain would evict (not DaemonSet, mirror, finished or leaving), as the planner sees them."""
+    return tuple(batching.BudgetPod(ref=p.ref, namespace=p.namespace, node=p.node or "", labels=p.labels,
+                                    owner=f"{p.owner_kind} {p.owner_name}" if p.owner_kind else "none",
+                                    unmanaged=p.unmanaged, uses_emptydir=p.uses_emptydir,
+                                    grace_period_s=p.grace_period_s)
+                 for p in pods if p.node and not (p.daemonset or p.mirror or p.finished or p.deleting))
+
+
+def budgets_of(pdbs: Sequence["PdbSummary"], namespace: str) -> tuple[batching.Budget, ...]:
+    """The PodDisruptionBudgets as the planner sees them (Rook's OSD budget in ``namespace`` marked)."""
+    from nodegate.cluster.kube.models import selector_matches
+
+    def matcher(selector):
+        return lambda pod: selector_matches(selector, pod.labels)
+
+    return tuple(batching.Budget(ref=b.ref, namespace=b.namespace, matches=matcher(b.selector),
+                                 disruptions_allowed=b.disruptions_allowed, expected_pods=b.expected_pods,
+                                 rook_osd=b.namespace == namespace and b.name == ROOK_OSD_PDB) for b in pdbs)
+
+
 def read_view(kube: "Kube", ceph: "Ceph", profile: "Profile", candidates: Sequence["NodeSpec"]) -> ClusterView:
     """One reading of the cluster for a plan: `ceph osd tree`, pools and rules, every Node, pod and PDB."""
-    from nodegate.cluster.kube.models import selector_matches
-    from nodegate.cluster.storage import OSD_POD_SELECTOR, rook_settings
+    from nodegate.cluster.storage import rook_settings
 
     tree, pools = ceph.crush_layout()
     namespace = profile.ceph.namespace
     nodes = {n.name: n for n in kube.list_nodes()}
     all_pods = kube.list_pods()
-    osd_pods = [p for p in kube.list_pods(namespace=namespace, selector=OSD_POD_SELECTOR) if not p.deleting]
-    pods = tuple(batching.BudgetPod(ref=p.ref, namespace=p.namespace, node=p.node or "", labels=p.labels,
-                                    owner=f"{p.owner_kind} {p.owner_name}" if p.owner_kind else "none",
-                                    unmanaged=p.unmanaged, uses_emptydir=p.uses_emptydir,
-                                    grace_period_s=p.grace_period_s)
-                 for p in all_pods if p.node and not (p.daemonset or p.mirror or p.finished or p.deleting))
-    budgets = tuple(batching.Budget(ref=b.ref, namespace=b.namespace,
-                                    matches=functools.partial(lambda sel, pod: selector_matches(sel, pod.labels), b.selector),
-                                    disruptions_allowed=b.disruptions_allowed, expected_pods=b.expected_pods,
-                                    rook_osd=b.namespace == namespace and b.name == ROOK_OSD_PDB)
-                    for b in kube.list_pdbs())
+    osd_pods = [p for p in all_pods if p.namespace == namespace and p.labels.get("app") == batching.ROOK_OSD_APP
+                and not p.deleting]
+    pods = budget_pods(all_pods)
+    budgets = budgets_of(kube.list_pdbs(), namespace)
     rook = rook_settings(kube, namespace)
     above = sorted({p.domain for p in pools if p.domain not in batching.HOST_TYPES})
     planned = []
@@ -151,3 +166,52 @@ def batches_from(view: ClusterView, ceph: "Ceph", limit: int | None) -> list[Bat
     grouped = batching.group(view.candidates, limit=limit, pools=view.pools, may_stop=may_stop,
                              budgets_refuse=view.refused)
     return [Batch(g.names, g.why) for g in grouped]
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What would block, stall or be lost draining ``nodes`` at once (a node, or a planned batch)."""
+    nodes: tuple[str, ...]
+    issues: tuple[DrainIssue, ...]
+
+    @property
+    def blocking(self) -> tuple[DrainIssue, ...]:
+        return tuple(i for i in self.issues if i.severity == BLOCKS)
+
+    def lines(self) -> list[str]:
+        counts = {kind: sum(i.severity == kind for i in self.issues) for kind in (BLOCKS, WAITS, LOSES)}
+        head = f"drain {', '.join(self.nodes)}: " + (", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+                                                     or "nothing blocks, waits or is lost")
+        return [head, *(f"  {i.describe()}" for i in self.issues)]
+
+
+def preview_drains(view: ClusterView, profile: "Profile", groups: Sequence[Sequence[str]]) -> list[Preview]:
+    """The drain preview of each group of profile node names (single nodes or batches)."""
+    kube_of = {c.name: c.kube_node for c in view.candidates}
+    kube_of.update({n.name: n.kube_node for n in profile.nodes if n.name not in kube_of})
+    found = []
+    for names in groups:
+        issues = drain_issues(view.pods, view.budgets, [kube_of.get(n, n) for n in names],
+                              drain_timeout_s=profile.upgrade.drain_timeout_s, rook_manages=view.rook_manages,
+                              osd_domain=view.osd_domain)
+        found.append(Preview(tuple(names), tuple(issues)))
+    return found
+
+
+def plan_preview(access: "Access", profile: "Profile", candidates: Sequence["NodeSpec"],
+                 batches: Sequence[Batch]) -> list[Preview]:
+    """Plan mode's drain preview: every candidate on its own, then every batch of more than one node.
+    Read-only; empty when the API or Ceph cannot be read (plan mode says so itself)."""
+    kube, ceph = access.kube, access.ceph
+    if kube is None or ceph is None or not candidates:
+        return []
+    view = read_view(kube, ceph, profile, candidates)
+    groups = [(n.name,) for n in candidates] + [b.nodes for b in batches if len(b.nodes) > 1]
+    return preview_drains(view, profile, groups)
+
+
+def node_drain_issues(profile: "Profile", kube_node: str, pods: Sequence["PodSummary"], pdbs: Sequence["PdbSummary"],
+                      *, rook_manages: bool) -> list[DrainIssue]:
+    """The drain preview of one node from pods and budgets already read (the preflight's)."""
+    return drain_issues(budget_pods(pods), budgets_of(pdbs, profile.ceph.namespace), [kube_node],
+                        drain_timeout_s=profile.upgrade.drain_timeout_s, rook_manages=rook_manages)
