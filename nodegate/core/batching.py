@@ -25,6 +25,16 @@ from nodegate.core.errors import PermanentError
 ROOK_OSD_APP = "rook-ceph-osd"
 ROOK_DOMAIN_LABEL = "topology-location-{type}"   # Rook's label on OSD pods, one per CRUSH level
 HOST_TYPES = ("osd", "host")                      # failure domains at or below a node
+# The bucket types of Ceph's default CRUSH map, lowest first (`ceph osd crush dump` "types").
+CRUSH_TYPES = ("osd", "host", "chassis", "rack", "row", "pdu", "pod", "room", "datacenter", "zone", "region", "root")
+
+
+def lowest_domain(pools: Sequence["PoolDomain"]) -> str:
+    """The failure domain Rook's OSD budgets follow: the lowest any pool's rule enforces (rook
+    design/ceph/ceph-managed-disruptionbudgets.md), host when no pool is read."""
+    rank = {t: i for i, t in enumerate(CRUSH_TYPES)}
+    domains = [p.domain for p in pools if p.domain != "osd"]
+    return min(domains, key=lambda d: rank.get(d, len(rank))) if domains else "host"
 
 
 # -- CRUSH ----------------------------------------------------------------------------------------
@@ -227,6 +237,7 @@ def group(candidates: Sequence[Candidate], *, limit: int | None, pools: Sequence
         members = [seed]
         answer: StopAnswer | None = None
         notes: list[str] = []
+        refused_by_ceph: list[Candidate] = []
         for other in list(left):
             if limit is not None and len(members) >= limit:
                 break
@@ -237,9 +248,7 @@ def group(candidates: Sequence[Candidate], *, limit: int | None, pools: Sequence
                 if answer is None:   # once a batch: grown by Ceph from the OSDs the batch has so far
                     answer = may_stop(tuple(sorted({i for m in members for i in m.osds})) or other.osds)
                 if not answer.ok or not set(osds) <= set(answer.osds):
-                    if len(notes) < 3:
-                        notes.append(f"{other.name}: Ceph would not stop {_ids(other.osds)} with the batch "
-                                     f"({answer.command} {'let ' + _ids(answer.osds) if answer.ok else answer.reason})")
+                    refused_by_ceph.append(other)
                     continue
             shared = [m.name for m in members if m.host and m.host == other.host]
             if shared:
@@ -247,11 +256,13 @@ def group(candidates: Sequence[Candidate], *, limit: int | None, pools: Sequence
                 continue
             refused = budgets_refuse(tuple(m.kube_node for m in (*members, other)))
             if refused:
-                if len(notes) < 3:
-                    notes.append(f"{other.name}: " + "; ".join(r.describe() for r in refused))
+                notes.append(f"{other.name}: " + "; ".join(r.describe() for r in refused))
                 continue
             members.append(other)
             left.remove(other)
+        if refused_by_ceph and answer is not None:
+            notes.append(f"Ceph would not stop {', '.join(f'{c.name} ({_ids(c.osds)})' for c in refused_by_ceph)} "
+                         f"with it ({answer.command} {'let ' + _ids(answer.osds) if answer.ok else answer.reason})")
         batches.append(Grouped(tuple(m.name for m in members), _why(members, answer, above_host, notes)))
     return batches
 
@@ -263,8 +274,8 @@ def _why(members: list[Candidate], answer: StopAnswer | None, above_host: list[s
         why = f"{names} alone"
         if notes:
             why += ": " + "; ".join(notes)
-        elif not osds:
-            why += ": no other candidate left"
+        else:
+            why += ": no later candidate left to join it"
         return why
     parts = [f"{names} together"]
     if osds:

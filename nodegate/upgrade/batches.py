@@ -64,9 +64,8 @@ class ClusterView:
 
     @property
     def domain(self) -> str:
-        """The failure domain Rook's OSD budgets follow: the widest of the pools' rules."""
-        above = [p.domain for p in self.pools if p.domain not in batching.HOST_TYPES]
-        return sorted(above)[0] if above else "host"
+        """The failure domain Rook's OSD budgets follow: the lowest any pool's rule enforces."""
+        return batching.lowest_domain(self.pools)
 
     def osd_domain(self, pod: batching.BudgetPod) -> str | None:
         label = pod.labels.get(batching.ROOK_DOMAIN_LABEL.format(type=self.domain))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nodegate.core import batching
 from nodegate.core.batching import Budget, BudgetPod, Candidate, StopAnswer
-from nodegate.core.drainpreview import BLOCKS, LOSES, STALLS, preview
+from nodegate.core.drainpreview import BLOCKS, LOSES, WAITS, preview
 
 RACKS = Path(__file__).resolve().parent / "data" / "ceph_racks"
 REFERENCE = Path(__file__).resolve().parents[2] / "../shared/reference/ceph-16.2.15"
@@ -41,6 +41,10 @@ def test_every_pool_has_its_rules_failure_domain():
         ("rbd", "rack", 3, 2), ("device_health_metrics", "rack", 3, 2)}
     host_rule = json.loads(racks_text("crush-rule-dump.json"))[0]
     assert batching.rule_domain(host_rule) == "host"
+    # Rook's OSD budgets follow the lowest domain any pool enforces: one pool on hosts makes it host
+    assert batching.lowest_domain(pools) == "rack"
+    mgr_on_hosts = [*pools, batching.PoolDomain(".mgr", "replicated_rule", "host", 3, 2)]
+    assert batching.lowest_domain(mgr_on_hosts) == "host" and batching.lowest_domain([]) == "host"
 
 
 def ceph_answer(name: str) -> StopAnswer:
@@ -83,7 +87,7 @@ def test_ceph_refusing_leaves_each_node_alone_with_the_reason():
     grouped = batching.group(candidates("node1", "node2"), limit=None, pools=POOLS,
                              may_stop=lambda osds: refused, budgets_refuse=lambda nodes: [])
     assert [g.names for g in grouped] == [("node1",), ("node2",)]
-    assert "Ceph would not stop osd.1" in grouped[0].why and "inactive" in grouped[0].why
+    assert "Ceph would not stop node2 (osd.1) with it" in grouped[0].why and "inactive" in grouped[0].why
 
 
 def test_limit_control_plane_and_etcd():
@@ -157,7 +161,8 @@ def test_preview_names_every_kind_of_blocker_with_its_owner_and_fix():
                budget("rook-ceph/rook-ceph-osd-host-node4", {"app": "rook-ceph-osd"}, allowed=0, expected=1)]
     issues = preview(pods, budgets, ["node4", "node5"], drain_timeout_s=600)
     text = "\n".join(i.describe() for i in issues)
-    assert [i.severity for i in issues] == [BLOCKS] * 3 + [STALLS] + [LOSES] * 2
+    assert [i.severity for i in issues] == [BLOCKS] * 3 + [WAITS] + [LOSES] * 2
+    assert issues[2].pod == "demo/slow" and issues[3].pod == "demo/pair-a, demo/pair-b"
     assert "PodDisruptionBudget demo/pair" in text and "upgrade node4, node5 in different batches" in text
     assert "demo/solo (single replica)" in text and "scale ReplicaSet solo-1 to 2 or more" in text
     assert "Rook holds another failure domain down" in text
