@@ -401,7 +401,7 @@ def _drain_preview_lines(access: Access, run: NodegateRun) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - the plan is still shown; the preview says why it is missing
         return ["", f"== drain preview: could not be read: {exc}"]
     lines = ["", "== batches"]
-    lines += [f"{i:2d}. {', '.join(b.nodes)}: {b.why}" for i, b in enumerate(batches, 1)]
+    lines += [f"{i:2d}. {b.why}" for i, b in enumerate(batches, 1)]
     lines += ["", "== drain preview (read now; nothing was changed)"]
     for found in previews:
         lines += found.lines()
