@@ -170,3 +170,19 @@ def test_preview_names_every_kind_of_blocker_with_its_owner_and_fix():
     assert "demo/debug-shell (no controller)" in text and "demo/cache (ReplicaSet x)" in text
     alone = preview(pods, budgets, ["node5"], drain_timeout_s=600)
     assert not any("demo/pair" in i.what for i in alone)
+
+
+def test_nodes_without_osds_join_on_the_budgets_alone_and_ceph_is_not_asked():
+    plain = [Candidate(name=n, kube_node=n) for n in ("edge1", "edge2", "edge3")]
+
+    def never(osds):
+        raise AssertionError(f"Ceph asked about {osds} for nodes without OSDs")
+
+    grouped = batching.group(plain, limit=None, pools=POOLS, may_stop=never, budgets_refuse=lambda n: [])
+    assert [g.names for g in grouped] == [("edge1", "edge2", "edge3")]
+    assert "Ceph" not in grouped[0].why and "PodDisruptionBudgets let their pods go together" in grouped[0].why
+    split = batching.group(plain, limit=None, pools=POOLS, may_stop=never,
+                           budgets_refuse=lambda n: batching.simulate_evictions(
+                               [pod("demo/a", "edge1", {"app": "a"}), pod("demo/b", "edge3", {"app": "a"})],
+                               [budget("demo/a", {"app": "a"}, allowed=1)], n))
+    assert [g.names for g in split] == [("edge1", "edge2"), ("edge3",)]
