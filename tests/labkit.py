@@ -40,10 +40,10 @@ NET_OFFSETS = {
     "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
     "bench-16": 70,            # tests/bench: the bench's 16-node lab (bare) from a cold seed pin
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
+    "batches-preview": 84,     # tests/scenarios/test_batches_preview.py: 8 nodes in 4 racks (read-only)
     "storage-field": 2,        # tests/scenarios/test_storage_field.py: --domain, --rook v1.18.9, Rook's noout
     "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
     "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout
-    "batches-preview": 84,     # tests/scenarios/test_batches_preview.py: 8 nodes in 4 racks (read-only)
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
 }
