@@ -153,8 +153,10 @@ def plan_batches(access: "Access", profile: "Profile", candidates: Sequence["Nod
 
 
 def batches_from(view: ClusterView, ceph: "Ceph", limit: int | None) -> list[Batch]:
-    total = len({i for osds in view.tree.host_osds.values() for i in osds})
-    cap = min(total, limit * max(1, max((len(c.osds) for c in view.candidates), default=1))) if limit else total
+    # Ceph is asked for as many OSDs as the cluster has: its answer may hold OSDs of nodes that are
+    # not candidates (control plane, not selected), and any subset of it may stop too, so the
+    # limit is applied to the candidates taken from it, never to the question.
+    cap = len({i for osds in view.tree.host_osds.values() for i in osds})
 
     def may_stop(osds: tuple[int, ...]) -> batching.StopAnswer:
         reading = ceph.ok_to_stop(osds, max_osds=max(cap, len(osds)))
