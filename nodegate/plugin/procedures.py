@@ -390,14 +390,13 @@ def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
 def _drain_preview_lines(access: Access, run: NodegateRun) -> list[str]:
     """The batches (with --parallel) and what would block, wait or be lost draining each node and
     each batch, read before the window (nodegate.upgrade.batches)."""
-    from nodegate.upgrade.batches import plan_batches, plan_preview
+    from nodegate.upgrade.batches import plan_with_preview
 
     if access.kube is None or access.ceph is None:
         return ["", "== drain preview: not read (the Kubernetes API could not be reached)"]
     parallel = getattr(run.options, "parallel", 1)
     try:
-        batches = plan_batches(access, run.profile, list(run.nodes), None if parallel == 0 else parallel)
-        previews = plan_preview(access, run.profile, list(run.nodes), batches)
+        batches, previews = plan_with_preview(access, run.profile, list(run.nodes), None if parallel == 0 else parallel)
     except Exception as exc:  # noqa: BLE001 - the plan is still shown; the preview says why it is missing
         return ["", f"== drain preview: could not be read: {exc}"]
     lines = ["", "== batches"]

@@ -46,6 +46,10 @@ def alone_reason(node: "NodeSpec") -> str | None:
     return None
 
 
+def one_at_a_time(candidates: Sequence["NodeSpec"]) -> list[Batch]:
+    return [Batch((n.name,), f"{n.name}: {alone_reason(n) or 'one node at a time'}") for n in candidates]
+
+
 def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"a batch limit is a whole number of nodes of at least 1, or None for auto, not {limit!r}",
@@ -143,7 +147,7 @@ def plan_batches(access: "Access", profile: "Profile", candidates: Sequence["Nod
     Reads only; without the Kubernetes API or Ceph every node goes alone, and the why says so."""
     check_limit(limit)
     if limit == 1 or len(candidates) < 2:
-        return [Batch((n.name,), f"{n.name}: {alone_reason(n) or 'one node at a time'}") for n in candidates]
+        return one_at_a_time(candidates)
     kube, ceph = access.kube, access.ceph
     if kube is None or ceph is None:
         return [Batch((n.name,), f"{n.name}: {alone_reason(n) or 'alone: the Kubernetes API and Ceph cannot be read'}")
@@ -200,19 +204,27 @@ def preview_drains(view: ClusterView, profile: "Profile", groups: Sequence[Seque
 
 
 def plan_preview(access: "Access", profile: "Profile", candidates: Sequence["NodeSpec"],
-                 batches: Sequence[Batch]) -> list[Preview]:
+                 batches: Sequence[Batch], *, view: ClusterView | None = None) -> list[Preview]:
     """Plan mode's drain preview: every candidate on its own, then every batch of more than one node.
     Read-only; empty when the API or Ceph cannot be read (plan mode says so itself)."""
     kube, ceph = access.kube, access.ceph
     if kube is None or ceph is None or not candidates:
         return []
-    view = read_view(kube, ceph, profile, candidates)
+    view = view or read_view(kube, ceph, profile, candidates)
     groups = [(n.name,) for n in candidates] + [b.nodes for b in batches if len(b.nodes) > 1]
     return preview_drains(view, profile, groups)
 
 
-def node_drain_issues(profile: "Profile", kube_node: str, pods: Sequence["PodSummary"], pdbs: Sequence["PdbSummary"],
-                      *, rook_manages: bool) -> list[DrainIssue]:
-    """The drain preview of one node from pods and budgets already read (the preflight's)."""
-    return drain_issues(budget_pods(pods), budgets_of(pdbs, profile.ceph.namespace), [kube_node],
-                        drain_timeout_s=profile.upgrade.drain_timeout_s, rook_manages=rook_manages)
+def plan_with_preview(access: "Access", profile: "Profile", candidates: Sequence["NodeSpec"],
+                      limit: int | None) -> tuple[list[Batch], list[Preview]]:
+    """plan_batches and plan_preview on one reading of the cluster (plan mode)."""
+    check_limit(limit)
+    kube, ceph = access.kube, access.ceph
+    if kube is None or ceph is None or not candidates:
+        return plan_batches(access, profile, candidates, limit), []
+    view = read_view(kube, ceph, profile, candidates)
+    if limit == 1 or len(candidates) < 2:
+        batches = one_at_a_time(candidates)
+    else:
+        batches = batches_from(view, ceph, limit)
+    return batches, plan_preview(access, profile, candidates, batches, view=view)
