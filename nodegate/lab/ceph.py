@@ -38,6 +38,10 @@ ADMIN = "client.admin"
 POOL = "rbd"
 IMAGE = "lab-disk"
 PG_NUM = 16
+# With racks the rbd pool takes more PGs, as a real pool has many: with 16 PGs over 8 OSDs two OSDs
+# of different racks often share no PG, and `ok-to-stop` then lets them stop together, which a real
+# rack-aware cluster's hundreds of PGs never allow. 64 make such a pair ~1 in 10^4.
+PG_NUM_RACKS = 64
 BLOCK_SIZE = 4 << 30           # sparse: only what bluestore writes takes disk space
 OSD_MEMORY_TARGET = 896 << 20  # the smallest target ceph-osd accepts
 BLUESTORE_CACHE = 32 << 20
@@ -420,7 +424,8 @@ class LabCeph:
             rule_id = self._json("osd", "crush", "rule", "dump", RACK_RULE)["rule_id"]
             self._batch([f"config set global osd_pool_default_crush_rule {rule_id}"])
             rule = RACK_RULE
-        self._batch([f"osd pool create {POOL} {PG_NUM} {PG_NUM} replicated {rule}".strip(),
+        pgs = PG_NUM_RACKS if rule else PG_NUM
+        self._batch([f"osd pool create {POOL} {pgs} {pgs} replicated {rule}".strip(),
                      f"osd pool application enable {POOL} rbd"])
         others = [pool for pool in self.pools() if pool != POOL] if rule else []
         if others:

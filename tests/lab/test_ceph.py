@@ -217,7 +217,8 @@ def test_racks_hold_the_hosts_in_turn_and_every_pool_spreads_over_racks(racked: 
                                                              check=True).stdout)}
     pools = json.loads(racked.run("osd", "pool", "ls", "detail", "-f", "json", check=True).stdout)
     assert pools and all(rules[p["crush_rule"]]["rule_name"] == "replicated_rack" for p in pools)
-    assert {(p["pool_name"], p["size"], p["min_size"]) for p in pools if p["pool_name"] == "rbd"} == {("rbd", 3, 2)}
+    assert {(p["pool_name"], p["size"], p["min_size"], p["pg_num"]) for p in pools if p["pool_name"] == "rbd"} == {
+        ("rbd", 3, 2, 64)}
     steps = rules[pools[0]["crush_rule"]]["steps"]
     assert any(s.get("type") == "rack" and s["op"].startswith("choose") for s in steps), steps
     assert racked.state().truly_healthy

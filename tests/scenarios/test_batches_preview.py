@@ -81,8 +81,7 @@ def test_batches_are_what_ceph_lets_stop_and_never_span_two_racks(racked: LabAcc
         answer = json.loads(ceph.run("osd", "ok-to-stop", str(ceph.osd_id(worker)), "--max", "8", "-f", "json").stdout)
         assert answer["ok_to_stop"] and set(answer["osds"]) <= rack_osds[config.rack(config.node(worker))], answer
     # ... and Rook, managing its OSD budgets, lets one failure domain down at a time: every pair of
-    # workers from two racks is refused by its budget (with 17 PGs on 8 OSDs, Ceph alone may let a
-    # pair that shares no PG stop; a real cluster's hundreds of PGs do not)
+    # workers from two racks is refused by its budget too
     access = Access(racked.profile)
     try:
         view = read_view(access.kube, access.ceph, racked.profile, list(racked.profile.select("workers")))
@@ -151,21 +150,39 @@ def test_a_budget_of_one_disruption_keeps_two_nodes_apart_and_the_preview_names_
     assert "upgrade node4, node8 in different batches" in issue.fix
 
 
+def parallel_option() -> bool:
+    """Whether this nodegate has --parallel (the rollout plugin): then plan mode plans real batches."""
+    import dataclasses
+
+    from nodegate.plugin.options import RunOptions
+
+    return "parallel" in {f.name for f in dataclasses.fields(RunOptions)}
+
+
 def test_plan_mode_shows_the_batches_and_each_drain_preview(racked: LabAccess, tmp_path):
-    """`pytest procedures/ --node node4,node8` without --execute: the plan, then the batches and
-    the drain preview of each node, read from the cluster; nothing changed."""
+    """`pytest procedures/ --node node4,node8 [--parallel auto]` without --execute: the plan, then the
+    batches and the drain preview of each node (and batch), read from the cluster; nothing changed.
+    With --parallel auto the budget demo/pair keeps node4 and node8 in two batches and says so."""
+    parallel = ("--parallel", "auto") if parallel_option() else ()
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "procedures"), "--cluster", str(racked.config.dir / "cluster.toml"),
-           "--node", "node4,node8", "-p", "no:cacheprovider", *QUIET_PLUGINS, "--alluredir", str(tmp_path / "results")]
+           "--node", "node4,node8", *parallel, "-p", "no:cacheprovider", *QUIET_PLUGINS,
+           "--alluredir", str(tmp_path / "results")]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
     assert "== batches" in out and "== drain preview" in out, out[-4000:]
-    assert " 1. node4: one node at a time" in out and " 2. node8: one node at a time" in out, out[-4000:]
-    assert "drain node4:" in out and "drain node8:" in out, out[-4000:]
+    batches = out.split("== batches", 1)[1].split("== drain preview", 1)[0]
+    if parallel:
+        assert " 1. node4 alone: node8: PodDisruptionBudget demo/pair" in batches, batches
+        assert " 2. node8" in batches, batches
+    else:
+        assert " 1. node4: one node at a time" in batches and " 2. node8: one node at a time" in batches, batches
+    preview = out.split("== drain preview", 1)[1]
+    assert "drain node4:" in preview and "drain node8:" in preview, preview
     # what the API shows on the two nodes is what the preview names: emptyDir pods as lost, and no
     # wait on demo/pair for either node alone (one disruption is there to spend)
     for pod in racked.kube.list_pods(namespace="demo"):
         if pod.node in PAIR and pod.uses_emptydir:
-            assert f"loses: {pod.ref} " in out, (pod.ref, out[-3000:])
-    assert "demo/pair" not in out.split("== drain preview", 1)[1]
+            assert f"loses: {pod.ref} " in preview, (pod.ref, preview)
+    assert "demo/pair" not in preview, preview
     assert not racked.kube.node("node4").unschedulable and not racked.kube.node("node8").unschedulable
