@@ -32,12 +32,15 @@ NET_OFFSETS = {
     "access-ceph": 62,         # tests/access: standalone Ceph
     "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
+    "lab-ceph-racks": 83,      # tests/lab/test_ceph.py: 6-node Ceph in 3 racks
+    "lab-rook-budgets": 85,    # tests/lab/test_rook_budgets.py: 4 nodes in 2 racks, Rook's OSD budgets
     "lab-etcd": 65,            # tests/lab/test_etcd.py
     "lab-access": 66,          # tests/lab/test_lab_access.py: HTTPS, ubuntu, port 2222, bastion
     "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password
     "access-scenarios": 68,    # tests/scenarios/test_access.py: its own full lab
     "bench-16": 70,            # tests/bench: the bench's 16-node lab (bare) from a cold seed pin
     "lab-apiserver": 71,       # tests/lab/test_apiserver*.py (one module at a time)
+    "batches-preview": 84,     # tests/scenarios/test_batches_preview.py: 8 nodes in 4 racks (read-only)
     "storage-field": 2,        # tests/scenarios/test_storage_field.py: --domain, --rook v1.18.9, Rook's noout
     "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
     "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout

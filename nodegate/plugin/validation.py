@@ -146,6 +146,7 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
         wanted.append(reads.lock)
     if needs_kube and "test_pods_evictable" in selected:
         wanted += [functools.partial(reads.eviction_blockers, spec.kube_node) for spec in specs]
+        wanted += [reads.pdbs, reads.rook_settings]     # the drain preview's budgets and Rook's setting
     if needs_ssh and "test_apt_update_clean" in selected:
         wanted += [functools.partial(reads.apt_update, n) for n in names]
     if needs_ssh and "test_nothing_upgradable" in selected:

@@ -193,3 +193,10 @@ def test_a_node_that_cannot_boot_ends_lab_up_with_a_message_naming_it_and_its_lo
     pids = lab_processes(lab_dir)
     cli("lab", "down", "--dir", str(lab_dir))
     assert_nothing_left(lab_dir, pids)
+
+
+@pytest.mark.parametrize("racks", ["1", "5"])
+def test_racks_outside_two_to_the_node_count_are_refused_before_anything_starts(cli, tmp_path, racks):
+    result = cli("lab", "up", "--dir", str(tmp_path / "lab"), "--nodes", "4", "--racks", racks, check=False)
+    assert result.returncode != 0 and "--racks must be 2 to the number of nodes (4)" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "lab").exists()

@@ -6,7 +6,8 @@ Written from rook ``pkg/operator/ceph/disruption/clusterdisruption/osd.go`` and 
   ``osdMaintenanceTimeout`` is whole minutes, 0 meaning 30 (``DefaultMaintenanceTimeout``);
 - an OSD is down when its Deployment has no ready replica; its failure domain is the
   Deployment's ``topology-location-<domain type>`` label (here: host); its node is the
-  ``hostname`` of ``ceph osd metadata``, and a down OSD on an unschedulable node means a drain;
+  ``hostname`` of ``ceph osd metadata``, and a down OSD on an unschedulable node means a drain
+  (in a lab with racks the domain is the ``topology-location-rack`` label: the pools' domain);
 - PGs are clean when every PG state matches Rook's default ``pgHealthyRegex``;
 - OSDs down and PGs not clean: the first drained failure domain becomes the draining one with
   ``set-no-out`` (a down domain without a drain becomes draining without noout); OSDs up and
@@ -16,7 +17,13 @@ Written from rook ``pkg/operator/ceph/disruption/clusterdisruption/osd.go`` and 
   stamp, noout is **unset** while the domain is still draining; on every other failure domain
   noout is unset. Only CRUSH-unit flags (``osd set-group``/``unset-group``) are touched,
   never per-OSD flags.
-- the state lives in the ConfigMap ``rook-ceph-pdbstatemap`` as Rook keeps it.
+- the state lives in the ConfigMap ``rook-ceph-pdbstatemap`` as Rook keeps it;
+- the OSD budgets (rook ``design/ceph/ceph-managed-disruptionbudgets.md``): while no domain drains,
+  the default ``rook-ceph-osd`` (``maxUnavailable: 1`` over every OSD pod); once one does, a blocking
+  ``rook-ceph-osd-<type>-<domain>`` (``maxUnavailable: 0``) on every *other* failure domain and no
+  default, so the rest of the draining domain may go down too and no other domain may; back to the
+  default once the state is reset. The domain type is the lowest the pools enforce: rack in a lab
+  with racks (its OSD Deployments carry ``topology-location-rack``), host otherwise.
 
 The lab's CephCluster may carry ``lab.nodegate.io/osd-maintenance-timeout-seconds`` so a test can
 use seconds instead of Rook's whole minutes; nothing else differs.
@@ -36,6 +43,8 @@ log = logging.getLogger("nodegate.lab.disruption")
 
 CEPHCLUSTERS = resources.find("ceph.rook.io", "v1", "cephclusters")
 CONFIGMAPS = resources.find("", "v1", "configmaps")
+PDBS = resources.find("policy", "v1", "poddisruptionbudgets")
+DEFAULT_PDB = "rook-ceph-osd"
 DEPLOYMENTS = resources.find("apps", "v1", "deployments")
 NODES = resources.find("", "v1", "nodes")
 NAMESPACE = "rook-ceph"
@@ -46,7 +55,8 @@ SET_NOOUT_KEY = "set-no-out"
 DEFAULT_TIMEOUT_S = 30 * 60.0
 SECONDS_ANNOTATION = "lab.nodegate.io/osd-maintenance-timeout-seconds"
 PG_HEALTHY = re.compile(r"^active(\+(clean|deep|scrubbing|snaptrim|snaptrim_wait))+$")
-DOMAIN_LABEL = "topology-location-host"     # the lab's pools use failure domain host
+DOMAIN_LABEL = "topology-location-host"     # the failure domain of a lab's pools without racks
+RACK_LABEL = "topology-location-rack"       # ... and with racks
 ACTIVE_EVERY_S = 2.0                        # while a drain or down OSD is in view
 IDLE_EVERY_S = 15.0
 
@@ -157,12 +167,14 @@ class DisruptionController:
     def _inputs(self) -> tuple[dict | None, list[tuple[str, int, bool]], dict[str, bool]]:
         cluster = self.store.find(CEPHCLUSTERS, NAMESPACE, "rook-ceph")
         osds = []
-        for dep in self.store.peek(DEPLOYMENTS, NAMESPACE):
+        deps = self._osd_deployments()
+        label = self._domain_label(deps)
+        for dep in deps:
             labels = dep["metadata"].get("labels") or {}
-            if labels.get("app") != "rook-ceph-osd" or not labels.get(DOMAIN_LABEL):
+            if not labels.get(label):
                 continue
             ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
-            osds.append((labels[DOMAIN_LABEL], int(labels.get("ceph-osd-id", -1)), ready < 1))
+            osds.append((labels[label], int(labels.get("ceph-osd-id", -1)), ready < 1))
         nodes = {n["metadata"]["name"]: bool((n.get("spec") or {}).get("unschedulable"))
                  for n in self.store.peek(NODES)}
         return cluster, osds, nodes
@@ -196,11 +208,49 @@ class DisruptionController:
             if data != (state_map.get("data") or {}):
                 state_map["data"] = data
                 self.store.update(CONFIGMAPS, state_map)
+            self._osd_budgets(data.get(DRAINING_KEY) or "", domains)
             if down or data.get(DRAINING_KEY):
                 self._next = time.time() + ACTIVE_EVERY_S
         except Exception as exc:  # the next pass retries, as Rook's requeue does
             log.warning("rook disruption pass failed: %s", exc)
             self._next = time.time() + ACTIVE_EVERY_S
+
+    def _osd_deployments(self) -> list[dict]:
+        return [d for d in self.store.peek(DEPLOYMENTS, NAMESPACE)
+                if (d["metadata"].get("labels") or {}).get("app") == "rook-ceph-osd"]
+
+    @staticmethod
+    def _domain_label(deps: list[dict]) -> str:
+        return RACK_LABEL if any((d["metadata"].get("labels") or {}).get(RACK_LABEL) for d in deps) else DOMAIN_LABEL
+
+    def _osd_budgets(self, draining: str, domains: list[str]) -> None:
+        """Rook's OSD budgets while ``draining`` ('' : none) is the draining failure domain."""
+        label = self._domain_label(self._osd_deployments())
+        kind = label.rsplit("-", 1)[1]
+        wanted = {}
+        if draining:
+            for domain in domains:
+                if domain != draining:
+                    wanted[f"{DEFAULT_PDB}-{kind}-{domain}"] = {"selector": {"matchLabels": {label: domain}},
+                                                                "maxUnavailable": 0}
+        else:
+            wanted[DEFAULT_PDB] = {"selector": {"matchLabels": {"app": "rook-ceph-osd"}}, "maxUnavailable": 1}
+        changed = False
+        for pdb in self.store.peek(PDBS, NAMESPACE):
+            name = pdb["metadata"]["name"]
+            if (name == DEFAULT_PDB or name.startswith(f"{DEFAULT_PDB}-")) and name not in wanted:
+                log.info("rook disruption: deleting PodDisruptionBudget %s", name)
+                self.store.delete(PDBS, NAMESPACE, name)
+        for name, spec in wanted.items():
+            if self.store.find(PDBS, NAMESPACE, name) is None:
+                log.info("rook disruption: creating PodDisruptionBudget %s", name)
+                self.store.create(PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                         "metadata": {"name": name, "namespace": NAMESPACE,
+                                                      "labels": {"app": "rook-ceph-osd", "rook_cluster": NAMESPACE}},
+                                         "spec": spec})
+                changed = True
+        if changed:
+            self.cluster.reconcile_pdbs()
 
     @staticmethod
     def _read(ceph, any_down: bool) -> tuple[dict, dict, list]:
