@@ -87,16 +87,36 @@ def test_control_plane_can_lose_node(node, reads, profile):
 
 
 @pytest.mark.preflight
-def test_pods_evictable(node, reads, evidence):
+def test_pods_evictable(node, reads, profile, evidence, notice):
+    """The drain preview of the node: what would block its drain (a budget with no disruption left,
+    a single-replica budget, Rook's OSD budgets while another failure domain is down, a grace period
+    longer than the drain timeout) fails; what would only wait or be lost for good is a notice."""
+    from nodegate.core.drainpreview import BLOCKS
+    from nodegate.upgrade.batches import node_drain_issues
+
     blockers = reads.eviction_blockers(node.kube_node)
     pods = reads.pods_on(node.kube_node)
     evidence.table(f"{node.name}: pods", ["pod", "owner", "ready", "restarts"],
                    [[p.ref, p.owner_kind or "none", p.ready, p.restarts] for p in pods])
+    rook = reads.rook_settings()
+    issues = node_drain_issues(profile, node.kube_node, pods, reads.pdbs(),
+                               rook_manages=rook.found and rook.manage_pod_budgets)
+    evidence.table(f"{node.name}: drain preview", ["severity", "pod", "owner", "what", "fix"],
+                   [[i.severity, i.pod, i.owner, i.what, i.fix] for i in issues])
+    for issue in issues:
+        if issue.severity != BLOCKS:
+            notice(f"drain of {node.name}: {issue.describe()}")
+    blocking = [i for i in issues if i.severity == BLOCKS]
     if blockers:
         fail_check(f"{len(blockers)} pod(s) on {node.name} cannot be evicted now: their PodDisruptionBudget "
-                   "allows no disruption, so a drain would hang", details=[str(b) for b in blockers],
+                   "allows no disruption, so a drain would hang",
+                   details=[str(b) for b in blockers] + [i.describe() for i in blocking],
                    fix="make the PDB's pods healthy elsewhere (scale up, fix the unhealthy replicas) or relax the "
                        "PodDisruptionBudget before draining")
+    if blocking:
+        fail_check(f"{len(blocking)} pod(s) on {node.name} would block its drain "
+                   f"(timeout {profile.upgrade.drain_timeout_s:g} s)", details=[i.describe() for i in blocking],
+                   fix="; ".join(dict.fromkeys(i.fix for i in blocking)))
 
 
 @pytest.mark.preflight

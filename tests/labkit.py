@@ -32,6 +32,7 @@ NET_OFFSETS = {
     "access-ceph": 62,         # tests/access: standalone Ceph
     "lab-ceph": 63,            # tests/lab/test_ceph.py: 3-node Ceph
     "lab-ceph-single": 64,     # tests/lab/test_ceph.py: 1-node Ceph
+    "lab-ceph-racks": 83,      # tests/lab/test_ceph.py: 6-node Ceph in 3 racks
     "lab-etcd": 65,            # tests/lab/test_etcd.py
     "lab-access": 66,          # tests/lab/test_lab_access.py: HTTPS, ubuntu, port 2222, bastion
     "lab-sudo": 67,            # tests/lab/test_lab_access.py: a bare node whose sudo asks a password

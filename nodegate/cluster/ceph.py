@@ -26,6 +26,7 @@ from nodegate.core.retry import CEPH_COMMAND, log_retry
 
 if TYPE_CHECKING:
     from nodegate.cluster.kube.client import Kube
+    from nodegate.core.batching import CrushTree, PoolDomain
     from nodegate.profile.model import CephSettings
 
 log = logging.getLogger("nodegate.ceph")
@@ -221,14 +222,27 @@ class Ceph:
     def rm_noout(self, osd_ids: Sequence[int]) -> CephCommandResult:
         return self.run(["osd", "rm-noout", *(f"osd.{i}" for i in osd_ids)])
 
-    def ok_to_stop(self, osd_ids: Sequence[int]) -> Reading[parsing.OkToStop]:
-        """`ceph osd ok-to-stop IDS`: rc 0 = yes; rc 16 (EBUSY) = no, with the reasons still in the JSON."""
+    def ok_to_stop(self, osd_ids: Sequence[int], *, max_osds: int | None = None) -> Reading[parsing.OkToStop]:
+        """`ceph osd ok-to-stop IDS [--max N]`: rc 0 = yes; rc 16 (EBUSY) = no, with the reasons still in
+        the JSON. With ``max_osds`` Ceph answers a larger set (up to N OSDs, IDS included) that may
+        stop together (Pacific and later; ceph/ceph #39455, #39726) in ``.osds``."""
         if not osd_ids:
             result = CephCommandResult(args=(), rc=0, stdout="", stderr="", duration=0.0, via="(nothing to ask)")
             return Reading(value=parsing.OkToStop(ok=True, message="no OSDs to stop"), raw="", result=result)
-        result = self.run(["osd", "ok-to-stop", *map(str, osd_ids), "-f", "json"], expect=(0, EBUSY))
+        extra = ("--max", str(int(max_osds))) if max_osds else ()
+        result = self.run(["osd", "ok-to-stop", *map(str, osd_ids), *extra, "-f", "json"], expect=(0, EBUSY))
         return Reading(value=parsing.parse_ok_to_stop(result.stdout, result.rc, result.stderr), raw=result.stdout,
                        result=result)
+
+    def crush_layout(self) -> tuple["CrushTree", list["PoolDomain"]]:
+        """The CRUSH tree (each host's OSDs and the buckets above it) and each pool's failure domain
+        (`ceph osd tree`, `ceph osd pool ls detail`, `ceph osd crush rule dump`)."""
+        from nodegate.core.batching import parse_crush_tree, pool_domains
+
+        tree = parse_crush_tree(self.run(["osd", "tree", "-f", "json"]).stdout)
+        pools = pool_domains(self.run(["osd", "pool", "ls", "detail", "-f", "json"]).stdout,
+                             self.run(["osd", "crush", "rule", "dump", "-f", "json"]).stdout)
+        return tree, pools
 
     def osd_flags(self) -> Reading[parsing.OsdFlags]:
         """Global, per-CRUSH-node and per-OSD flags from `ceph osd dump`."""

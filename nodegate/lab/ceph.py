@@ -44,6 +44,7 @@ BLUESTORE_CACHE = 32 << 20
 STOP_GRACE_S = 10.0            # SIGTERM → SIGKILL
 CLI_TIMEOUT_S = 30.0
 WARNING_FLAG = "noscrub"
+RACK_RULE = "replicated_rack"  # with racks: replicas in different racks (`chooseleaf firstn 0 type rack`)
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +264,13 @@ class LabCeph:
         return [MON, MGR, *(self._osd_entity(n.name) for n in self.config.nodes)]
 
     def pool_size(self) -> tuple[int, int]:
-        """Replicas and min_size: three copies on separate hosts, fewer in smaller labs."""
-        size = min(3, len(self.config.nodes))
-        return size, size - size // 2  # Ceph's own default min_size for that size
+        """Replicas and min_size: three copies in separate failure domains (hosts, or racks with
+        --racks), fewer where there are fewer domains; min_size is Ceph's own default for the size
+        (size 3: 2). So, as on a real rack-aware cluster, `ok-to-stop` lets one whole rack stop
+        (each PG keeps two copies) and refuses two racks (some PG would keep one, below min_size)."""
+        domains = self.config.racks or len(self.config.nodes)
+        size = min(3, domains)
+        return size, size - size // 2
 
     def _conf_text(self, fsid: str) -> str:
         c = self.config
@@ -346,8 +351,9 @@ class LabCeph:
             # The CRUSH host is what Rook names it: the node's hostname label with '.' -> '-'
             # (rook NormalizeCrushName), so host-level flags (set-group noout) and OSD_HOST_DOWN
             # name the node as on a real cluster, FQDN nodes included.
+            # With racks the OSD's start (`osd crush update on start`) puts its host under its rack.
             lines += ["", f"[{self._osd_entity(node.name)}]",
-                      f"crush location = root=default host={node.crush_host}"]
+                      f"crush location = {self.config.crush_location(node)}"]
         return "\n".join(lines) + "\n"
 
     def _write_keyrings(self) -> Path:
@@ -405,9 +411,20 @@ class LabCeph:
         log.info("ceph: mon, mgr, %d OSDs made in %.1f s", len(osd_uuids), time.monotonic() - began)
         for node in self.config.nodes:
             self.start_osd(node.name)
-        # Size and min_size come from the pool defaults in ceph.conf.
-        self._batch([f"osd pool create {POOL} {PG_NUM} {PG_NUM} replicated",
+        # Size and min_size come from the pool defaults in ceph.conf. With racks every pool takes
+        # the rack rule, the mgr's own (created when it likes) too: as the operator of a rack-aware
+        # cluster sets it, through the default rule for new pools and the rule of existing ones.
+        rule = ""
+        if self.config.racks:
+            self._batch([f"osd crush rule create-replicated {RACK_RULE} default rack"])
+            rule_id = self._json("osd", "crush", "rule", "dump", RACK_RULE)["rule_id"]
+            self._batch([f"config set global osd_pool_default_crush_rule {rule_id}"])
+            rule = RACK_RULE
+        self._batch([f"osd pool create {POOL} {PG_NUM} {PG_NUM} replicated {rule}".strip(),
                      f"osd pool application enable {POOL} rbd"])
+        others = [pool for pool in self.pools() if pool != POOL] if rule else []
+        if others:
+            self._batch([f"osd pool set {pool} crush_rule {RACK_RULE}" for pool in others])
         self._write_data()
         log.info("ceph: data written at %.1f s", time.monotonic() - began)
         state = self.wait_healthy(max(1.0, timeout - (time.monotonic() - began)))
@@ -472,6 +489,9 @@ class LabCeph:
         if self._run_dir != self.dir / "run":
             shutil.rmtree(self._run_dir, ignore_errors=True)
         self.conf.unlink(missing_ok=True)
+
+    def pools(self) -> list[str]:
+        return self.run("osd", "pool", "ls", check=True).stdout.split()
 
     # -- health --------------------------------------------------------------------
     def state(self) -> CephState:

@@ -54,6 +54,10 @@ def add_parser(subparsers) -> None:
     up.add_argument("--domain", default="", metavar="DOMAIN",
                     help="name Kubernetes Nodes <node>.DOMAIN (hostname label too; Rook's CRUSH hosts then read "
                          "<node>-DOMAIN with dashes) while the inventory keeps short names")
+    up.add_argument("--racks", type=int, default=0, metavar="N",
+                    help="put the nodes' CRUSH hosts in N racks (in turn: node1 in rack1, node2 in rack2, ...) and "
+                         "give the pools a rule that places replicas in different racks (default: no racks, "
+                         "replicas on different hosts)")
     up.add_argument("--osd-maintenance-timeout", type=float, default=ROOK_MAINTENANCE_TIMEOUT_S, metavar="S",
                     help="seconds the lab's Rook disruption controller keeps noout on a drained node "
                          "(Rook's osdMaintenanceTimeout; default 1800 = Rook's 30 min)")
@@ -165,6 +169,9 @@ def cmd_up(args) -> int:
         raise UsageError(f"--net must be 0 to 255, not {args.net}")
     if args.domain and not valid_domain(args.domain):
         raise UsageError(f"--domain {args.domain!r} is not a DNS domain", fix="e.g. --domain example.internal")
+    if args.racks and not 2 <= args.racks <= args.nodes:
+        raise UsageError(f"--racks must be 2 to the number of nodes ({args.nodes}), not {args.racks}",
+                         fix="use --racks N with 2 <= N <= --nodes, or leave it out for hosts without racks")
     if args.osd_maintenance_timeout <= 0:
         raise UsageError(f"--osd-maintenance-timeout must be positive seconds, not {args.osd_maintenance_timeout:g}")
     started = time.monotonic()
@@ -182,7 +189,7 @@ def cmd_up(args) -> int:
                         bastion=args.bastion, domain=args.domain,
                         osd_maintenance_timeout_s=args.osd_maintenance_timeout,
                         manage_pod_budgets=args.manage_pod_budgets,
-                        osd_down_out_interval_s=args.osd_down_out_interval)
+                        osd_down_out_interval_s=args.osd_down_out_interval, racks=args.racks)
     prepare_node_layers(say=print)
     print(f"starting a {len(config.nodes)}-node lab in {lab_dir} (net {config.net})")
     proc = start_supervisor(config)

@@ -94,6 +94,9 @@ class LabConfig:
     manage_pod_budgets: bool = False
     osd_maintenance_timeout_s: float = ROOK_MAINTENANCE_TIMEOUT_S
     osd_down_out_interval_s: float = 600.0   # Ceph's mon_osd_down_out_interval default
+    # --racks N: CRUSH hosts in N racks (node i in rack ((i-1) mod N)+1) and pools whose rule
+    # places replicas in different racks; 0: hosts straight under the root, rule domain host.
+    racks: int = 0
     token: str = field(default="", repr=False)  # the API server's bearer token: a secret
     api_tls: bool = DEFAULT_API_TLS   # HTTPS with the lab's CA (pki.py); False: plain HTTP
     ssh_user: str = DEFAULT_SSH_USER  # the user the lab's profile and inventory log in as
@@ -121,6 +124,21 @@ class LabConfig:
     @property
     def csi_operator(self) -> bool:
         return rook_tuple(self.rook_version) >= CSI_OPERATOR_FROM
+
+    def rack(self, node: LabNode) -> str | None:
+        """The CRUSH rack of a node's host (None without --racks): racks take the nodes in turn,
+        so the control plane spreads over racks as it does in a data centre."""
+        return f"rack{(node.index - 1) % self.racks + 1}" if self.racks else None
+
+    def crush_location(self, node: LabNode) -> str:
+        """The OSD's `crush location` (root, rack when there are racks, host)."""
+        rack = self.rack(node)
+        return f"root=default {f'rack={rack} ' if rack else ''}host={node.crush_host}"
+
+    @property
+    def failure_domain(self) -> str:
+        """The CRUSH bucket type the lab's pools place replicas across."""
+        return "rack" if self.racks else "host"
 
     def kube_node(self, kube_name: str) -> LabNode | None:
         """The lab node whose Kubernetes Node is ``kube_name``."""
@@ -173,6 +191,9 @@ class LabConfig:
             raise ValueError(f"a sudo password only matters for a non-root login: use ssh_user {LOGIN_USER!r}")
         if settings.get("container_manager", "docker") not in CONTAINER_MANAGERS:
             raise ValueError(f"container manager must be one of {', '.join(CONTAINER_MANAGERS)}")
+        racks = settings.get("racks", 0)
+        if racks and not 2 <= racks <= n_nodes:
+            raise ValueError(f"--racks takes 2 to the number of nodes ({n_nodes}), not {racks}")
         net = settings.pop("net", 0)
         domain = settings.get("domain", "")
         if domain and not valid_domain(domain):

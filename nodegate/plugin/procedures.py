@@ -407,9 +407,31 @@ def build_plan(config: pytest.Config, run: NodegateRun) -> tuple[str, dict]:
                 lines.append(f"{i:2d}. {step.title}" + (f"   [{step.note}]" if step.note else ""))
                 for cmd in step.commands:
                     lines.append(f"      {cmd}")
+        lines += _drain_preview_lines(access, run)
     finally:
         access.close(keep_ssh_masters=False)
     return "\n".join(lines), plans
+
+
+def _drain_preview_lines(access: Access, run: NodegateRun) -> list[str]:
+    """The batches (with --parallel) and what would block, wait or be lost draining each node and
+    each batch, read before the window (nodegate.upgrade.batches)."""
+    from nodegate.upgrade.batches import plan_batches, plan_preview
+
+    if access.kube is None or access.ceph is None:
+        return ["", "== drain preview: not read (the Kubernetes API could not be reached)"]
+    parallel = getattr(run.options, "parallel", 1)
+    try:
+        batches = plan_batches(access, run.profile, list(run.nodes), None if parallel == 0 else parallel)
+        previews = plan_preview(access, run.profile, list(run.nodes), batches)
+    except Exception as exc:  # noqa: BLE001 - the plan is still shown; the preview says why it is missing
+        return ["", f"== drain preview: could not be read: {exc}"]
+    lines = ["", "== batches"]
+    lines += [f"{i:2d}. {', '.join(b.nodes)}: {b.why}" for i, b in enumerate(batches, 1)]
+    lines += ["", "== drain preview (read now; nothing was changed)"]
+    for found in previews:
+        lines += found.lines()
+    return lines
 
 
 def _write_plan(config: pytest.Config, text: str, plans: dict) -> None:

@@ -186,3 +186,52 @@ def _is_ceph(pid: int) -> bool:
             _cmdline(pid).startswith("ceph-")
     except (OSError, IndexError):
         return False
+
+
+# -- racks: the failure domains of a rack-aware cluster ---------------------------------------
+@pytest.fixture(scope="module")
+def racked(tmp_path_factory):
+    """Six nodes in three racks (node1 and node4 in rack1, node2 and node5 in rack2, ...), the
+    pools on a rule that places the three copies in three racks."""
+    config = LabConfig.new(tmp_path_factory.mktemp("racks"), 6, net=net_beside("lab-ceph-racks"), racks=3)
+    lab = LabCeph(config)
+    try:
+        lab.create(timeout=180)
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def ok_to_stop(lab: LabCeph, *ids: int, max_: int | None = None) -> tuple[int, dict]:
+    extra = ("--max", str(max_)) if max_ else ()
+    result = lab.run("osd", "ok-to-stop", *map(str, ids), *extra, "-f", "json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_racks_hold_the_hosts_in_turn_and_every_pool_spreads_over_racks(racked: LabCeph):
+    tree = json.loads(racked.run("osd", "tree", "-f", "json", check=True).stdout)
+    names = {n["id"]: n["name"] for n in tree["nodes"]}
+    racks = {n["name"]: sorted(names[c] for c in n["children"]) for n in tree["nodes"] if n["type"] == "rack"}
+    assert racks == {"rack1": ["node1", "node4"], "rack2": ["node2", "node5"], "rack3": ["node3", "node6"]}
+    rules = {r["rule_id"]: r for r in json.loads(racked.run("osd", "crush", "rule", "dump", "-f", "json",
+                                                             check=True).stdout)}
+    pools = json.loads(racked.run("osd", "pool", "ls", "detail", "-f", "json", check=True).stdout)
+    assert pools and all(rules[p["crush_rule"]]["rule_name"] == "replicated_rack" for p in pools)
+    assert {(p["pool_name"], p["size"], p["min_size"]) for p in pools if p["pool_name"] == "rbd"} == {("rbd", 3, 2)}
+    steps = rules[pools[0]["crush_rule"]]["steps"]
+    assert any(s.get("type") == "rack" and s["op"].startswith("choose") for s in steps), steps
+    assert racked.state().truly_healthy
+
+
+def test_ok_to_stop_lets_one_rack_stop_and_refuses_two(racked: LabCeph):
+    """size 3 / min_size 2 over three racks: a whole rack may stop (each PG keeps two copies),
+    one OSD in each of two racks may not (every PG would keep one). ceph/ceph #39455, #39726:
+    `--max N` answers the larger set that may stop with the ones asked."""
+    rc, same_rack = ok_to_stop(racked, 0, 3)
+    assert (rc, same_rack["ok_to_stop"]) == (0, True), same_rack
+    rc, two_racks = ok_to_stop(racked, 0, 1)
+    assert (rc, two_racks["ok_to_stop"]) == (16, False), two_racks
+    assert two_racks["bad_become_inactive"]
+    rc, grown = ok_to_stop(racked, 0, max_=6)
+    # --max grows the set within the CRUSH tree: to the rest of osd.0's rack, never another rack
+    assert rc == 0 and sorted(grown["osds"]) == [0, 3], grown

@@ -223,10 +223,13 @@ def seed_objects(config: LabConfig) -> list[tuple[str, dict]]:
                   "topology-location-host": node.crush_host, "topology-location-root": "default",
                   "failure-domain": node.crush_host, "portable": "false", "rook_cluster": "rook-ceph",
                   "app.kubernetes.io/name": "ceph-osd", "app.kubernetes.io/instance": str(osd_id)}
+        if config.rack(node):
+            # Rook labels an OSD with every CRUSH level of its location (topology-location-<type>).
+            labels["topology-location-rack"] = config.rack(node)
         objs.append(("Deployment", deployment("rook-ceph", f"rook-ceph-osd-{osd_id}", labels, pod_spec(
             [container("osd", CEPH_IMAGE, command=["ceph-osd"],
                        args=["--foreground", f"--id={osd_id}", "--fsid=$(ROOK_CEPH_FSID)",
-                             f"--crush-location=root=default host={node.crush_host}"],
+                             f"--crush-location={config.crush_location(node)}"],
                        securityContext={"privileged": True})],
             tolerations=TOLERATE_CP, node_selector={"kubernetes.io/hostname": node.kube_name},
             priority_class="system-node-critical", service_account="rook-ceph-osd",
