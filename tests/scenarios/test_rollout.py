@@ -1,8 +1,8 @@
 """Rollouts on a rack-aware lab: batches upgraded side by side (--parallel auto), a failure inside a
 batch, and the maintenance window (--window-minutes).
 
-The lab: 8 nodes in 4 CRUSH racks (`nodegate lab up --racks 4`; node5 in rack1, node6 in rack2,
-node7 in rack3, node8 in rack4), its pools raised to size 4 (min_size 2) across the racks, as an
+The lab: 8 nodes in 4 CRUSH racks (`nodegate lab up --racks 4`; node i in rack ((i-1) mod 4)+1, so
+node4 and node8 share rack4), its pools raised to size 4 (min_size 2) across the racks, as an
 operator runs a rack-aware cluster that may lose two racks: `ceph osd ok-to-stop --max` then lets
 the OSDs of two racks stop together. The lab's CephCluster has managePodBudgets false, and Rook
 creates its OSD PodDisruptionBudget only when managePodBudgets is true (rook
@@ -28,9 +28,9 @@ from nodegate.upgrade.rollout import cluster_journals
 
 pytestmark = pytest.mark.lab
 
-BATCHED = ("node5", "node6")      # rack1 and rack2: Ceph lets them stop together
-AFTER = "node7"                   # the next batch's only node
-WINDOWED = ("node4", "node8")     # the window scenario's nodes (untouched until then)
+BATCHED = ("node4", "node8")      # rack4: Ceph lets the rack's OSDs stop together
+AFTER = "node6"                   # the next batch's only node
+WINDOWED = ("node5", "node7")     # the window scenario's nodes (untouched until then)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def assert_untouched(lab: LabAccess, op: Operator, node: str) -> None:
 
 
 def test_a_failure_in_one_node_lets_the_batch_finish_and_starts_no_further_batch(rack_lab, operator):
-    """node6's gate fails (a held package at another version than the inventory's: a lab fault);
-    node5, in the same batch, finishes; node7's batch does not start; the rerun resumes."""
+    """node8's gate fails (a held package at another version than the inventory's: a lab fault);
+    node4, in the same batch, finishes; node6's batch does not start; the rerun resumes."""
     started = time.monotonic()
     failing = BATCHED[1]
     subprocess.run(["python", "-m", "nodegate", "lab", "fault", "held-version-drift", "--node", failing,
@@ -131,7 +131,7 @@ def test_a_failure_in_one_node_lets_the_batch_finish_and_starts_no_further_batch
     assert batch and batch[-1]["data"]["batch_nodes"] == list(BATCHED)
     first_s = time.monotonic() - started
 
-    # the rerun, the fault cleared: node6 resumes from its gate, node5 is re-verified, node7's batch runs
+    # the rerun, the fault cleared: node8 resumes from its gate, node4 is re-verified, node6's batch runs
     subprocess.run(["python", "-m", "nodegate", "lab", "fault", "held-version-drift", "--clear", "--node", failing,
                     "--dir", str(rack_lab.config.dir)], check=True, capture_output=True, timeout=300)
     again = operator.run(rack_lab.config.dir / "cluster.toml", "--node", nodes, "--parallel", "auto", timeout=1800)
@@ -148,7 +148,7 @@ def test_a_failure_in_one_node_lets_the_batch_finish_and_starts_no_further_batch
 
 def test_a_window_too_short_upgrades_what_fits_and_names_what_is_left(rack_lab, operator):
     """With the journals of the earlier runs as history, a window that fits one node's p95 but not two:
-    node4 is upgraded, node8 is not started and is named as left for the next window."""
+    node5 is upgraded, node7 is not started and is named as left for the next window."""
     journal_dir = operator.reports / "runs" / "journal" / "nodegate-lab"
     expected = expectations(STEP_NAMES, step_samples(cluster_journals(journal_dir)))
     assert all(expected[s].samples for s in ("drain", "release_upgrade", "kubespray")), \
