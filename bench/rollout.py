@@ -52,7 +52,7 @@ def raw_script(lab: Path, records: list[dict]) -> tuple[str, str]:
     per_node: dict[str, list[str]] = defaultdict(list)
     cluster: list[str] = []
     for r in records:
-        if r["kind"] == "ssh":
+        if r["kind"] == "ssh" and "node" in r:
             per_node[r["node"]].append(f"{ssh} {shlex.quote(r['node'])} {shlex.quote(r['what'])} >/dev/null 2>&1")
         elif r["kind"] == "api":
             method, url = r["what"].split(" ", 1)
