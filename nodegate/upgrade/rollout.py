@@ -90,8 +90,10 @@ def run_step(ups: Sequence["Upgrade"], step: str) -> list[NodeResult]:
                 thread.join(0.5)
     except KeyboardInterrupt:
         going = [t.name.removeprefix("nodegate-") for t in threads if t.is_alive()]
-        log.warning("interrupted: %s end(s) step %s first, then the batch stops there (Ctrl-C again stops at once; "
-                    "the journal then shows the step started and a rerun re-verifies it)", ", ".join(going), step)
+        if going:
+            log.warning("interrupted: %s end(s) step %s first, then the batch stops there (Ctrl-C again stops at "
+                        "once; the journal then shows the step started and a rerun re-verifies it)", ", ".join(going),
+                        step)
         for thread in threads:
             thread.join()
         raise
