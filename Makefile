@@ -51,9 +51,10 @@ TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks tests/repo
 TEST_B := tests/procedures tests/scenarios/test_course.py tests/scenarios/test_interrupts.py \
 	tests/scenarios/test_stuck_and_refused.py
 TEST_C := tests/scenarios/test_access.py tests/scenarios/test_storage_field.py \
-	tests/scenarios/test_first_commands.py tests/scenarios/test_control_plane.py
+	tests/scenarios/test_first_commands.py tests/scenarios/test_control_plane.py tests/scenarios/test_rollout.py
 TEST_D := tests/scenarios/test_release_path.py tests/scenarios/test_kubespray_v2_28.py \
-	tests/scenarios/test_toolchain_gate.py tests/scenarios/test_journal_trust.py tests/scenarios/test_batches_preview.py
+	tests/scenarios/test_toolchain_gate.py tests/scenarios/test_journal_trust.py tests/scenarios/test_batches_preview.py \
+	tests/scenarios/test_rollout_racks.py
 PYTEST_FLAGS := -p no:randomly -x -q -rfE --durations=15
 TEST_NET_A ?= 0
 TEST_NET_B ?= 40

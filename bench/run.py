@@ -21,12 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fleet, preflight, procedure, startup
+from bench import fleet, preflight, procedure, rollout, startup
 from bench.common import ROOT, lab_nodes, table
 
-GOALS = {  # figure: (limit, unit)
+GOALS = {  # figure: (limit, unit); AT_LEAST: the figure must reach the limit, the others stay within it
     "preflight_ratio": (1.5, "×"),
-    "fleet_ratio": (2.5, "×"),
+    "fleet_vs_raw": (1.3, "×"),
+    "cpu_per_node_s": (0.2, "s"),
+    "rollout_speedup": (1.7, "×"),
     "fleet_memory_mb": (500, "MB"),
     "ready_latency_s": (1.0, "s"),
     "health_latency_s": (1.0, "s"),
@@ -34,6 +36,8 @@ GOALS = {  # figure: (limit, unit)
     "startup_s": (1.5, "s"),
 }
 
+
+AT_LEAST = ("rollout_speedup",)
 
 DEFAULT_NET = 40
 LAB_UP_TIMEOUT_S = 900
@@ -44,11 +48,11 @@ class LabNotUp(Exception):
     that failed and its log)."""
 
 
-def lab_up(lab: Path, *, nodes: int, net: int, bare: bool = False) -> None:
+def lab_up(lab: Path, *, nodes: int, net: int, bare: bool = False, extra: tuple[str, ...] = ()) -> None:
     """`nodegate lab up` for the bench (its output streams through). A lab that does not come up
     is taken down again, whatever `lab up` left running, and LabNotUp says why."""
     argv = [sys.executable, "-m", "nodegate", "lab", "up", "--dir", str(lab), "--nodes", str(nodes),
-            "--net", str(net)] + (["--bare"] if bare else [])
+            "--net", str(net)] + (["--bare"] if bare else []) + list(extra)
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
@@ -83,6 +87,7 @@ def run_all(lab: Path, *, tiny: bool) -> dict:
         ("preflight", lambda: preflight.measure(lab, node=upgraded, reps=1 if tiny else 3, tiny=tiny)),
         ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16],
                                         workers=2 if tiny else max(2, os.cpu_count() or 2), tiny=tiny)),
+        ("fleet_vs_raw", lambda: rollout.measure_fleet(lab, reps=1 if tiny else 2, tiny=tiny)),
         ("procedure", lambda: procedure.measure(lab, node=upgraded, tiny=tiny, ready_node=rebooted)),
     ]
     for name, measure in sections:
@@ -93,11 +98,28 @@ def run_all(lab: Path, *, tiny: bool) -> dict:
     return figures
 
 
+def measure_rollout_lab(lab: Path, *, net: int) -> dict:
+    """rollout_speedup on its own lab: 10 nodes (8 workers) in 4 racks, brought up and taken down here."""
+    started = time.monotonic()
+    print("bench: rollout …", flush=True)
+    try:
+        lab_up(lab, nodes=rollout.ROLLOUT_NODES, net=net, extra=("--racks", str(rollout.ROLLOUT_RACKS)))
+    except LabNotUp as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return {}
+    try:
+        return rollout.measure_rollout(lab)
+    finally:
+        lab_down(lab)
+        print(f"bench: rollout done in {time.monotonic() - started:.0f}s", flush=True)
+
+
 def verdicts(figures: dict) -> dict:
     out = {}
     for key, (limit, _) in GOALS.items():
         value = figures.get(key)
-        out[key] = None if value is None else (value < limit if key == "fleet_memory_mb" else value <= limit)
+        out[key] = None if value is None else (value < limit if key == "fleet_memory_mb" else
+                                               value >= limit if key in AT_LEAST else value <= limit)
     return out
 
 
@@ -106,7 +128,7 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
     for key, (limit, unit) in GOALS.items():
         value = figures.get(key)
         shown = "-" if value is None else f"{value:g}{'' if unit == '×' else ' ' + unit}"
-        goal = f"{'<' if key == 'fleet_memory_mb' else '≤'} {limit:g}{'' if unit == '×' else ' ' + unit}"
+        goal = f"{'<' if key == 'fleet_memory_mb' else '≥' if key in AT_LEAST else '≤'} {limit:g}{'' if unit == '×' else ' ' + unit}"
         out.append((key, shown, goal, {True: "met", False: "MISSED", None: "not measured"}[met[key]]))
     out.append(("preflight pytest / shell", f"{figures.get('preflight_pytest_s', '-')} s / "
                 f"{figures.get('preflight_shell_s', '-')} s", "", ""))
@@ -119,6 +141,11 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
     out.append(("fleet CPU nodegate / lab", ", ".join(f"{k}: {cpu[k]} / {lab_cpu.get(k, '-')} s" for k in cpu)
                 + f"; no xdist: {figures.get('fleet_serial_cpu_s', '-')} / {figures.get('fleet_serial_lab_cpu_s', '-')} s",
                 "", ""))
+    out.append(("fleet_vs_raw nodegate / script", f"{figures.get('fleet_vs_raw_nodegate_s', '-')} s / "
+                f"{figures.get('fleet_vs_raw_script_s', '-')} s ({figures.get('fleet_vs_raw_nodes', '?')} nodes, "
+                f"fleet_ratio {figures.get('fleet_ratio', '-')})", "", ""))
+    out.append(("rollout one at a time / auto", f"{figures.get('rollout_one_at_a_time_s', '-')} s / "
+                f"{figures.get('rollout_parallel_s', '-')} s, batches {figures.get('rollout_batches', '-')}", "", ""))
     out.append(("one ceph status (toolbox)", f"{figures.get('health_probe_s', '-')} s", "", ""))
     out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
                 f"{figures.get('procedure_external_s', '-')} s", "", ""))
@@ -133,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"address octet of the lab started here (default $NODEGATE_BENCH_NET, else {DEFAULT_NET})")
     parser.add_argument("--dir", type=Path, default=ROOT / ".lab-bench", help="folder of the lab started here")
     parser.add_argument("--keep-lab", action="store_true")
-    parser.add_argument("--tiny", action="store_true", help="each bench once on a tiny input")
+    parser.add_argument("--tiny", action="store_true", help="each bench once on a tiny input (no rollout_speedup)")
+    parser.add_argument("--no-rollout", action="store_true", help="leave rollout_speedup out (it upgrades 16 nodes)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
     lab = args.lab or args.dir
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started_here and not args.keep_lab:
             lab_down(lab)
+    if not args.tiny and not args.no_rollout:
+        figures.update(measure_rollout_lab(args.dir.parent / (args.dir.name + "-racks"), net=args.net + 1))
     met = verdicts(figures)
     result = {
         "figures": {k: figures.get(k) for k in GOALS},
@@ -166,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print()
     print(table(rows(figures, met)))
+    for line in rollout.budget_lines(figures):
+        print(line)
     print(f"\nresults: {args.out}")
     return 0
 

@@ -68,7 +68,7 @@ def install() -> None:
     import nodegate.upgrade.engine
 
     _wrap(nodegate.cluster.nodes.ssh.NodeHost, "_execute", "ssh",
-          lambda self, command, stdin=None: (command, {"node": self.name}))
+          lambda self, command, *a, **k: (command, {"node": self.name}))
     _wrap(nodegate.cluster.ceph.Ceph, "_run_once", "ceph",
           lambda self, args, expect: (" ".join(args), {"mode": self.settings.mode}))
     _wrap(urllib3.connectionpool.HTTPConnectionPool, "urlopen", "api",

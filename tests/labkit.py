@@ -45,6 +45,8 @@ NET_OFFSETS = {
     "first-commands": 77,      # tests/scenarios/test_first_commands.py: a lab in a clean copy's ./.lab
     "kubespray-v2.28": 78,     # tests/scenarios/test_kubespray_v2_28.py: a lab with Kubespray v2.28's layout
     "control-plane": 79,       # tests/scenarios/test_control_plane.py: 5 nodes, 3 control plane + etcd
+    "rollout": 81,             # tests/scenarios/test_rollout.py: 8 nodes in 4 racks
+    "rollout-racks": 80,       # tests/scenarios/test_rollout_racks.py: 10 nodes in 4 racks
     "extra-labs": 100,         # tests/conftest.py make_lab: 100, 101, ... upwards
     "kubespray-standin": 150,  # tests/lab/test_kubespray_standin.py
 }

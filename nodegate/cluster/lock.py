@@ -75,6 +75,11 @@ class LockInfo:
     def held(self) -> bool:
         return bool(self.holder)
 
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes it is held for: one, or the nodes of a batch upgraded side by side (comma-separated)."""
+        return tuple(n for n in (self.node or "").split(",") if n)
+
     @classmethod
     def from_lease(cls, lease: LeaseInfo) -> "LockInfo":
         return cls(namespace=lease.namespace, name=lease.name, holder=lease.holder or None,

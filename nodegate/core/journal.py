@@ -124,12 +124,17 @@ class Journal:
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able state for the Node annotation (no secrets, no command output)."""
-        last = self.last()
-        return {
+        records = self.records()
+        last = records[-1] if records else None
+        summary = {
             "run": self.run_id, "target": self.target,
             "step": last.step if last else None, "status": last.status if last else None,
             "at": int(last.at) if last else None,
         }
+        batch = latest_value(records, "batch_nodes")
+        if batch:     # upgraded side by side with other nodes (--parallel): which batch
+            summary["batch"] = f"{latest_value(records, 'batch')}: {','.join(batch)}"
+        return summary
 
 
 def _safe(text: str) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:   # imported lazily at run time: keep startup cheap
+    from nodegate.core.budget import WindowEnd
     from nodegate.core.knowledge import UbuntuRelease
     from nodegate.profile.model import NodeSpec, Profile
 
@@ -45,13 +46,22 @@ class RunOptions:
     restart_journal: bool = False
     become_password_env: str | None = None   # the NAME of the variable, never its value
     ask_become_pass: bool = False            # read sudo's password once from the terminal
+    parallel: int = 1                        # nodes upgraded side by side at most; 0: as many as is safe (auto)
+    window_end: WindowEnd | None = None      # --window-end, resolved when the run starts
+    window_minutes: float | None = None      # --window-minutes
 
     @property
     def active(self) -> bool:
         """Any nodegate option given: then the profile is read and checked up front."""
         return any((self.cluster, self.node, self.target_release, self.execute, self.ticket,
                     self.trust_new_host_keys, self.take_over_stale_lock, self.drain_timeout_s is not None,
-                    self.restart_journal, self.become_password_env, self.ask_become_pass))
+                    self.restart_journal, self.become_password_env, self.ask_become_pass, self.parallel != 1, self.window_end,
+                    self.window_minutes))
+
+    @property
+    def rollout(self) -> bool:
+        """Batches or a time budget were asked for (nodegate.plugin.batches runs the procedures then)."""
+        return self.parallel != 1 or self.window_end is not None or self.window_minutes is not None
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "gate: the way out when a journal cannot be resumed")
     group.addoption("--drain-timeout", metavar="SECONDS", default=None,
                     help="give up draining a node after this many seconds (default from the profile)")
+    group.addoption("--parallel", metavar="auto|N", default=1, type=parallel_value,
+                    help="upgrade up to N nodes side by side, in batches Ceph and the PodDisruptionBudgets allow "
+                         "(auto: as many as they allow); default 1, one node at a time")
+    group.addoption("--window-end", metavar="HH:MM TZ", default=None, type=window_end_value,
+                    help="the maintenance window ends at HH:MM in a time zone (23:30+01:00, 23:30 Europe/Berlin): "
+                         "a node or batch not expected (p95) to finish by then is not started")
+    group.addoption("--window-minutes", metavar="N", default=None, type=window_minutes_value,
+                    help="the maintenance window ends N minutes after the run starts (see --window-end)")
+
+
+def parallel_value(text: str) -> int:
+    """--parallel: "auto" (0 inside nodegate) or a whole number of nodes >= 1."""
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() == "auto":
+        return 0
+    if not re.fullmatch(r"\d{1,4}", text.strip()) or int(text) < 1:
+        raise pytest.UsageError(
+            f"--parallel {text!r} is not auto or a whole number of nodes\n"
+            "  fix: give --parallel auto (as many nodes side by side as Ceph and the PDBs allow) or --parallel N "
+            "(N >= 1; 1 is one node at a time, the default)")
+    return int(text)
+
+
+def window_end_value(text: str) -> "WindowEnd":
+    from nodegate.core.budget import parse_window_end
+
+    try:
+        return parse_window_end(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--window-end {exc}\n  fix: give the end of the maintenance window with its time "
+                                "zone, e.g. --window-end 23:30+01:00 or --window-end '23:30 Europe/Berlin'") from None
+
+
+def window_minutes_value(text: str) -> float:
+    from nodegate.core.budget import parse_window_minutes
+
+    try:
+        return parse_window_minutes(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--window-minutes {exc}\n  fix: give how many minutes the window has left, "
+                                "e.g. --window-minutes 90") from None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -167,7 +219,12 @@ def _read_options(config: pytest.Config) -> RunOptions:
                          ticket=ticket, trust_new_host_keys=bool(get("trust_new_host_keys")),
                          take_over_stale_lock=bool(get("take_over_stale_lock")), drain_timeout_s=drain_s,
                          restart_journal=bool(get("restart_journal")), become_password_env=become_env,
-                         ask_become_pass=ask)
+                         ask_become_pass=ask, parallel=get("parallel"), window_end=get("window_end"),
+                         window_minutes=get("window_minutes"))
+    if options.window_end is not None and options.window_minutes is not None:
+        raise pytest.UsageError(
+            "--window-end and --window-minutes both say when the window ends\n"
+            "  fix: give only one of them")
     if options.execute and not options.node:
         raise pytest.UsageError(
             "--execute needs --node: nodegate changes only the nodes it is told to\n"

@@ -61,6 +61,11 @@ def _executing(run: NodegateRun | None) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.nodes and run.options.rollout:
+        # batches and the time budget: a plugin of their own, loaded only when asked for
+        from nodegate.plugin import batches
+
+        config.pluginmanager.register(batches, batches.PLUGIN_NAME)
     if not _executing(run):
         return
     # Progress of long steps and waits must reach the terminal while they run.
@@ -97,10 +102,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     procedures = [i for i in items if _is_procedure(i, config.rootpath)]
     if not procedures:
         return
+    from nodegate.plugin.batches import BATCH_TEST, unit_index, uses_batch_items
+
+    # one node at a time: the node's own items; batches (--parallel): the batch items
+    batched = uses_batch_items(config)
+    unused = [i for i in procedures if (getattr(i, "originalname", i.name) == BATCH_TEST) != batched]
+    if unused:
+        config.hook.pytest_deselected(items=unused)
+        procedures = [i for i in procedures if i not in unused]
+        items[:] = [i for i in items if i not in unused]
     rank = {n.name: i for i, n in enumerate(run.nodes)}
     position = {id(item): i for i, item in enumerate(items)}
 
     def key(item: pytest.Item) -> tuple[int, int]:
+        index = unit_index(item)
+        if index is not None:
+            return (index, position[id(item)])
         node = _node_name(item)
         return (rank.get(node, len(rank)), position[id(item)])
 
@@ -119,8 +136,17 @@ def _node_name(item: pytest.Item) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     failed = item.config.stash.get(FIRST_FAILURE, None)
-    if failed and _is_procedure(item, item.config.rootpath):
+    if failed and _is_procedure(item, item.config.rootpath) and not _finishes_its_batch(item):
         pytest.skip(f"not run: {failed} failed, and a procedure stops at its first failure")
+
+
+def _finishes_its_batch(item: pytest.Item) -> bool:
+    """The other nodes of a batch in which one node failed go on to the batch's end."""
+    if item.config.pluginmanager.get_plugin("nodegate-batches") is None:
+        return False
+    from nodegate.plugin.batches import continues_batch
+
+    return continues_batch(item)
 
 
 @pytest.hookimpl(hookwrapper=True)

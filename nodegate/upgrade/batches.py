@@ -228,3 +228,10 @@ def plan_with_preview(access: "Access", profile: "Profile", candidates: Sequence
     else:
         batches = batches_from(view, ceph, limit)
     return batches, plan_preview(access, profile, candidates, batches, view=view)
+
+
+def node_drain_issues(profile: "Profile", kube_node: str, pods: Sequence["PodSummary"], pdbs: Sequence["PdbSummary"],
+                      *, rook_manages: bool) -> list[DrainIssue]:
+    """The drain preview of one node from pods and budgets already read (the preflight's)."""
+    return drain_issues(budget_pods(pods), budgets_of(pdbs, profile.ceph.namespace), [kube_node],
+                        drain_timeout_s=profile.upgrade.drain_timeout_s, rook_manages=rook_manages)

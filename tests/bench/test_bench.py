@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-FIGURES = ("preflight_ratio", "fleet_ratio", "fleet_memory_mb", "ready_latency_s", "health_latency_s",
+FIGURES = ("preflight_ratio", "fleet_vs_raw", "cpu_per_node_s", "fleet_memory_mb", "ready_latency_s", "health_latency_s",
            "overhead_s", "startup_s")
 
 
@@ -30,6 +30,8 @@ def test_every_bench_runs_once_on_a_tiny_input(lab, tmp_path):
     assert details["preflight_pytest_s"] > 0 and details["preflight_shell_s"] > 0
     assert set(details["fleet_cost_s"]) == {"1", "2"}
     assert details["fleet_one_result_per_node_and_check"] is True
+    assert details["fleet_vs_raw_reads"]["ssh"] >= 1 and details["fleet_vs_raw_script_s"][0] > 0
+    assert result["goals"]["rollout_speedup"]["met"] is None     # not measured on a tiny input
     # the gate ran its checks (passing or not: the session's lab may carry what earlier tests left)
     assert details["procedure_rc"] in (0, 1), details["procedure_failed"]
     assert details["procedure_wall_s"] >= details["procedure_external_s"] > 0

@@ -41,7 +41,7 @@ class Lock(Step):
     def verify(self, up: Upgrade) -> str:
         assert up.lock is not None
         info = up.lock.state()
-        if info is None or info.holder != up.lock.holder or info.node != up.name:
+        if info is None or info.holder != up.lock.holder or up.name not in info.nodes:
             raise StepFailed("the upgrade lock is not held for this run: "
                              + (info.describe() if info is not None else "there is no lock"))
         return info.describe()
@@ -152,6 +152,6 @@ class Unlock(Step):
     def verify(self, up: Upgrade) -> str:
         if up.lock is not None:
             info = up.lock.state()
-            if info is not None and info.held and info.holder == up.lock.holder and info.node == up.name:
+            if info is not None and info.held and info.holder == up.lock.holder and up.name in info.nodes:
                 raise StepFailed(f"the upgrade lock is still held for this node: {info.describe()}")
         return "lock released"

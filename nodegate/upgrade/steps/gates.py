@@ -46,7 +46,7 @@ class Gate(Step):
         # A resumed upgrade is past its gate (the node is cordoned, maybe on the new release: the
         # preflight, written for an untouched node, no longer applies) only when the live state
         # proves the node is mid-upgrade by this journal; a record alone never skips the preflight.
-        later = [r.step for r in up.records() if r.step not in ("begin", self.name, "lock", "etcd_quorum")]
+        later = [r.step for r in up.records() if r.step not in ("begin", "batch", self.name, "lock", "etcd_quorum")]
         if not later or up.agreement is None:
             return None
         status = up.need_kube().node(up.kube_name)
