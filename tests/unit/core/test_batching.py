@@ -1,5 +1,5 @@
 """Batches and the drain preview: pure logic over real Ceph 16.2 JSON (tests/unit/data/ceph_racks, from
-the lab's 3-rack Ceph; /work/shared/reference for hosts without racks) and budgets as the API has them."""
+the lab's 3-rack Ceph; tests/unit/core/parsing/data/ceph, the reference capture, for hosts without racks) and budgets as the API has them."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from nodegate.core.batching import Budget, BudgetPod, Candidate, StopAnswer
 from nodegate.core.drainpreview import BLOCKS, LOSES, WAITS, preview
 
 RACKS = Path(__file__).resolve().parent / "data" / "ceph_racks"
-REFERENCE = Path(__file__).resolve().parents[2] / "../shared/reference/ceph-16.2.15"
+REFERENCE = Path(__file__).resolve().parent / "parsing" / "data" / "ceph"
 
 
 def racks_text(name: str) -> str:
