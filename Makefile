@@ -43,48 +43,56 @@ image: venv
 	$(PY) -m nodegate.lab.image
 	$(PY) -m nodegate.lab.kubespray
 
-# The suite runs as four streams side by side, each with its own lab and address octet (labs a
-# stream brings up beside its own take octets offset from it: tests/labkit.py NET_OFFSETS). The
-# upgrade runs (procedures, scenarios) spend most of their time waiting on reboots and daemons, so
-# overlapping them keeps `make test` inside its 30 minutes. Streams B-D print after stream A.
+# The suite runs as six streams side by side, each with its own lab and address octet (labs a
+# stream brings up beside its own take octets offset from it: tests/labkit.py NET_OFFSETS; the
+# stream octets are chosen so that no two streams' labs share one). The upgrade runs (procedures,
+# scenarios) spend most of their time waiting on reboots and daemons, so overlapping them keeps
+# `make test` inside its 30 minutes. Streams B-F print after stream A.
 TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks tests/reports tests/bench
 TEST_B := tests/procedures tests/scenarios/test_course.py tests/scenarios/test_interrupts.py \
 	tests/scenarios/test_stuck_and_refused.py
 TEST_C := tests/scenarios/test_access.py tests/scenarios/test_storage_field.py \
-	tests/scenarios/test_first_commands.py tests/scenarios/test_control_plane.py tests/scenarios/test_rollout.py
+	tests/scenarios/test_first_commands.py tests/scenarios/test_rollout_racks.py
 TEST_D := tests/scenarios/test_release_path.py tests/scenarios/test_kubespray_v2_28.py \
-	tests/scenarios/test_toolchain_gate.py tests/scenarios/test_journal_trust.py tests/scenarios/test_batches_preview.py \
-	tests/scenarios/test_rollout_racks.py
+	tests/scenarios/test_toolchain_gate.py tests/scenarios/test_journal_trust.py tests/scenarios/test_batches_preview.py
+TEST_E := tests/scenarios/test_control_plane.py
+TEST_F := tests/scenarios/test_rollout.py
 PYTEST_FLAGS := -p no:randomly -x -q -rfE --durations=15
 TEST_NET_A ?= 0
 TEST_NET_B ?= 40
 TEST_NET_C ?= 120
 TEST_NET_D ?= 160
-TEST_ALL := $(TEST_A) $(TEST_B) $(TEST_C) $(TEST_D)
+TEST_NET_E ?= 210
+TEST_NET_F ?= 10
+TEST_ALL := $(TEST_A) $(TEST_B) $(TEST_C) $(TEST_D) $(TEST_E) $(TEST_F)
 test: setup
 	@for d in tests/*/; do [ "$$d" = tests/__pycache__/ ] || [ "$$d" = tests/scenarios/ ] || \
-	  case " $(TEST_ALL) " in *" $${d%/} "*) ;; *) echo "$$d is in no test stream (Makefile TEST_A..D)"; exit 1;; esac; done
+	  case " $(TEST_ALL) " in *" $${d%/} "*) ;; *) echo "$$d is in no test stream (Makefile TEST_A..F)"; exit 1;; esac; done
 	@for f in tests/scenarios/test_*.py; do case " $(TEST_ALL) " in *" $$f "*) ;; \
-	  *) echo "$$f is in no test stream (Makefile TEST_B..D)"; exit 1;; esac; done
+	  *) echo "$$f is in no test stream (Makefile TEST_B..F)"; exit 1;; esac; done
 	$(PY) -m ruff check .
 	@mkdir -p .make; \
 	NODEGATE_TEST_NET=$(TEST_NET_B) $(PY) -m pytest $(TEST_B) $(PYTEST_FLAGS) > .make/test-b.log 2>&1 & b=$$!; \
 	NODEGATE_TEST_NET=$(TEST_NET_C) $(PY) -m pytest $(TEST_C) $(PYTEST_FLAGS) > .make/test-c.log 2>&1 & c=$$!; \
 	NODEGATE_TEST_NET=$(TEST_NET_D) $(PY) -m pytest $(TEST_D) $(PYTEST_FLAGS) > .make/test-d.log 2>&1 & d=$$!; \
+	NODEGATE_TEST_NET=$(TEST_NET_E) $(PY) -m pytest $(TEST_E) $(PYTEST_FLAGS) > .make/test-e.log 2>&1 & e=$$!; \
+	NODEGATE_TEST_NET=$(TEST_NET_F) $(PY) -m pytest $(TEST_F) $(PYTEST_FLAGS) > .make/test-f.log 2>&1 & f=$$!; \
 	echo "== stream A: $(TEST_A)"; \
 	NODEGATE_TEST_NET=$(TEST_NET_A) $(PY) -m pytest $(TEST_A) $(PYTEST_FLAGS); a=$$?; \
-	wait $$b; rb=$$?; wait $$c; rc=$$?; wait $$d; rd=$$?; \
+	wait $$b; rb=$$?; wait $$c; rc=$$?; wait $$d; rd=$$?; wait $$e; re=$$?; wait $$f; rf=$$?; \
 	echo "== stream B: $(TEST_B)"; cat .make/test-b.log; \
 	echo "== stream C: $(TEST_C)"; cat .make/test-c.log; \
 	echo "== stream D: $(TEST_D)"; cat .make/test-d.log; \
-	echo "== stream A exit $$a, stream B exit $$rb, stream C exit $$rc, stream D exit $$rd"; \
-	exit $$(( a != 0 || rb != 0 || rc != 0 || rd != 0 ))
+	echo "== stream E: $(TEST_E)"; cat .make/test-e.log; \
+	echo "== stream F: $(TEST_F)"; cat .make/test-f.log; \
+	echo "== stream A exit $$a, B exit $$rb, C exit $$rc, D exit $$rd, E exit $$re, F exit $$rf"; \
+	exit $$(( a != 0 || rb != 0 || rc != 0 || rd != 0 || re != 0 || rf != 0 ))
 
 # Not part of `make test`: the long streams (procedures, scenarios) run SOAK_COUNT times on one lab
 # (address octet SOAK_NET), then the failure rate per test and the log of every failure.
 # e.g. make soak SOAK_COUNT=20 SOAK_TESTS=tests/scenarios/test_interrupts.py SOAK_NET=29
 SOAK_COUNT ?= 5
-SOAK_TESTS ?= $(TEST_B) $(TEST_C) $(TEST_D)
+SOAK_TESTS ?= $(TEST_B) $(TEST_C) $(TEST_D) $(TEST_E) $(TEST_F)
 SOAK_NET ?= $(TEST_NET_A)
 SOAK_ARGS ?=
 soak: setup
