@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodegate.cluster.resume import REFUSE, RESTART_OPTION, STALE
+from nodegate.cluster.resume import RESTART_OPTION
 from nodegate.core import postconditions as post
 from nodegate.core.errors import NodegateError, PermanentError, UsageError
-from nodegate.core.incarnation import INCARNATION_KEY
 from nodegate.core.interrupts import checkpoint
 from nodegate.core.journal import ANNOTATION, Journal, StepRecord, latest_value
 from nodegate.core.knowledge import UbuntuRelease, ubuntu_release
@@ -42,8 +41,7 @@ if TYPE_CHECKING:
     from nodegate.cluster.kube.client import Kube
     from nodegate.cluster.lock import ClusterLock
     from nodegate.cluster.nodes.ssh import NodeHost, Nodes
-    from nodegate.cluster.resume import Judgement
-    from nodegate.core.incarnation import Agreement, Incarnation
+    from nodegate.core.incarnation import Agreement
     from nodegate.profile.model import NodeSpec, Profile
 
 log = logging.getLogger("nodegate.upgrade")
@@ -208,100 +206,22 @@ class Upgrade:
 
     # -- the journal, limited to the current attempt ---------------------------------------------
     def begin(self, *, record: bool = True) -> str:
-        """Decide whether this run resumes an upgrade in progress or starts one; returns what it decided.
-        A journal is resumed only when it describes the live node and the cluster's record agrees
-        (nodegate.cluster.resume); a stale one is put aside (renamed) and the run starts from the
-        gate. With ``record=False`` (plan mode) nothing is written or renamed."""
-        records = self.journal.records()
-        last_begin = max((i for i, r in enumerate(records) if r.step == "begin"), default=None)
-        current = records[last_begin:] if last_begin is not None else []
-        complete = any(r.step == "complete" and r.status == "done" for r in current)
-        resumable = bool(current) and (not complete or self._live_release() == self.target.version)
-        said = ""
-        if self.options.restart_journal:      # nothing is judged: a new journal starts from the gate
-            if records:
-                said = self._set_aside(f"{RESTART_OPTION} was given", record=record, stale=False) + "; "
-            resumable = False
-        elif current or not records:
-            # a finished attempt is judged too: a stale journal is put aside even when it is not resumed
-            judged = self._judge(current or None)
-            if judged is not None and judged.verdict == REFUSE:
-                raise StepFailed(judged.text, fix=judged.fix)
-            if judged is not None and judged.verdict == STALE:
-                log.warning("%s", judged.text)
-                said = self._set_aside(judged.text, record=record, stale=True) + "; "
-                resumable = False
-            elif judged is not None and resumable:
-                self.agreement = judged.agreement
-                self._attempt_from = last_begin or 0
-                if complete:
-                    return (f"{self.name} was upgraded to {self.target.version} by run {current[-1].run_id}: "
-                            f"every step is re-verified ({judged.text})")
-                where = self._last_step(current)
-                return (f"resuming the upgrade of {self.name} to {self.target.version} begun in run "
-                        f"{current[0].run_id} (last recorded: {where}); {judged.text}")
-        self._attempt_from = len(self.journal.records()) if record else len(records)
-        if not record:
-            return said + f"would start the upgrade of {self.name} to {self.target.version} from the gate"
-        live = self._live_incarnation()
-        self.journal.record("begin", "started", detail=f"upgrade of {self.name} to {self.target.version}",
-                            target=self.target.version, ticket=self.options.ticket,
-                            **{INCARNATION_KEY: live.as_data()})
-        self._attempt_from = len(self.journal.records()) - 1
-        return said + f"starting the upgrade of {self.name} to {self.target.version} (run {self.options.run_id})"
+        """Decide whether this run resumes an upgrade in progress or starts one; returns what it
+        decided (nodegate.upgrade.attempt). With ``record=False`` (plan mode) nothing is written."""
+        from nodegate.upgrade.attempt import begin_attempt
 
-    def _live_incarnation(self) -> "Incarnation":
-        from nodegate.cluster.node_identity import incarnation
-        from nodegate.cluster.resume import wait_for_node
+        return begin_attempt(self, record=record)
 
-        kube = self.need_kube()
-        live = wait_for_node(self.nodes, self.name, timeout=self.profile.upgrade.reboot_timeout_s(self.node),
-                             read=lambda host: incarnation(host, kube, self.kube_name))
-        missing = live.missing()
-        if missing:
-            raise StepFailed(f"could not read what identifies {self.name}: {', '.join(missing)} (a journal is bound "
-                             "to the node it describes)", fix="make the node and the API answer, then run again")
-        return live
+    def start_attempt_at(self, index: int) -> None:
+        """The journal records from ``index`` on are this attempt's (records() returns them)."""
+        self._attempt_from = index
 
-    def _judge(self, current: "Sequence[StepRecord] | None") -> "Judgement | None":
-        """The journal's attempt judged against the live node and the Node annotation; with no
-        journal (``current`` None), a refusal when the annotation shows another journal's upgrade."""
-        from nodegate.cluster.resume import Judgement, foreign_open_upgrade, judge, read_annotation
-
-        if self.kube is None:    # plan mode without the API: nothing to compare with
-            return None
-        annotation = read_annotation(self.kube, self.kube_name)
-        if current is None:
-            foreign = foreign_open_upgrade(annotation, node=self.name, target=self.target.version,
-                                           journal_path=str(self.journal.path))
-            if foreign is None:
-                return None
-            from nodegate.core.incarnation import FOREIGN, Agreement
-
-            return Judgement(REFUSE, foreign, live=None, agreement=Agreement(FOREIGN, foreign),  # type: ignore[arg-type]
-                             fix=f"run the same command from the machine that holds that journal (or copy it to "
-                                 f"{self.journal.path}); or, to start again from the gate here, add {RESTART_OPTION}")
-        return judge(records=current, live=self._live_incarnation(), annotation=annotation, node=self.name,
-                     target=self.target.version, journal_path=str(self.journal.path))
-
-    def _set_aside(self, reason: str, *, record: bool, stale: bool) -> str:
-        what = "the journal is stale" if stale else "the journal is set aside"
-        if not record:
-            return f"{what} ({reason}): the run would keep it aside, renamed, and start from the gate"
-        kept = self.journal.archive(reason)
-        log.warning("%s: %s; kept as %s; starting from the gate", self.name, what, kept)
-        return f"{what} ({reason}); kept as {kept} (renamed, not deleted); starting from the gate"
-
-    def _live_release(self) -> str | None:
+    def live_release(self) -> str | None:
+        """The node's VERSION_ID now, or None when it cannot be read."""
         try:
             return self.host.release.os_release().version_id
         except NodegateError:
             return None
-
-    @staticmethod
-    def _last_step(records: Sequence[StepRecord]) -> str:
-        last = next((r for r in reversed(records) if r.step != "begin"), None)
-        return f"step {last.step} {last.status}" if last else "nothing after the start"
 
     def records(self) -> list[StepRecord]:
         return self.journal.records()[self._attempt_from:]

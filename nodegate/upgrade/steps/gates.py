@@ -53,7 +53,7 @@ class Gate(Step):
         verdict = post.mid_upgrade(up.name, journal_cordoned_by=up.value("cordoned_by"),
                                    unschedulable=status.unschedulable, live_cordoned_by=status.cordoned_by,
                                    annotation=up.agreement.kind, annotation_detail=up.agreement.detail,
-                                   target=up.target.version, live_release=up._live_release(),
+                                   target=up.target.version, live_release=up.live_release(),
                                    release_recorded=up.finished("release_upgrade") is not None,
                                    completed=any(r.step == "complete" and r.status == "done" for r in up.records()))
         if not verdict.holds:

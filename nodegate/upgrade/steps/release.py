@@ -78,7 +78,7 @@ class Reboot(Step):
         next reboot step's business."""
         if self.name != "reboot":
             return True
-        return not up.finished("release_upgrade") and up._live_release() != up.target.version
+        return not up.finished("release_upgrade") and up.live_release() != up.target.version
 
     def verify(self, up: Upgrade) -> str:
         from nodegate.cluster.node_identity import boot_facts
