@@ -94,7 +94,13 @@ def run(tmp_path, gap: str, mode: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_one.py").write_text("def test_one():\n    print('inside the test')\n")
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                            str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"GAP": gap, "MODE": mode, "PATH": "/usr/bin:/bin"})
+                          env={"GAP": gap, "MODE": mode, "PATH": "/usr/bin:/bin"}, preexec_fn=_sigint_at_default)
+
+
+def _sigint_at_default() -> None:
+    """A suite started in the background by a shell without job control inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler: the child starts as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("gap", ["multicall", "context"])
