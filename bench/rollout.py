@@ -121,8 +121,7 @@ def measure_fleet(lab: Path, *, reps: int = 2, workers: int = 2, tiny: bool = Fa
 
 def prepare_racks_lab(lab: Path) -> None:
     """The operator's setup of the rack-aware cluster (see tests/scenarios/test_rollout.py)."""
-    import urllib.request
-
+    from nodegate.lab import apiclient
     from nodegate.lab.config import LabConfig
     from nodegate.lab.kubespray import apply_force_fix
 
@@ -131,12 +130,10 @@ def prepare_racks_lab(lab: Path) -> None:
         subprocess.run(["ceph", "-c", str(lab / "ceph.conf"), "osd", "pool", "set", pool, "size", "4"], check=True,
                        capture_output=True, timeout=60)
     config = LabConfig.load(lab)
-    request = urllib.request.Request(f"{config.api_url}/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/"
-                                     "rook-ceph-osd", method="DELETE", headers={"Authorization": f"Bearer {config.token}"})
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-    except OSError:
-        pass      # already gone
+    status, body = apiclient.request(config, "DELETE", "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/"
+                                     "rook-ceph-osd")
+    if status not in (200, 202, 404):      # 404: already gone
+        raise RuntimeError(f"deleting the lab's rook-ceph-osd budget answered {status}: {body}")
 
 
 def _wait_healthy(lab: Path, timeout: float = 600) -> None:

@@ -59,12 +59,10 @@ def ceph(config: LabConfig, *args: str) -> str:
 
 
 def _delete(config: LabConfig, path: str) -> None:
-    import urllib.request
+    from nodegate.lab import apiclient
 
-    request = urllib.request.Request(f"{config.api_url}{path}", method="DELETE",
-                                     headers={"Authorization": f"Bearer {config.token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status in (200, 202), response.status
+    status, body = apiclient.request(config, "DELETE", path)
+    assert status in (200, 202), (status, body)
 
 
 @pytest.fixture(scope="module")
