@@ -45,7 +45,9 @@ image: venv
 
 # The suite runs as six streams side by side, each with its own lab and address octet (labs a
 # stream brings up beside its own take octets offset from it: tests/labkit.py NET_OFFSETS; the
-# stream octets are chosen so that no two streams' labs share one). The upgrade runs (procedures,
+# stream octets are chosen so that no two streams' labs share one, counting the offsets modulo 250).
+# Each stream keeps its pytest temporary folders (labs, run logs, journals) under /tmp/ngt-<octet>,
+# so a failed stream's evidence is not cleaned away by the other streams' pytest sessions. The upgrade runs (procedures,
 # scenarios) spend most of their time waiting on reboots and daemons, so overlapping them keeps
 # `make test` inside its 30 minutes. Streams B-F print after stream A.
 TEST_A := tests/unit tests/plugin tests/lab tests/access tests/checks tests/reports tests/bench
@@ -62,8 +64,8 @@ TEST_NET_A ?= 0
 TEST_NET_B ?= 40
 TEST_NET_C ?= 120
 TEST_NET_D ?= 160
-TEST_NET_E ?= 210
-TEST_NET_F ?= 10
+TEST_NET_E ?= 73
+TEST_NET_F ?= 29
 TEST_ALL := $(TEST_A) $(TEST_B) $(TEST_C) $(TEST_D) $(TEST_E) $(TEST_F)
 test: setup
 	@for d in tests/*/; do [ "$$d" = tests/__pycache__/ ] || [ "$$d" = tests/scenarios/ ] || \
@@ -72,11 +74,11 @@ test: setup
 	  *) echo "$$f is in no test stream (Makefile TEST_B..F)"; exit 1;; esac; done
 	$(PY) -m ruff check .
 	@mkdir -p .make; \
-	NODEGATE_TEST_NET=$(TEST_NET_B) $(PY) -m pytest $(TEST_B) $(PYTEST_FLAGS) > .make/test-b.log 2>&1 & b=$$!; \
-	NODEGATE_TEST_NET=$(TEST_NET_C) $(PY) -m pytest $(TEST_C) $(PYTEST_FLAGS) > .make/test-c.log 2>&1 & c=$$!; \
-	NODEGATE_TEST_NET=$(TEST_NET_D) $(PY) -m pytest $(TEST_D) $(PYTEST_FLAGS) > .make/test-d.log 2>&1 & d=$$!; \
-	NODEGATE_TEST_NET=$(TEST_NET_E) $(PY) -m pytest $(TEST_E) $(PYTEST_FLAGS) > .make/test-e.log 2>&1 & e=$$!; \
-	NODEGATE_TEST_NET=$(TEST_NET_F) $(PY) -m pytest $(TEST_F) $(PYTEST_FLAGS) > .make/test-f.log 2>&1 & f=$$!; \
+	PYTEST_DEBUG_TEMPROOT=$$(mkdir -p /tmp/ngt-$(TEST_NET_B) && echo /tmp/ngt-$(TEST_NET_B)) NODEGATE_TEST_NET=$(TEST_NET_B) $(PY) -m pytest $(TEST_B) $(PYTEST_FLAGS) > .make/test-b.log 2>&1 & b=$$!; \
+	PYTEST_DEBUG_TEMPROOT=$$(mkdir -p /tmp/ngt-$(TEST_NET_C) && echo /tmp/ngt-$(TEST_NET_C)) NODEGATE_TEST_NET=$(TEST_NET_C) $(PY) -m pytest $(TEST_C) $(PYTEST_FLAGS) > .make/test-c.log 2>&1 & c=$$!; \
+	PYTEST_DEBUG_TEMPROOT=$$(mkdir -p /tmp/ngt-$(TEST_NET_D) && echo /tmp/ngt-$(TEST_NET_D)) NODEGATE_TEST_NET=$(TEST_NET_D) $(PY) -m pytest $(TEST_D) $(PYTEST_FLAGS) > .make/test-d.log 2>&1 & d=$$!; \
+	PYTEST_DEBUG_TEMPROOT=$$(mkdir -p /tmp/ngt-$(TEST_NET_E) && echo /tmp/ngt-$(TEST_NET_E)) NODEGATE_TEST_NET=$(TEST_NET_E) $(PY) -m pytest $(TEST_E) $(PYTEST_FLAGS) > .make/test-e.log 2>&1 & e=$$!; \
+	PYTEST_DEBUG_TEMPROOT=$$(mkdir -p /tmp/ngt-$(TEST_NET_F) && echo /tmp/ngt-$(TEST_NET_F)) NODEGATE_TEST_NET=$(TEST_NET_F) $(PY) -m pytest $(TEST_F) $(PYTEST_FLAGS) > .make/test-f.log 2>&1 & f=$$!; \
 	echo "== stream A: $(TEST_A)"; \
 	NODEGATE_TEST_NET=$(TEST_NET_A) $(PY) -m pytest $(TEST_A) $(PYTEST_FLAGS); a=$$?; \
 	wait $$b; rb=$$?; wait $$c; rc=$$?; wait $$d; rd=$$?; wait $$e; re=$$?; wait $$f; rf=$$?; \
