@@ -105,8 +105,10 @@ class Packages:
                 if e.installed and (wanted is None or e.name in wanted)}
 
     def upgradable(self) -> parsing.AptUpgradable:
-        """What `apt-get dist-upgrade` would do (simulated): upgrades, and held packages kept back."""
-        out = self.host.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], env=APT_ENV)
+        """What `apt-get dist-upgrade` would do (simulated): upgrades, and held packages kept back.
+        Through sudo: the simulation reads apt's lists, which a node whose root umask is stricter
+        than 022 (CIS-hardened images use 027) leaves unreadable to a non-root login."""
+        out = self.host.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], env=APT_ENV, sudo=True)
         return parsing.parse_apt_upgradable(out.stdout)
 
     def audit(self) -> str:
