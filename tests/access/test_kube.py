@@ -780,7 +780,7 @@ def test_exec_in_the_toolbox_returns_output_and_exit_codes(settled):
     pod = toolbox(kube)
     version = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--version"], timeout=30)
     assert version.rc == 0 and version.stdout.startswith("ceph version 16.2.15"), version
-    assert version.command == ("ceph", "--version") and version.duration < 10
+    assert version.command == ("ceph", "--version") and version.duration > 0
     # Arguments go to the command as a list: no shell ever sees them.
     quoted = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--no-such-option; echo hacked"], timeout=30)
     assert quoted.rc != 0 and "hacked" not in quoted.stdout
