@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fleet, preflight, procedure, startup
+from bench import fleet, preflight, procedure, ssh, startup
 from bench.common import ROOT, lab_nodes, table
 
 GOALS = {  # figure: (limit, unit)
@@ -80,6 +80,7 @@ def run_all(lab: Path, *, tiny: bool) -> dict:
     figures: dict = {}
     sections = [
         ("startup", lambda: startup.measure(lab, reps=1 if tiny else 5)),
+        ("ssh", lambda: ssh.measure(lab, node=rebooted, reps=2 if tiny else 10)),
         ("preflight", lambda: preflight.measure(lab, node=upgraded, reps=1 if tiny else 3, tiny=tiny)),
         ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16],
                                         workers=2 if tiny else max(2, os.cpu_count() or 2), tiny=tiny)),
@@ -118,6 +119,9 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
     cpu, lab_cpu = figures.get("fleet_cpu_s", {}), figures.get("fleet_lab_cpu_s", {})
     out.append(("fleet CPU nodegate / lab", ", ".join(f"{k}: {cpu[k]} / {lab_cpu.get(k, '-')} s" for k in cpu)
                 + f"; no xdist: {figures.get('fleet_serial_cpu_s', '-')} / {figures.get('fleet_serial_lab_cpu_s', '-')} s",
+                "", ""))
+    reused, new = figures.get("ssh_command_s", {}), figures.get("ssh_new_connection_s", {})
+    out.append(("one command over SSH kept / new", ", ".join(f"{k}: {reused[k]} / {new.get(k, '-')} s" for k in reused),
                 "", ""))
     out.append(("one ceph status (toolbox)", f"{figures.get('health_probe_s', '-')} s", "", ""))
     out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
