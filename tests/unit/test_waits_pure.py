@@ -119,12 +119,14 @@ def test_progress_is_logged_with_elapsed_and_limit(caplog):
             wait_for(probe, what="ceph healthy", timeout=0.5, interval=0.05, progress_every=0.2,
                      on_progress=seen.append)
     lines = [r.getMessage() for r in caplog.records if r.name == "nodegate.waits"]
-    # First report at once, then one per 0.2 s: 2 to 4 lines in 0.5 s, not one per attempt.
-    assert 2 <= len(lines) <= 4, lines
+    # First report at once, then at most one per 0.2 s: up to 4 lines in 0.5 s (fewer on a busy
+    # machine), not one per attempt (10).
+    assert 1 <= len(lines) <= 4, lines
     assert lines[0].startswith("waiting for ceph healthy: HEALTH_WARN OSD_DOWN (")
     assert lines[0].endswith("s/0.5s)")
     assert [str(p) for p in seen] == lines
-    assert all(0 <= p.elapsed <= 0.5 and p.limit == 0.5 for p in seen)
+    assert all(p.elapsed >= 0 and p.limit == 0.5 for p in seen)
+    assert all(b.elapsed - a.elapsed >= 0.2 - 1e-6 for a, b in zip(seen, seen[1:])), [p.elapsed for p in seen]
 
 
 def test_a_probe_returning_something_else_is_a_bug():
