@@ -125,5 +125,6 @@ def test_bad_input_under_xdist_is_one_usage_error_from_the_controller(catalogue,
     assert_usage_error(run, *said)
     assert "INTERNALERROR" not in run.text and "[gw" not in run.text, run.text[-3000:]
     # stopped before any check: no check's result anywhere in the output (xdist's lines included)
-    ran = re.findall(r"\b(?:PASSED|FAILED|ERROR) +\S*test_\w+\.py::\S+", run.text)
+    ran = re.findall(r"\b(?:PASSED|FAILED|ERROR) +\S*test_\w+\.py::\S+|\S*test_\w+\.py::\S+ (?:PASSED|FAILED|ERROR)\b",
+                     run.text)
     assert not ran, f"checks ran before the error: {ran[:5]}"
