@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fleet, preflight, procedure, rollout, startup
+from bench import fleet, preflight, procedure, rollout, ssh, startup
 from bench.common import ROOT, lab_nodes, table
 
 GOALS = {  # figure: (limit, unit); AT_LEAST: the figure must reach the limit, the others stay within it
@@ -84,6 +84,7 @@ def run_all(lab: Path, *, tiny: bool) -> dict:
     figures: dict = {}
     sections = [
         ("startup", lambda: startup.measure(lab, reps=1 if tiny else 5)),
+        ("ssh", lambda: ssh.measure(lab, node=rebooted, reps=2 if tiny else 10)),
         ("preflight", lambda: preflight.measure(lab, node=upgraded, reps=1 if tiny else 3, tiny=tiny)),
         ("fleet", lambda: fleet.measure(lab, sizes=[1, 2] if tiny else [1, 4, 16],
                                         workers=2 if tiny else max(2, os.cpu_count() or 2), tiny=tiny)),
@@ -146,6 +147,9 @@ def rows(figures: dict, met: dict) -> list[tuple[str, str, str, str]]:
                 f"fleet_ratio {figures.get('fleet_ratio', '-')})", "", ""))
     out.append(("rollout one at a time / auto", f"{figures.get('rollout_one_at_a_time_s', '-')} s / "
                 f"{figures.get('rollout_parallel_s', '-')} s, batches {figures.get('rollout_batches', '-')}", "", ""))
+    reused, new = figures.get("ssh_command_s", {}), figures.get("ssh_new_connection_s", {})
+    out.append(("one command over SSH kept / new", ", ".join(f"{k}: {reused[k]} / {new.get(k, '-')} s" for k in reused),
+                "", ""))
     out.append(("one ceph status (toolbox)", f"{figures.get('health_probe_s', '-')} s", "", ""))
     out.append(("procedure wall / external", f"{figures.get('procedure_wall_s', '-')} s / "
                 f"{figures.get('procedure_external_s', '-')} s", "", ""))

@@ -6,10 +6,19 @@
 Each round is one pytest run (no -x: every test gets its chance) on the same lab, started by the
 first round and taken down after the last (unless it was running before). What it prints: per test,
 its runs, failures and failure rate; then each failure with its round, the run's log and the
-failure's text. A round that does not end within --round-timeout is stopped with SIGABRT first,
-so Python's faulthandler (armed with PYTHONFAULTHANDLER) writes every thread's stack into that
-round's log, and counted as a hang; pytest's own faulthandler_timeout dumps the stacks of a test
-that runs longer than --hang-dump seconds without stopping it.
+failure's text.
+
+Stack dumps, so that a hang shows where it is, not just that it happened:
+- every pytest a round starts, directly or through the runs its tests start (the interrupt
+  scenario's operator runs sit in sessions of their own), has Python's faulthandler armed
+  (PYTHONFAULTHANDLER=1) and, through the stackdump plugin (tests/scenarios/stackdump.py), a
+  SIGUSR1 handler that writes every thread's stack and lets it go on;
+- pytest's faulthandler_timeout (--hang-dump) dumps the stacks of a test that runs longer than that
+  without stopping it;
+- the watchdog: a round still running after --round-timeout gets SIGUSR1 in every pytest process of
+  its tree (their stacks while all of them are still alive), then SIGABRT (faulthandler's dump,
+  and the end), innermost first; the round counts as a hang and the report names each process
+  dumped and where its output went (the round's log, or the run logs under round-N-tmp).
 
 Not part of `make test`: a soak of the whole procedure and scenario streams takes about 8 minutes a
 round on 2 cores.
@@ -17,6 +26,7 @@ round on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +40,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_TESTS = ("tests/procedures", "tests/scenarios")
+STACKDUMP_DIR = PROJECT / "tests" / "scenarios"      # the stackdump plugin (-p stackdump)
 
 
 @dataclass
@@ -69,7 +80,10 @@ def one_round(number: int, args, out: Path, tally: Tally) -> None:
     argv = [sys.executable, "-m", "pytest", *args.tests, "-p", "no:randomly", "-q", "-rfE", "--color=no",
             f"--junitxml={junit}", f"--basetemp={out / f'round-{number}-tmp'}",
             "-o", f"faulthandler_timeout={args.hang_dump}", *args.pytest_args]
-    env = dict(os.environ, NODEGATE_TEST_NET=str(args.net), NODEGATE_KEEP_LAB="1", PYTHONFAULTHANDLER="1")
+    # PYTEST_PLUGINS and PYTHONPATH reach every pytest below this one (the runs its tests start, and
+    # the check runs those start), so each of them writes its stacks on SIGUSR1
+    env = dict(os.environ, NODEGATE_TEST_NET=str(args.net), NODEGATE_KEEP_LAB="1", PYTHONFAULTHANDLER="1",
+               PYTEST_PLUGINS="stackdump", PYTHONPATH=os.pathsep.join(filter(None, [str(STACKDUMP_DIR), os.environ.get("PYTHONPATH")])))
     started = time.monotonic()
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(argv) + "\n")
@@ -79,20 +93,80 @@ def one_round(number: int, args, out: Path, tally: Tally) -> None:
         try:
             rc = proc.wait(timeout=args.round_timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)          # faulthandler: every thread's stack into the log
+            dumped = dump_stacks(proc)
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 pass
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
-            tally.failures.append(Failure(number, "(the whole round)", "hang",
-                                          f"did not end within {args.round_timeout:.0f} s; stacks in the log", log))
+            tally.failures.append(Failure(
+                number, "(the whole round)", "hang",
+                f"did not end within {args.round_timeout:.0f} s; the stacks of every pytest process of the round "
+                f"(the round's own in its log, its tests' runs in their run logs under round-{number}-tmp):\n"
+                + "\n".join(dumped), log))
     seconds = time.monotonic() - started
     tally.rounds.append((number, rc, seconds))
     read_junit(number, junit, log, tally)
     said = sum(1 for f in tally.failures if f.round == number)
     print(f"soak: round {number}/{args.count}: exit {rc}, {seconds:.0f} s, {said} failure(s); log {log}", flush=True)
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root``, children before their parents' parents (innermost last)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler for ``sig`` (SigCgt in /proc/PID/status): SIGUSR1 would
+    kill one that has none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def dump_stacks(proc: subprocess.Popen) -> list[str]:
+    """The watchdog's dump of a hung round: SIGUSR1 (stackdump plugin: the stacks, and it goes on) to
+    every pytest of the round's tree that catches it, while all are alive; then SIGABRT (faulthandler:
+    the stacks, and the end), innermost first. Returns one line per process dumped."""
+    pytests = [pid for pid in reversed(descendants(proc.pid)) if " -m pytest " in cmdline(pid) + " "] + [proc.pid]
+    said = [f"pid {pid}: {cmdline(pid)[:200]}" for pid in pytests]
+    for pid in pytests:
+        if catches(pid, signal.SIGUSR1):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+    time.sleep(2.0)   # a dump is a few writes; let each finish before the next signal
+    for pid in pytests:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+    return said
 
 
 def read_junit(number: int, junit: Path, log: Path, tally: Tally) -> None:

@@ -104,11 +104,13 @@ def test_exec_that_outlives_its_timeout_stops_waiting(ceph, kube):
 
     pod = ceph.status().result.via.split("/")[-1]
     started = time.monotonic()
-    # A 3 s write benchmark (bounded, it cleans up after itself) surely outlives a 0.3 s wait;
-    # `ceph status` alone was sometimes quicker than that on a quiet machine.
+    # A 30 s write benchmark (bounded, it cleans up after itself, and the lab's exec kills it when the
+    # client closes the stream) surely outlives a 0.3 s wait; `ceph status` alone was sometimes
+    # quicker than that on a quiet machine.
     with pytest.raises(ExecTimeout) as err:
-        kube.exec(namespace="rook-ceph", pod=pod, command=["rados", "-p", "rbd", "bench", "3", "write"], timeout=0.3)
-    assert time.monotonic() - started < 3
+        kube.exec(namespace="rook-ceph", pod=pod, command=["rados", "-p", "rbd", "bench", "30", "write"], timeout=0.3)
+    # had it waited for the command, not for its timeout, it would have taken the benchmark's 30 s
+    assert time.monotonic() - started < 30
     assert "did not finish within 0.3s" in err.value.message and "may still be running" in err.value.fix
 
 

@@ -166,16 +166,19 @@ def test_context_pointing_at_a_missing_cluster_entry(api_lab, tmp_path):
     assert "cannot use context 'nodegate-lab'" in err.value.message and "cluster" in err.value.fix
 
 
-def test_unreachable_cluster_at_startup_is_a_usage_error(api_lab, tmp_path):
-    # Nothing listens on this loopback port: connection refused, two quick tries, then a clear stop.
+def test_unreachable_cluster_at_startup_is_a_usage_error(api_lab, tmp_path, caplog):
+    # Nothing listens on this loopback port: connection refused, the check's few quick tries, then a clear stop.
+    from nodegate.core.retry import KUBE_CHECK_ATTEMPTS
+
     net = api_lab.config.net
     path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{net}.3.1:1")
     kube = Kube(settings=api_lab.settings(kubeconfig=path))
     kube.load()  # the kubeconfig itself is fine: loading makes no request
-    started = time.monotonic()
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
     with pytest.raises(UsageError) as err:
         kube.check()
-    assert time.monotonic() - started < 5, "two quick tries, not the full retry budget"
+    # the check's quick tries, not a request's full retry budget
+    assert retry_lines(caplog) == [f"/{KUBE_CHECK_ATTEMPTS} failed"] * (KUBE_CHECK_ATTEMPTS - 1), caplog.text
     assert "cannot be reached" in err.value.message and "refused the connection" in err.value.message
     assert f"http://127.{net}.3.1:1" in err.value.message
     assert "kubectl --kubeconfig" in err.value.fix
@@ -246,7 +249,9 @@ def test_node_annotation_set_get_remove(settled):
     assert kube.node_annotation("node3", key="nodegate.io/upgrade") is None
 
 
-def test_watch_returns_within_a_second_of_ready_with_a_new_boot_id(api_lab, settled):
+def test_watch_returns_once_ready_with_a_new_boot_id(api_lab, settled):
+    """The wait returns on the Ready it watches for, with the new boot id; how soon after the API
+    server made the node Ready is a figure of `make bench` (ready_latency_s, goal 1 s)."""
     kube = settled
     before = kube.node("node3")
     api_lab.set_state("node3", up=False)
@@ -281,7 +286,6 @@ def test_watch_returns_within_a_second_of_ready_with_a_new_boot_id(api_lab, sett
     assert "ready" in seen, "the observer never saw the node Ready"
     latency = returned - seen["ready"]
     print(f"watch latency from Ready to return: {latency * 1000:.0f} ms (boot to return {returned - written:.2f}s)")
-    assert latency <= 1.0
 
 
 def test_wait_for_ready_times_out_naming_what_it_saw(api_lab, settled):
@@ -292,7 +296,7 @@ def test_wait_for_ready_times_out_naming_what_it_saw(api_lab, settled):
         started = time.monotonic()
         with pytest.raises(WaitTimeout) as err:
             kube.wait_node_ready("node3", timeout=2.5, progress_every=1)
-        assert 2.4 <= time.monotonic() - started < 5
+        assert time.monotonic() - started >= 2.4, "it waited out its limit"
         assert "node3" in err.value.last_seen and "Ready=" in err.value.last_seen
         assert "out of band" in err.value.fix
     finally:
@@ -376,13 +380,15 @@ def test_drain_blocked_by_a_pdb_retries_then_times_out_naming_pod_and_pdb(api_la
         took = time.monotonic() - started
         message = str(err.value)
         print(f"drain timed out after {took:.2f}s: {message}")
-        assert 3.0 <= took < 6.0, took  # the limit, plus at most one round of requests
+        assert took >= 3.0, took  # the limit is waited out
         assert f"drain of node {target} timed out" in message and "limit 3s" in message
         assert "demo/web-" in message and "PodDisruptionBudget demo/web needs 3 healthy pod(s) and has 3" in message
         assert "demo/web" in err.value.fix and "stays cordoned" in err.value.fix
         blocked = [o for o in err.value.result.outcomes if o.action == "blocked"]
         assert blocked and all(o.blocked_by == "demo/web" for o in blocked)
         assert max(o.attempts for o in blocked) >= 3, "a PDB refusal is asked again every pdb_retry_s"
+        # and no more often, and not past the limit: 3 s / 1 s, and the first ask at 0 s
+        assert max(o.attempts for o in blocked) <= 4, [o.attempts for o in blocked]
         assert kube.node(target).unschedulable and kube.node(target).cordoned_by == "run-pdb"
     finally:
         set_min_available(api_lab, "web", original)
@@ -412,10 +418,11 @@ def test_two_pdbs_on_one_pod_stop_the_drain_at_once(api_lab, settled):
     target = ready_pods(kube, "app=web")[0].node
     make_pdb(api_lab, "web-extra", {"app": "web"}, min_available=0)
     try:
-        started = time.monotonic()
         with pytest.raises(DrainError) as err:
             kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, timeout_s=30))
-        assert time.monotonic() - started < 3, "a permanent refusal is not retried until the timeout"
+        refused = [o for o in err.value.result.outcomes if o.action == "refused"]
+        assert refused and all(o.attempts == 1 for o in refused), \
+            f"a permanent refusal is not asked again: {[(o.pod, o.attempts) for o in refused]}"
         assert "more than one PodDisruptionBudget" in err.value.message and "demo/web-" in err.value.message
         assert "kubectl get pdb" in err.value.fix
     finally:
@@ -500,6 +507,9 @@ def test_drain_grace_period_and_mirror_pods(api_lab, settled):
                      "annotations": {"kubernetes.io/config.mirror": "abc123", "kubernetes.io/config.source": "file"}},
         "spec": {"nodeName": target, "containers": [{"name": "etcd", "image": "quay.io/coreos/etcd:v3.5.6"}]}})
     assert code == 201, out
+    pods_grace = {f"{p['metadata']['namespace']}/{p['metadata']['name']}":
+                  p["spec"].get("terminationGracePeriodSeconds", 30)
+                  for p in api_lab.request("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{target}")[1]["items"]}
     try:
         result = kube.drain(target, options=DrainOptions(delete_emptydir_data=True, force=True, grace_period_s=0,
                                                          timeout_s=60))
@@ -509,8 +519,10 @@ def test_drain_grace_period_and_mirror_pods(api_lab, settled):
         evicted = result.evicted
         assert evicted and all(o.gone for o in evicted)
         # --grace-period=0: pods are deleted at once instead of waiting out their own grace period
-        # (2 s for web, 30 s for the OSD); the first look after an eviction already finds them gone.
-        assert min(o.seconds - o.evicted_s for o in evicted) < 1.0, result.evidence()
+        # (2 s for web, 30 s for an OSD): each is gone before its own grace period would have ended.
+        for o in evicted:
+            own = pods_grace[o.pod]
+            assert own == 0 or o.seconds - o.evicted_s < own, (o.pod, own, result.evidence())
         assert any(p.name == mirror for p in kube.list_pods(node=target)), "a mirror pod is left alone"
         print(result.evidence())
     finally:
@@ -557,7 +569,7 @@ def test_lock_contention_resume_release(settled, lock_name):
 def test_stale_lock_taken_over_only_when_asked(settled, lock_name):
     kube = settled
     acquire_lock(kube, holder="crashed@laptop", node="node4", run_id="r1", name=lock_name, duration_s=1)
-    time.sleep(1.3)
+    wait_until(lambda: read_lock(kube, name=lock_name).stale(), timeout=30, what="the crashed holder's lock stale")
     with pytest.raises(LockHeld) as err:
         acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name)
     assert "crashed@laptop" in err.value.message
@@ -604,9 +616,16 @@ def test_lock_race_has_exactly_one_winner(api_lab, settled, lock_name):
 def test_lock_keeper_renews_while_a_long_step_runs(settled, lock_name):
     kube = settled
     lock = acquire_lock(kube, holder="alice@laptop", node="node4", run_id="r1", name=lock_name, duration_s=2)
+    import datetime as dt
+
+    expiry = lock.acquired_at + dt.timedelta(seconds=2)
     with LockKeeper(kube=kube, lock=lock, every_s=0.5) as keeper:
-        time.sleep(2.5)  # longer than the lease: without renewal it would look stale
-        assert not read_lock(kube, name=lock_name).stale()
+        # past the first lease's end: without renewal it would look stale now
+        wait_until(lambda: dt.datetime.now(dt.timezone.utc) > expiry + dt.timedelta(seconds=0.5), timeout=30,
+                   what="the first lease's end")
+        renewed = read_lock(kube, name=lock_name)
+        assert renewed.renewed_at is not None and renewed.renewed_at > expiry - dt.timedelta(seconds=1.5), renewed
+        assert not renewed.stale()
         with pytest.raises(LockHeld):
             acquire_lock(kube, holder="bob@desk", node="node3", run_id="r2", name=lock_name, take_over_stale=True)
     assert keeper.lost is None
@@ -614,6 +633,14 @@ def test_lock_keeper_renews_while_a_long_step_runs(settled, lock_name):
 
 
 # -- transient failures ------------------------------------------------------------------------------
+
+def retry_lines(caplog) -> list[str]:
+    """The "attempt N/M failed" of each retry the client logged: one per try that is tried again."""
+    import re
+
+    return [re.search(r"/\d+ failed", r.getMessage()).group(0)
+            for r in caplog.records if r.getMessage().startswith("retrying")]
+
 
 def answer_code(api_lab) -> int:
     """The status of one plain request, 0 when the connection is dropped."""
@@ -652,17 +679,17 @@ def test_flaky_api_is_retried_with_a_log_line_before_each_sleep(api_lab, settled
 
 
 @pytest.mark.parametrize("mode, said", [("503", "answered 503"), ("outage", "broke")])
-def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled, mode, said):
+def test_lasting_outage_fails_clearly_within_the_bound(api_lab, settled, mode, said, caplog):
     fault(api_lab, "api-flaky", ratio=1.0, mode=mode)
     wait_until(lambda: answer_code(api_lab) in (0, 503), timeout=5, what="the outage to begin")
     try:
         kube = Kube(settings=api_lab.settings(), attempts=4, retry_limit_s=5)
         kube.load()
-        started = time.monotonic()
+        caplog.set_level(logging.WARNING, logger="nodegate.kube")
         with pytest.raises(TransientError) as err:
             kube.list_nodes()
-        took = time.monotonic() - started
-        assert took < 8, took
+        # the bound is the attempts (and the time limit, which on a busy machine may stop it sooner)
+        assert 1 <= len(retry_lines(caplog)) <= 3 and set(retry_lines(caplog)) == {"/4 failed"}, caplog.text
         assert said in err.value.message and "list nodes" in err.value.message
         assert "kubectl get nodes" in err.value.fix
     finally:
@@ -685,14 +712,14 @@ def test_watch_for_ready_rides_out_a_flaky_api(api_lab, settled):
         fault(api_lab, "api-flaky", clear=True)
 
 
-def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path):
+def test_refused_connection_is_transient_and_bounded(api_lab, tmp_path, caplog):
     path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.1:1")
     kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=3, retry_limit_s=3)
     kube.load()
-    started = time.monotonic()
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
     with pytest.raises(TransientError, match="refused the connection while trying to list nodes"):
         kube.list_nodes()
-    assert time.monotonic() - started < 5
+    assert 1 <= len(retry_lines(caplog)) <= 2 and set(retry_lines(caplog)) == {"/3 failed"}, caplog.text
 
 
 def test_dropped_connections_are_retried(api_lab, settled, caplog):
@@ -709,7 +736,7 @@ def test_dropped_connections_are_retried(api_lab, settled, caplog):
     assert retries and all("connection to the Kubernetes API" in m and "broke" in m for m in retries), retries[:3]
 
 
-def test_a_server_that_never_answers_times_out_as_transient(api_lab, tmp_path):
+def test_a_server_that_never_answers_times_out_as_transient(api_lab, tmp_path, caplog):
     import socket
 
     # A real TCP listener that accepts and then says nothing (a hung API server).
@@ -721,23 +748,23 @@ def test_a_server_that_never_answers_times_out_as_transient(api_lab, tmp_path):
         path = write_kubeconfig(tmp_path, api_lab, server=f"http://127.{api_lab.config.net}.3.9:{port}")
         kube = Kube(settings=api_lab.settings(kubeconfig=path), attempts=2, request_timeout=(1.0, 0.5))
         kube.load()
-        started = time.monotonic()
+        caplog.set_level(logging.WARNING, logger="nodegate.kube")
         with pytest.raises(TransientError, match="did not answer in time while trying to list nodes"):
             kube.list_nodes()
-        assert time.monotonic() - started < 3
+        assert retry_lines(caplog) == ["/2 failed"], caplog.text     # two tries, each ended by its read timeout
     finally:
         listener.close()
 
 
-def test_permanent_errors_are_not_retried(settled):
+def test_permanent_errors_are_not_retried(settled, caplog):
     kube = settled
-    started = time.monotonic()
+    caplog.set_level(logging.WARNING, logger="nodegate.kube")
     with pytest.raises(NotFoundError):
         kube.pod_log(namespace="demo", name="no-such-pod")
     with pytest.raises(PermanentError) as err:   # 422: not a valid object name
         acquire_lock(kube, holder="a", node="node1", run_id="r", name="Not_A_Valid_Name")
     assert "invalid" in err.value.message and "422" in err.value.message
-    assert time.monotonic() - started < 2, "404 and 422 must not be retried"
+    assert retry_lines(caplog) == [], f"404 and 422 must not be retried: {caplog.text}"
 
 
 # -- exec (the websocket stream API) ---------------------------------------------------------------
@@ -753,7 +780,7 @@ def test_exec_in_the_toolbox_returns_output_and_exit_codes(settled):
     pod = toolbox(kube)
     version = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--version"], timeout=30)
     assert version.rc == 0 and version.stdout.startswith("ceph version 16.2.15"), version
-    assert version.command == ("ceph", "--version") and version.duration < 10
+    assert version.command == ("ceph", "--version") and version.duration > 0
     # Arguments go to the command as a list: no shell ever sees them.
     quoted = kube.exec(namespace="rook-ceph", pod=pod, command=["ceph", "--no-such-option; echo hacked"], timeout=30)
     assert quoted.rc != 0 and "hacked" not in quoted.stdout
@@ -878,15 +905,14 @@ def test_closing_the_client_stops_a_read_retrying_in_another_thread(api_lab, set
             thread.start()
             wait_until(lambda: any(r.getMessage().startswith("retrying") for r in caplog.records), timeout=10,
                        what="the read retrying")
-            closed = time.monotonic()
+            retries_before = len(retry_lines(caplog))
             kube.close()
-            time.sleep(0.1)   # a retry line being written at that instant is not one after the close
-            retries_before = sum(r.getMessage().startswith("retrying") for r in caplog.records)
-            thread.join(timeout=10)
+            thread.join(timeout=40)    # the read's own budget is 6 attempts within 30 s
             assert not thread.is_alive(), "the read went on retrying after close()"
-            assert outcome["ended"] - closed < 4, outcome["ended"] - closed     # one back-off at most, not 30 s
+            # it stopped at its next attempt (ClientClosed), not at the end of its budget (the API's 503)
             assert isinstance(outcome["error"], ClientClosed), outcome["error"]
-            assert sum(r.getMessage().startswith("retrying") for r in caplog.records) == retries_before
+            # at most the retry line that was being written as close() came, none after
+            assert len(retry_lines(caplog)) <= retries_before + 1, caplog.text
     finally:
         fault(api_lab, "api-flaky", clear=True)
     wait_until(lambda: answer_code(api_lab) == 200, timeout=5, what="the outage to end")

@@ -9,6 +9,7 @@ import tempfile
 import time
 
 import pytest
+from labkit import wait_until
 
 from nodegate.cluster.nodes.ssh import (
     CommandFailed,
@@ -54,16 +55,15 @@ def test_run_returns_frozen_result_and_checks_exit_codes(nodes):
     assert "No such file or directory" in text
 
 
-def test_the_same_connection_is_reused_and_fast(nodes):
+def test_the_same_connection_is_reused(nodes):
+    """Every command after the first travels over the first one's connection: the node's sshd sees
+    one TCP connection (SSH_CONNECTION names the client's address and source port) and one sshd
+    session process (the commands' parent). The time this saves is measured by bench/ssh.py."""
     host = nodes.host("node1")
     assert nodes.host("node1") is host
-    host.run(["true"])
-    started = time.monotonic()
-    for _ in range(5):
-        host.run(["true"])
-    per_command = (time.monotonic() - started) / 5
-    # Measured: ~0.011 s (ssh ControlMaster) and ~0.05 s (paramiko) against 0.3 s for a new connection.
-    assert per_command < 0.15, per_command
+    probe = ["sh", "-c", 'echo "$SSH_CONNECTION" "$(cut -d" " -f1 /proc/$PPID/stat)"']
+    seen = {host.run(probe).stdout.strip() for _ in range(6)}
+    assert len(seen) == 1 and all(seen), f"six commands came over {len(seen)} connections: {sorted(seen)}"
 
 
 HOSTILE = ["two words", "it's", 'say "hi"', "a;touch /tmp/ng-pwned", "$(touch /tmp/ng-pwned)",
@@ -88,12 +88,15 @@ def test_a_shell_string_is_refused(nodes):
 
 
 def test_command_timeout_stops_the_command(nodes):
-    started = time.monotonic()
+    host = nodes.host("node1")
     with pytest.raises(CommandTimeout) as info:
-        nodes.host("node1").run(["sleep", "30"], timeout=0.5)
+        host.run(["sh", "-c", "echo $$ > /tmp/ng-timeout.pid; exec sleep 30"], timeout=0.5)
     assert isinstance(info.value, TransientError)
-    assert time.monotonic() - started < 5
     assert "did not finish within 0.5s" in str(info.value)
+    # stopped: the sleep is no longer running on the node (it would for 30 s had the wait just given up)
+    pid = host.run(["cat", "/tmp/ng-timeout.pid"]).stdout.strip()
+    wait_until(lambda: host.run(["sh", "-c", f"! kill -0 {pid} 2>/dev/null"], expect=(0, 1)).rc == 0, timeout=20,
+               what=f"the timed-out command (pid {pid}) ended on node1")
 
 
 def test_held_packages_and_versions_are_read_from_dpkg(nodes):
@@ -217,10 +220,9 @@ def test_reconnect_after_a_reboot_sees_the_new_boot(bare_lab, nodes):
     state = json.loads((bare_lab.dir / "nodes/node2/state.json").read_text())
     os.kill(state["pid"], signal.SIGTERM)
     started = time.monotonic()
-    fresh = wait_for_ssh(nodes, "node2", timeout=30, new_boot_id_than=before, interval=0.2)
-    took = time.monotonic() - started
+    fresh = wait_for_ssh(nodes, "node2", timeout=60, new_boot_id_than=before, interval=0.2)
+    print(f"node2 answered SSH after its reboot in {time.monotonic() - started:.1f} s")
     assert fresh is not host and nodes.host("node2") is fresh
     after = fresh.boot.boot_id()
     assert after != before
     assert fresh.run(["echo", "back"]).stdout == "back\n"
-    assert took < 15, took

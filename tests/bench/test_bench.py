@@ -35,6 +35,10 @@ def test_every_bench_runs_once_on_a_tiny_input(lab, tmp_path):
     # the gate ran its checks (passing or not: the session's lab may carry what earlier tests left)
     assert details["procedure_rc"] in (0, 1), details["procedure_failed"]
     assert details["procedure_wall_s"] >= details["procedure_external_s"] > 0
+    # one command over the kept connection and over a new one, both backends
+    for figure in ("ssh_command_s", "ssh_new_connection_s"):
+        assert set(details[figure]) == {"ssh-config", "paramiko"}, details[figure]
+        assert all(v > 0 for v in details[figure].values()), details[figure]
     # the terminal table names every figure
     for key in FIGURES:
         assert key in done.stdout

@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 import pytest
+from labkit import wait_until
 
 from nodegate.cluster.lock import LOCK_NAME, LOCK_NAMESPACE, ClusterLock, LockHeld, read_lock
 from nodegate.core.journal import Journal
@@ -38,7 +39,8 @@ def test_drain_blocked_by_a_pdb_fails_naming_pod_and_pdb(lab_nodes, tmp_path, re
     text = str(failure.value)
     assert "PodDisruptionBudget" in text and "timed out" in text, text
     assert "/" in text.split("PodDisruptionBudget", 1)[1], "the PDB is named namespace/name"
-    assert 7 <= elapsed < 30, f"the drain timeout is finite and kept ({elapsed:.1f}s)"
+    # the drain timeout is kept (waited out) and finite (the drain stopped at it, saying so)
+    assert elapsed >= 7 and "limit 7s" in text, (elapsed, text)
     assert lab_nodes.kube.node("node4").unschedulable, "a failed drain leaves the node cordoned"
     assert up.journal.status_of("drain") == "failed"
     assert "still cordoned" in up.standing()
@@ -76,7 +78,8 @@ def test_lock_is_exclusive_resumable_and_taken_over_only_when_stale_and_asked(la
         assert "taken back" in rerun.acquire()
         ours._keeper.stop()           # the "crashed" run's renewals stop
         rerun._keeper.stop()
-        time.sleep(2.5)               # not renewed for longer than stale_after_s: its holder is gone
+        # not renewed for longer than stale_after_s: its holder is gone
+        wait_until(lambda: read_lock(kube).stale(after_s=2), timeout=30, what="the lock not renewed for 2 s")
         with pytest.raises(LockHeld) as stale:
             other.acquire()
         assert "--take-over-stale-lock" in str(stale.value.fix) and "renewed" in str(stale.value.fix)

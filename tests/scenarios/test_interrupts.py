@@ -6,7 +6,8 @@ chosen moment comes (a step's start, seen in the journal; or the inside of a wai
 in the lab or in the run's own processes) it gets SIGINT — sent to its whole process group, as a
 terminal's Ctrl-C — or SIGTERM — sent to the pytest process, as `kill PID` — in turn. Then:
 
-- the run ends within a bounded time, with exit status 2 (pytest's "interrupted"), no traceback, and
+- the run ends by itself (a run still alive EXIT_BOUND_S after its signal is hung: its stacks are
+  written into its log and the test fails), with exit status 2 (pytest's "interrupted"), no traceback, and
   a word on where the node stands when it held the lock;
 - nothing it started is left running on this machine;
 - the journal and node4 agree, read straight from the lab (ssh, the API server, the ceph CLI; see
@@ -55,7 +56,9 @@ from scenariotools import write_profile
 from nodegate.upgrade import STEP_NAMES
 
 LIMITS = dict(reboot_timeout_worker_s=60, storage_timeout_s=60, lock_stale_after_s=60, settle_s=0)
-EXIT_WITHIN_S = 30.0
+# Not a figure (those are in the table this test prints) but a hang detector: far above the 0.6-9 s an
+# interrupted run takes, so that a loaded machine never trips it.
+EXIT_BOUND_S = 90.0
 STEPS = STEP_NAMES
 
 
@@ -246,7 +249,7 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             point.arm(scene, run)
             assert run.proc.poll() is None, f"{point.step}: the run ended before the signal:\n{run.log.read_text()[-3000:]}"
             op.send(run, sig)
-            rc, seconds, leftovers = op.stop(run, timeout=EXIT_WITHIN_S + 60, resend=sig)
+            rc, seconds, leftovers = op.stop(run, timeout=EXIT_BOUND_S, resend=sig)
         finally:
             end_session(run.proc.pid)
             if point.step == "storage_healthy" and point.in_wait:
@@ -271,10 +274,10 @@ def test_interrupted_at_every_step_and_in_every_wait_then_completed(scene: Scene
             scene.outcomes[-1].stopped_in += " (ended by the signal itself)"
         elif rc != 2:
             problems.append(f"{label}: exit status {rc}, not 2 (interrupted)\n{text[-2500:]}")
-        if seconds > EXIT_WITHIN_S:
-            problems.append(f"{label}: took {seconds:.1f}s to exit")
         if "Traceback (most recent call last)" in text:
             problems.append(f"{label}: a traceback in the output\n{text[-2500:]}")
+        if "Exception ignored" in text:    # e.g. a hook wrapper stranded by the signal, closed at exit
+            problems.append(f"{label}: Python reported an exception it ignored\n{text[-2500:]}")
         said = re.search(r"Where it stands: (.*)", text)
         if not said or "resumes from the journal" not in said.group(1):
             problems.append(f"{label}: it did not say where the node stands\n{text[-2000:]}")

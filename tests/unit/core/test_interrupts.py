@@ -46,13 +46,13 @@ else:                                # Python's own SIGINT handling; SIGTERM rai
     signal.signal(signal.SIGTERM, plain)
 Finalizer() if KIND == "del" else Stream()
 print("went on after the finalizer", flush=True)
-started = time.monotonic()
+polls = []
 try:
-    wait_for(lambda: NotYet("never"), what="nothing", timeout=2, interval=0.2)
+    wait_for(lambda: polls.append(1) or NotYet("never"), what="nothing", timeout=2, interval=0.2)
 except WaitTimeout:
     print("the wait ran to its end: the interrupt was lost", flush=True)
 except KeyboardInterrupt as exc:
-    print(f"interrupted after {time.monotonic() - started:.2f}s: {type(exc).__name__}({str(exc)!r})", flush=True)
+    print(f"interrupted after {len(polls)} poll(s): {type(exc).__name__}({str(exc)!r})", flush=True)
     sys.exit(130)
 '''
 
@@ -83,7 +83,7 @@ def test_the_watch_raises_it_again_at_the_next_checkpoint(sig, shown, kind):
     lines = done.stdout.splitlines()
     assert lines[0] == "went on after the finalizer", done.stdout + done.stderr
     assert len(lines) == 2 and lines[1].startswith("interrupted after ") and lines[1].endswith(shown), done.stdout
-    assert float(lines[1].split()[2].rstrip("s:")) < 0.2, lines[1]   # the first poll, not a later one
+    assert int(lines[1].split()[2]) <= 1, lines[1]   # at the first poll, not a later one
     assert done.returncode == 130, done.stderr
     what = "SIGTERM" if sig == "SIGTERM" else "SIGINT (Ctrl-C)"
     assert f"{what} was lost while Python ran a finalizer" in done.stderr, done.stderr

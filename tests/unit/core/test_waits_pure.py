@@ -16,9 +16,13 @@ def test_probe_that_becomes_done_returns_its_value(tmp_path: Path):
     flag = tmp_path / "ready"
     timer = threading.Timer(0.3, flag.write_text, args=("42",))
     timer.start()
+    looks_after: list[float] = []    # the probe's looks once the file was there
     try:
         def probe():
-            return Done(int(flag.read_text())) if flag.exists() else NotYet("file not written yet")
+            if flag.exists():
+                looks_after.append(time.monotonic())
+                return Done(int(flag.read_text()))
+            return NotYet("file not written yet")
 
         started = time.monotonic()
         value = wait_for(probe, what="the flag file", timeout=5, interval=0.05)
@@ -26,8 +30,8 @@ def test_probe_that_becomes_done_returns_its_value(tmp_path: Path):
     finally:
         timer.cancel()
     assert value == 42
-    # Reacts within about one interval of the change, not at the timeout.
-    assert 0.25 <= took < 1.0, took
+    # Reacts at its first look after the change (not at the timeout): one look saw the file.
+    assert took >= 0.25 and len(looks_after) == 1, (took, looks_after)
 
 
 def test_timeout_names_what_and_last_seen_and_is_bounded():
@@ -48,10 +52,11 @@ def test_timeout_names_what_and_last_seen_and_is_bounded():
     text = str(err)
     assert "node4 drained" in text and "limit 0.6s" in text and "last seen: 3 pods" in text
     assert "fix: look at the PDBs" in text
-    # Bounded: stops at the deadline (plus scheduling noise), with a last try at the deadline.
-    assert 0.6 <= took < 0.9, took
+    # Bounded: it waits out its limit, with a last try at the deadline, and tries no more often than
+    # every interval (0.6 s / 0.1 s: at most 7 tries; a busy machine makes fewer)
+    assert took >= 0.6, took
     assert calls[-1] - started >= 0.55
-    assert len(calls) >= 5
+    assert 2 <= len(calls) <= 8, len(calls)
 
 
 def test_transient_errors_are_retried_and_reported_as_reason():
@@ -85,12 +90,10 @@ def test_permanent_error_is_reraised_at_once():
         attempts.append(1)
         raise boom
 
-    started = time.monotonic()
     with pytest.raises(PermanentError) as info:
         wait_for(probe, what="SSH on node4", timeout=5, interval=0.05)
     assert info.value is boom
-    assert len(attempts) == 1
-    assert time.monotonic() - started < 0.5
+    assert len(attempts) == 1      # at once: no second try, no wait
 
 
 def test_unknown_errors_are_not_retried():
@@ -116,12 +119,14 @@ def test_progress_is_logged_with_elapsed_and_limit(caplog):
             wait_for(probe, what="ceph healthy", timeout=0.5, interval=0.05, progress_every=0.2,
                      on_progress=seen.append)
     lines = [r.getMessage() for r in caplog.records if r.name == "nodegate.waits"]
-    # First report at once, then one per 0.2 s: 2 to 4 lines in 0.5 s, not one per attempt.
-    assert 2 <= len(lines) <= 4, lines
+    # First report at once, then at most one per 0.2 s: up to 4 lines in 0.5 s (fewer on a busy
+    # machine), not one per attempt (10).
+    assert 1 <= len(lines) <= 4, lines
     assert lines[0].startswith("waiting for ceph healthy: HEALTH_WARN OSD_DOWN (")
     assert lines[0].endswith("s/0.5s)")
     assert [str(p) for p in seen] == lines
-    assert all(0 <= p.elapsed <= 0.5 and p.limit == 0.5 for p in seen)
+    assert all(p.elapsed >= 0 and p.limit == 0.5 for p in seen)
+    assert all(b.elapsed - a.elapsed >= 0.2 - 1e-6 for a, b in zip(seen, seen[1:])), [p.elapsed for p in seen]
 
 
 def test_a_probe_returning_something_else_is_a_bug():
