@@ -37,18 +37,20 @@ def rack_lab(tmp_path_factory):
     lab_dir = tmp_path_factory.mktemp("rollout") / "lab"
     nodegate("lab", "up", "--dir", str(lab_dir), "--net", str(net_beside("rollout")), "--nodes", "8",
              "--racks", "4", timeout=900)
-    config = LabConfig.load(lab_dir)
-    from nodegate.lab.kubespray import apply_force_fix
+    try:
+        config = LabConfig.load(lab_dir)
+        from nodegate.lab.kubespray import apply_force_fix
 
-    assert apply_force_fix(lab_dir / "kubespray")     # the operator's fix for kubespray #9114
-    view = LabAccess(config)
-    for pool in ("rbd", "device_health_metrics"):
-        ceph(config, "osd", "pool", "set", pool, "size", "4")
-    _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
-    view.wait_healthy()
-    yield view
-    view.kube.close()
-    nodegate("lab", "down", "--dir", str(lab_dir))
+        assert apply_force_fix(lab_dir / "kubespray")     # the operator's fix for kubespray #9114
+        view = LabAccess(config)
+        for pool in ("rbd", "device_health_metrics"):
+            ceph(config, "osd", "pool", "set", pool, "size", "4")
+        _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
+        view.wait_healthy()
+        yield view
+        view.kube.close()
+    finally:        # a lab whose set-up failed is taken down too
+        nodegate("lab", "down", "--dir", str(lab_dir), check=False)
 
 
 def ceph(config: LabConfig, *args: str) -> str:
