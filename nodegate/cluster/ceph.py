@@ -270,22 +270,9 @@ class Ceph:
 def hosts_osds(text: str) -> dict[str, tuple[int, ...]]:
     """`ceph osd tree -f json` → CRUSH host name → the OSD ids under it (sorted), as `osd ls-tree HOST`
     lists them (OSDs below a host's own sub-buckets included)."""
-    import json
+    from nodegate.core.batching import parse_crush_tree
 
-    try:
-        nodes = {n["id"]: n for n in json.loads(text or "{}").get("nodes", [])}
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise PermanentError(f"`ceph osd tree -f json` gave no readable tree ({exc})") from None
-
-    def osds(node_id: int, seen: frozenset[int] = frozenset()) -> list[int]:
-        node = nodes.get(node_id)
-        if node is None or node_id in seen:
-            return []
-        if node.get("type") == "osd":
-            return [node_id]
-        return [i for child in node.get("children") or () for i in osds(child, seen | {node_id})]
-
-    return {str(n["name"]): tuple(sorted(osds(i))) for i, n in nodes.items() if n.get("type") == "host"}
+    return dict(parse_crush_tree(text).host_osds)
 
 
 def _toolbox_unavailable(exc: BaseException) -> bool:

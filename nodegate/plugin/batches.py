@@ -433,12 +433,9 @@ def _note_actual_quiet(rollout: Rollout, node: str, step: str, seconds: float, u
 
 
 def _attach_one(evidence: Any, item: Any) -> None:
-    if item.kind == "command":
-        evidence.command(item.payload)
-    elif item.kind == "json":
-        evidence.json(item.name, item.payload)
-    else:
-        evidence.text(item.name, str(item.payload))
+    from nodegate.plugin.procedures import attach_item
+
+    attach_item(evidence, item)
 
 
 # --------------------------------------------------------------------------- what the run shows at its end

@@ -280,12 +280,17 @@ def perform(upgrade: "Upgrade", evidence):
 
 def _attach(evidence, upgrade: "Upgrade") -> None:
     for item in upgrade.take_evidence():
-        if item.kind == "command":
-            evidence.command(item.payload)
-        elif item.kind == "json":
-            evidence.json(item.name, item.payload)
-        else:
-            evidence.text(item.name, str(item.payload))
+        attach_item(evidence, item)
+
+
+def attach_item(evidence, item) -> None:
+    """One piece of a step's evidence (a command, JSON or text) as an Allure attachment."""
+    if item.kind == "command":
+        evidence.command(item.payload)
+    elif item.kind == "json":
+        evidence.json(item.name, item.payload)
+    else:
+        evidence.text(item.name, str(item.payload))
 
 
 # --------------------------------------------------------------------------- the checks catalogue
