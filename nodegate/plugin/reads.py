@@ -3,6 +3,7 @@ where it helps), and the phase a check runs in.
 """
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,6 +77,7 @@ class Reads:
         after the other. A failed read fails the check that uses it, with the same error.
         Ceph reads (``ceph=True``) have threads of their own, as many as may run at once, so
         that they never hold up the API and SSH reads queued behind them."""
+        _import_read_modules()   # here, on the main thread, before any read-ahead thread runs
         with self._lock:
             if ceph and self._ceph_pool is None:
                 self._ceph_pool = ThreadPoolExecutor(max_workers=CEPH_PARALLEL, thread_name_prefix="nodegate-ceph")
@@ -276,6 +278,21 @@ class Reads:
                                   osd_pods=osd_pods, osd_metadata_hosts=self.osd_metadata_hosts(),
                                   override=spec.crush_host, no_osds_expected=not spec.ceph_osds)
         return self._get(("crush", spec.name), read)
+
+
+# What the reads import on first use, each creating its module's logger. A read-ahead thread must
+# not be the first to import one: pytest walks logging's dict of loggers, unlocked, as it enters the
+# setup, call and teardown of every test (_pytest.logging.catching_logs, to reach non-propagating
+# loggers), and a logger added meanwhile fails that test with "RuntimeError: dictionary changed
+# size during iteration". The Kubernetes library itself is still imported by the first read
+# (Access.kube: ~0.3 s, beside the SSH checks); validate_access waits for it before any test.
+READ_MODULES = ("nodegate.cluster.ceph", "nodegate.cluster.kube.client", "nodegate.cluster.nodes.snapshot",
+                "nodegate.cluster.storage", "nodegate.core.crush")
+
+
+def _import_read_modules() -> None:
+    for name in READ_MODULES:
+        importlib.import_module(name)   # at once when imported already
 
 
 def _quietly(read: Callable[[], Any]) -> None:
