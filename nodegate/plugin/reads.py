@@ -49,6 +49,8 @@ class Reads:
         self._ceph_pool: ThreadPoolExecutor | None = None
         # a run over several nodes reads the pods and PDBs of the cluster once, not per node
         self.fleet = False
+        # nodes whose `apt-get update` this pass asks for: their simulation reads the lists after it
+        self._updated_first: set[str] = set()
 
     def _get(self, key: tuple, read: Callable[[], Any]) -> Any:
         """The cached answer for ``key``, reading it now unless it is read (or being read) already."""
@@ -113,8 +115,29 @@ class Reads:
         host = self.host(name)
         return self._get(("snapshot", name, id(host)), lambda: Snapshot(host).take())
 
+    def update_before_upgradable(self, names) -> None:
+        """This pass runs `apt-get update` on ``names``: their `apt-get -s dist-upgrade` waits for it.
+
+        While `apt-get update` fetches a list, apt hands the file in /var/lib/apt/lists to its
+        sandbox user (`_apt`, mode 0600) and gives it back (root, 0644) when the fetch is done
+        (apt-pkg/acquire-worker.cc: Worker::QueueItem, then PrepareFiles), on every node alike.
+        The simulation does not wait for apt's lists lock (Debug::NoLocking), so beside an update it
+        reads lists half renewed and, as a non-root login, cannot open the one being fetched
+        ("can not open …_InRelease - fopen (13: Permission denied)"). After the update it reads the
+        lists that update left, which is also what a dist-upgrade would install from."""
+        with self._lock:
+            self._updated_first.update(names)
+
     def upgradable(self, name: str):
+        """`apt-get -s dist-upgrade` on the node; after this pass's `apt-get update` of it, if one is asked for."""
         host = self.host(name)
+        with self._lock:
+            update_first = name in self._updated_first
+        if update_first:
+            try:
+                self.apt_update(name)   # runs it, or waits for it when it is under way
+            except Exception:  # noqa: BLE001 - a failed update is test_apt_update_clean's to report
+                pass
         return self._get(("upgradable", name, id(host)), host.packages.upgradable)
 
     def apt_update(self, name: str):

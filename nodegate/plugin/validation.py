@@ -150,6 +150,8 @@ def _prefetch(reads: Reads, run: NodegateRun, items: list[pytest.Item], phases: 
     if needs_ssh and "test_apt_update_clean" in selected:
         wanted += [functools.partial(reads.apt_update, n) for n in names]
     if needs_ssh and "test_nothing_upgradable" in selected:
+        if "test_apt_update_clean" in selected:
+            reads.update_before_upgradable(names)   # never beside it on the same node
         wanted += [functools.partial(reads.upgradable, n) for n in names]
     if needs_ssh and "test_etcd_healthy" in selected:
         wanted += [functools.partial(reads.etcd_health, spec.name) for spec in specs if spec.is_etcd]

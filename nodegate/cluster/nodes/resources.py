@@ -106,9 +106,10 @@ class Packages:
 
     def upgradable(self) -> parsing.AptUpgradable:
         """What `apt-get dist-upgrade` would do (simulated): upgrades, and held packages kept back.
-        Through sudo: the simulation reads apt's lists, which a node whose root umask is stricter
-        than 022 (CIS-hardened images use 027) leaves unreadable to a non-root login."""
-        out = self.host.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], env=APT_ENV, sudo=True)
+        Without sudo: apt gives every list it fetched to root with mode 0644 whatever the umask
+        (apt-pkg/acquire-worker.cc, PrepareFiles). A list is _apt's 0600 only while an
+        `apt-get update` fetches it, so the simulation must not run beside one (plugin.reads orders them)."""
+        out = self.host.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], env=APT_ENV)
         return parsing.parse_apt_upgradable(out.stdout)
 
     def audit(self) -> str:
