@@ -236,16 +236,23 @@ class LabAccess:
             raise AssertionError(f"nodegate lab {' '.join(args)}: rc {done.returncode}\n{done.stdout}\n{done.stderr}")
         return done
 
-    def wait_healthy(self, timeout: float = 240) -> None:
-        """Every lab node Ready and Ceph healthy in full (bounded)."""
+    def wait_healthy(self, timeout: float = 240, *, settled_s: float = 0.0) -> None:
+        """Every lab node Ready and Ceph healthy in full (bounded). With ``settled_s``, healthy on
+        every look for that long: after a pool change (size, rule) the mgr's PG statistics lag the
+        new osdmap by up to its stats period (5 s), so one healthy look may predate the change."""
         from nodegate.core.waits import Done, NotYet, wait_for
+
+        since: list[float] = []
 
         def probe():
             not_ready = [n.name for n in self.kube.list_nodes() if not n.is_ready]
-            if not_ready:
-                return NotYet(f"not Ready: {not_ready}")
-            status = self.ceph.status()
-            return Done(True) if status.healthy_in_full else NotYet("; ".join(status.reasons()))
+            status = None if not_ready else self.ceph.status()
+            if not_ready or not status.healthy_in_full:
+                since.clear()
+                return NotYet(f"not Ready: {not_ready}" if not_ready else "; ".join(status.reasons()))
+            since[:] = since or [time.monotonic()]
+            held = time.monotonic() - since[0]
+            return Done(True) if held >= settled_s else NotYet(f"healthy for {held:.1f}s of {settled_s:g}s")
 
         wait_for(probe, what="lab nodes Ready and ceph healthy", timeout=timeout, interval=0.5)
 

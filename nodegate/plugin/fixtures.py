@@ -262,6 +262,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     reads = reads_for(config)
     try:
         hosts = [reads.host(spec.name) for spec in run.nodes]          # built here, in one thread
+        from nodegate.upgrade.preload import import_harness_modules
+
+        import_harness_modules()     # before the pool: see nodegate.upgrade.preload
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="nodegate-check") as pool:
             kube = pool.submit(_connect_or_refuse, reads, run)
             releases = list(pool.map(lambda host: host.release.os_release(), hosts))

@@ -161,6 +161,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 @pytest.fixture(scope="session")
 def upgrade_access(profile, nodegate_run: NodegateRun):
+    from nodegate.upgrade.preload import import_harness_modules
+
+    import_harness_modules()    # before the heartbeat, the lock keeper and a batch's threads start
     access = Access(profile)
     failure = None
     try:

@@ -3,7 +3,6 @@ where it helps), and the phase a check runs in.
 """
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -303,19 +302,12 @@ class Reads:
         return self._get(("crush", spec.name), read)
 
 
-# What the reads import on first use, each creating its module's logger. A read-ahead thread must
-# not be the first to import one: pytest walks logging's dict of loggers, unlocked, as it enters the
-# setup, call and teardown of every test (_pytest.logging.catching_logs, to reach non-propagating
-# loggers), and a logger added meanwhile fails that test with "RuntimeError: dictionary changed
-# size during iteration". The Kubernetes library itself is still imported by the first read
-# (Access.kube: ~0.3 s, beside the SSH checks); validate_access waits for it before any test.
-READ_MODULES = ("nodegate.cluster.ceph", "nodegate.cluster.kube.client", "nodegate.cluster.nodes.snapshot",
-                "nodegate.cluster.storage", "nodegate.core.crush")
-
-
 def _import_read_modules() -> None:
-    for name in READ_MODULES:
-        importlib.import_module(name)   # at once when imported already
+    """Every harness module, imported here on the main thread before a read-ahead thread runs
+    (nodegate.upgrade.preload says why)."""
+    from nodegate.upgrade.preload import import_harness_modules
+
+    import_harness_modules()
 
 
 def _quietly(read: Callable[[], Any]) -> None:

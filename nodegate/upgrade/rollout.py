@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodegate.core.errors import NodegateError
+from nodegate.upgrade.preload import import_harness_modules
 
 if TYPE_CHECKING:
     from nodegate.upgrade.engine import EvidenceItem, StepOutcome, Upgrade
@@ -81,6 +82,7 @@ def run_step(ups: Sequence["Upgrade"], step: str) -> list[NodeResult]:
     def work(up: "Upgrade") -> None:
         results[up.name] = _one(up, step)
 
+    import_harness_modules()    # before the batch's threads: see nodegate.upgrade.preload
     threads = [threading.Thread(target=work, args=(up,), name=f"nodegate-{up.name}", daemon=True) for up in ups]
     for thread in threads:
         thread.start()

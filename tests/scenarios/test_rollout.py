@@ -46,7 +46,7 @@ def rack_lab(tmp_path_factory):
         for pool in ("rbd", "device_health_metrics"):
             ceph(config, "osd", "pool", "set", pool, "size", "4")
         _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
-        view.wait_healthy()
+        view.wait_healthy(settled_s=12)
         yield view
         view.kube.close()
     finally:        # a lab whose set-up failed is taken down too

@@ -37,7 +37,7 @@ def racks10(tmp_path_factory):
             ceph(config, "osd", "pool", "set", pool, "size", "4")
         _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
         view = LabAccess(config)
-        view.wait_healthy()
+        view.wait_healthy(settled_s=12)
         yield view
         view.kube.close()
     finally:        # a lab whose set-up failed is taken down too

@@ -94,4 +94,4 @@ def test_a_read_ahead_thread_adds_no_logger_while_pytest_enters_a_test():
     assert outcome["fired"], "the probe was not reached: pytest no longer walks the loggers this way"
     assert outcome == {"fired": True, "error": None, "added": []}, (
         f"a read-ahead thread created the loggers {outcome['added']} while pytest walked them "
-        f"({outcome['error']}): import their modules in nodegate.plugin.reads.READ_MODULES")
+        f"({outcome['error']}): import their modules in nodegate.upgrade.preload (called by nodegate.plugin.reads)")
