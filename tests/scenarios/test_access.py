@@ -45,6 +45,9 @@ def access_lab(tmp_path_factory):
 
     assert apply_force_fix(lab_dir / "kubespray")
     view = Lab(config)
+    # the tests compare the node and the cluster before and after, Ceph's health included: start
+    # from a Ceph that stays healthy (lab up returns at its first healthy look)
+    view.wait_healthy(settled_s=6)
     yield view
     view.kube.close()
     nodegate("lab", "down", "--dir", str(lab_dir))
