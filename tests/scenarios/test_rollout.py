@@ -39,18 +39,25 @@ def rack_lab(tmp_path_factory):
              "--racks", "4", timeout=900)
     try:
         config = LabConfig.load(lab_dir)
-        from nodegate.lab.kubespray import apply_force_fix
-
-        assert apply_force_fix(lab_dir / "kubespray")     # the operator's fix for kubespray #9114
         view = LabAccess(config)
-        for pool in ("rbd", "device_health_metrics"):
-            ceph(config, "osd", "pool", "set", pool, "size", "4")
-        _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
-        view.wait_healthy(settled_s=12)
+        operate_rack_aware(config, view)
         yield view
         view.kube.close()
     finally:        # a lab whose set-up failed is taken down too
         nodegate("lab", "down", "--dir", str(lab_dir), check=False)
+
+
+def operate_rack_aware(config: LabConfig, view: LabAccess) -> None:
+    """The operator's set-up of the rack-aware cluster (see the module docstring): the fix for
+    kubespray #9114, pools of size 4 across the racks, no rook-ceph-osd budget; then a Ceph that
+    stays healthy after the size change."""
+    from nodegate.lab.kubespray import apply_force_fix
+
+    assert apply_force_fix(config.dir / "kubespray")     # the operator's fix for kubespray #9114
+    for pool in ("rbd", "device_health_metrics"):
+        ceph(config, "osd", "pool", "set", pool, "size", "4")
+    _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
+    view.wait_healthy(settled_s=12)
 
 
 def ceph(config: LabConfig, *args: str) -> str:

@@ -14,7 +14,7 @@ import re
 import pytest
 from labkit import LabAccess, net_beside, nodegate
 from scenariotools import Operator, no_traceback
-from test_rollout import _delete, ceph, journal_of, release_of
+from test_rollout import ceph, journal_of, operate_rack_aware, release_of
 
 from nodegate.lab.config import LabConfig
 
@@ -30,14 +30,8 @@ def racks10(tmp_path_factory):
              "--racks", "4", timeout=900)
     try:
         config = LabConfig.load(lab_dir)
-        from nodegate.lab.kubespray import apply_force_fix
-
-        assert apply_force_fix(lab_dir / "kubespray")
-        for pool in ("rbd", "device_health_metrics"):
-            ceph(config, "osd", "pool", "set", pool, "size", "4")
-        _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
         view = LabAccess(config)
-        view.wait_healthy(settled_s=12)
+        operate_rack_aware(config, view)
         yield view
         view.kube.close()
     finally:        # a lab whose set-up failed is taken down too
