@@ -160,8 +160,10 @@ def test_the_node_annotation_removed_by_hand_mid_upgrade(course: Course):
 
 def test_a_lab_brought_down_and_up_again_makes_the_journal_stale(course: Course, lab):
     op = course.op
-    stopped_at = [r for r in op.journal() if r["status"] in ("done", "skipped")][-1]["step"]
-    assert stopped_at == "kubespray", stopped_at          # node4 of the first lab stopped after the release upgrade
+    # node4 of the first lab stopped after the release upgrade and before the end. The SIGTERM sent
+    # once the journal shows kubespray done may land after the next step (hold: one apt-mark) is done too.
+    finished = [r["step"] for r in op.journal() if r["status"] in ("done", "skipped")]
+    assert "kubespray" in finished and "complete" not in finished, finished[-3:]
     old_records = len(op.journal())
     started = time.monotonic()
     nodegate("lab", "down", "--dir", str(lab.dir))
