@@ -119,23 +119,6 @@ def measure_fleet(lab: Path, *, reps: int = 2, workers: int = 2, tiny: bool = Fa
 
 # -- rollout_speedup ---------------------------------------------------------------------------------
 
-def prepare_racks_lab(lab: Path) -> None:
-    """The operator's setup of the rack-aware cluster (see tests/scenarios/test_rollout.py)."""
-    from nodegate.lab import apiclient
-    from nodegate.lab.config import LabConfig
-    from nodegate.lab.kubespray import apply_force_fix
-
-    apply_force_fix(lab / "kubespray")
-    for pool in ("rbd", "device_health_metrics"):
-        subprocess.run(["ceph", "-c", str(lab / "ceph.conf"), "osd", "pool", "set", pool, "size", "4"], check=True,
-                       capture_output=True, timeout=60)
-    config = LabConfig.load(lab)
-    status, body = apiclient.request(config, "DELETE", "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/"
-                                     "rook-ceph-osd")
-    if status not in (200, 202, 404):      # 404: already gone
-        raise RuntimeError(f"deleting the lab's rook-ceph-osd budget answered {status}: {body}")
-
-
 def _wait_healthy(lab: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,7 +140,10 @@ def _upgrade(lab: Path, reports: Path, parallel: str) -> tuple[float, int, str, 
 
 
 def measure_rollout(lab: Path) -> dict:
-    prepare_racks_lab(lab)
+    from nodegate.lab.config import LabConfig
+    from nodegate.lab.rack_operator import operate_rack_aware
+
+    operate_rack_aware(LabConfig.load(lab))
     _wait_healthy(lab)
     workers = [n for n in lab_nodes(lab) if n not in ("node1", "node2")]
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,7 @@ class Operator:
         self.count = 0
         # Kubespray's ssh ControlPath must stay under the 108-byte socket limit
         self.control = Path(tempfile.mkdtemp(prefix="ngs-cp-", dir="/tmp"))
+        weakref.finalize(self, shutil.rmtree, self.control, ignore_errors=True)   # at the latest when pytest exits
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

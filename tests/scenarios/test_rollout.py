@@ -48,15 +48,17 @@ def rack_lab(tmp_path_factory):
 
 
 def operate_rack_aware(config: LabConfig, view: LabAccess) -> None:
-    """The operator's set-up of the rack-aware cluster (see the module docstring): the fix for
-    kubespray #9114, pools of size 4 across the racks, no rook-ceph-osd budget; then a Ceph that
+    """The operator's set-up of the rack-aware cluster (nodegate.lab.rack_operator: the fix for
+    kubespray #9114, pools of size 4 across the racks, no rook-ceph-osd budget); then a Ceph that
     stays healthy after the size change."""
-    from nodegate.lab.kubespray import apply_force_fix
+    from nodegate.lab.kubespray import DOCKER_TASKS
+    from nodegate.lab.rack_operator import RACK_AWARE_SIZE
+    from nodegate.lab.rack_operator import operate_rack_aware as operate
 
-    assert apply_force_fix(config.dir / "kubespray")     # the operator's fix for kubespray #9114
+    operate(config)
+    assert "force: true" in (config.dir / "kubespray" / DOCKER_TASKS).read_text()
     for pool in ("rbd", "device_health_metrics"):
-        ceph(config, "osd", "pool", "set", pool, "size", "4")
-    _delete(config, "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd")
+        assert f"size: {RACK_AWARE_SIZE}" in ceph(config, "osd", "pool", "get", pool, "size"), pool
     view.wait_healthy(settled_s=12)
 
 
@@ -65,13 +67,6 @@ def ceph(config: LabConfig, *args: str) -> str:
                           timeout=60)
     assert done.returncode == 0, f"ceph {' '.join(args)}: {done.stderr}"
     return done.stdout
-
-
-def _delete(config: LabConfig, path: str) -> None:
-    from nodegate.lab import apiclient
-
-    status, body = apiclient.request(config, "DELETE", path)
-    assert status in (200, 202), (status, body)
 
 
 @pytest.fixture(scope="module")
