@@ -48,6 +48,10 @@ BLUESTORE_CACHE = 32 << 20
 STOP_GRACE_S = 10.0            # SIGTERM → SIGKILL
 CLI_TIMEOUT_S = 30.0
 WARNING_FLAG = "noscrub"
+# Pacific's devicehealth mgr module creates this pool (1 PG) by itself once OSDs are up, a few
+# seconds after the cluster first reads healthy (seen in the lab's mgr log: pgmap 64 active+clean,
+# then 65 with 1 creating+activating); until it is created and clean, the cluster is still settling.
+MGR_POOL = "device_health_metrics"
 RACK_RULE = "replicated_rack"  # with racks: replicas in different racks (`chooseleaf firstn 0 type rack`)
 
 log = logging.getLogger(__name__)
@@ -506,9 +510,18 @@ class LabCeph:
         """`ceph health detail -f json`."""
         return self._json("health", "detail")
 
+    def pgs_in_osdmap(self) -> tuple[int, set[str]]:
+        """The PGs of every pool in the current osdmap, and the pools' names. A pool just created
+        (or grown) is in the osdmap before the mgr's PG statistics count its PGs: until they do,
+        `ceph status` reads every PG it knows active+clean while the new ones are still being
+        created and peered (and `ceph osd ok-to-stop` answers EBUSY for them)."""
+        pools = self._json("osd", "pool", "ls", "detail", timeout=10)
+        return sum(int(pool["pg_num"]) for pool in pools), {pool["pool_name"] for pool in pools}
+
     def wait_healthy(self, timeout: float) -> CephState:
-        """Wait until HEALTH_OK with the mgr available, every OSD up and in and every PG
-        active+clean; on timeout raise with what was last seen."""
+        """Wait until HEALTH_OK with the mgr available, every OSD up and in, and every PG of every
+        pool in the osdmap counted in the PG statistics and active+clean; on timeout raise with what
+        was last seen."""
         deadline = time.monotonic() + timeout
         last: CephState | None = None
         error = ""
@@ -517,7 +530,13 @@ class LabCeph:
                 last = self.state()
                 error = ""
                 if last.truly_healthy:
-                    return last
+                    expected, pools = self.pgs_in_osdmap()
+                    if MGR_POOL not in pools:
+                        error = f"the mgr has not created its pool {MGR_POOL} yet"
+                    elif last.pgs != expected:
+                        error = f"the PG statistics count {last.pgs} PGs of the osdmap's {expected}"
+                    else:
+                        return last
             except (TransientError, PermanentError, json.JSONDecodeError) as exc:
                 error = str(exc)
             if time.monotonic() >= deadline:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import subprocess
 
 from nodegate.lab import apiclient
+from nodegate.lab.ceph import MGR_POOL, POOL
 from nodegate.lab.config import LabConfig
 from nodegate.lab.kubespray import apply_force_fix
 
-RACK_AWARE_POOLS = ("rbd", "device_health_metrics")
+RACK_AWARE_POOLS = (POOL, MGR_POOL)
 RACK_AWARE_SIZE = 4
 ROOK_OSD_BUDGET = "/apis/policy/v1/namespaces/rook-ceph/poddisruptionbudgets/rook-ceph-osd"
 

@@ -191,7 +191,11 @@ def test_upgrade_keeps_the_osds_protected_longer_than_rook_does(field):
     for s in inside:
         assert "noout" in s["own"], f"osd.{OSD} lost its own noout flag at {s}"
     assert all(s["in"] == 1 for s in samples), "osd.3 was marked out"
-    assert not any("backfill" in st or "remapped" in st for s in samples for st in s["pgs"]), "backfill started"
+    # No data moved: no PG backfilled. A PG may read "remapped" while osd.3 is down, and that moves
+    # nothing: Ceph keeps it active on a temporary acting set, e.g. one with the complete copy that
+    # the test before (osd.3 out, then in again) left on another OSD (seen in the lab's mgr log:
+    # "1 active+clean+remapped" from the drain until osd.3 was back, no backfill).
+    assert not any("backfill" in st for s in samples for st in s["pgs"]), "backfill started"
     down = [s for s in inside if s["up"] == 0]
     assert down and any("noout" not in s["crush"].get(CRUSH, []) for s in down), \
         "Rook's own noout never expired while the OSD was down: the test would not show anything"
