@@ -261,6 +261,12 @@ class FleetRuns:
         self._lock = threading.Lock()
         self._runs: dict[tuple[str, ...], Future] = {}
 
+    @property
+    def commands_run(self) -> int:
+        """How many shared Ansible commands this fleet has run."""
+        with self._lock:
+            return len(self._runs)
+
     def passed(self, node: str, argv_of: Callable[[str], list[str]]) -> tuple[list[str], subprocess.CompletedProcess] | None:
         """(argv, result) of the shared run covering ``node`` when it passed, else None."""
         try:
