@@ -15,7 +15,15 @@ import pytest
 
 from nodegate.plugin.fixtures import fail_check
 
-PROMPT_FILE = "/etc/update-manager/release-upgrades"
+PROMPT_FILE = "/etc/update-manager/release-upgrades"   # nodegate.cluster.nodes.snapshot reads it
+
+
+def _read(result, expect, what: str) -> str:
+    """A read of the node's snapshot with its exit code judged as `host.run(…, expect=…)` judges it."""
+    if result.rc not in expect:
+        fail_check(f"cannot read {what}: {result.describe()}",
+                   fix="check the node's file permissions and that its shell and tools answer over SSH")
+    return result.stdout
 
 
 def _prompt(text: str) -> str | None:
@@ -29,8 +37,9 @@ def _prompt(text: str) -> str | None:
 
 @pytest.mark.preflight
 def test_release_upgrade_prompt(node, reads, evidence, notice):
-    host = reads.host(node.name)
-    text = host.read_file(PROMPT_FILE) if host.exists(PROMPT_FILE) else ""
+    from nodegate.cluster.nodes.snapshot import RELEASE_UPGRADES_ABSENT
+
+    text = _read(reads.snapshot(node.name).release_upgrades, (0, RELEASE_UPGRADES_ABSENT), PROMPT_FILE)
     evidence.text(f"{node.name}: {PROMPT_FILE}", text or "(absent)")
     prompt = _prompt(text)
     if prompt == "never":
@@ -49,13 +58,11 @@ def test_no_package_blocks_release_upgrade(node, reads, profile, evidence):
     apt pin keeps a package back; do-release-upgrade then refuses with "Please install all
     available updates" or cannot calculate the upgrade."""
     snapshot = reads.snapshot(node.name)
-    host = reads.host(node.name)
     expected = set(profile.expect.held_packages)
     problems = [f"{name} {version} is held and the procedure does not unhold it (not in the expected set: "
                 f"{profile.expect.held_source})" for name, version in sorted(snapshot.held.items())
                 if name not in expected]
-    pins = host.run(["sh", "-c", "grep -HiE '^(Package|Pin-Priority):' /etc/apt/preferences "
-                                 "/etc/apt/preferences.d/* 2>/dev/null"], expect=(0, 1, 2)).stdout
+    pins = _read(snapshot.apt_pins, (0, 1, 2), f"the apt pins of {node.name}")
     evidence.text(f"{node.name}: apt pins", pins or "(none)")
     current: dict[str, str] = {}
     for line in pins.splitlines():

@@ -19,6 +19,15 @@ def toolchain(profile):
         return exc      # each check that needs it fails with it (a fixture error would hide the cause)
 
 
+@pytest.fixture(scope="session")
+def fleet_runs(profile, selected_nodes):
+    """One --syntax-check and one --list-tags run for all the selected nodes (FleetRuns says why
+    that parses what each node's own command parses); a node's own command when it fails."""
+    from nodegate.cluster.toolchain import FleetRuns
+
+    return FleetRuns(profile, [n.name for n in selected_nodes])
+
+
 def _tool(found):
     if isinstance(found, Exception):
         fail_check(found.message, fix=found.fix or "")
@@ -49,19 +58,19 @@ def test_ansible_requirements_installed(profile, toolchain, evidence):
 
 
 @pytest.mark.preflight
-def test_upgrade_playbook_parses(node, profile, toolchain, evidence):
+def test_upgrade_playbook_parses(node, profile, toolchain, fleet_runs, evidence):
     """The exact upgrade command of step 11 with --syntax-check, the inventory and variables included."""
     from nodegate.cluster.toolchain import syntax
 
-    _judge(syntax(profile, node.name, _tool(toolchain)), evidence)
+    _judge(syntax(profile, node.name, _tool(toolchain), fleet_runs), evidence)
 
 
 @pytest.mark.preflight
-def test_skipped_tags_exist(node, profile, toolchain, evidence):
+def test_skipped_tags_exist(node, profile, toolchain, fleet_runs, evidence):
     """Each tag of the command's --skip-tags (multus, kubespray #9703) is one --list-tags lists."""
     from nodegate.cluster.toolchain import skipped_tags
 
-    _judge(skipped_tags(profile, node.name, _tool(toolchain)), evidence)
+    _judge(skipped_tags(profile, node.name, _tool(toolchain), fleet_runs), evidence)
 
 
 @pytest.mark.preflight

@@ -9,24 +9,23 @@ ansible_host, ip and access_ip are resolved and compared.
 """
 from __future__ import annotations
 
+import functools
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from nodegate.core.api_endpoint import NODE_ADDRESS_VARS, EndpointVerdict, compare, server_host_port
 from nodegate.core.errors import UsageError
-from nodegate.profile.inventory import read_inventory
+from nodegate.profile.inventory import Inventory, read_inventory
 from nodegate.profile.model import NodeSpec, Profile
 
 
 def kubeconfig_server(path: Path, context: str | None = None) -> str:
     """The server URL of the kubeconfig's context (the profile's, else its current-context)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read kubeconfig {path}: {exc}", fix="point [kubernetes] kubeconfig at a kubeconfig") \
-            from None
+    data = _as_of_file(_kubeconfig_data, Path(path))
     wanted = context or data.get("current-context")
     try:
         ctx = next(c["context"] for c in data.get("contexts") or [] if c.get("name") == wanted)
@@ -46,10 +45,34 @@ def resolve(host: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def _kubeconfig_data(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read kubeconfig {path}: {exc}", fix="point [kubernetes] kubeconfig at a kubeconfig") \
+            from None
+
+
+def _as_of_file(read: Callable[[Path], Any], path: Path) -> Any:
+    """read(path), parsed again only when the file changed: every node's check reads the same
+    kubeconfig and inventory (which grows with the fleet). Callers only read what it returns."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return read(path)     # its UsageError names the problem
+    return _read_as_of(read, path, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_as_of(read: Callable[[Path], Any], path: Path, _mtime_ns: int, _size: int, _inode: int) -> Any:
+    return read(path)
+
+
 def node_addresses(profile: Profile, node: NodeSpec) -> dict[str, tuple[str, ...]]:
     """The node's inventory addresses (ansible_host, ip, access_ip), each resolved."""
     values = {"ansible_host": node.address}
-    host_vars = read_inventory(profile.kubespray.inventory).vars_for(node.name)
+    inventory: Inventory = _as_of_file(read_inventory, profile.kubespray.inventory)
+    host_vars = inventory.vars_for(node.name)
     for name in NODE_ADDRESS_VARS[1:]:
         if host_vars.get(name) and "{{" not in host_vars[name]:
             values[name] = host_vars[name]

@@ -29,7 +29,7 @@ def redact_results(results: Path) -> int:
             except ValueError:
                 tree = None
             if tree is not None:
-                cleaned_tree = _tidy_parameters(_redact_tree(tree))
+                cleaned_tree = _tidy_parameters(_redact_tree(tree) if _has_secret(tree) else tree)
                 if cleaned_tree != tree:   # compared parsed: a secret may be JSON-escaped in the text
                     path.write_text(json.dumps(cleaned_tree, ensure_ascii=False), encoding="utf-8")
                     changed += 1
@@ -65,6 +65,26 @@ def _tidy_parameters(tree: Any) -> Any:
                 tree[key] = hashlib.md5(f"{tree[key]}:postflight".encode()).hexdigest()
         tree["nodegatePhaseIds"] = True   # marks the rewrite done: sweeps run once per process
     return tree
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+
+
+def _has_secret(tree: Any) -> bool:
+    """Whether any string of ``tree`` would be masked: one redact() over all of them, joined by a
+    NUL (no secret, key or value pattern spans it), instead of one per string (a run writes
+    hundreds of results with dozens of strings each, and almost never a secret)."""
+    joined = "\0".join(_strings(tree))
+    return redact(joined) != joined
 
 
 def _redact_tree(value: Any) -> Any:

@@ -112,3 +112,41 @@ def test_a_skipped_tag_the_checkout_lacks_is_named(v221):
     assert not found.ok
     assert "upgrade-cluster.yml has no tag multus, which nodegate skips (--skip-tags=multus" in found.message
     assert "multus-cni" in found.details[0]
+
+
+def test_one_run_serves_every_node_whose_command_differs_only_in_the_limit(v221):
+    profile = load_profile(v221.dir / "cluster.toml")
+    tool = toolchain.ansible_playbook(profile)
+    fleet = toolchain.FleetRuns(profile, ["node1", "node2", "node3", "node4"])
+    found = [toolchain.syntax(profile, n, tool, fleet) for n in ("node3", "node4")]
+    found += [toolchain.skipped_tags(profile, n, tool, fleet) for n in ("node3", "node4")]
+    assert [f.ok for f in found] == [True] * 4, [f.message for f in found]
+    assert all("--limit=node1,node2,node3,node4" in f.evidence for f in found)
+    assert "the skipped tags (multus) exist" in found[3].message
+    assert fleet.commands_run == 2          # one --syntax-check, one --list-tags, for four nodes
+
+
+def test_the_shared_run_refuses_a_limit_name_ansible_does_not_know(v221):
+    """ANSIBLE_HOST_PATTERN_MISMATCH=error: a name of the shared --limit that matches no host fails
+    the run (Ansible's default only warns, and the other names would still leave hosts)."""
+    profile = load_profile(v221.dir / "cluster.toml")
+    tool = toolchain.ansible_playbook(profile)
+    fleet = toolchain.FleetRuns(profile, ["node3", "node4"])
+    argv = [w if not w.startswith("--limit=") else "--limit=node4,no-such-node"
+            for w in toolchain._upgrade_argv(profile, "node4", tool)] + ["--syntax-check"]
+    done = fleet._once(argv)
+    assert done.returncode != 0 and "no-such-node" in done.stdout + done.stderr
+
+
+def test_a_failed_shared_run_is_reported_from_the_nodes_own_command(v221):
+    role = v221.dir / "kubespray" / "roles" / "kubernetes" / "node" / "tasks" / "main.yml"
+    saved = role.read_text()
+    try:
+        role.write_text(saved + "- name: broken\n  no_such_module_anywhere:\n    x: 1\n")
+        profile = load_profile(v221.dir / "cluster.toml")
+        fleet = toolchain.FleetRuns(profile, ["node3", "node4"])
+        found = toolchain.syntax(profile, "node4", toolchain.ansible_playbook(profile), fleet)
+    finally:
+        role.write_text(saved)
+    assert not found.ok and "no_such_module_anywhere" in found.message
+    assert "--limit=node4 " in found.evidence and "--limit=node3,node4" not in found.evidence

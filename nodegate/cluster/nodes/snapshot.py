@@ -75,6 +75,10 @@ class NodeSnapshot:
     modules_persisted: frozenset[str]           # named in /etc/modules and /etc/modules-load.d/*.conf
     source_files: tuple[SourcesFile, ...]
     results: tuple[CommandResult, ...]          # every command with its output, as evidence
+    # do-release-upgrade's inputs, judged by checks/test_release_upgrade.py: the Prompt file
+    # (rc RELEASE_UPGRADES_ABSENT when it does not exist) and the apt pins (grep: rc 1 none, 2 no file)
+    release_upgrades: CommandResult
+    apt_pins: CommandResult
 
     @property
     def held(self) -> dict[str, str]:
@@ -84,9 +88,15 @@ class NodeSnapshot:
         return next((e.version for e in self.packages if e.name == package and e.installed), None)
 
 
+RELEASE_UPGRADES = "/etc/update-manager/release-upgrades"
+RELEASE_UPGRADES_ABSENT = 3
+APT_PINS = ("sh", "-c", "grep -HiE '^(Package|Pin-Priority):' /etc/apt/preferences /etc/apt/preferences.d/* 2>/dev/null")
+
+
 class Snapshot:
-    """The node's release, packages, audit, pending reboot, kernels, free space, modules and apt
-    sources in one SSH round trip; each part parsed as the single-resource readers above do."""
+    """The node's release, packages, audit, pending reboot, kernels, free space, modules, apt
+    sources and do-release-upgrade's inputs in one SSH round trip; each part parsed as the
+    single-resource readers above do."""
 
     SOURCES_MARK = "@@nodegate-sources-file "
 
@@ -110,8 +120,11 @@ class Snapshot:
             ["lsmod"],
             ["sh", "-c", persisted],
             ["sh", "-c", sources],
+            ["sh", "-c", f"test -e {RELEASE_UPGRADES} || exit {RELEASE_UPGRADES_ABSENT}; cat -- {RELEASE_UPGRADES}"],
+            list(APT_PINS),
         ]
-        (osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src) = run_batch(self.host, commands)
+        (osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src, prompt, pins) = run_batch(self.host,
+                                                                                                       commands)
         entries = parsing.parse_dpkg_l(dpkg.stdout)
         disks: dict[str, DiskFree] = {}
         rows = [line.split() for line in df.stdout.splitlines()[1:] if len(line.split()) >= 6]
@@ -140,7 +153,9 @@ class Snapshot:
             modules=modules,
             modules_persisted=named,
             source_files=self._sources(src.stdout),
-            results=(osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src),
+            results=(osr, dpkg, audit, reboot, kernel, boot_id, df, lsmod, persist, src, prompt, pins),
+            release_upgrades=prompt,
+            apt_pins=pins,
         )
 
     def _sources(self, text: str) -> tuple[SourcesFile, ...]:

@@ -34,3 +34,21 @@ def test_log_records_are_redacted_before_any_handler(caplog):
         logging.getLogger("nodegate.test").info("token is %s", "another-secret-9876")
     assert "another-secret-9876" not in caplog.text
     assert MASK in caplog.text
+
+
+def test_result_files_are_masked_deep_inside_and_clean_ones_left_as_written(tmp_path):
+    import json
+
+    from nodegate.core.results import redact_results
+
+    register_secret("r3sult-secret-9876")
+    dirty = {"name": "test_x[node4]", "steps": [{"name": "s", "attachments": [], "parameters": [
+        {"name": "cmd", "value": "curl -H 'x: r3sult-secret-9876'"}]}],
+        "statusDetails": {"message": "ansible_password=hunter2hunter2"}}
+    clean = {"name": "test_y[node4]", "steps": [{"name": "token", "parameters": [{"name": "v", "value": "ok"}]}]}
+    (tmp_path / "a-result.json").write_text(json.dumps(dirty))
+    (tmp_path / "b-result.json").write_text(json.dumps(clean, indent=1))
+    assert redact_results(tmp_path) == 1
+    text = (tmp_path / "a-result.json").read_text()
+    assert "r3sult-secret-9876" not in text and "hunter2hunter2" not in text and MASK in text
+    assert (tmp_path / "b-result.json").read_text() == json.dumps(clean, indent=1)
