@@ -3,6 +3,7 @@ postflight results given ids of their own.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,8 @@ def redact_results(results: Path) -> int:
             except ValueError:
                 tree = None
             if tree is not None:
-                cleaned_tree = _tidy_parameters(_redact_tree(tree) if _has_secret(tree) else tree)
+                # a copy either way: _tidy_parameters edits in place, and the original decides below
+                cleaned_tree = _tidy_parameters(_redact_tree(tree) if _has_secret(tree) else copy.deepcopy(tree))
                 if cleaned_tree != tree:   # compared parsed: a secret may be JSON-escaped in the text
                     path.write_text(json.dumps(cleaned_tree, ensure_ascii=False), encoding="utf-8")
                     changed += 1
