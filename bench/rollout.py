@@ -141,15 +141,35 @@ def measure_fleet(lab: Path, *, reps: int = 2, workers: int = FLEET_WORKERS, tin
 
 # -- rollout_speedup ---------------------------------------------------------------------------------
 
+# Healthy on every look this long before a rollout starts: after the pool size change the mgr's PG
+# statistics lag the osdmap by its stats period (1 s in the lab), so one healthy look may predate it
+# (seen: HEALTH_OK read, then the gate found 55/65 PGs active+clean).
+SETTLED_S = 6.0
+
+
 def _wait_healthy(lab: Path, timeout: float = 600) -> None:
+    from nodegate.core.errors import PermanentError, TransientError
+    from nodegate.lab.ceph import LabCeph
+    from nodegate.lab.config import LabConfig
+
+    ceph = LabCeph(LabConfig.load(lab))
     deadline = time.monotonic() + timeout
+    held_since: float | None = None
+    seen = "no answer yet"
     while time.monotonic() < deadline:
-        done = subprocess.run(["ceph", "-c", str(lab / "ceph.conf"), "health"], capture_output=True, text=True,
-                              timeout=30)
-        if done.stdout.strip() == "HEALTH_OK":
+        try:
+            state = ceph.state()
+            healthy, seen = state.truly_healthy, state.describe()
+        except (TransientError, PermanentError, ValueError) as exc:
+            healthy, seen = False, str(exc)
+        if not healthy:
+            held_since = None
+        elif held_since is None:
+            held_since = time.monotonic()
+        elif time.monotonic() - held_since >= SETTLED_S:
             return
-        time.sleep(2)
-    raise SystemExit(f"bench: the rollout lab did not come back to HEALTH_OK: {done.stdout.strip()}")
+        time.sleep(0.5)
+    raise SystemExit(f"bench: the rollout lab did not stay healthy for {SETTLED_S:g} s within {timeout:.0f} s: {seen}")
 
 
 def _upgrade(lab: Path, reports: Path, parallel: str) -> tuple[float, int, str, dict | None]:
