@@ -160,8 +160,14 @@ def test_upgrade_survives_ssh_drop_and_is_repaired_after_a_kill(lab, node, lab_s
     assert upgrade_state(lab_ssh, node)["stage"] == "upgrading"
     audit = lab_ssh(node, "dpkg --audit").stdout
     assert "not yet configured" in audit or "only half" in audit, audit
-    # The repair an operator does: finish dpkg's work, run the upgrader again.
-    lab_ssh(node, "rm /etc/dpkg/dpkg.cfg.d/zz-slow; dpkg --configure -a")
+    # The repair an operator does: finish dpkg's work, run the upgrader again. A package the kill
+    # caught mid-unpack (half-installed, reinst-required: dpkg calls it "a very bad inconsistent
+    # state") is reinstalled first, as dpkg's message says; on a loaded machine the kill can land there.
+    lab_ssh(node, "rm /etc/dpkg/dpkg.cfg.d/zz-slow; "
+                  "broken=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n' | awk 'substr($1,3,1)==\"R\" {print $2}'); "
+                  "if [ -n \"$broken\" ]; then dpkg --configure -a; "
+                  "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall $broken; fi; "
+                  "dpkg --configure -a", timeout=300)
     rerun = lab_ssh(node, DRU, timeout=300)
     assert "Resuming the interrupted upgrade to noble" in rerun.stdout
     assert "System upgrade is complete." in rerun.stdout
